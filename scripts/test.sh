@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what the tests need (cached, idempotent) and run them.
+# The run happens in a network namespace that holds only loopback when the machine allows it,
+# so WebRTC picks 127.0.0.1 and nothing can reach outside. Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+"$ROOT/scripts/setup_test_env.sh"
+CACHE="${VISUAL_AGENT_CACHE:-$HOME/.cache/visual-agent}"
+VENV="${VISUAL_AGENT_VENV:-$CACHE/venv}"
+export PATH="$VENV/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VISUAL_AGENT_CACHE="$CACHE"
+export VLLM_CACHE_ROOT="$CACHE/vllm" VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_NO_USAGE_STATS=1
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+run_pytest() {
+  set +e
+  python -m pytest "$@"
+  rc=$?
+  set -e
+  if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; return 1; fi
+  return "$rc"
+}
+if [ "${VISUAL_AGENT_NO_NETNS:-0}" != "1" ] && unshare -n true 2>/dev/null; then
+  export -f run_pytest
+  exec unshare -n bash -c 'ip link set lo up && run_pytest "$@"' run_pytest "$@"
+else
+  echo "[test] no loopback-only network namespace here; running on the host network" >&2
+  run_pytest "$@"
+fi
