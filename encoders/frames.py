@@ -1,0 +1,139 @@
+"""One place that understands every frame type the encoders accept, so each encoder validates the same way.
+
+A frame is an `av.VideoFrame` (any pixel format), a `numpy.ndarray` of `uint8` shaped HxWx3 (RGB by default;
+pass `channel_order="bgr"` for OpenCV arrays), HxWx4 (alpha dropped) or HxW (grey), or a PIL image (any mode).
+Resizing uses area averaging: libswscale's AREA for video frames (resize and colour conversion in one pass),
+OpenCV's INTER_AREA for arrays.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import EncoderConfigError, ImageInputError
+
+__all__ = ["ChannelOrder", "fit_within", "frame_size", "to_array"]
+
+try:  # av is a core dependency, but keep the other input types usable without it
+    import av as _av
+
+    _VideoFrame: type | None = _av.VideoFrame
+except ImportError:  # pragma: no cover - av is installed with the project
+    _VideoFrame = None
+
+try:
+    from PIL import Image as _PILImage
+except ImportError:  # pragma: no cover - pillow is installed with the project
+    _PILImage = None
+
+
+class ChannelOrder(str, enum.Enum):
+    """How the three channels of an ndarray are ordered (video frames and PIL images say it themselves)."""
+
+    RGB = "rgb"
+    BGR = "bgr"
+
+
+_OUT_FORMATS = {"rgb": "rgb24", "bgr": "bgr24", "gray": "gray"}
+_EXPECTED = "an av.VideoFrame, a PIL image, or a uint8 numpy array shaped HxWx3 (RGB), HxWx4 or HxW"
+
+
+def _is_pil(frame: Any) -> bool:
+    return _PILImage is not None and isinstance(frame, _PILImage.Image)
+
+
+def _is_video_frame(frame: Any) -> bool:
+    return _VideoFrame is not None and isinstance(frame, _VideoFrame)
+
+
+def _check_array(frame: np.ndarray) -> None:
+    if frame.dtype != np.uint8:
+        raise ImageInputError(f"image array has dtype {frame.dtype}; expected uint8 ({_EXPECTED})")
+    if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (3, 4))):
+        raise ImageInputError(f"image array has shape {frame.shape}; expected {_EXPECTED}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ImageInputError(f"image array is empty (shape {frame.shape})")
+
+
+def frame_size(frame: Any) -> tuple[int, int]:
+    """(width, height) of any accepted frame; raises ImageInputError for anything else."""
+    if _is_video_frame(frame):
+        return frame.width, frame.height
+    if isinstance(frame, np.ndarray):
+        _check_array(frame)
+        return frame.shape[1], frame.shape[0]
+    if _is_pil(frame):
+        if frame.width == 0 or frame.height == 0:
+            raise ImageInputError(f"PIL image is empty ({frame.width}x{frame.height})")
+        return frame.size
+    raise ImageInputError(f"cannot encode a {type(frame).__module__}.{type(frame).__qualname__}; expected {_EXPECTED}")
+
+
+def fit_within(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size that keeps the aspect ratio with the longer side at most `max_side`; never larger than the input."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _parse_order(channel_order: ChannelOrder | str) -> ChannelOrder:
+    try:
+        return ChannelOrder(channel_order.lower() if isinstance(channel_order, str) else channel_order)
+    except ValueError:
+        raise EncoderConfigError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}") from None
+
+
+def to_array(
+    frame: Any,
+    *,
+    size: tuple[int, int] | None = None,
+    out: str = "rgb",
+    channel_order: ChannelOrder | str = ChannelOrder.RGB,
+) -> np.ndarray:
+    """The frame as a C-contiguous uint8 array in `out` ('rgb', 'bgr' or 'gray'), resized to `size` (w, h) if given.
+
+    For a video frame this is one libswscale pass; only the output-sized array is allocated.
+    """
+    if out not in _OUT_FORMATS:
+        raise EncoderConfigError(f"out must be one of {sorted(_OUT_FORMATS)}, got {out!r}")
+    order = _parse_order(channel_order)
+    width, height = frame_size(frame)
+    target = size or (width, height)
+    if _is_video_frame(frame):
+        kwargs: dict[str, Any] = {"format": _OUT_FORMATS[out]}
+        if target != (width, height):
+            kwargs.update(width=target[0], height=target[1], interpolation="AREA")
+        try:
+            return frame.to_ndarray(**kwargs)
+        except Exception as exc:  # av raises ValueError/FFmpegError for odd pixel formats
+            raise ImageInputError(f"cannot convert video frame ({frame.format.name}, {width}x{height}): {exc}") from exc
+    if _is_pil(frame):
+        if frame.mode not in ("RGB", "L"):
+            frame = frame.convert("RGB")
+        array = np.asarray(frame)
+        order = ChannelOrder.RGB
+    else:
+        array = frame
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]
+    if target != (width, height):
+        array = cv2.resize(np.ascontiguousarray(array), target, interpolation=cv2.INTER_AREA)
+    return _convert(array, order, out)
+
+
+def _convert(array: np.ndarray, order: ChannelOrder, out: str) -> np.ndarray:
+    if array.ndim == 2:
+        if out == "gray":
+            return np.ascontiguousarray(array)
+        return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_GRAY2RGB)  # same for BGR: all channels equal
+    if out == "gray":
+        code = cv2.COLOR_RGB2GRAY if order is ChannelOrder.RGB else cv2.COLOR_BGR2GRAY
+        return cv2.cvtColor(np.ascontiguousarray(array), code)
+    if out == order.value:
+        return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array[:, :, ::-1])
