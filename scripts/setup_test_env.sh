@@ -47,3 +47,28 @@ if [ ! -f "$HEAVY_STAMP" ]; then
   "$PY" -c 'import torch; assert torch.__version__.endswith("+cpu"), torch.__version__'
   touch "$HEAVY_STAMP"
 fi
+
+# PyPI's torchvision is CUDA-linked: make it importable beside the CPU torch (FACTS.md)
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if ! cmp -s "$ROOT/scripts/torchvision_cpu_shim.py" "$SITE/_visual_agent_torchvision_shim.py"; then
+  cp "$ROOT/scripts/torchvision_cpu_shim.py" "$SITE/_visual_agent_torchvision_shim.py"
+  echo "import _visual_agent_torchvision_shim" > "$SITE/_visual_agent_torchvision_shim.pth"
+fi
+
+# the project itself, editable, reinstalled when pyproject.toml changes
+PROJECT_STAMP="$VENV/.project-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+if [ ! -f "$PROJECT_STAMP" ]; then
+  log "installing the project with extras dev,clip"
+  "$PY" -m pip install -q -e "$ROOT[dev,clip]"
+  "$PY" -c 'import torch; assert torch.__version__.endswith("+cpu"), "pip replaced the CPU torch: " + torch.__version__'
+  rm -f "$VENV"/.project-*
+  touch "$PROJECT_STAMP" "$VENV/.project-1"
+fi
+
+# a tiny LLaVA with random weights, built locally (no weights can be downloaded)
+TINY="$CACHE/tiny-llava"
+if [ ! -f "$TINY/.complete" ]; then
+  log "building the tiny random LLaVA in $TINY"
+  HF_HUB_OFFLINE=1 "$PY" "$ROOT/scripts/build_tiny_llava.py" --out "$TINY"
+fi
+log "ready: $VENV, $TINY"
