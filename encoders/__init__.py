@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .cache import CacheConfig, CacheStats, EmbeddingCache, Fingerprint, fingerprint
 from .errors import (
     CheckpointError,
     EncoderConfigError,
@@ -21,6 +22,10 @@ from .frames import ChannelOrder
 from .jpeg import JpegConfig, JpegEncoder
 
 __all__ = [
+    "CacheConfig",
+    "CacheStats",
+    "EmbeddingCache",
+    "Fingerprint",
     "ChannelOrder",
     "CheckpointError",
     "EncoderConfigError",
@@ -31,4 +36,5 @@ __all__ = [
     "JpegEncoder",
     "MissingDependencyError",
     "UnsupportedVisionConfigError",
+    "fingerprint",
 ]
