@@ -1,1 +1,3 @@
-"""webrtc."""
+"""webrtc: WebRTC ingest. Placeholder, being written."""
+from .errors import *  # noqa
+from .frame_buffer import BufferState, BufferedFrame, FrameBuffer, FrameBufferStats  # noqa

@@ -1,0 +1,210 @@
+"""Typed configuration of the WebRTC ingest: the server, its ICE servers, and the configured sources."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from .errors import WebRTCConfigError
+
+__all__ = [
+    "DEFAULT_BUFFER_MAX_FRAMES",
+    "DEFAULT_BUFFER_MAX_SECONDS",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_PEERS",
+    "DEFAULT_PORT",
+    "IceServer",
+    "SourceConfig",
+    "SourceKind",
+    "WebRTCConfig",
+    "validate_source_name",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_PEERS = 8
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_BUFFER_MAX_FRAMES = 32
+DEFAULT_BUFFER_MAX_SECONDS = 2.0
+DEFAULT_FIRST_FRAME_TIMEOUT_S = 10.0
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
+DEFAULT_SOURCE_OPEN_TIMEOUT_S = 10.0
+DEFAULT_SOURCE_RETRY_S = 2.0
+DEFAULT_VIDEO_BITRATE_HINT_KBPS = 2000
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_source_name(name: object) -> str:
+    """Return `name` if it is a usable source name (letters, digits, ``_.-``; 1-64 chars), else raise."""
+    if not isinstance(name, str) or not _SOURCE_NAME.match(name):
+        raise WebRTCConfigError(
+            f"invalid source name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class SourceKind(str, enum.Enum):
+    """Where a configured source's video comes from."""
+
+    FILE = "file"
+    """A video file read by PyAV (looping optional)."""
+    RTSP = "rtsp"
+    """An RTSP (or any FFmpeg-readable network) URL."""
+    V4L2 = "v4l2"
+    """A Linux camera device such as ``/dev/video0``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class IceServer:
+    """One STUN or TURN server, as in the browser's ``RTCIceServer``; the credential is masked in reprs."""
+
+    urls: tuple[str, ...]
+    """``stun:host:port`` / ``turn:host:port?transport=udp`` URLs."""
+    username: str | None = None
+    """TURN user name."""
+    credential: str | None = field(default=None, repr=False)
+    """TURN password (never shown in reprs or logs)."""
+
+    def __post_init__(self) -> None:
+        urls = (self.urls,) if isinstance(self.urls, str) else tuple(self.urls)
+        if not urls or not all(isinstance(u, str) and u.split(":", 1)[0] in ("stun", "stuns", "turn", "turns") for u in urls):
+            raise WebRTCConfigError(f"ice_servers: urls must be stun:/turn: URLs, got {self.urls!r}")
+        object.__setattr__(self, "urls", urls)
+
+    def __repr__(self) -> str:
+        secret = "'***'" if self.credential else "None"
+        return f"IceServer(urls={self.urls!r}, username={self.username!r}, credential={secret})"
+
+    def to_browser(self) -> dict[str, Any]:
+        """The ``RTCIceServer`` dict a browser page takes (includes the credential)."""
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+    @classmethod
+    def coerce(cls, value: "IceServer | str | Mapping[str, Any]") -> "IceServer":
+        """Build from an `IceServer`, a URL string, or a mapping with urls/username/credential."""
+        if isinstance(value, IceServer):
+            return value
+        if isinstance(value, str):
+            return cls(urls=(value,))
+        if isinstance(value, Mapping):
+            return cls(urls=value.get("urls") or value.get("url") or (), username=value.get("username"),
+                       credential=value.get("credential"))
+        raise WebRTCConfigError(f"ice_servers: cannot read {type(value).__name__} as an ICE server")
+
+
+@dataclass(kw_only=True)
+class SourceConfig:
+    """A camera, RTSP stream or video file that the driver opens at start and keeps in a `FrameBuffer`."""
+
+    name: str
+    """The source's name (buffers, /healthz and questions use it)."""
+    kind: SourceKind = SourceKind.FILE
+    """file, rtsp or v4l2."""
+    url: str = ""
+    """File path, RTSP URL, or device path such as /dev/video0."""
+    loop: bool = False
+    """Files only: start again at the end (the player is reopened, so pacing stays real-time)."""
+    format: str | None = None
+    """FFmpeg input format; None guesses (v4l2 sources default to "v4l2")."""
+    options: dict[str, str] = field(default_factory=dict)
+    """FFmpeg input options, e.g. {"video_size": "1280x720", "framerate": "30", "rtsp_transport": "tcp"}."""
+    reconnect: bool = True
+    """RTSP/V4L2: reopen after an error or end of stream, every `retry_s`."""
+    retry_s: float = DEFAULT_SOURCE_RETRY_S
+    """Seconds between reopen attempts."""
+    open_timeout_s: float = DEFAULT_SOURCE_OPEN_TIMEOUT_S
+    """How long opening the source may take before it counts as failed."""
+
+    def __post_init__(self) -> None:
+        validate_source_name(self.name)
+        try:
+            self.kind = SourceKind(self.kind)
+        except ValueError as exc:
+            raise WebRTCConfigError(
+                f"source {self.name!r}: kind must be one of {[k.value for k in SourceKind]}, got {self.kind!r}"
+            ) from exc
+        if not self.url:
+            raise WebRTCConfigError(f"source {self.name!r}: url (file path, RTSP URL or device) is required")
+        if self.retry_s <= 0 or self.open_timeout_s <= 0:
+            raise WebRTCConfigError(f"source {self.name!r}: retry_s and open_timeout_s must be > 0")
+        self.options = {str(k): str(v) for k, v in (self.options or {}).items()}
+
+    def __repr__(self) -> str:
+        return f"SourceConfig(name={self.name!r}, kind={self.kind.value!r}, url={_mask_url(self.url)!r}, loop={self.loop})"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "SourceConfig":
+        """Build from a config mapping; unknown keys are an error naming them."""
+        return cls(**_known(cls, data, "sources[]"))
+
+
+@dataclass(kw_only=True)
+class WebRTCConfig:
+    """The ingest server: where it listens, ICE, limits, and how much each `FrameBuffer` keeps."""
+
+    host: str = DEFAULT_HOST
+    """Address the HTTP server binds (loopback by default)."""
+    port: int = DEFAULT_PORT
+    """TCP port of the HTTP server; 0 picks a free one (see `WebRTCServer.port`)."""
+    ice_servers: list[IceServer] = field(default_factory=list)
+    """STUN/TURN servers used by the server's peers and handed to the page."""
+    host_candidate_addresses: list[str] | None = None
+    """Restrict ICE host candidates to these local addresses (e.g. ["127.0.0.1"]); None = aioice default."""
+    max_peers: int = DEFAULT_MAX_PEERS
+    """Most peer sessions (browser + WHIP) at once; more get HTTP 503."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """Largest accepted /offer or /whip body; larger gets HTTP 413."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest data-channel text message handed to `on_data_message`; larger ones are dropped."""
+    buffer_max_frames: int = DEFAULT_BUFFER_MAX_FRAMES
+    """Each FrameBuffer keeps at most this many frames..."""
+    buffer_max_seconds: float = DEFAULT_BUFFER_MAX_SECONDS
+    """...and none older than this many seconds (the newest is always kept)."""
+    first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S
+    """Default timeout of `FrameBuffer.wait_for_frame`."""
+    video_bitrate_hint_kbps: int | None = DEFAULT_VIDEO_BITRATE_HINT_KBPS
+    """Start/min bitrate asked of Chromium senders (x-google-* in the answer) so 720p is not scaled down; None = leave."""
+    serve_page: bool = True
+    """Serve the browser page at GET /."""
+
+    def __post_init__(self) -> None:
+        self.ice_servers = [IceServer.coerce(s) for s in (self.ice_servers or [])]
+        if not (0 <= int(self.port) <= 65535):
+            raise WebRTCConfigError(f"webrtc.port must be 0-65535, got {self.port!r}")
+        for name in ("max_peers", "max_body_bytes", "max_message_bytes", "buffer_max_frames"):
+            if int(getattr(self, name)) < 1:
+                raise WebRTCConfigError(f"webrtc.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.buffer_max_seconds <= 0 or self.first_frame_timeout_s <= 0:
+            raise WebRTCConfigError("webrtc.buffer_max_seconds and first_frame_timeout_s must be > 0")
+        if self.host_candidate_addresses is not None:
+            if isinstance(self.host_candidate_addresses, str):
+                self.host_candidate_addresses = [self.host_candidate_addresses]
+            self.host_candidate_addresses = [str(a) for a in self.host_candidate_addresses]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "WebRTCConfig":
+        """Build from a config mapping (the YAML ``webrtc`` section); unknown keys are an error naming them."""
+        return cls(**_known(cls, data, "webrtc"))
+
+
+def _known(cls: type, data: Mapping[str, Any], section: str) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise WebRTCConfigError(f"{section}: unknown keys {unknown}; known: {sorted(names)}")
+    return dict(data)
+
+
+def _mask_url(url: str) -> str:
+    """Hide a password in ``scheme://user:password@host`` URLs."""
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)

@@ -1,0 +1,331 @@
+"""`FrameBuffer`: the newest few frames of one source, kept fresh by a task that drains its track.
+
+The ancestor of this project read an aiortc track only when it wanted a frame; aiortc's own queue then
+grew, and every frame it handed out was older than the last (about 0.93 s lag per second of video).
+Here a named task (`attach`) pulls every frame from the track as soon as it is decoded, so aiortc's queue
+stays empty, and the buffer keeps only the last `max_frames` frames, none older than `max_seconds`
+(the newest is always kept). Frames stay `av.VideoFrame`: converting them is the consumer's business,
+done on the few frames it samples, in a worker thread.
+
+Everything here runs on the event loop's thread; none of it blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import logging
+import time
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any, Deque
+
+import av
+
+from .config import DEFAULT_BUFFER_MAX_FRAMES, DEFAULT_BUFFER_MAX_SECONDS, DEFAULT_FIRST_FRAME_TIMEOUT_S
+from .errors import FrameTimeoutError, WebRTCConfigError
+
+__all__ = ["BufferState", "BufferedFrame", "FrameBuffer", "FrameBufferStats"]
+
+logger = logging.getLogger(__name__)
+
+_FPS_WINDOW_S = 2.0
+_ARRIVALS_KEPT = 256
+
+
+class BufferState(str, enum.Enum):
+    """Where a buffer's video stands."""
+
+    WAITING = "waiting"
+    """No frame yet (no track attached, or the first frame has not arrived)."""
+    LIVE = "live"
+    """A track is attached and delivering."""
+    ENDED = "ended"
+    """The track ended (peer gone, file finished); the last frames stay readable."""
+
+
+@dataclass(frozen=True, slots=True)
+class BufferedFrame:
+    """One frame as received: the untouched `av.VideoFrame` and when it arrived."""
+
+    frame: av.VideoFrame
+    """The decoded frame, exactly as aiortc/PyAV produced it."""
+    pts: int | None
+    """Presentation timestamp in `time_base` units (RTP clock for WebRTC peers)."""
+    time_base: Fraction | None
+    """Unit of `pts`."""
+    received_at: float
+    """`time.monotonic()` when the drain task took it from the track."""
+    seq: int
+    """Arrival number within this buffer (1 = first frame ever)."""
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since this frame was received."""
+        return time.monotonic() - self.received_at
+
+    @property
+    def width(self) -> int:
+        return self.frame.width
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+
+@dataclass(frozen=True, slots=True)
+class FrameBufferStats:
+    """A snapshot of one buffer, as /healthz shows it."""
+
+    source: str
+    """The source's name."""
+    state: str
+    """waiting, live or ended (`BufferState`)."""
+    received: int
+    """Frames received since the buffer was created."""
+    fps: float
+    """Frames received per second over the last two seconds."""
+    dropped: int
+    """Frames pushed out by the buffer's bounds (count / seconds) before newer ones; normal for newest-wins."""
+    buffered: int
+    """Frames held now."""
+    newest_age_s: float | None
+    """Seconds since the newest frame arrived (None before the first)."""
+    width: int | None
+    """Width of the newest frame."""
+    height: int | None
+    """Height of the newest frame."""
+    pixel_format: str | None
+    """Pixel format of the newest frame (yuv420p from WebRTC decoders)."""
+    tracks: int
+    """Tracks attached over the buffer's life (a reconnecting browser adds one each time)."""
+    last_error: str | None
+    """The last error from the track, if it ended with one."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FrameBuffer:
+    """The newest frames of one source, bounded by count and age; newest wins.
+
+    Feed it with `attach(track)` (a drain task reads every frame) or `put(frame)`. Read it with
+    `latest()`, `window(seconds, k)`, `await wait_for_frame(timeout)`, and `stats()`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_frames: int = DEFAULT_BUFFER_MAX_FRAMES,
+        max_seconds: float = DEFAULT_BUFFER_MAX_SECONDS,
+        first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S,
+    ) -> None:
+        if max_frames < 1 or max_seconds <= 0:
+            raise WebRTCConfigError(f"FrameBuffer {name!r}: max_frames must be >= 1 and max_seconds > 0")
+        self.name = name
+        self.max_frames = int(max_frames)
+        self.max_seconds = float(max_seconds)
+        self.first_frame_timeout_s = float(first_frame_timeout_s)
+        self._frames: Deque[BufferedFrame] = collections.deque()
+        self._arrivals: Deque[float] = collections.deque(maxlen=_ARRIVALS_KEPT)
+        self._received = 0
+        self._dropped = 0
+        self._tracks = 0
+        self._state = BufferState.WAITING
+        self._last_error: str | None = None
+        self._new_frame: asyncio.Event | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._track: Any = None
+
+    def __repr__(self) -> str:
+        return f"FrameBuffer({self.name!r}, state={self._state.value}, buffered={len(self._frames)}, received={self._received})"
+
+    # --- feeding -------------------------------------------------------------------------------
+
+    def put(self, frame: av.VideoFrame) -> BufferedFrame:
+        """Add a frame as the newest; older frames beyond the bounds are dropped. Returns its record."""
+        if not isinstance(frame, av.VideoFrame):
+            raise TypeError(f"FrameBuffer {self.name!r} holds av.VideoFrame, got {type(frame).__name__}")
+        now = time.monotonic()
+        self._received += 1
+        item = BufferedFrame(frame=frame, pts=frame.pts, time_base=frame.time_base, received_at=now, seq=self._received)
+        self._frames.append(item)
+        self._arrivals.append(now)
+        self._trim(now)
+        self._state = BufferState.LIVE
+        if self._new_frame is not None:
+            self._new_frame.set()
+            self._new_frame = None
+        return item
+
+    def _trim(self, now: float) -> None:
+        frames = self._frames
+        while len(frames) > self.max_frames:
+            frames.popleft()
+            self._dropped += 1
+        horizon = now - self.max_seconds
+        while len(frames) > 1 and frames[0].received_at < horizon:
+            frames.popleft()
+            self._dropped += 1
+
+    def attach(self, track: Any) -> None:
+        """Drain `track` (an aiortc video `MediaStreamTrack`) from now on, replacing any earlier track.
+
+        The frames of the earlier track are cleared, so `latest()` never returns a frame of a previous
+        connection. Must be called from the event loop.
+        """
+        self._stop_drain()
+        self._frames.clear()
+        self._track = track
+        self._tracks += 1
+        self._state = BufferState.WAITING
+        self._last_error = None
+        self._drain = asyncio.get_running_loop().create_task(
+            self._drain_track(track), name=f"webrtc-frame-buffer-drain:{self.name}"
+        )
+
+    async def _drain_track(self, track: Any) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while True:
+                frame = await track.recv()
+                if isinstance(frame, av.VideoFrame):
+                    self.put(frame)
+        except MediaStreamError:
+            logger.info("source %s: track ended", self.name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a decoder or player failure ends this track, not the process
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("source %s: track failed: %s", self.name, self._last_error)
+        finally:
+            if self._track is track:
+                self._state = BufferState.ENDED
+                self._track = None
+                self._wake()
+
+    def _stop_drain(self) -> asyncio.Task[None] | None:
+        task, self._drain = self._drain, None
+        if task is not None and not task.done():
+            task.cancel()
+        return task
+
+    async def detach(self) -> None:
+        """Stop draining (the frames stay readable; state becomes ended). Safe to call twice."""
+        task = self._stop_drain()
+        self._track = None
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._state is BufferState.LIVE:
+            self._state = BufferState.ENDED
+        self._wake()
+
+    close = detach
+
+    def mark_ended(self, error: str | None = None) -> None:
+        """Record that the source ended (used by sources that feed with `put`)."""
+        self._state = BufferState.ENDED
+        self._last_error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._new_frame is not None:
+            self._new_frame.set()
+            self._new_frame = None
+
+    # --- reading -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BufferState:
+        return self._state
+
+    @property
+    def drain_task(self) -> asyncio.Task[None] | None:
+        """The running drain task, if a track is attached."""
+        return self._drain
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def latest(self) -> BufferedFrame | None:
+        """The newest frame, or None before the first."""
+        return self._frames[-1] if self._frames else None
+
+    def frames(self) -> list[BufferedFrame]:
+        """Every frame held, oldest first."""
+        return list(self._frames)
+
+    def window(self, seconds: float, k: int) -> list[BufferedFrame]:
+        """Up to `k` frames spread evenly over the last `seconds` (by arrival order), oldest first.
+
+        The newest frame is always included; fewer than `k` come back when fewer are held.
+        """
+        if k < 1 or seconds < 0:
+            raise ValueError(f"window needs k >= 1 and seconds >= 0, got k={k}, seconds={seconds}")
+        if not self._frames:
+            return []
+        horizon = time.monotonic() - seconds
+        recent = [f for f in self._frames if f.received_at >= horizon] or [self._frames[-1]]
+        n = len(recent)
+        if n <= k:
+            return recent
+        if k == 1:
+            return [recent[-1]]
+        picks = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+        return [recent[i] for i in picks]
+
+    async def wait_for_frame(self, timeout: float | None = None, *, newer_than: int = 0) -> BufferedFrame:
+        """The newest frame once one with `seq > newer_than` exists; `FrameTimeoutError` after `timeout` s.
+
+        With the default ``newer_than=0`` it returns at once if any frame is held.
+        """
+        timeout = self.first_frame_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            newest = self.latest()
+            if newest is not None and newest.seq > newer_than:
+                return newest
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FrameTimeoutError(self.name, timeout)
+            if self._new_frame is None:
+                self._new_frame = asyncio.Event()
+            event = self._new_frame
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                raise FrameTimeoutError(self.name, timeout) from None
+
+    def fps(self) -> float:
+        """Frames received per second over the last two seconds."""
+        if not self._arrivals:
+            return 0.0
+        now = time.monotonic()
+        recent = [t for t in self._arrivals if t >= now - _FPS_WINDOW_S]
+        if len(recent) < 2:
+            return float(len(recent)) / _FPS_WINDOW_S
+        span = max(now - recent[0], recent[-1] - recent[0])
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def stats(self) -> FrameBufferStats:
+        """Counts, rate, newest age and resolution, as a frozen snapshot."""
+        newest = self.latest()
+        return FrameBufferStats(
+            source=self.name,
+            state=self._state.value,
+            received=self._received,
+            fps=round(self.fps(), 2),
+            dropped=self._dropped,
+            buffered=len(self._frames),
+            newest_age_s=None if newest is None else round(newest.age_s, 4),
+            width=None if newest is None else newest.frame.width,
+            height=None if newest is None else newest.frame.height,
+            pixel_format=None if newest is None else newest.frame.format.name,
+            tracks=self._tracks,
+            last_error=self._last_error,
+        )
