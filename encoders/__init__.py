@@ -21,12 +21,28 @@ from .errors import (
 from .frames import ChannelOrder
 from .jpeg import JpegConfig, JpegEncoder
 
+_LAZY = {
+    "ClipEncoder": ".clip",
+    "ClipEncoderConfig": ".clip",
+    "PreprocessConfig": ".preprocess",
+    "Preprocessor": ".preprocess",
+    "LlavaCheckpoint": ".llava_checkpoint",
+    "read_llava_checkpoint": ".llava_checkpoint",
+}
+
+if TYPE_CHECKING:
+    from .clip import ClipEncoder, ClipEncoderConfig
+    from .llava_checkpoint import LlavaCheckpoint, read_llava_checkpoint
+    from .preprocess import PreprocessConfig, Preprocessor
+
 __all__ = [
     "CacheConfig",
     "CacheStats",
     "EmbeddingCache",
     "Fingerprint",
     "ChannelOrder",
+    "ClipEncoder",
+    "ClipEncoderConfig",
     "CheckpointError",
     "EncoderConfigError",
     "EncoderError",
@@ -34,7 +50,34 @@ __all__ = [
     "ImageInputError",
     "JpegConfig",
     "JpegEncoder",
+    "LlavaCheckpoint",
     "MissingDependencyError",
+    "PreprocessConfig",
+    "Preprocessor",
     "UnsupportedVisionConfigError",
     "fingerprint",
+    "read_llava_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the torch-backed names on first use, so `import encoders` works without torch/open_clip."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'encoders' has no attribute {name!r}")
+    import importlib
+
+    try:
+        value = getattr(importlib.import_module(module, __name__), name)
+    except ImportError as exc:
+        if isinstance(exc, MissingDependencyError):
+            raise
+        raise MissingDependencyError(
+            f"encoders.{name} needs torch and open_clip ({exc.name or exc} is missing): pip install 'visual-agent[clip]'"
+        ) from exc
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

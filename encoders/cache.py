@@ -5,7 +5,8 @@ frame). Identical thumbnails hit through a hash; otherwise the closest stored th
 differs by more than `tolerance` grey levels. Each cell averages thousands of pixels, so sensor and codec
 noise of a static camera moves it by well under a level and still hits, while an object that moves changes
 its cells by far more and misses. Bounded by entries and by bytes; usable by both encoders (one cache per use:
-values are whatever the caller stores, JPEG bytes or embedding tensors). Thread-safe: encoders fill it from
+values are whatever the caller stores, JPEG bytes or embedding tensors; a `namespace` keeps
+different kinds of value for the same frame apart). Thread-safe: encoders fill it from
 worker threads.
 """
 
@@ -56,6 +57,10 @@ def fingerprint(frame: Any, *, side: int = DEFAULT_THUMBNAIL_SIDE, channel_order
     thumb = to_array(frame, size=(side, side), out="gray", channel_order=channel_order)
     digest = hashlib.blake2b(thumb.tobytes(), digest_size=16, person=b"va-thumb%d" % side).digest()
     return Fingerprint(key=digest, thumbnail=thumb)
+
+
+def _key(namespace: str, fp: Fingerprint) -> tuple[str, bytes]:
+    return (namespace, fp.key)
 
 
 def _nbytes(value: Any) -> int:
@@ -116,6 +121,7 @@ class _Entry:
     thumbnail: np.ndarray
     value: Any
     nbytes: int
+    namespace: str
 
 
 class EmbeddingCache:
@@ -132,7 +138,7 @@ class EmbeddingCache:
         self.config = CacheConfig(
             max_entries=max_entries, max_bytes=max_bytes, tolerance=tolerance, thumbnail_side=thumbnail_side
         )
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, bytes], _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
         self._hits = self._misses = self._near_hits = self._evictions = 0
@@ -148,14 +154,14 @@ class EmbeddingCache:
         """The fingerprint this cache keys `frame` by."""
         return fingerprint(frame, side=self.config.thumbnail_side, channel_order=channel_order)
 
-    def get(self, frame_or_fp: Any, *, channel_order: str = "rgb") -> Any | None:
-        """The stored value for this frame (or fingerprint), or None; counts a hit or a miss."""
+    def get(self, frame_or_fp: Any, *, namespace: str = "", channel_order: str = "rgb") -> Any | None:
+        """The stored value for this frame (or fingerprint) in `namespace`, or None; counts a hit or a miss."""
         fp = frame_or_fp if isinstance(frame_or_fp, Fingerprint) else self.fingerprint(frame_or_fp, channel_order=channel_order)
+        key = _key(namespace, fp)
         with self._lock:
-            entry = self._entries.get(fp.key)
-            key = fp.key
+            entry = self._entries.get(key)
             if entry is None and self.config.tolerance > 0 and self._entries:
-                key = self._nearest(fp.thumbnail)
+                key = self._nearest(fp.thumbnail, namespace)
                 entry = self._entries.get(key) if key is not None else None
                 if entry is not None:
                     self._near_hits += 1
@@ -166,17 +172,18 @@ class EmbeddingCache:
             self._entries.move_to_end(key)
             return entry.value
 
-    def put(self, frame_or_fp: Any, value: Any, *, channel_order: str = "rgb") -> Fingerprint:
-        """Store `value` for this frame (or fingerprint), evicting least recently used entries to stay in bounds."""
+    def put(self, frame_or_fp: Any, value: Any, *, namespace: str = "", channel_order: str = "rgb") -> Fingerprint:
+        """Store `value` for this frame (or fingerprint) in `namespace`, evicting least recently used entries to fit."""
         fp = frame_or_fp if isinstance(frame_or_fp, Fingerprint) else self.fingerprint(frame_or_fp, channel_order=channel_order)
         size = _nbytes(value)
+        key = _key(namespace, fp)
         with self._lock:
-            old = self._entries.pop(fp.key, None)
+            old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
             if size > self.config.max_bytes:
                 return fp  # would evict everything and still not fit
-            self._entries[fp.key] = _Entry(fp.thumbnail, value, size)
+            self._entries[key] = _Entry(fp.thumbnail, value, size, namespace)
             self._bytes += size
             while len(self._entries) > self.config.max_entries or self._bytes > self.config.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
@@ -184,13 +191,13 @@ class EmbeddingCache:
                 self._evictions += 1
         return fp
 
-    def get_or_compute(self, frame: Any, compute: Any, *, channel_order: str = "rgb") -> Any:
+    def get_or_compute(self, frame: Any, compute: Any, *, namespace: str = "", channel_order: str = "rgb") -> Any:
         """The cached value for `frame`, else `compute(frame)` stored and returned (the fingerprint is taken once)."""
         fp = self.fingerprint(frame, channel_order=channel_order)
-        value = self.get(fp)
+        value = self.get(fp, namespace=namespace)
         if value is None:
             value = compute(frame)
-            self.put(fp, value)
+            self.put(fp, value, namespace=namespace)
         return value
 
     def clear(self) -> None:
@@ -210,9 +217,11 @@ class EmbeddingCache:
                 evictions=self._evictions,
             )
 
-    def _nearest(self, thumb: np.ndarray) -> bytes | None:
-        """Key of the stored thumbnail closest to `thumb` if within tolerance (caller holds the lock)."""
-        keys = list(self._entries)
+    def _nearest(self, thumb: np.ndarray, namespace: str) -> tuple[str, bytes] | None:
+        """Key of the stored thumbnail in `namespace` closest to `thumb`, if within tolerance (caller holds the lock)."""
+        keys = [k for k, e in self._entries.items() if e.namespace == namespace and e.thumbnail.shape == thumb.shape]
+        if not keys:
+            return None
         stack = np.stack([self._entries[k].thumbnail for k in keys]).astype(np.int16)
         diffs = np.abs(stack - thumb.astype(np.int16)).reshape(len(keys), -1).max(axis=1)
         best = int(np.argmin(diffs))

@@ -206,3 +206,13 @@ def test_embedding_cache_rejects_bad_frames():
     with pytest.raises(ImageInputError):
         cache.put("not a frame", 1)
     assert cache.stats().misses == 0 and len(cache) == 0
+
+
+def test_embedding_cache_namespaces_keep_values_apart():
+    img = scene(seed=8)
+    cache = EmbeddingCache()
+    cache.put(img, "jpeg", namespace="jpeg")
+    assert cache.get(img, namespace="clip") is None
+    assert cache.get(img, namespace="jpeg") == "jpeg"
+    cache.put(img, "clip", namespace="clip")
+    assert cache.get(img, namespace="clip") == "clip" and len(cache) == 2
