@@ -1,1 +1,74 @@
-"""providers."""
+"""LLM providers: OpenAI-compatible HTTP endpoints, a vLLM server, and the in-process vLLM engine.
+
+`import providers` needs neither torch nor vllm: `VLLMNativeProvider` and `VLLMNativeConfig`'s engine are
+imported on first access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
+from .config import OpenAICompatibleConfig, VLLMNativeConfig, VLLMServerConfig
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    EmbeddingShapeError,
+    EmbeddingsNotSupportedError,
+    EngineError,
+    MessageFormatError,
+    ModelNotFoundError,
+    ProviderConfigError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    ServerError,
+    ToolsNotSupportedError,
+)
+from .factory import create_provider
+from .openai_compatible import OpenAICompatibleProvider
+from .vllm_server import VLLMProvider, normalize_vllm_base_url
+
+if TYPE_CHECKING:
+    from .vllm_native import VLLMNativeProvider
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "Capabilities",
+    "ChatResponse",
+    "EmbeddingShapeError",
+    "EmbeddingsNotSupportedError",
+    "EngineError",
+    "LLMProvider",
+    "MessageFormatError",
+    "ModelNotFoundError",
+    "OpenAICompatibleConfig",
+    "OpenAICompatibleProvider",
+    "ProviderConfigError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderStatusError",
+    "ProviderTimeoutError",
+    "RateLimitedError",
+    "ServerError",
+    "ToolCall",
+    "ToolsNotSupportedError",
+    "Usage",
+    "VLLMNativeConfig",
+    "VLLMNativeProvider",
+    "VLLMProvider",
+    "VLLMServerConfig",
+    "create_provider",
+    "normalize_vllm_base_url",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VLLMNativeProvider":
+        from .vllm_native import VLLMNativeProvider
+
+        return VLLMNativeProvider
+    raise AttributeError(f"module 'providers' has no attribute {name!r}")

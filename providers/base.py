@@ -1,0 +1,102 @@
+"""What every provider is: `achat`, `astream`, `capabilities`, `aclose`, and the answer type `ChatResponse`."""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Capabilities", "ChatResponse", "LLMProvider", "ToolCall", "Usage"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Capabilities:
+    """What a provider can take; callers check before sending (e.g. embeddings only where `image_embeddings`)."""
+
+    images: bool
+    """Raw images (frames, arrays, PIL, bytes, URLs) in user messages."""
+    image_embeddings: bool
+    """Precomputed LM-space image embeddings `(n_images, image_tokens, lm_hidden)`."""
+    streaming: bool
+    """`astream` yields deltas as they are generated."""
+    tools: bool
+    """OpenAI-style `tools` are honoured and tool calls come back parsed."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asked for; `arguments` is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+    @property
+    def args(self) -> Any:
+        """`arguments` parsed as JSON (raises ValueError when the model wrote invalid JSON)."""
+        return json.loads(self.arguments) if self.arguments else {}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one call."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatResponse:
+    """One answer; `str(response)` is its text so it drops in where a string was expected."""
+
+    text: str
+    """The answer's text ('' when the model only called tools)."""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """Tool calls, parsed."""
+    usage: Usage | None = None
+    """Token counts, when the backend reports them."""
+    model: str | None = None
+    """The model that answered, as the backend names it."""
+    latency_s: float = 0.0
+    """Wall time of the call, seconds."""
+    finish_reason: str | None = None
+    """`stop`, `length`, `tool_calls`, ..."""
+    token_ids: Sequence[int] | None = None
+    """Generated token ids where the backend exposes them (the native engine does)."""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class LLMProvider(abc.ABC):
+    """An LLM that answers chat messages; use as `async with provider:` or call `aclose()`."""
+
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    async def achat(self, messages: Sequence[dict[str, Any]], **opts: Any) -> ChatResponse:
+        """The answer to `messages` (OpenAI chat messages; see providers.messages for content forms)."""
+
+    @abc.abstractmethod
+    def astream(self, messages: Sequence[dict[str, Any]], **opts: Any) -> AsyncIterator[str]:
+        """Text deltas of the answer as they are generated."""
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[str]:
+        """Names of the models the backend serves; a cheap reachability check for `visual-agent check`."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections or the engine; safe to call twice."""
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

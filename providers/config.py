@@ -1,0 +1,190 @@
+"""Typed provider configs built from the seed's dict keys (`base_url`, `vllm_base_url`, `model_name`, ...).
+
+Each provider takes a dict (as read from YAML) or its config object. Unknown keys are refused with the list of
+known ones, so a misspelt key fails at start-up instead of being ignored. `api_key` is masked in every repr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import ProviderConfigError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_JPEG_MAX_SIDE",
+    "DEFAULT_JPEG_QUALITY",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_VLLM_BASE_URL",
+    "OpenAICompatibleConfig",
+    "VLLMNativeConfig",
+    "VLLMServerConfig",
+    "config_from",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_VLLM_BASE_URL = "http://localhost:8000/v1"
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_JPEG_MAX_SIDE = 768
+DEFAULT_JPEG_QUALITY = 85
+API_KEY_ENV = "OPENAI_API_KEY"
+# Keys a config dict may carry that select the provider rather than configure it.
+SELECTOR_KEYS = frozenset({"provider"})
+
+C = TypeVar("C")
+
+
+def _mask(secret: str | None) -> str | None:
+    return None if secret is None else "***"
+
+
+def _check_sampling(temperature: float, max_tokens: int) -> None:
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ProviderConfigError(f"temperature must be a number >= 0, got {temperature!r}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ProviderConfigError(f"max_tokens must be a positive int, got {max_tokens!r}")
+
+
+@dataclass(kw_only=True)
+class OpenAICompatibleConfig:
+    """Any OpenAI-compatible chat endpoint: OpenAI, a vLLM server, OpenRouter, Together, Ollama, ..."""
+
+    base_url: str = DEFAULT_BASE_URL
+    """Base URL including the API version path, e.g. `https://openrouter.ai/api/v1`."""
+    api_key: str | None = field(default=None, repr=False)
+    """Bearer key; None reads OPENAI_API_KEY, else sends a placeholder (local servers need none)."""
+    model_name: str | None = None
+    """Model to ask for; required here, optional for VLLMProvider (asked of /v1/models)."""
+    temperature: float = DEFAULT_TEMPERATURE
+    """Sampling temperature; 0 is greedy."""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    """Upper bound on generated tokens per answer."""
+    timeout: float = DEFAULT_TIMEOUT_S
+    """Seconds one HTTP attempt may take before ProviderTimeoutError."""
+    max_retries: int = DEFAULT_MAX_RETRIES
+    """Retries on connection errors, 408/409/429/5xx (honouring Retry-After), by the openai client."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """Extra JSON fields merged into every request body (server-specific options)."""
+    default_headers: dict[str, str] = field(default_factory=dict, repr=False)
+    """Extra HTTP headers on every request (e.g. OpenRouter's HTTP-Referer); may hold secrets, so not shown."""
+    jpeg_max_side: int = DEFAULT_JPEG_MAX_SIDE
+    """Raw images are shrunk to this longest side before JPEG encoding."""
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    """JPEG quality for raw images, 1-100."""
+
+    def __post_init__(self) -> None:
+        _check_sampling(self.temperature, self.max_tokens)
+        if not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
+            raise ProviderConfigError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ProviderConfigError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+
+    def resolved_api_key(self) -> str:
+        """The key to send: the configured one, else OPENAI_API_KEY, else a placeholder."""
+        return self.api_key or os.environ.get(API_KEY_ENV) or "EMPTY"
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        shown["api_key"] = _mask(self.api_key)
+        if self.default_headers:
+            shown["default_headers"] = {k: "***" for k in self.default_headers}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+@dataclass(kw_only=True, repr=False)
+class VLLMServerConfig(OpenAICompatibleConfig):
+    """A vLLM OpenAI-compatible server; vLLM's sampling extras go into the request's `extra_body`."""
+
+    base_url: str = DEFAULT_VLLM_BASE_URL
+    """The server, with or without a trailing `/v1` or `/` (the seed's key `vllm_base_url` maps here)."""
+    top_k: int | None = None
+    """vLLM sampling: consider only the k most likely tokens (None: server default)."""
+    top_p: float | None = None
+    """Nucleus sampling threshold (None: server default)."""
+    min_p: float | None = None
+    """vLLM sampling: drop tokens below this fraction of the top probability."""
+    repetition_penalty: float | None = None
+    """vLLM sampling: > 1 discourages repeats."""
+    guided_json: dict[str, Any] | None = None
+    """A JSON schema every answer must follow (sent as vLLM's `structured_outputs`)."""
+
+
+@dataclass(kw_only=True, repr=False)
+class VLLMNativeConfig:
+    """The in-process vLLM engine; `engine_args` reaches `vllm.EngineArgs` unchanged."""
+
+    model_name: str
+    """Hugging Face id or local folder of a vision-language model (e.g. a LLaVA)."""
+    enable_mm_embeds: bool = False
+    """Accept precomputed image embeddings (vLLM's `enable_mm_embeds`)."""
+    tensor_parallel_size: int = 1
+    """Devices to shard the model over."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of accelerator memory vLLM may take (ignored on CPU, where kv_cache_memory_bytes rules)."""
+    dtype: str = "auto"
+    """Weights/activation dtype: auto, float32, bfloat16, float16."""
+    max_model_len: int | None = None
+    """Context length (None: the model's own)."""
+    temperature: float = DEFAULT_TEMPERATURE
+    """Sampling temperature; 0 is greedy."""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    """Upper bound on generated tokens per answer."""
+    tool_parser: str | None = None
+    """vLLM tool-call parser name for this model (e.g. `hermes`, `llama3_json`); None: tools are refused."""
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    """Any other vLLM engine option, passed unchanged (wins over the keys above)."""
+
+    def __post_init__(self) -> None:
+        if not self.model_name or not isinstance(self.model_name, str):
+            raise ProviderConfigError("model_name is required for vllm_native (a Hugging Face id or a local folder)")
+        _check_sampling(self.temperature, self.max_tokens)
+        if not isinstance(self.engine_args, Mapping):
+            raise ProviderConfigError(f"engine_args must be a mapping, got {type(self.engine_args).__name__}")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"VLLMNativeConfig({shown})"
+
+
+# The seed's spellings that differ from the field names.
+_ALIASES = {VLLMServerConfig: {"vllm_base_url": "base_url", "vllm_api_key": "api_key"}}
+
+
+def config_from(cls: type[C], config: Mapping[str, Any] | C | None, **overrides: Any) -> C:
+    """`cls` built from a config object or a dict with the seed's keys; unknown keys are refused."""
+    if isinstance(config, cls):
+        return dataclasses.replace(config, **overrides) if overrides else config
+    if config is not None and not isinstance(config, Mapping):
+        raise ProviderConfigError(f"config must be a mapping or {cls.__name__}, got {type(config).__name__}")
+    raw = {**(config or {}), **overrides}
+    aliases = _ALIASES.get(cls, {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    unknown = []
+    for key, value in raw.items():
+        if key in SELECTOR_KEYS:
+            continue
+        name = aliases.get(key, key)
+        if name not in names:
+            unknown.append(key)
+            continue
+        if name in values and key in aliases:
+            continue  # an explicit field name wins over its alias
+        values[name] = value
+    if unknown:
+        known = sorted(names | set(aliases))
+        raise ProviderConfigError(f"unknown {cls.__name__} key(s) {sorted(unknown)}; known keys: {known}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ProviderConfigError(f"{cls.__name__}: {exc}") from exc

@@ -1,0 +1,195 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM serve, OpenRouter, Together, Ollama, ...) over one pooled client.
+
+Built on the `openai` package's async client: its connection pool, its retries (which honour `Retry-After`), its
+streaming. Its exceptions are translated into `providers.errors` in one place; the API key never leaves the client
+(it is masked in reprs and scrubbed from error messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import openai
+
+from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
+from .config import OpenAICompatibleConfig, config_from
+from .errors import BadRequestError, EngineError, ProviderConfigError, translate_openai_error
+from .messages import normalize_messages, to_openai_messages
+
+__all__ = ["OpenAICompatibleProvider"]
+
+log = logging.getLogger(__name__)
+
+# Per-call options handed to `chat.completions.create` as they are.
+REQUEST_OPTIONS = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "max_completion_tokens",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "user",
+        "metadata",
+        "reasoning_effort",
+        "timeout",
+        "extra_headers",
+        "extra_query",
+    }
+)
+
+
+class OpenAICompatibleProvider(LLMProvider):
+    """Chat with any OpenAI-compatible endpoint; `config` is a dict with the seed's keys or an OpenAICompatibleConfig."""
+
+    config_class: type[OpenAICompatibleConfig] = OpenAICompatibleConfig
+    capabilities = Capabilities(images=True, image_embeddings=False, streaming=True, tools=True)
+
+    def __init__(self, config: Mapping[str, Any] | OpenAICompatibleConfig | None = None, **overrides: Any) -> None:
+        self.config = config_from(self.config_class, config, **overrides)
+        self.base_url = self._base_url(self.config)
+        self._api_key = self.config.resolved_api_key()
+        self._closed = False
+        self._encoder = None
+        # The client builds its httpx pool now but connects only on the first request.
+        self._client = openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            timeout=self.config.timeout,
+            max_retries=self.config.max_retries,
+            default_headers=dict(self.config.default_headers) or None,
+        )
+
+    def _base_url(self, config: OpenAICompatibleConfig) -> str:
+        if not config.base_url:
+            raise ProviderConfigError("base_url is required (e.g. https://api.openai.com/v1)")
+        return config.base_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        model = self.config.model_name
+        return f"{type(self).__name__}(base_url={self.base_url!r}, model_name={model!r}, api_key='***')"
+
+    # -- requests -----------------------------------------------------------------------------------------
+
+    @property
+    def encoder(self):
+        """The JPEG encoder for raw images, built on first use (imports encoders lazily)."""
+        if self._encoder is None:
+            from encoders import JpegEncoder
+
+            self._encoder = JpegEncoder(max_side=self.config.jpeg_max_side, quality=self.config.jpeg_quality)
+        return self._encoder
+
+    async def _model(self) -> str:
+        if not self.config.model_name:
+            raise ProviderConfigError(f"{type(self).__name__} needs model_name (the model to ask {self.base_url} for)")
+        return self.config.model_name
+
+    def _extra_body(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """The request's `extra_body`: config's, then the call's; subclasses add their own options."""
+        extra = dict(self.config.extra_body)
+        extra.update(opts.pop("extra_body", None) or {})
+        return extra
+
+    async def _request(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> dict[str, Any]:
+        if self._closed:
+            raise EngineError(f"{type(self).__name__} is closed", endpoint=self.base_url)
+        opts = dict(opts)
+        model = opts.pop("model", None) or await self._model()
+        extra_body = self._extra_body(opts)
+        unknown = set(opts) - REQUEST_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown option(s) {sorted(unknown)}; server-specific ones go in extra_body"
+            )
+        wire = await to_openai_messages(
+            normalize_messages(messages), encoder=self.encoder, provider_name=type(self).__name__
+        )
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": wire,
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+        }
+        request.update(opts)
+        if "max_completion_tokens" in opts:
+            request.pop("max_tokens", None)
+        if extra_body:
+            request["extra_body"] = extra_body
+        return request
+
+    def _error(self, exc: BaseException):
+        return translate_openai_error(exc, endpoint=self.base_url, secrets=[self._api_key])
+
+    async def achat(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> ChatResponse:
+        request = await self._request(messages, opts)
+        started = time.perf_counter()
+        try:
+            completion = await self._client.chat.completions.create(**request)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        latency = time.perf_counter() - started
+        if not completion.choices:
+            raise BadRequestError("the endpoint answered with no choices", endpoint=self.base_url)
+        choice = completion.choices[0]
+        message = choice.message
+        calls = [
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "")
+            for c in (message.tool_calls or [])
+            if getattr(c, "function", None) is not None
+        ]
+        usage = completion.usage
+        return ChatResponse(
+            text=message.content or "",
+            tool_calls=calls,
+            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else None,
+            model=completion.model,
+            latency_s=latency,
+            finish_reason=choice.finish_reason,
+        )
+
+    async def astream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> AsyncIterator[str]:
+        request = await self._request(messages, opts)
+        try:
+            stream = await self._client.chat.completions.create(**request, stream=True)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        try:
+            async for chunk in stream:
+                for choice in chunk.choices[:1]:
+                    delta = choice.delta.content if choice.delta else None
+                    if delta:
+                        yield delta
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        finally:
+            # Ends the HTTP response when the consumer stops early, so the server stops generating.
+            await stream.close()
+
+    async def list_models(self) -> list[str]:
+        if self._closed:
+            raise EngineError(f"{type(self).__name__} is closed", endpoint=self.base_url)
+        try:
+            page = await self._client.models.list()
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        return [model.id for model in page.data]
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.close()
