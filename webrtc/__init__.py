@@ -1,3 +1,91 @@
-"""webrtc: WebRTC ingest. Placeholder, being written."""
-from .errors import *  # noqa
-from .frame_buffer import BufferState, BufferedFrame, FrameBuffer, FrameBufferStats  # noqa
+"""webrtc: live video in (browser pages, WHIP publishers, cameras, RTSP, files), one fresh `FrameBuffer` per source.
+
+Imports nothing else of this project. The daemon uses it like this::
+
+    from webrtc import FrameTimeoutError, SourceConfig, WebRTCConfig, WebRTCDriver
+
+    driver = WebRTCDriver(WebRTCConfig(port=8080), [SourceConfig(name="door", kind="rtsp", url="rtsp://...")])
+    driver.on_data_message = on_text          # (source_name, peer_id, text) -> None | awaitable
+    driver.healthz_extra = lambda: {"broker": "connected", "llm": "ready"}
+    driver.app.router.add_get("/mine", handler)   # extra routes: before start()
+    async with driver:                         # or: await driver.start() ... await driver.close()
+        buffer = driver.get_buffer("door")     # or driver.buffers["door"]; driver.source_names()
+        newest = await buffer.wait_for_frame(timeout=5)   # FrameTimeoutError (a TimeoutError) if none
+        newest = buffer.latest()               # BufferedFrame: .frame (av.VideoFrame), .pts, .received_at, .age_s
+        frames = buffer.window(seconds=4, k=3) # k frames spread over the last seconds, oldest first
+        buffer.stats()                         # FrameBufferStats: fps, received, dropped, newest_age_s, width, height
+        await driver.send_data(peer_id, text)  # answer the peer that asked (PeerNotFoundError, DataChannelClosedError)
+        await driver.broadcast("browser-1", text)  # every open data channel of that source
+
+Sources: each configured `SourceConfig` (file, rtsp, v4l2) gets a buffer at construction. A browser page
+(POST /offer) or WHIP publisher (POST /whip) gets a buffer when its video track arrives, named by the
+offer's ``source`` field (``?source=`` for WHIP) or ``browser-<n>`` / ``whip-<n>``; a second peer with the
+same name replaces the first. `WebRTCServer` and `WebRTCDriver` are the same class.
+
+ICE: `WebRTCConfig.ice_servers` (STUN/TURN, credentials masked in reprs) are used by the server's peers and
+handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"]``) restricts the host
+candidates aioice offers, process-wide (see `webrtc.ice`).
+"""
+
+from .config import (
+    DEFAULT_BUFFER_MAX_FRAMES,
+    DEFAULT_BUFFER_MAX_SECONDS,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PEERS,
+    DEFAULT_PORT,
+    IceServer,
+    SourceConfig,
+    SourceKind,
+    WebRTCConfig,
+)
+from .errors import (
+    DataChannelClosedError,
+    FrameTimeoutError,
+    PeerError,
+    PeerNotFoundError,
+    SignalingError,
+    SourceError,
+    TooManyPeersError,
+    WebRTCConfigError,
+    WebRTCError,
+)
+from .frame_buffer import BufferedFrame, BufferState, FrameBuffer, FrameBufferStats
+from .ice import current_host_addresses, restrict_host_addresses
+from .peers import PeerKind, PeerSession
+from .server import DataMessageCallback, WebRTCDriver, WebRTCServer
+from .sources import SourceRunner
+
+__all__ = [
+    "DEFAULT_BUFFER_MAX_FRAMES",
+    "DEFAULT_BUFFER_MAX_SECONDS",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_PEERS",
+    "DEFAULT_PORT",
+    "BufferState",
+    "BufferedFrame",
+    "DataChannelClosedError",
+    "DataMessageCallback",
+    "FrameBuffer",
+    "FrameBufferStats",
+    "FrameTimeoutError",
+    "IceServer",
+    "PeerError",
+    "PeerKind",
+    "PeerNotFoundError",
+    "PeerSession",
+    "SignalingError",
+    "SourceConfig",
+    "SourceError",
+    "SourceKind",
+    "SourceRunner",
+    "TooManyPeersError",
+    "WebRTCConfig",
+    "WebRTCConfigError",
+    "WebRTCDriver",
+    "WebRTCError",
+    "WebRTCServer",
+    "current_host_addresses",
+    "restrict_host_addresses",
+]

@@ -34,6 +34,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 DEFAULT_SOURCE_OPEN_TIMEOUT_S = 10.0
 DEFAULT_SOURCE_RETRY_S = 2.0
 DEFAULT_VIDEO_BITRATE_HINT_KBPS = 2000
+DEFAULT_CONNECT_TIMEOUT_S = 20.0
 
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -172,6 +173,8 @@ class WebRTCConfig:
     """...and none older than this many seconds (the newest is always kept)."""
     first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S
     """Default timeout of `FrameBuffer.wait_for_frame`."""
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    """A peer not connected this long after its answer is dropped (frees its slot)."""
     video_bitrate_hint_kbps: int | None = DEFAULT_VIDEO_BITRATE_HINT_KBPS
     """Start/min bitrate asked of Chromium senders (x-google-* in the answer) so 720p is not scaled down; None = leave."""
     serve_page: bool = True
@@ -184,8 +187,8 @@ class WebRTCConfig:
         for name in ("max_peers", "max_body_bytes", "max_message_bytes", "buffer_max_frames"):
             if int(getattr(self, name)) < 1:
                 raise WebRTCConfigError(f"webrtc.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.buffer_max_seconds <= 0 or self.first_frame_timeout_s <= 0:
-            raise WebRTCConfigError("webrtc.buffer_max_seconds and first_frame_timeout_s must be > 0")
+        if self.buffer_max_seconds <= 0 or self.first_frame_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise WebRTCConfigError("webrtc.buffer_max_seconds, first_frame_timeout_s and connect_timeout_s must be > 0")
         if self.host_candidate_addresses is not None:
             if isinstance(self.host_candidate_addresses, str):
                 self.host_candidate_addresses = [self.host_candidate_addresses]

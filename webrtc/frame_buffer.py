@@ -171,17 +171,19 @@ class FrameBuffer:
             frames.popleft()
             self._dropped += 1
 
-    def attach(self, track: Any) -> None:
+    def attach(self, track: Any, *, clear: bool = True) -> None:
         """Drain `track` (an aiortc video `MediaStreamTrack`) from now on, replacing any earlier track.
 
-        The frames of the earlier track are cleared, so `latest()` never returns a frame of a previous
-        connection. Must be called from the event loop.
+        With `clear` (the default) the frames of the earlier track are dropped, so `latest()` never returns
+        a frame of a previous connection; a looping file passes ``clear=False``. Call it on the event loop.
         """
         self._stop_drain()
-        self._frames.clear()
+        if clear:
+            self._frames.clear()
         self._track = track
         self._tracks += 1
-        self._state = BufferState.WAITING
+        if clear or not self._frames:
+            self._state = BufferState.WAITING
         self._last_error = None
         self._drain = asyncio.get_running_loop().create_task(
             self._drain_track(track), name=f"webrtc-frame-buffer-drain:{self.name}"

@@ -1,0 +1,276 @@
+"""WebRTCServer over loopback with real aiortc publishers: frames, freshness, WHIP, data channel, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import time
+
+import aiohttp
+import pytest
+
+from tests.fixtures.webrtc import CounterVideoTrack, publish, read_counter, tasks_now
+from webrtc import DataChannelClosedError, PeerNotFoundError, WebRTCConfig
+
+pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(90)]
+
+
+async def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+async def test_webrtc_server_offer_frames_arrive_and_healthz(webrtc_server):
+    track = CounterVideoTrack(320, 240, fps=30)
+    async with publish(webrtc_server.url, track, source="cam1") as pub:
+        assert pub.source == "cam1" and webrtc_server.source_names() == ["cam1"]
+        buf = webrtc_server.get_buffer("cam1")
+        first = await buf.wait_for_frame(10)
+        assert (first.width, first.height) == (320, 240)
+        await buf.wait_for_frame(5, newer_than=first.seq + 20)
+        n = read_counter(buf.latest().frame)
+        assert 0 < n <= track.frames_sent
+        async with aiohttp.ClientSession() as http:
+            async with http.get(webrtc_server.url + "/healthz") as r:
+                health = await r.json()
+        assert health["status"] == "ok"
+        assert health["sources"]["cam1"]["state"] == "live" and health["sources"]["cam1"]["width"] == 320
+        assert [p["source"] for p in health["peers"]] == ["cam1"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+@pytest.mark.timeout(60)
+async def test_webrtc_server_latest_stays_fresh_with_slow_consumer(webrtc_server):
+    """30 fps for >10 s; a consumer samples once a second. The newest frame must stay fresh, lag must not grow."""
+    fps = 30
+    track = CounterVideoTrack(640, 480, fps=fps)
+    async with publish(webrtc_server.url, track, source="fresh"):
+        buf = webrtc_server.get_buffer("fresh")
+        await buf.wait_for_frame(10)
+        await asyncio.sleep(1.0)  # let the encoder settle
+        ages: list[float] = []
+        lags: list[float] = []
+
+        async def probe() -> None:  # how old is the newest frame at an arbitrary moment?
+            while True:
+                ages.append(buf.latest().age_s)
+                await asyncio.sleep(0.047)
+
+        probing = asyncio.create_task(probe(), name="test-freshness-probe")
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < 10.5:  # the slow consumer: one frame a second, converted off-loop
+                newest = buf.latest()
+                taken = time.monotonic()
+                n = await asyncio.to_thread(read_counter, newest.frame)
+                lags.append(taken - track.sent_at[n])
+                await asyncio.sleep(1.0)
+        finally:
+            probing.cancel()
+        interval = 1 / fps
+        p50, p99 = percentile(ages, 50), percentile(ages, 99)
+        print(f"\nnewest-frame age over {len(ages)} probes: p50 {p50*1000:.1f} ms, p99 {p99*1000:.1f} ms; "
+              f"end-to-end lag per second: {[round(x*1000) for x in lags]} ms; stats {buf.stats()}")
+        assert len(ages) > 150 and len(lags) >= 10
+        assert p99 < 2 * interval, f"newest frame p99 age {p99*1000:.1f} ms >= two frame intervals"
+        # the ancestor's bug: lag grew ~0.93 s per second. Here it must stay flat and small.
+        assert max(lags) < 0.5, lags
+        assert statistics.median(lags[-3:]) - statistics.median(lags[:3]) < 0.1, lags
+        assert buf.stats().fps > 0.8 * fps
+
+
+async def test_webrtc_server_whip_publish_and_delete(webrtc_server):
+    track = CounterVideoTrack(320, 240, fps=30)
+    async with publish(webrtc_server.url, track, via="whip", source="whipcam") as pub:
+        assert pub.location.startswith("/whip/") and pub.source == "whipcam"
+        buf = webrtc_server.get_buffer("whipcam")
+        await buf.wait_for_frame(10)
+        assert [p.kind.value for p in webrtc_server.peers()] == ["whip"]
+        async with aiohttp.ClientSession() as http:
+            async with http.patch(webrtc_server.url + pub.location, data="a=candidate:x",
+                                  headers={"Content-Type": "application/trickle-ice-sdpfrag"}) as r:
+                assert r.status == 405
+            async with http.delete(webrtc_server.url + pub.location) as r:
+                assert r.status == 200
+            assert webrtc_server.peers() == []
+            assert buf.state.value == "ended" and buf.latest() is not None  # last frames stay readable
+            async with http.delete(webrtc_server.url + pub.location) as r:
+                assert r.status == 404 and "unknown WHIP resource" in await r.text()
+        pub.location = None  # already deleted
+
+
+async def test_webrtc_server_whip_default_name(webrtc_server):
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), via="whip") as pub:
+        assert pub.source.startswith("whip-")
+        await webrtc_server.get_buffer(pub.source).wait_for_frame(10)
+
+
+async def test_webrtc_server_data_channel_round_trip(webrtc_server):
+    got: list[tuple[str, str, str]] = []
+
+    async def on_message(source: str, peer_id: str, text: str) -> None:
+        got.append((source, peer_id, text))
+        await webrtc_server.send_data(peer_id, text.upper())
+
+    webrtc_server.on_data_message = on_message
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="talk") as pub:
+        await pub.wait_open()
+        pub.channel.send('{"question": "what is here?"}')
+        reply = await asyncio.wait_for(pub.messages.get(), 10)
+        assert reply == '{"QUESTION": "WHAT IS HERE?"}'
+        assert got == [("talk", pub.peer_id, '{"question": "what is here?"}')]
+        assert await webrtc_server.broadcast("talk", "to all") == 1
+        assert await asyncio.wait_for(pub.messages.get(), 10) == "to all"
+        pub.channel.send("x" * (webrtc_server.config.max_message_bytes + 1))  # over the limit: dropped
+        await wait_until(lambda: webrtc_server.get_peer(pub.peer_id).messages_dropped == 1)
+    with pytest.raises(PeerNotFoundError):
+        await webrtc_server.send_data("nobody", "hi")
+
+
+async def test_webrtc_server_peer_going_away_is_cleaned_up(webrtc_server):
+    before = tasks_now()
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="leaver") as pub:
+        await webrtc_server.get_buffer("leaver").wait_for_frame(10)
+        peer = webrtc_server.get_peer(pub.peer_id)
+        assert peer.video_track is not None
+    # the publisher closed without any HTTP goodbye; DTLS close reaches the server
+    await wait_until(lambda: webrtc_server.peers() == [], timeout=15)
+    assert peer.closed and peer.tasks == frozenset()
+    with pytest.raises(DataChannelClosedError):
+        peer.send("late")
+    await wait_until(lambda: tasks_now() <= before, timeout=5)
+    assert webrtc_server.get_buffer("leaver").state.value == "ended"
+
+
+async def test_webrtc_server_same_source_reconnect_replaces_old_peer(webrtc_server):
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="door") as first:
+        await webrtc_server.get_buffer("door").wait_for_frame(10)
+        async with publish(webrtc_server.url, CounterVideoTrack(320, 240), source="door") as second:
+            await wait_until(lambda: [p.id for p in webrtc_server.peers()] == [second.peer_id])
+            newest = await webrtc_server.get_buffer("door").wait_for_frame(10)
+            assert newest.width == 320  # only the new connection's frames
+            assert first.peer_id != second.peer_id
+
+
+async def _offer_sdp() -> str:
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="sendonly")
+    pc.createDataChannel("agent")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+BAD_INPUT = [
+    # (name, method, path, content type, body maker, status, reason fragment)
+    ("not json", "POST", "/offer", "application/json", lambda sdp: b"{nope", 400, "not JSON"),
+    ("json array", "POST", "/offer", "application/json", lambda sdp: b"[1, 2]", 400, "JSON object"),
+    ("non-offer type", "POST", "/offer", "application/json",
+     lambda sdp: {"sdp": sdp, "type": "answer"}, 400, "type must be 'offer'"),
+    ("missing sdp", "POST", "/offer", "application/json", lambda sdp: {"type": "offer"}, 400, "non-empty string"),
+    ("not sdp", "POST", "/offer", "application/json", lambda sdp: {"sdp": "hello", "type": "offer"}, 400, "v=0"),
+    ("truncated before media", "POST", "/offer", "application/json",
+     lambda sdp: {"sdp": sdp[: sdp.index("m=")], "type": "offer"}, 400, "no media section"),
+    ("truncated mid-way", "POST", "/offer", "application/json",
+     lambda sdp: {"sdp": sdp[: int(len(sdp) * 0.45)], "type": "offer"}, 400, "malformed SDP offer"),
+    ("garbled media line", "POST", "/offer", "application/json",
+     lambda sdp: {"sdp": re.sub(r"m=video \d+", "m=video nine", sdp), "type": "offer"}, 400, "malformed SDP offer"),
+    ("garbled rtpmap", "POST", "/offer", "application/json",
+     lambda sdp: {"sdp": re.sub(r"VP8/90000", "VP8", sdp), "type": "offer"}, 400, "malformed SDP offer"),
+    ("unknown DTLS role", "POST", "/offer", "application/json",
+     lambda sdp: {"sdp": sdp.replace("a=setup:actpass", "a=setup:bogus"), "type": "offer"}, 400, "malformed SDP offer"),
+    ("no ICE password", "POST", "/offer", "application/json",
+     lambda sdp: {"sdp": re.sub(r"a=ice-pwd:[^\r]*\r\n", "", sdp), "type": "offer"}, 400, "malformed SDP offer"),
+    ("bad source name", "POST", "/offer", "application/json",
+     lambda sdp: {"sdp": sdp, "type": "offer", "source": "../etc"}, 400, "invalid source name"),
+    ("wrong content type", "POST", "/offer", "text/plain", lambda sdp: sdp.encode(), 415, "application/json"),
+    ("oversized offer", "POST", "/offer", "application/json", lambda sdp: b"{" + b" " * 70000 + b"}", 413, "limit"),
+    ("whip wrong content type", "POST", "/whip", "application/json", lambda sdp: {"sdp": sdp}, 415, "application/sdp"),
+    ("whip truncated", "POST", "/whip", "application/sdp", lambda sdp: sdp[:60].encode(), 400, "malformed"),
+    ("whip oversized", "POST", "/whip", "application/sdp", lambda sdp: (sdp + "a=x\r\n" * 20000).encode(), 413, "limit"),
+    ("unknown whip resource", "DELETE", "/whip/0123456789abcdef", None, None, 404, "unknown WHIP resource"),
+    ("whip GET", "GET", "/whip", None, None, 405, ""),
+    ("whip PUT", "PUT", "/whip", "application/sdp", lambda sdp: sdp.encode(), 405, ""),
+]
+
+
+async def test_webrtc_server_bad_input_is_refused_clearly_without_leaks(webrtc_server):
+    import json as _json
+
+    sdp = await _offer_sdp()
+    await asyncio.sleep(0.2)
+    before = tasks_now()
+    async with aiohttp.ClientSession() as http:
+        for name, method, path, ctype, make, status, fragment in BAD_INPUT:
+            body = None if make is None else make(sdp)
+            if isinstance(body, (dict, list)):
+                body = _json.dumps(body).encode()
+            headers = {"Content-Type": ctype} if ctype else {}
+            async with http.request(method, webrtc_server.url + path, data=body, headers=headers) as r:
+                text = await r.text()
+                assert r.status == status, f"{name}: {r.status} {text}"
+                assert fragment in text, f"{name}: reason {text!r} lacks {fragment!r}"
+                if status != 405:
+                    assert text.count("\n") <= 1, f"{name}: reason must be one line: {text!r}"
+        # after all that, the server still works
+        async with http.get(webrtc_server.url + "/healthz") as r:
+            assert r.status == 200
+    assert webrtc_server.peers() == [] and webrtc_server._pending == 0
+    await asyncio.sleep(0.2)
+    assert tasks_now() <= before, tasks_now() - before
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="after") as pub:
+        await webrtc_server.get_buffer("after").wait_for_frame(10)
+
+
+async def test_webrtc_server_too_many_peers_gets_503(webrtc_server_factory):
+    server = await webrtc_server_factory(WebRTCConfig(port=0, max_peers=2, host_candidate_addresses=["127.0.0.1"]))
+    before = tasks_now()
+    async with publish(server.url, CounterVideoTrack(160, 120), source="a"):
+        async with publish(server.url, CounterVideoTrack(160, 120), via="whip", source="b"):
+            await server.get_buffer("a").wait_for_frame(10)
+            await server.get_buffer("b").wait_for_frame(10)
+            sdp = await _offer_sdp()
+            async with aiohttp.ClientSession() as http:
+                async with http.post(server.url + "/offer", json={"sdp": sdp, "type": "offer"}) as r:
+                    assert r.status == 503 and "peer limit of 2" in (await r.json())["error"]
+                    assert r.headers["Retry-After"]
+                async with http.post(server.url + "/whip", data=sdp, headers={"Content-Type": "application/sdp"}) as r:
+                    assert r.status == 503
+            assert len(server.peers()) == 2
+    await wait_until(lambda: server.peers() == [], timeout=15)
+    await wait_until(lambda: tasks_now() <= before, timeout=5)
+
+
+async def test_webrtc_server_drops_peer_that_never_connects(webrtc_server_factory):
+    """A client that posts an offer and vanishes must not hold a peer slot for long."""
+    server = await webrtc_server_factory(WebRTCConfig(port=0, connect_timeout_s=0.5, host_candidate_addresses=["127.0.0.1"]))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + "/offer", json={"sdp": await _offer_sdp(), "type": "offer"}) as r:
+            assert r.status == 200
+    assert len(server.peers()) == 1
+    await wait_until(lambda: server.peers() == [], timeout=5)
+
+
+async def test_webrtc_server_close_is_idempotent_and_cancels_everything(webrtc_server_factory):
+    before = tasks_now()
+    server = await webrtc_server_factory()
+    async with publish(server.url, CounterVideoTrack(160, 120), source="x"):
+        await server.get_buffer("x").wait_for_frame(10)
+        assert any(name.startswith("webrtc-frame-buffer-drain:x") for name in tasks_now())
+        await server.close()
+        await server.close()
+        assert server.peers() == []
+        assert server.health()["status"] == "stopped"
+    await asyncio.sleep(0.1)
+    assert tasks_now() <= before, tasks_now() - before
