@@ -262,6 +262,32 @@ async def test_webrtc_server_drops_peer_that_never_connects(webrtc_server_factor
     await wait_until(lambda: server.peers() == [], timeout=5)
 
 
+class PausableTrack(CounterVideoTrack):
+    """Stops producing frames when `paused` is set, while the connection stays up (a frozen or closed tab)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.paused = False
+
+    async def recv(self):
+        while self.paused:
+            await asyncio.sleep(0.05)
+        return await super().recv()
+
+
+async def test_webrtc_server_drops_peer_whose_video_stops(webrtc_server_factory):
+    server = await webrtc_server_factory(WebRTCConfig(port=0, peer_idle_timeout_s=1.0, connect_timeout_s=1.0,
+                                                      host_candidate_addresses=["127.0.0.1"]))
+    track = PausableTrack(160, 120)
+    async with publish(server.url, track, source="frozen") as pub:
+        await server.get_buffer("frozen").wait_for_frame(10)
+        await asyncio.sleep(1.5)
+        assert [p.id for p in server.peers()] == [pub.peer_id]  # still sending: kept past both timeouts
+        track.paused = True
+        await wait_until(lambda: server.peers() == [], timeout=6)
+        assert server.get_buffer("frozen").state.value == "ended"
+
+
 async def test_webrtc_server_close_is_idempotent_and_cancels_everything(webrtc_server_factory):
     before = tasks_now()
     server = await webrtc_server_factory()

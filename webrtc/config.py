@@ -35,6 +35,7 @@ DEFAULT_SOURCE_OPEN_TIMEOUT_S = 10.0
 DEFAULT_SOURCE_RETRY_S = 2.0
 DEFAULT_VIDEO_BITRATE_HINT_KBPS = 2000
 DEFAULT_CONNECT_TIMEOUT_S = 20.0
+DEFAULT_PEER_IDLE_TIMEOUT_S = 10.0
 
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -175,6 +176,8 @@ class WebRTCConfig:
     """Default timeout of `FrameBuffer.wait_for_frame`."""
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     """A peer not connected this long after its answer is dropped (frees its slot)."""
+    peer_idle_timeout_s: float | None = DEFAULT_PEER_IDLE_TIMEOUT_S
+    """A connected peer whose video sent no frame this long is dropped (a tab closed without goodbye); None = wait for ICE consent to fail (~30 s)."""
     video_bitrate_hint_kbps: int | None = DEFAULT_VIDEO_BITRATE_HINT_KBPS
     """Start/min bitrate asked of Chromium senders (x-google-* in the answer) so 720p is not scaled down; None = leave."""
     serve_page: bool = True

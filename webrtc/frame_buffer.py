@@ -247,6 +247,11 @@ class FrameBuffer:
         return self._state
 
     @property
+    def track(self) -> Any:
+        """The attached track, or None."""
+        return self._track
+
+    @property
     def drain_task(self) -> asyncio.Task[None] | None:
         """The running drain task, if a track is attached."""
         return self._drain

@@ -308,7 +308,7 @@ class WebRTCServer:
             raise SignalingError("the server is shutting down", status=503)
         old = next((p for p in self._peers.values() if p.source == name), None)
         self._peers[peer.id] = peer
-        peer.spawn(self._connect_watchdog(peer), "connect-watchdog")
+        peer.spawn(self._watchdog(peer), "watchdog")
         if old is not None:  # a page reconnecting under the same name: the newest publisher wins
             self._spawn(self._drop_peer(old, f"replaced by peer {peer.id}"), f"webrtc-drop-peer:{old.id}")
         logger.info("peer %s (%s) connected as source %r", peer.id, kind.value, name)
@@ -371,11 +371,24 @@ class WebRTCServer:
         if inspect.isawaitable(result):
             peer.spawn(_await_logged(result, peer.id), "message")
 
-    async def _connect_watchdog(self, peer: PeerSession) -> None:
+    async def _watchdog(self, peer: PeerSession) -> None:
+        """Drop a peer that never connects, or whose video stops (a tab closed without a goodbye)."""
         await asyncio.sleep(self.config.connect_timeout_s)
-        if peer.pc.connectionState != "connected" and self._peers.get(peer.id) is peer:
-            self._spawn(self._drop_peer(peer, f"not connected after {self.config.connect_timeout_s:g} s"),
-                        f"webrtc-drop-peer:{peer.id}")
+        why = None
+        if peer.pc.connectionState != "connected":
+            why = f"not connected after {self.config.connect_timeout_s:g} s"
+        idle = self.config.peer_idle_timeout_s
+        while why is None and idle is not None and self._peers.get(peer.id) is peer:
+            await asyncio.sleep(min(1.0, idle / 4))
+            buffer = self.buffers.get(peer.source)
+            if peer.video_track is None or buffer is None or buffer.track is not peer.video_track:
+                continue
+            newest = buffer.latest()
+            last = newest.received_at if newest is not None else peer.created_at
+            if time.monotonic() - last > idle:
+                why = f"no video for {idle:g} s"
+        if why is not None and self._peers.get(peer.id) is peer:
+            self._spawn(self._drop_peer(peer, why), f"webrtc-drop-peer:{peer.id}")
 
     async def _drop_peer(self, peer: PeerSession, why: str) -> None:
         if self._peers.get(peer.id) is peer:

@@ -1,0 +1,110 @@
+"""The browser page in headless Chromium (Debian package, fake camera): connect, stream, ask, see answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.webrtc, pytest.mark.browser, pytest.mark.timeout(120)]
+
+
+async def test_webrtc_browser_page_streams_and_answers_over_data_channel(webrtc_server, chromium, artifacts_dir):
+    questions: list[tuple[str, str, dict]] = []
+
+    async def on_message(source: str, peer_id: str, text: str) -> None:
+        """A stand-in for the agent: answers from the newest frame's size, streamed in three parts."""
+        msg = json.loads(text)
+        questions.append((source, peer_id, msg))
+        newest = webrtc_server.get_buffer(source).latest()
+        words = ["I see ", f"a {newest.width}x{newest.height} ", "test pattern."]
+        for seq, delta in enumerate(words):
+            await webrtc_server.send_data(peer_id, json.dumps({"id": msg["id"], "seq": seq, "delta": delta}))
+            await asyncio.sleep(0.05)
+        await webrtc_server.send_data(peer_id, json.dumps({
+            "id": msg["id"], "question": msg["question"], "text": "".join(words), "source": source,
+            "frames": [{"pts": newest.pts, "age_s": round(newest.age_s, 3)}], "model": "stand-in",
+            "provider": "test", "latency_s": 0.2, "error": None,
+        }))
+
+    webrtc_server.on_data_message = on_message
+    context = await chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    try:
+        await page.goto(f"{webrtc_server.url}/?source=chrome&res=1280x720&fps=30&autostart=1")
+        buf = webrtc_server.get_buffer  # the buffer appears when the page's video track arrives
+        deadline = time.monotonic() + 20
+        while "chrome" not in webrtc_server.source_names():
+            assert time.monotonic() < deadline, f"no track from the page; console: {console}"
+            await asyncio.sleep(0.1)
+        first = await buf("chrome").wait_for_frame(20)
+        await page.wait_for_function("window.agentPage.state === 'connected'", timeout=20000)
+        await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", timeout=20000)
+        # let it run: frames keep coming, resolution climbs to 720p with the bitrate hint
+        await asyncio.sleep(3)
+        newest = buf("chrome").latest()
+        stats = buf("chrome").stats()
+        print(f"\nbrowser stream: first {first.width}x{first.height}, now {stats.width}x{stats.height} @ {stats.fps} fps")
+        assert newest.seq > first.seq + 30 and stats.fps > 10
+        assert newest.age_s < 0.5
+
+        await page.fill("#question", "What do you see?")
+        await page.click("#ask-button")
+        await page.wait_for_selector(".answer.done", timeout=15000)
+        answers = await page.evaluate(
+            "Object.values(window.agentPage.answers).map(a => ({q: a.question, text: a.text, done: a.done}))")
+        assert len(questions) == 1
+        source, peer_id, msg = questions[0]
+        assert source == "chrome" and peer_id == webrtc_server.peers()[0].id and msg["question"] == "What do you see?"
+        assert answers == [{"q": "What do you see?", "text": f"I see a {newest.width}x{newest.height} test pattern.",
+                            "done": True}] or answers[0]["text"].startswith("I see a ")
+        shown = await page.inner_text(".answer.done .text")
+        assert shown.startswith("I see a ") and shown.endswith("test pattern.")
+        # the page's own video is playing
+        playing = await page.evaluate("(() => { const v = document.getElementById('self'); return v.videoWidth > 0 && !v.paused; })()")
+        assert playing
+        shot = artifacts_dir / "webrtc_browser_page.png"
+        await page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+
+        await page.click("#stop")  # the page goes away politely: the server drops the peer
+        deadline = time.monotonic() + 15
+        while webrtc_server.peers():
+            assert time.monotonic() < deadline, "peer still listed after the page stopped"
+            await asyncio.sleep(0.1)
+        assert buf("chrome").state.value == "ended"
+    finally:
+        await context.close()
+
+
+async def test_webrtc_browser_page_reconnect_keeps_source_and_closing_tab_cleans_up(webrtc_server_factory, chromium):
+    from webrtc import WebRTCConfig
+
+    webrtc_server = await webrtc_server_factory(
+        WebRTCConfig(port=0, host_candidate_addresses=["127.0.0.1"], peer_idle_timeout_s=3.0))
+    context = await chromium.new_context()
+    page = await context.new_page()
+    try:
+        await page.goto(f"{webrtc_server.url}/?source=tab&res=640x480&fps=30&autostart=1")
+        await page.wait_for_function("window.agentPage.state === 'connected'", timeout=20000)
+        first_peer = await page.evaluate("window.agentPage.peerId")
+        await webrtc_server.get_buffer("tab").wait_for_frame(15)
+        await page.click("#connect")  # Reconnect
+        await page.wait_for_function(f"window.agentPage.peerId && window.agentPage.peerId !== '{first_peer}' "
+                                     "&& window.agentPage.state === 'connected'", timeout=20000)
+        seq = webrtc_server.get_buffer("tab").latest()
+        await webrtc_server.get_buffer("tab").wait_for_frame(15, newer_than=seq.seq if seq else 0)
+        deadline = time.monotonic() + 15
+        while [p.id for p in webrtc_server.peers()] != [await page.evaluate("window.agentPage.peerId")]:
+            assert time.monotonic() < deadline, webrtc_server.peers()
+            await asyncio.sleep(0.1)
+    finally:
+        await context.close()  # the tab goes away without pressing Stop
+    deadline = time.monotonic() + 8  # pagehide closes the peer, or 3 s without video do
+    while webrtc_server.peers():
+        assert time.monotonic() < deadline, f"peers left after the tab closed: {webrtc_server.peers()}"
+        await asyncio.sleep(0.2)

@@ -1,0 +1,198 @@
+// The visual agent's camera page: publish the camera over WebRTC, ask questions on the data channel,
+// show streamed answers. Plain JavaScript, no build step; works in Chromium and Firefox.
+// URL parameters (optional): ?source=name&res=1280x720&fps=30&autostart=1
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const page = (window.agentPage = {
+  pc: null, dc: null, stream: null, peerId: null, source: null,
+  state: "idle", answers: {}, messages: 0, errors: [],
+});
+
+function log(text) {
+  const line = document.createElement("div");
+  line.textContent = `${new Date().toLocaleTimeString()} ${text}`;
+  $("log").prepend(line);
+}
+
+function setPill(id, text) {
+  const el = $(id);
+  el.textContent = text;
+  el.className = `pill ${text}`;
+}
+
+function updateButtons() {
+  const live = page.pc !== null;
+  $("connect").textContent = live ? "Reconnect" : "Connect";
+  $("stop").disabled = !live;
+  $("ask-button").disabled = !(page.dc && page.dc.readyState === "open");
+}
+
+function waitForIceGathering(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icegatheringstatechange", check); clearTimeout(timer); resolve(); };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    const timer = setTimeout(done, timeoutMs);  // send what we have; the server learns the rest from checks
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+async function openCamera() {
+  const [width, height] = $("resolution").value.split("x").map(Number);
+  const fps = Number($("fps").value);
+  const wanted = { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: fps } };
+  const stream = await navigator.mediaDevices.getUserMedia({ video: wanted, audio: false });
+  const track = stream.getVideoTracks()[0];
+  if ("contentHint" in track) track.contentHint = "detail";
+  const s = track.getSettings();
+  log(`camera ${s.width}×${s.height} @ ${s.frameRate ? Math.round(s.frameRate) : "?"} fps`);
+  return stream;
+}
+
+async function stop() {
+  const { pc, stream } = page;
+  page.pc = null; page.dc = null; page.stream = null; page.peerId = null;
+  if (pc) pc.close();
+  if (stream) stream.getTracks().forEach((t) => t.stop());
+  $("self").srcObject = null;
+  page.state = "stopped";
+  setPill("pc-state", "stopped");
+  setPill("dc-state", "—");
+  $("peer").textContent = "";
+  updateButtons();
+}
+
+async function connect() {
+  await stop();
+  page.state = "connecting";
+  setPill("pc-state", "connecting");
+  try {
+    const config = await (await fetch("webrtc-config")).json();
+    const stream = await openCamera();
+    page.stream = stream;
+    $("self").srcObject = stream;
+
+    const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
+    page.pc = pc;
+    // the data channel must exist before createOffer, or the offer has no SCTP section
+    const dc = pc.createDataChannel("agent", { ordered: true });
+    page.dc = dc;
+    dc.onopen = () => { setPill("dc-state", "open"); updateButtons(); log("data channel open"); };
+    dc.onclose = () => { setPill("dc-state", "closed"); updateButtons(); };
+    dc.onmessage = (event) => onMessage(event.data);
+
+    const track = stream.getVideoTracks()[0];
+    pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    pc.onconnectionstatechange = () => {
+      page.state = pc.connectionState;
+      setPill("pc-state", pc.connectionState);
+      log(`connection ${pc.connectionState}`);
+      if (pc.connectionState === "failed") log("connection failed: press Reconnect");
+    };
+
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForIceGathering(pc, 2000);
+    const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
+    const source = $("source").value.trim();
+    if (source) body.source = source;
+    const response = await fetch("offer", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(`server refused the offer (${response.status}): ${answer.error}`);
+    if (page.pc !== pc) return;  // stopped meanwhile
+    page.peerId = answer.peer_id;
+    page.source = answer.source;
+    $("peer").textContent = `source ${answer.source} · peer ${answer.peer_id}`;
+    await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+    updateButtons();
+  } catch (err) {
+    page.errors.push(String(err));
+    log(`error: ${err.message || err}`);
+    setPill("pc-state", "error");
+    page.state = "error";
+    updateButtons();
+  }
+}
+
+function answerBox(id, question) {
+  let entry = page.answers[id];
+  if (!entry) {
+    const el = document.createElement("div");
+    el.className = "answer streaming";
+    el.innerHTML = '<div class="q"></div><div class="text"></div><div class="meta"></div>';
+    $("answers").appendChild(el);
+    entry = page.answers[id] = { el, question: question || "", text: "", parts: {}, nextSeq: null, done: false };
+  }
+  if (question && !entry.question) entry.question = question;
+  entry.el.querySelector(".q").textContent = entry.question || `(question ${id})`;
+  return entry;
+}
+
+function onMessage(data) {
+  page.messages += 1;
+  let msg;
+  try { msg = JSON.parse(data); } catch (e) { msg = null; }
+  if (!msg || typeof msg !== "object") {  // plain text from the agent
+    const entry = answerBox(`text-${page.messages}`, "");
+    entry.el.querySelector(".text").textContent = String(data);
+    entry.el.className = "answer done";
+    return;
+  }
+  if ("delta" in msg && "id" in msg) {  // {"id", "seq", "delta"}: a streamed piece, in seq order
+    const entry = answerBox(msg.id);
+    if (entry.done) return;
+    const seq = Number.isInteger(msg.seq) ? msg.seq : Object.keys(entry.parts).length;
+    entry.parts[seq] = msg.delta;
+    if (entry.nextSeq === null) entry.nextSeq = Math.min(...Object.keys(entry.parts).map(Number));
+    while (entry.nextSeq in entry.parts) { entry.text += entry.parts[entry.nextSeq]; delete entry.parts[entry.nextSeq]; entry.nextSeq += 1; }
+    entry.el.querySelector(".text").textContent = entry.text;
+    return;
+  }
+  if ("id" in msg && ("text" in msg || "error" in msg)) {  // the final answer
+    const entry = answerBox(msg.id, msg.question);
+    entry.done = true;
+    entry.final = msg;
+    const failed = msg.error && msg.error !== null;
+    entry.text = failed ? `${msg.error.type || "error"}: ${msg.error.message || ""}` : (msg.text || "");
+    entry.el.querySelector(".text").textContent = entry.text;
+    const meta = [];
+    if (msg.model) meta.push(msg.model);
+    if (msg.provider) meta.push(msg.provider);
+    if (typeof msg.latency_s === "number") meta.push(`${msg.latency_s.toFixed(2)} s`);
+    if (Array.isArray(msg.frames) && msg.frames.length) {
+      meta.push(`${msg.frames.length} frame(s), newest ${Math.min(...msg.frames.map((f) => f.age_s ?? Infinity)).toFixed(3)} s old`);
+    }
+    entry.el.querySelector(".meta").textContent = meta.join(" · ");
+    entry.el.className = `answer ${failed ? "failed" : "done"}`;
+    return;
+  }
+  log(`message: ${data}`);
+}
+
+function ask(event) {
+  event.preventDefault();
+  const question = $("question").value.trim();
+  if (!question || !page.dc || page.dc.readyState !== "open") return;
+  const id = (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).slice(0, 12);
+  const message = { id, question, stream: true };
+  if (page.source) message.source = page.source;
+  page.dc.send(JSON.stringify(message));
+  answerBox(id, question);
+  $("question").value = "";
+}
+
+$("connect").addEventListener("click", connect);
+window.addEventListener("pagehide", () => { if (page.pc) page.pc.close(); });  // tell the server at once
+$("stop").addEventListener("click", stop);
+$("ask-form").addEventListener("submit", ask);
+
+(function applyUrlParameters() {
+  const params = new URLSearchParams(location.search);
+  if (params.get("source")) $("source").value = params.get("source");
+  if (params.get("res")) $("resolution").value = params.get("res");
+  if (params.get("fps")) $("fps").value = params.get("fps");
+  updateButtons();
+  if (params.get("autostart") === "1") connect();
+})();
