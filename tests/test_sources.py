@@ -1,0 +1,111 @@
+"""Configured sources: a video file (generated here with PyAV) plays into its FrameBuffer, in real time, looping."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.fixtures.webrtc import colour_bars_yuv
+from webrtc import SourceConfig, WebRTCConfig, WebRTCConfigError
+
+pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(60)]
+
+FPS = 30
+
+
+def write_video(path: Path, seconds: float, *, width: int = 160, height: int = 120, audio: bool = False) -> Path:
+    """An H.264 MP4 of colour bars whose brightness steps with the frame number (and optionally AAC audio)."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        sound = None
+        if audio:
+            sound = container.add_stream("aac", rate=48000)
+            sound.layout = "stereo"
+        base = colour_bars_yuv(width, height)
+        frames = int(seconds * FPS)
+        for i in range(frames):
+            yuv = base.copy()
+            yuv[: height // 4, : width // 4] = (i * 8) % 220 + 16
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts, frame.time_base = i, fractions.Fraction(1, FPS)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if sound is not None:
+            samples = int(seconds * 48000)
+            t = np.arange(samples) / 48000
+            tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            pcm = np.stack([tone, tone])
+            for start in range(0, samples, 1024):
+                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + 1024]), format="fltp", layout="stereo")
+                chunk.sample_rate, chunk.pts = 48000, start
+                container.mux(sound.encode(chunk))
+            container.mux(sound.encode())
+    return path
+
+
+async def test_sources_file_plays_into_buffer_in_real_time_and_loops(tmp_path, webrtc_server_factory):
+    clip = write_video(tmp_path / "clip.mp4", 1.0)
+    server = await webrtc_server_factory(
+        WebRTCConfig(port=0, host_candidate_addresses=["127.0.0.1"]),
+        [SourceConfig(name="clip", kind="file", url=str(clip), loop=True)],
+    )
+    assert server.source_names() == ["clip"]
+    buf = server.get_buffer("clip")
+    first = await buf.wait_for_frame(10)
+    t0, seq0 = time.monotonic(), first.seq
+    assert (first.width, first.height) == (160, 120)
+    await asyncio.sleep(2.5)  # more than two passes over the one-second clip
+    elapsed = time.monotonic() - t0
+    st = buf.stats()
+    played = buf.latest().seq - seq0
+    print(f"\nfile source: {played} frames in {elapsed:.2f} s, stats {st}")
+    # paced like the clip (30 fps), not as fast as the decoder can go, and still going after the end
+    assert 0.7 * FPS * elapsed < played < 1.3 * FPS * elapsed
+    assert st.state == "live" and st.tracks >= 3 and server.health()["sources"]["clip"]["opens"] >= 3
+    assert buf.latest().age_s < 0.2
+    await server.close()
+    assert buf.drain_task is None
+
+
+async def test_sources_file_without_loop_ends_and_keeps_last_frames(tmp_path, webrtc_server_factory):
+    clip = write_video(tmp_path / "short.mp4", 0.5, audio=True)
+    server = await webrtc_server_factory(sources=[SourceConfig(name="short", url=str(clip))])
+    buf = server.get_buffer("short")
+    await buf.wait_for_frame(10)
+    runner = server._runners["short"]
+    deadline = time.monotonic() + 10
+    while buf.state.value != "ended":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert buf.stats().received == 15 and buf.latest() is not None  # every frame, then the end
+    assert runner.task.done() and runner.player is None
+
+
+async def test_sources_missing_file_reports_clear_error(tmp_path, webrtc_server_factory):
+    server = await webrtc_server_factory(sources=[SourceConfig(name="gone", url=str(tmp_path / "nope.mp4"))])
+    buf = server.get_buffer("gone")
+    with pytest.raises(TimeoutError, match="gone"):
+        await buf.wait_for_frame(1.0)
+    health = server.health()["sources"]["gone"]
+    assert health["state"] == "ended" and "nope.mp4" in health["error"] and "cannot open" in health["error"]
+
+
+def test_sources_config_rejects_bad_values():
+    with pytest.raises(WebRTCConfigError, match="kind must be one of"):
+        SourceConfig(name="x", kind="usb", url="/dev/video0")
+    with pytest.raises(WebRTCConfigError, match="invalid source name"):
+        SourceConfig(name="has space", url="a.mp4")
+    with pytest.raises(WebRTCConfigError, match="url"):
+        SourceConfig(name="x", kind="rtsp")
+    with pytest.raises(WebRTCConfigError, match="unknown keys"):
+        SourceConfig.from_mapping({"name": "x", "url": "a.mp4", "looping": True})
+    cfg = SourceConfig(name="door", kind="rtsp", url="rtsp://admin:hunter2@10.0.0.5/stream")
+    assert "hunter2" not in repr(cfg) and "***" in repr(cfg)
