@@ -1,0 +1,414 @@
+"""The in-process vLLM engine: raw images and precomputed image embeddings, streaming, tool calls.
+
+The engine runs in its own thread (`EngineWorker`), which steps a vLLM `LLMEngine` and adds requests between steps:
+concurrent `achat`/`astream` calls share the engine's batch, and the event loop never waits on it. The prompt is
+written by the model's own chat template with one image placeholder per image; vLLM expands each placeholder to
+the image's feature tokens. Embeddings are checked against the model (language-model hidden size, tokens per image)
+before the engine sees them, so a wrong shape is a clear `EmbeddingShapeError` (a ValueError) and costs nothing.
+torch and vllm are imported on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
+from .config import VLLMNativeConfig, config_from
+from .engine_worker import EngineWorker, Finished
+from .errors import (
+    BadRequestError,
+    EmbeddingShapeError,
+    EmbeddingsNotSupportedError,
+    EngineError,
+    MessageFormatError,
+    ProviderConnectionError,
+    ToolsNotSupportedError,
+)
+from .messages import EmbeddingsPart, ImagePart, Message, OtherPart, TextPart, load_image, normalize_messages
+
+__all__ = ["SAMPLING_OPTIONS", "VLLMNativeProvider", "expected_image_tokens"]
+
+# Per-call options that become vLLM SamplingParams (extra_body's keys are read the same way).
+SAMPLING_OPTIONS = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stop",
+        "stop_token_ids",
+        "min_tokens",
+        "ignore_eos",
+        "skip_special_tokens",
+    }
+)
+OTHER_OPTIONS = frozenset(
+    {"tools", "tool_choice", "structured_outputs", "guided_json", "response_format", "max_completion_tokens", "extra_body"}
+)
+FETCH_TIMEOUT_S = 30.0
+
+
+def expected_image_tokens(hf_config: Any) -> int | None:
+    """Feature tokens per image for LLaVA-1.5-style models (fixed grid); None where it varies by image size."""
+    if getattr(hf_config, "model_type", None) != "llava":
+        return None
+    vision = hf_config.vision_config
+    grid = (vision.image_size // vision.patch_size) ** 2
+    return grid + (1 if getattr(hf_config, "vision_feature_select_strategy", "default") == "full" else 0)
+
+
+class VLLMNativeProvider(LLMProvider):
+    """vLLM in this process; the provider that takes precomputed image embeddings (with `enable_mm_embeds`)."""
+
+    def __init__(self, config: Mapping[str, Any] | VLLMNativeConfig | None = None, **overrides: Any) -> None:
+        self.config = config_from(VLLMNativeConfig, config, **overrides)
+        self.capabilities = Capabilities(
+            images=True,
+            image_embeddings=self.config.enable_mm_embeds,
+            streaming=True,
+            tools=self.config.tool_parser is not None,
+        )
+        self.endpoint = f"vllm-native:{self.config.model_name}"
+        self._worker: EngineWorker | None = None
+        self._start_lock = asyncio.Lock()
+        self._closed = False
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+        self._tokenizer: Any = None
+        self._lm_hidden: int | None = None
+        self._image_tokens: int | None = None
+        self._dtype: Any = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._worker else "not started")
+        return f"VLLMNativeProvider(model_name={self.config.model_name!r}, {state})"
+
+    def engine_args(self) -> dict[str, Any]:
+        """The keyword arguments for `vllm.EngineArgs`: the named config keys, then `engine_args` unchanged."""
+        args: dict[str, Any] = {
+            "model": self.config.model_name,
+            "enable_mm_embeds": self.config.enable_mm_embeds,
+            "tensor_parallel_size": self.config.tensor_parallel_size,
+            "gpu_memory_utilization": self.config.gpu_memory_utilization,
+            "dtype": self.config.dtype,
+        }
+        if self.config.max_model_len is not None:
+            args["max_model_len"] = self.config.max_model_len
+        args.update(self.config.engine_args)
+        return args
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the model (in the engine thread); the first request does it too. Safe to call again."""
+        if self._closed:
+            raise EngineError("VLLMNativeProvider is closed", endpoint=self.endpoint)
+        async with self._start_lock:
+            if self._worker is not None:
+                return
+            args = self.engine_args()
+
+            def build():
+                from vllm import EngineArgs, LLMEngine
+
+                return LLMEngine.from_engine_args(EngineArgs(**args))
+
+            worker = EngineWorker(build, name=f"vllm-engine-{self._prefix}", endpoint=self.endpoint)
+            engine = await worker.start()
+            model_config = engine.model_config
+            hf_config = model_config.hf_config
+            self._tokenizer = engine.get_tokenizer()
+            self._lm_hidden = hf_config.get_text_config().hidden_size
+            self._image_tokens = expected_image_tokens(hf_config)
+            self._dtype = model_config.dtype
+            self._worker = worker
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        async with self._start_lock:
+            if self._worker is not None:
+                await self._worker.stop()
+
+    async def list_models(self) -> list[str]:
+        return [self.config.model_name]
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    async def achat(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> ChatResponse:
+        started = time.perf_counter()
+        tools = opts.get("tools") if opts.get("tool_choice", "auto") != "none" else None
+        text: list[str] = []
+        token_ids: list[int] = []
+        prompt_tokens = 0
+        finish_reason = None
+        async with contextlib.aclosing(self._generate(messages, opts)) as outputs:
+            async for output in outputs:
+                if output.prompt_token_ids:
+                    prompt_tokens = len(output.prompt_token_ids)
+                completion = output.outputs[0]
+                text.append(completion.text)
+                token_ids.extend(completion.token_ids)
+                finish_reason = completion.finish_reason or finish_reason
+        answer = "".join(text)
+        calls: list[ToolCall] = []
+        if tools:
+            answer, calls = self._parse_tool_calls(answer, tools)
+            if calls:
+                finish_reason = "tool_calls"
+        return ChatResponse(
+            text=answer,
+            tool_calls=calls,
+            usage=Usage(prompt_tokens, len(token_ids)),
+            model=self.config.model_name,
+            latency_s=time.perf_counter() - started,
+            finish_reason=finish_reason,
+            token_ids=tuple(token_ids),
+        )
+
+    async def astream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> AsyncIterator[str]:
+        async with contextlib.aclosing(self._generate(messages, opts)) as outputs:
+            async for output in outputs:
+                delta = output.outputs[0].text
+                if delta:
+                    yield delta
+
+    async def _generate(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> AsyncIterator[Any]:
+        self._check_tools(opts)  # before loading anything: a config problem should not cost an engine start
+        await self.start()
+        prompt, params = await self._prepare(messages, dict(opts))
+        request_id = f"va-{self._prefix}-{next(self._ids)}"
+        sink = self._worker.submit(request_id, prompt, params)
+        done = False
+        try:
+            while True:
+                item = await sink.get()
+                if isinstance(item, Finished):
+                    done = True
+                    raise self._engine_error(item.error) from item.error
+                yield item
+                if item.finished:
+                    done = True
+                    return
+        finally:
+            if not done:  # cancelled, or the consumer stopped reading: free the engine's slot
+                self._worker.abort(request_id)
+
+    def _engine_error(self, exc: BaseException) -> Exception:
+        if isinstance(exc, EngineError):
+            return exc
+        if isinstance(exc, (ValueError, TypeError)):
+            return BadRequestError(f"the engine refused the request: {exc}", endpoint=self.endpoint)
+        return EngineError(f"the engine failed: {type(exc).__name__}: {exc}", endpoint=self.endpoint)
+
+    async def _prepare(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> tuple[dict, Any]:
+        normalized = normalize_messages(messages)
+        params = self._sampling_params(opts)
+        tools = self._check_tools(opts)
+        conversation, images, embeddings = self._conversation(normalized)
+        if images and embeddings:
+            raise MessageFormatError(
+                "one request cannot mix raw images and image embeddings (vLLM takes one kind per modality)",
+                endpoint=self.endpoint,
+            )
+        try:
+            text = self._tokenizer.apply_chat_template(
+                conversation, tools=tools, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # jinja errors, templates that refuse a role order, ...
+            raise MessageFormatError(f"the model's chat template refused the messages: {exc}", endpoint=self.endpoint) from exc
+        prompt: dict[str, Any] = {"prompt": text}
+        if embeddings:
+            prompt["multi_modal_data"] = {"image": self._check_embeddings(embeddings)}
+        elif images:
+            pil = await self._load_images(images)
+            prompt["multi_modal_data"] = {"image": pil if len(pil) > 1 else pil[0]}
+        return prompt, params
+
+    def _check_tools(self, opts: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        """The tools to render and parse, or None; refuses tools this model cannot call."""
+        tools = opts.get("tools")
+        choice = opts.get("tool_choice", "auto")
+        if not tools or choice == "none":
+            return None
+        if self.config.tool_parser is None:
+            raise ToolsNotSupportedError(
+                f"tools were given but no tool_parser is configured for {self.config.model_name}; set tool_parser "
+                "to the vLLM parser that matches the model's chat template (e.g. hermes, llama3_json, pythonic)",
+                endpoint=self.endpoint,
+            )
+        if choice not in ("auto", None):
+            raise ToolsNotSupportedError(
+                f"tool_choice {choice!r} is not supported in-process; use 'auto' or 'none'", endpoint=self.endpoint
+            )
+        return list(tools)
+
+    def _conversation(self, messages: list[Message]) -> tuple[list[dict], list[Any], list[Any]]:
+        """Chat-template messages with `{"type": "image"}` placeholders, and the images/embeddings in order."""
+        conversation, images, embeddings = [], [], []
+        for message in messages:
+            entry: dict[str, Any] = {"role": message.role, **message.extra}
+            if message.parts is None:
+                entry["content"] = message.text or ""
+            else:
+                content = []
+                for part in message.parts:
+                    if isinstance(part, TextPart):
+                        content.append({"type": "text", "text": part.text})
+                    elif isinstance(part, ImagePart):
+                        images.append(part.source)
+                        content.append({"type": "image"})
+                    elif isinstance(part, EmbeddingsPart):
+                        items = self._split_embeddings(part.embeddings)
+                        embeddings.extend(items)
+                        content.extend({"type": "image"} for _ in items)
+                    elif isinstance(part, OtherPart):
+                        raise MessageFormatError(
+                            f"VLLMNativeProvider cannot read content parts of type {part.raw.get('type')!r}",
+                            endpoint=self.endpoint,
+                        )
+                entry["content"] = content
+            conversation.append(entry)
+        return conversation, images, embeddings
+
+    def _split_embeddings(self, value: Any) -> list[Any]:
+        if not self.config.enable_mm_embeds:
+            raise EmbeddingsNotSupportedError(
+                "this VLLMNativeProvider was started without enable_mm_embeds; set enable_mm_embeds: true",
+                endpoint=self.endpoint,
+            )
+        import numpy as np
+        import torch
+
+        expected = f"(n_images, {self._image_tokens or 'image_tokens'}, {self._lm_hidden})"
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 3:
+                return list(value.unbind(0))
+            raise EmbeddingShapeError(
+                f"image_embeddings must be a 3-D tensor {expected} or a list of 2-D tensors; got shape "
+                f"{tuple(value.shape)} (for one image use embeddings[None])",
+                endpoint=self.endpoint,
+            )
+        if isinstance(value, (list, tuple)) and value:
+            items = [torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in value]
+            for i, item in enumerate(items):
+                if not isinstance(item, torch.Tensor) or item.dim() != 2:
+                    got = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+                    raise EmbeddingShapeError(
+                        f"image_embeddings[{i}] must be a 2-D tensor (image_tokens, {self._lm_hidden}); got {got}",
+                        endpoint=self.endpoint,
+                    )
+            return items
+        raise EmbeddingShapeError(
+            f"image_embeddings must be a torch tensor {expected} or a list of 2-D tensors; got {type(value).__name__}",
+            endpoint=self.endpoint,
+        )
+
+    def _check_embeddings(self, items: list[Any]) -> Any:
+        """Shape, dtype and finiteness checked against the model; one 3-D tensor (or a list if lengths differ)."""
+        import torch
+
+        for i, item in enumerate(items):
+            got = tuple(item.shape)
+            if item.shape[-1] != self._lm_hidden:
+                raise EmbeddingShapeError(
+                    f"image embedding {i} has hidden size {item.shape[-1]}, but {self.config.model_name}'s language "
+                    f"model has hidden size {self._lm_hidden}: expected ({self._image_tokens or 'image_tokens'}, "
+                    f"{self._lm_hidden}) per image, got {got} (were these projected by this model's projector?)",
+                    endpoint=self.endpoint,
+                )
+            if self._image_tokens is not None and item.shape[0] != self._image_tokens:
+                raise EmbeddingShapeError(
+                    f"image embedding {i} has {item.shape[0]} tokens, but {self.config.model_name} uses "
+                    f"{self._image_tokens} tokens per image: expected ({self._image_tokens}, {self._lm_hidden}), "
+                    f"got {got}",
+                    endpoint=self.endpoint,
+                )
+            if not torch.is_floating_point(item):
+                raise EmbeddingShapeError(f"image embedding {i} has dtype {item.dtype}; expected a float tensor")
+            if not bool(torch.isfinite(item).all()):
+                raise EmbeddingShapeError(f"image embedding {i} holds NaN or infinite values", endpoint=self.endpoint)
+        items = [item.detach().to(device="cpu", dtype=self._dtype).contiguous() for item in items]
+        if len({tuple(item.shape) for item in items}) == 1:
+            return torch.stack(items)
+        return items
+
+    async def _load_images(self, sources: list[Any]) -> list[Any]:
+        fetched: dict[int, bytes] = {}
+        urls = [(i, s) for i, s in enumerate(sources) if isinstance(s, str) and s.startswith(("http://", "https://"))]
+        if urls:
+            import httpx
+
+            async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=True) as client:
+                for i, url in urls:
+                    try:
+                        response = await client.get(url)
+                        response.raise_for_status()
+                    except httpx.HTTPError as exc:
+                        raise ProviderConnectionError(f"cannot fetch image {url}: {exc}", endpoint=url) from exc
+                    fetched[i] = response.content
+        return await asyncio.to_thread(lambda: [load_image(s, fetched=fetched.get(i)) for i, s in enumerate(sources)])
+
+    def _sampling_params(self, opts: dict[str, Any]) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        opts = {**opts, **(opts.pop("extra_body", None) or {})}
+        unknown = set(opts) - SAMPLING_OPTIONS - OTHER_OPTIONS
+        if unknown:
+            raise TypeError(f"VLLMNativeProvider got unknown option(s) {sorted(unknown)}")
+        values = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        values.update({k: v for k, v in opts.items() if k in SAMPLING_OPTIONS and v is not None})
+        if opts.get("max_completion_tokens") is not None:
+            values["max_tokens"] = opts["max_completion_tokens"]
+        structured = opts.get("structured_outputs")
+        if opts.get("guided_json") is not None:
+            structured = {"json": opts["guided_json"]}
+        response_format = opts.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            structured = {"json": response_format["json_schema"].get("schema", {})}
+        elif response_format.get("type") == "json_object":
+            structured = {"json_object": True}
+        if structured is not None and not isinstance(structured, StructuredOutputsParams):
+            structured = StructuredOutputsParams(**structured)
+        try:
+            return SamplingParams(output_kind=RequestOutputKind.DELTA, structured_outputs=structured, **values)
+        except (TypeError, ValueError) as exc:
+            raise BadRequestError(f"bad sampling options: {exc}", endpoint=self.endpoint) from exc
+
+    def _parse_tool_calls(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.tool_parsers import ToolParserManager
+
+        try:
+            parser_class = ToolParserManager.get_tool_parser(self.config.tool_parser)
+        except KeyError as exc:
+            raise ToolsNotSupportedError(
+                f"vLLM has no tool parser {self.config.tool_parser!r}; known: {ToolParserManager.list_registered()}",
+                endpoint=self.endpoint,
+            ) from exc
+        request = ChatCompletionRequest(
+            model=self.config.model_name, messages=[{"role": "user", "content": ""}], tools=tools, tool_choice="auto"
+        )
+        parser = parser_class(self._tokenizer, request.tools)
+        info = parser.extract_tool_calls(text, request)
+        if not info.tools_called:
+            return text, []
+        calls = [
+            ToolCall(id=call.id or f"call_{i}", name=call.function.name, arguments=call.function.arguments or "")
+            for i, call in enumerate(info.tool_calls)
+        ]
+        return info.content or "", calls

@@ -1,0 +1,208 @@
+"""VLLMNativeProvider: the real in-process vLLM engine on the tiny LLaVA (one engine for the session)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from providers import (
+    EmbeddingShapeError,
+    MessageFormatError,
+    ToolsNotSupportedError,
+    VLLMNativeProvider,
+    create_provider,
+)
+
+IMAGE_TOKENS = 16
+LM_HIDDEN = 64
+FULL = {"min_tokens": 16, "max_tokens": 16}  # always 16 tokens, so comparisons cover a whole answer
+
+vllm = pytest.mark.vllm
+
+
+def _image(seed: int) -> np.ndarray:
+    # 56 x 56: the model's own input size, so no resampling differs between the two paths compared below.
+    return np.random.default_rng(seed).integers(0, 256, size=(56, 56, 3), dtype=np.uint8)
+
+
+def _ask(image=None, embeddings=None, text="what is in the picture?"):
+    content = {"text": text}
+    if image is not None:
+        content["images"] = [image]
+    if embeddings is not None:
+        content["image_embeddings"] = embeddings
+    return [{"role": "user", "content": content}]
+
+
+@pytest.fixture(scope="module")
+def hf_features(tiny_llava_path):
+    """`image -> (1, 16, 64)` projected features computed by Hugging Face's LlavaForConditionalGeneration."""
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(tiny_llava_path)
+
+    def features(image: np.ndarray):
+        pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = model.get_image_features(
+                pixel_values=pixels,
+                vision_feature_layer=model.config.vision_feature_layer,
+                vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+            )
+        # transformers 5.x returns a model output whose pooler_output is a list of (tokens, hidden) per image.
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out
+        return torch.stack(list(feats))
+
+    return features
+
+
+def test_vllm_native_tools_without_parser_refused_before_engine_start(tiny_llava_path):
+    llm = create_provider({"provider": "vllm_native", "model_name": str(tiny_llava_path)})
+    assert isinstance(llm, VLLMNativeProvider) and llm.capabilities.tools is False
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    with pytest.raises(ToolsNotSupportedError, match="tool_parser"):
+        asyncio.run(llm.achat([{"role": "user", "content": "hi"}], tools=tools))
+    assert llm._worker is None  # refused without loading the model
+
+
+def test_vllm_native_engine_args_pass_through_unchanged(tiny_llava_path):
+    llm = VLLMNativeProvider(
+        {"model_name": "m", "dtype": "float32", "engine_args": {"enforce_eager": True, "dtype": "bfloat16", "seed": 3}}
+    )
+    args = llm.engine_args()
+    assert args["enforce_eager"] is True and args["seed"] == 3 and args["dtype"] == "bfloat16"
+    assert args["model"] == "m" and args["enable_mm_embeds"] is False and args["tensor_parallel_size"] == 1
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_answers_from_raw_image(native_provider):
+    assert native_provider.capabilities.image_embeddings and native_provider.capabilities.images
+    with_image = await native_provider.achat(_ask(_image(0)), **FULL)
+    text_only = await native_provider.achat(_ask(), **FULL)
+    assert len(with_image.token_ids) == with_image.usage.completion_tokens == 16
+    assert with_image.usage.prompt_tokens - text_only.usage.prompt_tokens >= IMAGE_TOKENS
+    assert with_image.token_ids != text_only.token_ids  # the picture changed the answer
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_hf_features_give_token_identical_answer(native_provider, hf_features):
+    import torch
+
+    image = _image(1)
+    features = await asyncio.to_thread(hf_features, image)
+    assert tuple(features.shape) == (1, IMAGE_TOKENS, LM_HIDDEN)
+    from_image = await native_provider.achat(_ask(image), **FULL)
+    from_features = await native_provider.achat(_ask(embeddings=features), **FULL)
+    as_list = await native_provider.achat(_ask(embeddings=[features[0]]), **FULL)
+    assert from_features.token_ids == from_image.token_ids == as_list.token_ids
+    assert from_features.usage.prompt_tokens == from_image.usage.prompt_tokens
+    # And the embeddings are really what the model reads: other features, another answer.
+    other = await native_provider.achat(_ask(embeddings=torch.randn(1, IMAGE_TOKENS, LM_HIDDEN) * 3), **FULL)
+    assert other.token_ids != from_image.token_ids
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_wrong_embedding_shapes_rejected_then_engine_answers(native_provider, hf_features):
+    import torch
+
+    image = _image(2)
+    before = await native_provider.achat(_ask(image), **FULL)
+    cases = {
+        "hidden": (torch.randn(1, IMAGE_TOKENS, 32), ["hidden size 32", f"hidden size {LM_HIDDEN}"]),
+        "tokens": (torch.randn(1, 15, LM_HIDDEN), ["15 tokens", f"{IMAGE_TOKENS} tokens"]),
+        "2-D": (torch.randn(IMAGE_TOKENS, LM_HIDDEN), ["3-D", "embeddings[None]"]),
+        "nan": (torch.full((1, IMAGE_TOKENS, LM_HIDDEN), float("nan")), ["NaN"]),
+    }
+    for name, (embeddings, phrases) in cases.items():
+        with pytest.raises(EmbeddingShapeError) as info:
+            await native_provider.achat(_ask(embeddings=embeddings))
+        assert isinstance(info.value, ValueError)
+        for phrase in phrases:
+            assert phrase in str(info.value), (name, str(info.value))
+    with pytest.raises(MessageFormatError, match="mix"):
+        await native_provider.achat(_ask(image, embeddings=torch.randn(1, IMAGE_TOKENS, LM_HIDDEN)))
+    after = await native_provider.achat(_ask(image), **FULL)
+    assert after.token_ids == before.token_ids
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_concurrent_calls_each_get_their_own_answer(native_provider, hf_features):
+    requests = [_ask(_image(10 + i), text=f"question {i}") for i in range(3)]
+    requests.append(_ask(embeddings=await asyncio.to_thread(hf_features, _image(20))))
+    alone = [await native_provider.achat(r, **FULL) for r in requests]
+    assert len({a.token_ids for a in alone}) == len(alone)  # different prompts, different answers
+    gaps = []
+
+    async def ticker():
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker(), name="loop-ticker")
+    try:
+        together = await asyncio.gather(*(native_provider.achat(r, **FULL) for r in requests))
+    finally:
+        tick.cancel()
+    assert [t.token_ids for t in together] == [a.token_ids for a in alone]
+    assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.3f} s"
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_streams_tokens(native_provider):
+    messages = _ask(_image(3))
+    deltas = [d async for d in native_provider.astream(messages, **FULL)]
+    whole = await native_provider.achat(messages, **FULL)
+    assert len(deltas) >= 2 and "".join(deltas) == whole.text
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_stream_stopped_early_frees_engine(native_provider):
+    messages = _ask(_image(4))
+    expected = await native_provider.achat(messages, **FULL)
+    stream = native_provider.astream(messages, max_tokens=200, min_tokens=200)
+    async for _ in stream:
+        break
+    await stream.aclose()
+    again = await native_provider.achat(messages, **FULL)
+    assert again.token_ids == expected.token_ids
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_tool_call_parsed_by_vllm_parser(native_provider):
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    plain = await native_provider.achat([{"role": "user", "content": "weather?"}], **FULL)
+    # The random model cannot choose to call a tool, so structured output makes it write one in the
+    # pythonic format; the provider must render the tools and parse the call with vLLM's parser.
+    response = await native_provider.achat(
+        [{"role": "user", "content": "weather?"}],
+        tools=tools,
+        max_tokens=40,
+        structured_outputs={"regex": r"\[get_weather\(city='(Paris|Rome)'\)\]"},
+    )
+    assert response.usage.prompt_tokens > plain.usage.prompt_tokens  # the tools were rendered into the prompt
+    assert [c.name for c in response.tool_calls] == ["get_weather"]
+    assert response.tool_calls[0].args["city"] in ("Paris", "Rome")
+    assert response.finish_reason == "tool_calls" and response.text == ""
