@@ -15,7 +15,6 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from torch.nn import functional as F
 
 from .cache import EmbeddingCache
 from .errors import EncoderConfigError, EncoderError, ImageInputError, MissingDependencyError
-from .frames import ChannelOrder, frame_size
+from .frames import ChannelOrder, frame_size, parse_channel_order
 from .llava_checkpoint import LlavaCheckpoint, LlavaProjector, build_open_clip_vision, load_weights, read_llava_checkpoint
 from .preprocess import PreprocessConfig, Preprocessor
 
@@ -192,7 +191,8 @@ class ClipEncoder:
     def _run(self, kind: str, frames: list[Any], channel_order: ChannelOrder | str) -> torch.Tensor:
         if self.cache is None:
             return self._forward(kind, frames, channel_order)
-        fps = [self.cache.fingerprint(f, channel_order=str(ChannelOrder(channel_order).value)) for f in frames]
+        order = parse_channel_order(channel_order).value
+        fps = [self.cache.fingerprint(f, channel_order=order) for f in frames]
         found = [self.cache.get(fp, namespace=kind) for fp in fps]
         missing = [i for i, v in enumerate(found) if v is None]
         if missing:
@@ -259,7 +259,7 @@ class ClipEncoder:
         return await self._submit(_LLM, _as_list(images), channel_order)
 
     async def _submit(self, kind: str, frames: list[Any], channel_order: ChannelOrder | str) -> torch.Tensor:
-        order = ChannelOrder(channel_order.lower() if isinstance(channel_order, str) else channel_order)
+        order = parse_channel_order(channel_order)
         loop = asyncio.get_running_loop()
         request = _Request(kind, frames, order, loop, loop.create_future())
         with self._lock:
@@ -301,12 +301,12 @@ class ClipEncoder:
             return
         try:
             out = self._run(kind, [f for r in live for f in r.frames], order)
-        except Exception:
+        except Exception as exc:
             if len(live) > 1:  # one bad request must not fail the others: serve them one by one
                 for r in live:
                     self._serve(kind, order, [r])
                 return
-            live[0].reply(exc=_exc_info())
+            live[0].reply(exc=exc)
             return
         start = 0
         for r in live:
@@ -339,12 +339,6 @@ class ClipEncoder:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-def _exc_info() -> BaseException:
-    import sys
-
-    return sys.exc_info()[1]  # type: ignore[return-value]
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import EncoderConfigError, ImageInputError
 
-__all__ = ["ChannelOrder", "fit_within", "frame_size", "to_array"]
+__all__ = ["ChannelOrder", "fit_within", "frame_size", "parse_channel_order", "to_array"]
 
 try:  # av is a core dependency, but keep the other input types usable without it
     import av as _av
@@ -81,7 +81,8 @@ def fit_within(width: int, height: int, max_side: int | None) -> tuple[int, int]
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _parse_order(channel_order: ChannelOrder | str) -> ChannelOrder:
+def parse_channel_order(channel_order: ChannelOrder | str) -> ChannelOrder:
+    """'rgb'/'bgr' (any case) or a ChannelOrder, else EncoderConfigError."""
     try:
         return ChannelOrder(channel_order.lower() if isinstance(channel_order, str) else channel_order)
     except ValueError:
@@ -101,7 +102,7 @@ def to_array(
     """
     if out not in _OUT_FORMATS:
         raise EncoderConfigError(f"out must be one of {sorted(_OUT_FORMATS)}, got {out!r}")
-    order = _parse_order(channel_order)
+    order = parse_channel_order(channel_order)
     width, height = frame_size(frame)
     target = size or (width, height)
     if _is_video_frame(frame):

@@ -3,7 +3,8 @@
 The video-frame path touches only the sampled frame: libswscale resizes and converts YUV to BGR in one pass
 (area interpolation), then OpenCV's libjpeg-turbo encodes. Arrays and PIL images are area-resized with OpenCV.
 The aspect ratio is kept and images are never upscaled. `aencode`/`adata_url` run in a worker thread so the
-event loop (and RTP reception) never waits on the encoder.
+event loop (and RTP reception) never waits on the encoder. To skip re-encoding a static scene, wrap calls in an
+`EmbeddingCache`: `cache.get_or_compute(frame, encoder.data_url, namespace="jpeg")`.
 """
 
 from __future__ import annotations

@@ -425,3 +425,26 @@ async def test_clip_encoder_close_is_idempotent_and_final(tiny_llava_path):
     with pytest.raises(EncoderError, match="closed"):
         await enc.aembed_for_llm(noise(60, 60, 31))
     assert enc.embed_for_llm(noise(60, 60, 32)).shape == (1, 16, 64)  # the sync path needs no worker
+
+
+async def test_clip_encoder_async_bad_request_does_not_fail_its_batch(tiny_llava_path):
+    enc = ClipEncoder.from_llava(tiny_llava_path)
+    poison = noise(64, 64, 40)
+    forward = enc._forward
+
+    def refusing_forward(kind, frames, order):
+        # stand-in for a frame that passes the cheap type check but that conversion refuses (e.g. a corrupt frame)
+        if any(f is poison for f in frames):
+            raise ImageInputError("cannot convert this frame")
+        return forward(kind, frames, order)
+
+    enc._forward = refusing_forward
+    good = [noise(64, 64, 41 + i) for i in range(3)]
+    try:
+        results = await asyncio.gather(
+            enc.aembed_for_llm(good[0]), enc.aembed_for_llm(poison), enc.aembed_for_llm(good[1:]), return_exceptions=True
+        )
+    finally:
+        await enc.aclose()
+    assert isinstance(results[1], ImageInputError)
+    assert results[0].shape == (1, 16, 64) and results[2].shape == (2, 16, 64)
