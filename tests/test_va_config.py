@@ -1,0 +1,101 @@
+"""Config loading: packaged default, YAML files, environment overrides, errors naming key and file, masking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visual_agent.config import Config, MqttProtocol, load_config, parse_config
+from visual_agent.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_packaged_default_matches_configs_default():
+    packaged = (ROOT / "visual_agent" / "default.yaml").read_text()
+    assert packaged == (ROOT / "configs" / "default.yaml").read_text()
+    cfg = load_config(None, environ={})
+    assert cfg.mqtt.embedded and cfg.mqtt.broker_address() == ("127.0.0.1", 1883)
+    assert cfg.llm["base_url"] == "http://127.0.0.1:8000/v1" and "model_name" not in cfg.llm
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_config_every_shipped_file_validates(path):
+    cfg = load_config(path, environ={})
+    assert isinstance(cfg, Config)
+
+
+def test_config_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("mqtt:\n  prefx: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f, environ={})
+    assert "mqtt.prefx" in str(info.value) and str(f) in str(info.value)
+
+
+def test_config_mistyped_value_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("agent:\n  max_in_flight: lots\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f, environ={})
+    assert "agent.max_in_flight" in str(info.value) and str(f) in str(info.value) and "'lots'" in str(info.value)
+
+
+def test_config_unknown_section_and_llm_key_refused(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("camera: {}\n")
+    with pytest.raises(ConfigError, match="unknown key 'camera'"):
+        load_config(f, environ={})
+    with pytest.raises(ConfigError, match="llm.*modle_name"):
+        parse_config({"llm": {"provider": "openai", "modle_name": "x"}}, environ={})
+    with pytest.raises(ConfigError, match="llm.provider"):
+        parse_config({"llm": {"provider": "gpt"}}, environ={})
+
+
+def test_config_webrtc_and_sources_checked_by_webrtc(tmp_path):
+    with pytest.raises(ConfigError, match="webrtc"):
+        parse_config({"webrtc": {"prot": 1}}, environ={})
+    with pytest.raises(ConfigError, match="sources"):
+        parse_config({"sources": [{"name": "cam", "kind": "tape", "url": "x"}]}, environ={})
+
+
+def test_config_env_overrides_nested_and_typed():
+    env = {
+        "VISUAL_AGENT__MQTT__PORT": "1884",
+        "VISUAL_AGENT__MQTT__HOST": "broker.local",
+        "VISUAL_AGENT__MQTT__TLS__ENABLED": "true",
+        "VISUAL_AGENT__MQTT__PASSWORD": "12345",
+        "VISUAL_AGENT__LLM__API_KEY": "sk-secret-value",
+        "VISUAL_AGENT__AGENT__FRAMES": "3",
+    }
+    cfg = parse_config({"llm": {"provider": "openai", "model_name": "m"}}, environ=env)
+    assert cfg.mqtt.port == 1884 and cfg.mqtt.host == "broker.local" and cfg.mqtt.tls.enabled
+    assert cfg.mqtt.password.get_secret_value() == "12345"
+    assert cfg.llm["api_key"] == "sk-secret-value" and cfg.agent.frames == 3
+
+
+def test_config_secrets_masked_in_repr_and_errors():
+    env = {"VISUAL_AGENT__LLM__API_KEY": "sk-secret-value", "VISUAL_AGENT__MQTT__PASSWORD": "hunter2"}
+    cfg = parse_config({"llm": {"provider": "openai", "model_name": "m"}}, environ=env)
+    text = repr(cfg) + str(cfg) + repr(cfg.mqtt) + str(cfg.llm_masked())
+    assert "sk-secret-value" not in text and "hunter2" not in text
+    with pytest.raises(ConfigError) as info:
+        parse_config({"mqtt": {"password": ["hunter2"]}}, environ={})
+    assert "hunter2" not in str(info.value) and "mqtt.password" in str(info.value)
+
+
+def test_config_bad_yaml_and_missing_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("mqtt: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(f, environ={})
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml", environ={})
+
+
+def test_config_protocol_spellings():
+    assert parse_config({"mqtt": {"protocol": 5}}, environ={}).mqtt.protocol is MqttProtocol.V5
+    assert parse_config({"mqtt": {"protocol": "3.1.1"}}, environ={}).mqtt.protocol is MqttProtocol.V311
+    with pytest.raises(ConfigError, match="mqtt.protocol"):
+        parse_config({"mqtt": {"protocol": "4"}}, environ={})

@@ -1,0 +1,142 @@
+"""MqttMessager against a real mosquitto (MQTT 5 and 3.1.1) and the embedded amqtt broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from visual_agent.broker import EmbeddedBroker
+from visual_agent.config import MqttConfig
+from visual_agent.mqtt import MqttMessager
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]
+
+
+def _cfg(broker, **kw) -> MqttConfig:
+    return MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.1, reconnect_max_s=0.5, **kw)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_messager_receives_and_publishes(running_mosquitto, paho_peer, topic_prefix, protocol):
+    peer = paho_peer(protocol)
+    peer.subscribe(f"{topic_prefix}/out")
+    async with MqttMessager(_cfg(running_mosquitto, protocol=protocol), subscriptions=[f"{topic_prefix}/in"]) as m:
+        assert m.protocol.value == protocol
+        peer.publish(f"{topic_prefix}/in", b"hello", qos=1)
+        msg = await m.next_message(5)
+        assert (msg.topic, msg.payload, msg.qos) == (f"{topic_prefix}/in", b"hello", 1)
+        await m.publish(f"{topic_prefix}/out", b"answer", wait=True)
+        got = await asyncio.to_thread(peer.get, 5)
+        assert got.payload == b"answer" and got.qos == 1
+
+
+async def test_messager_mqtt5_response_topic_and_correlation(running_mosquitto, paho_peer, topic_prefix):
+    peer = paho_peer("5")
+    peer.subscribe(f"{topic_prefix}/reply/me")
+    async with MqttMessager(_cfg(running_mosquitto), subscriptions=[f"{topic_prefix}/in"]) as m:
+        peer.publish(f"{topic_prefix}/in", b"q", response_topic=f"{topic_prefix}/reply/me", correlation_data=b"\x01corr")
+        msg = await m.next_message(5)
+        assert msg.response_topic == f"{topic_prefix}/reply/me" and msg.correlation_data == b"\x01corr"
+        await m.publish(msg.response_topic, b"a", correlation_data=msg.correlation_data)
+        got = await asyncio.to_thread(peer.get, 5)
+        assert got.payload == b"a" and got.properties.CorrelationData == b"\x01corr"
+
+
+async def test_messager_status_online_then_offline_retained(running_mosquitto, paho_peer, topic_prefix):
+    status = f"{topic_prefix}/status"
+    m = MqttMessager(_cfg(running_mosquitto), status_topic=status)
+    await m.start()
+    late = paho_peer("5")
+    late.subscribe(status)
+    got = await asyncio.to_thread(late.get, 5)
+    assert got.payload == b"online" and got.retain
+    await m.close()
+    await m.close()  # idempotent
+    got = await asyncio.to_thread(late.get, 5)
+    assert got.payload == b"offline"
+    later = paho_peer("3.1.1")
+    later.subscribe(status)
+    got = await asyncio.to_thread(later.get, 5)
+    assert got.payload == b"offline" and got.retain
+
+
+async def test_messager_last_will_on_lost_connection(running_mosquitto, paho_peer, topic_prefix):
+    status = f"{topic_prefix}/status"
+    peer = paho_peer("5")
+    peer.subscribe(status)
+    m = MqttMessager(_cfg(running_mosquitto, keepalive_s=5), status_topic=status)
+    await m.start()
+    assert (await asyncio.to_thread(peer.get, 5)).payload == b"online"
+    m._client.socket().close()  # the process "dies": no DISCONNECT, the broker sends the will
+    got = await asyncio.to_thread(peer.get, 10)
+    assert got.payload == b"offline"
+    await m.close(publish_offline=False)
+
+
+async def test_messager_broker_restart_keeps_questions_and_outbox(running_mosquitto, paho_peer, topic_prefix):
+    """Broker down: the asker's QoS-1 question and our answer wait; after the restart both arrive."""
+    broker = running_mosquitto
+    asker = paho_peer("5", persistent=True)
+    asker.subscribe(f"{topic_prefix}/answer")
+    m = MqttMessager(_cfg(broker), subscriptions=[f"{topic_prefix}/ask"])
+    await m.start()
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(broker.stop)
+    for _ in range(50):
+        if not m.connected:
+            break
+        await asyncio.sleep(0.05)
+    assert not m.connected
+    await m.publish(f"{topic_prefix}/answer", b"made while offline")
+    assert m.stats.outboxed == 1
+    asker.publish(f"{topic_prefix}/ask", b"asked while the broker was down", qos=1)
+    await asyncio.to_thread(broker.start)
+    await m.wait_connected(10)
+    msg = await m.next_message(10)
+    assert msg.payload == b"asked while the broker was down"
+    got = await asyncio.to_thread(asker.get, 10)
+    assert got.payload == b"made while offline"
+    await m.close()
+
+
+async def test_messager_outbox_is_bounded(running_mosquitto, topic_prefix):
+    m = MqttMessager(MqttConfig(host="127.0.0.1", port=1, outbox_max=3, reconnect_min_s=5, reconnect_max_s=5))
+    for i in range(5):
+        await m.publish(f"{topic_prefix}/x", str(i))
+    assert [o.payload for o in m._outbox] == [b"2", b"3", b"4"] and m.stats.outbox_dropped == 2
+    await m.close()
+
+
+async def test_messager_inbox_is_bounded(running_mosquitto, paho_peer, topic_prefix):
+    peer = paho_peer("5")
+    async with MqttMessager(_cfg(running_mosquitto, inbox_max=2), subscriptions=[f"{topic_prefix}/in"]) as m:
+        for i in range(5):
+            peer.publish(f"{topic_prefix}/in", str(i)).wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        while m.stats.received < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert m.stats.received == 5 and m.stats.inbox_dropped == 3
+        assert [(await m.next_message(1)).payload for _ in range(2)] == [b"0", b"1"]
+
+
+async def test_messager_unreachable_broker_says_so():
+    m = MqttMessager(MqttConfig(host="127.0.0.1", port=1, reconnect_min_s=0.1, reconnect_max_s=0.2))
+    with pytest.raises(Exception, match="127.0.0.1:1"):
+        await m.start(timeout=1.0)
+    assert m.last_error and "refused" in m.last_error.lower()
+    await m.close()
+
+
+async def test_messager_embedded_broker_falls_back_to_311_with_nodelay():
+    async with EmbeddedBroker(0) as broker:
+        cfg = MqttConfig(host="127.0.0.1", port=broker.port)
+        async with MqttMessager(cfg, subscriptions=["e/in"]) as m:
+            assert m.protocol.value == "3.1.1"
+            t0 = time.perf_counter()
+            for i in range(10):
+                await m.publish("e/in", str(i), wait=True)
+                await m.next_message(5)
+            per_trip = (time.perf_counter() - t0) / 10
+            assert per_trip < 0.02, f"QoS-1 round trip {per_trip * 1000:.1f} ms: is TCP_NODELAY set?"

@@ -1,0 +1,453 @@
+"""The daemon's config: YAML sections `llm`, `encoder`, `webrtc`, `sources`, `agent`, `mqtt` as typed objects.
+
+`load_config(path)` reads a YAML file (or the packaged `default.yaml` when `path` is None), applies environment
+overrides ``VISUAL_AGENT__<SECTION>__<KEY>[__<SUBKEY>]=value`` (the value is read as a YAML scalar, so numbers and
+booleans work), and validates. Any unknown or mistyped key fails with a `ConfigError` naming the key and the
+file. `llm`, `webrtc` and `sources` are checked by the packages that own them (providers, webrtc), so their
+keys stay defined in one place. Secrets (`llm.api_key`, `mqtt.password`) are masked in every repr.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "AgentConfig",
+    "Config",
+    "DEFAULT_PREFIX",
+    "EncoderConfig",
+    "EmbeddingsMode",
+    "ENV_PREFIX",
+    "HomeAssistantConfig",
+    "MqttConfig",
+    "MqttProtocol",
+    "PACKAGED_DEFAULT",
+    "SceneChangeConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+]
+
+ENV_PREFIX = "VISUAL_AGENT__"
+PACKAGED_DEFAULT = "default.yaml"
+
+# agent
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a visual assistant watching a live video stream. Answer questions about what the current "
+    "frames show, briefly and concretely. Say so when you cannot tell."
+)
+DEFAULT_FRAMES = 1
+DEFAULT_WINDOW_S = 2.0
+DEFAULT_HISTORY_TURNS = 4
+DEFAULT_MAX_IN_FLIGHT = 4
+DEFAULT_QUESTION_TIMEOUT_S = 60.0
+DEFAULT_FRAME_WAIT_S = 2.0
+DEFAULT_MAX_QUESTION_CHARS = 2000
+DEFAULT_MAX_FRAMES = 8
+DEFAULT_PERIODIC_PROMPT = "Describe what you see in one sentence."
+DEFAULT_SCENE_THRESHOLD = 0.12
+DEFAULT_SCENE_MIN_GAP_S = 10.0
+DEFAULT_SCENE_CHECK_S = 0.5
+DEFAULT_SCENE_PROMPT = "The scene just changed. Describe what you see now in one sentence."
+DEFAULT_SHUTDOWN_GRACE_S = 5.0
+# encoder
+DEFAULT_JPEG_MAX_SIDE = 512
+DEFAULT_JPEG_QUALITY = 85
+# mqtt
+DEFAULT_PREFIX = "visual_agent"
+DEFAULT_MQTT_PORT = 1883
+DEFAULT_EMBEDDED_PORT = 1883
+DEFAULT_KEEPALIVE_S = 30
+DEFAULT_RECONNECT_MIN_S = 0.5
+DEFAULT_RECONNECT_MAX_S = 30.0
+DEFAULT_OUTBOX_MAX = 256
+DEFAULT_INBOX_MAX = 256
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024
+DEFAULT_SESSION_EXPIRY_S = 300
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_HA_DISCOVERY_PREFIX = "homeassistant"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class EmbeddingsMode(str, enum.Enum):
+    """How frames reach the LLM."""
+
+    AUTO = "auto"
+    """CLIP embeddings when the provider takes them (native vLLM with enable_mm_embeds), else JPEG."""
+    CLIP = "clip"
+    """Always CLIP embeddings (fails at start if the provider cannot take them)."""
+    OFF = "off"
+    """Always JPEG data URLs."""
+
+
+class EncoderConfig(_Section):
+    """How sampled frames become model input."""
+
+    jpeg_max_side: int = Field(DEFAULT_JPEG_MAX_SIDE, ge=16)
+    """Longest side of the JPEG sent to HTTP providers, in pixels."""
+    jpeg_quality: int = Field(DEFAULT_JPEG_QUALITY, ge=1, le=100)
+    """JPEG quality, 1-100."""
+    embeddings: EmbeddingsMode = EmbeddingsMode.AUTO
+    """auto, clip or off (see `EmbeddingsMode`)."""
+    clip_checkpoint: str | None = None
+    """LLaVA folder whose vision tower and projector make the embeddings; None: `llm.model_name`."""
+
+
+class SceneChangeConfig(_Section):
+    """Describe a source when its picture changes (grey-thumbnail difference)."""
+
+    enabled: bool = False
+    """Off by default."""
+    threshold: float = Field(DEFAULT_SCENE_THRESHOLD, gt=0, le=1)
+    """Mean absolute thumbnail difference (0-1) that counts as a change."""
+    min_gap_s: float = Field(DEFAULT_SCENE_MIN_GAP_S, ge=0)
+    """At least this many seconds between two scene-change descriptions of one source."""
+    check_interval_s: float = Field(DEFAULT_SCENE_CHECK_S, gt=0)
+    """How often the newest frame is compared with the reference."""
+    prompt: str = DEFAULT_SCENE_PROMPT
+    """The question asked on a change."""
+
+
+class AgentConfig(_Section):
+    """When the agent looks, which frames it takes, and its limits."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    """System message of every conversation."""
+    default_source: str | None = None
+    """Source of questions that name none; None: the only source, else the first configured or connected."""
+    frames: int = Field(DEFAULT_FRAMES, ge=1, le=DEFAULT_MAX_FRAMES)
+    """Frames per question when the question does not say: 1 = the newest."""
+    max_frames: int = Field(DEFAULT_MAX_FRAMES, ge=1)
+    """Most frames a question may ask for."""
+    window_s: float = Field(DEFAULT_WINDOW_S, gt=0)
+    """With frames > 1, they are spread over the last this many seconds."""
+    history_turns: int = Field(DEFAULT_HISTORY_TURNS, ge=0)
+    """Question/answer pairs kept per source so follow-up questions work (text only)."""
+    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
+    """Questions answered at once; more get a `busy` error answer."""
+    question_timeout_s: float = Field(DEFAULT_QUESTION_TIMEOUT_S, gt=0)
+    """Whole time allowed per question (frame wait, encoding, LLM)."""
+    frame_wait_s: float = Field(DEFAULT_FRAME_WAIT_S, ge=0)
+    """How long a question waits for a source's first frame before a `no_frame` error."""
+    max_question_chars: int = Field(DEFAULT_MAX_QUESTION_CHARS, ge=1)
+    """Longer questions are refused."""
+    stream: bool = False
+    """Stream partial answers by default (a question's `stream` wins)."""
+    periodic_interval_s: float | None = Field(None, gt=0)
+    """Describe every source every this many seconds; None: off."""
+    periodic_prompt: str = DEFAULT_PERIODIC_PROMPT
+    """The question asked periodically."""
+    scene_change: SceneChangeConfig = Field(default_factory=SceneChangeConfig)
+    """Scene-change descriptions."""
+    shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
+    """On SIGTERM, in-flight questions get this long to finish before they are failed."""
+
+
+class MqttProtocol(str, enum.Enum):
+    """MQTT protocol version."""
+
+    V5 = "5"
+    """MQTT 5 (response topics, correlation data, session expiry)."""
+    V311 = "3.1.1"
+    """MQTT 3.1.1 (the embedded broker speaks only this)."""
+
+
+class TlsConfig(_Section):
+    """TLS to the broker."""
+
+    enabled: bool = False
+    """Use TLS (port 8883 is usual)."""
+    ca_certs: str | None = None
+    """CA bundle that signed the broker's certificate; None: the system's."""
+    certfile: str | None = None
+    """Client certificate (PEM) for mutual TLS."""
+    keyfile: str | None = None
+    """Key of the client certificate."""
+    insecure: bool = False
+    """Skip host-name verification (testing only)."""
+
+
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery."""
+
+    enabled: bool = False
+    """Publish discovery configs: a sensor per source and availability from `<prefix>/status`."""
+    discovery_prefix: str = DEFAULT_HA_DISCOVERY_PREFIX
+    """Home Assistant's discovery prefix."""
+    node_id: str | None = None
+    """Device id in Home Assistant; None: the topic prefix."""
+
+
+class MqttConfig(_Section):
+    """The MQTT connection; with no `host`, `visual-agent run` starts an embedded broker on 127.0.0.1."""
+
+    enabled: bool = True
+    """Off: no MQTT at all (only the page's data channel)."""
+    host: str | None = None
+    """Broker host; None: the embedded broker on 127.0.0.1:`embedded_port`."""
+    port: int = Field(DEFAULT_MQTT_PORT, ge=1, le=65535)
+    """Broker port."""
+    embedded_port: int = Field(DEFAULT_EMBEDDED_PORT, ge=0, le=65535)
+    """Port of the embedded broker (0: a free one, logged)."""
+    prefix: str = DEFAULT_PREFIX
+    """Topic prefix: `<prefix>/ask`, `<prefix>/answer`, `<prefix>/status`, ..."""
+    protocol: MqttProtocol = MqttProtocol.V5
+    """5 or 3.1.1; a broker that refuses 5 is retried with 3.1.1."""
+    client_id: str | None = None
+    """Client id; None: `visual-agent-<host>-<random>`."""
+    username: str | None = None
+    """User name at the broker."""
+    password: SecretStr | None = None
+    """Password at the broker (masked; set it with VISUAL_AGENT__MQTT__PASSWORD)."""
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    """TLS settings."""
+    keepalive_s: int = Field(DEFAULT_KEEPALIVE_S, ge=5)
+    """MQTT keep-alive."""
+    qos: int = Field(1, ge=0, le=2)
+    """QoS of questions and answers."""
+    reconnect_min_s: float = Field(DEFAULT_RECONNECT_MIN_S, gt=0)
+    """First reconnect delay; doubles up to `reconnect_max_s`."""
+    reconnect_max_s: float = Field(DEFAULT_RECONNECT_MAX_S, gt=0)
+    """Longest reconnect delay."""
+    connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+    """How long one connection attempt may take."""
+    session_expiry_s: int = Field(DEFAULT_SESSION_EXPIRY_S, ge=0)
+    """The broker keeps our subscription and queues questions this long while we are away (a broker restart)."""
+    outbox_max: int = Field(DEFAULT_OUTBOX_MAX, ge=1)
+    """Answers kept while the broker is away; the oldest is dropped (and logged) beyond it."""
+    inbox_max: int = Field(DEFAULT_INBOX_MAX, ge=1)
+    """Received messages waiting for the agent; beyond it they are dropped and logged."""
+    max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
+    """Larger question payloads get a `bad_payload` error answer."""
+    shared_group: str | None = None
+    """Subscribe as `$share/<group>/<prefix>/ask` so several daemons split the questions."""
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    """Home Assistant discovery."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_ok(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must be a topic without wildcards and without a leading or trailing '/'")
+        return value
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, value: Any) -> Any:
+        return {5: "5", 3.1: "3.1.1", 311: "3.1.1", "311": "3.1.1", "v5": "5"}.get(value, value)
+
+    @model_validator(mode="after")
+    def _backoff_ok(self) -> "MqttConfig":
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured (the daemon starts one)."""
+        return self.host is None
+
+    def broker_address(self) -> tuple[str, int]:
+        """(host, port) to connect to: the configured broker, or the embedded one."""
+        return ("127.0.0.1", self.embedded_port) if self.host is None else (self.host, self.port)
+
+
+class Config(_Section):
+    """The whole daemon config."""
+
+    llm: dict[str, Any] = Field(default_factory=lambda: {"provider": "vllm", "base_url": "http://127.0.0.1:8000/v1"})
+    """Provider config: `provider` (openai, vllm, vllm_native) and that provider's keys (see providers/config.py)."""
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    """Frame encoding."""
+    webrtc: dict[str, Any] = Field(default_factory=dict)
+    """The HTTP/WebRTC server (webrtc.WebRTCConfig keys)."""
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    """Cameras, RTSP streams, files (webrtc.SourceConfig keys); browsers and WHIP publishers add theirs."""
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    """The agent."""
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    """MQTT."""
+    path: str | None = Field(None, exclude=True)
+    """The file this came from (for messages); not a YAML key."""
+
+    def __repr_args__(self):  # type: ignore[override]
+        for key, value in super().__repr_args__():
+            yield key, (self.llm_masked() if key == "llm" else value)
+
+    @field_validator("llm", mode="before")
+    @classmethod
+    def _llm_mapping(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    def webrtc_config(self) -> Any:
+        """The `webrtc.WebRTCConfig` of the `webrtc` section."""
+        from webrtc.config import WebRTCConfig
+
+        return WebRTCConfig.from_mapping(self.webrtc)
+
+    def source_configs(self) -> list[Any]:
+        """The `webrtc.SourceConfig` of each entry of `sources`."""
+        from webrtc.config import SourceConfig
+
+        return [SourceConfig.from_mapping(s) for s in self.sources]
+
+    def provider_name(self) -> str:
+        """`llm.provider` (default: openai when a non-local base_url is set, else vllm)."""
+        return str(self.llm.get("provider", "vllm"))
+
+    def llm_masked(self) -> dict[str, Any]:
+        """The `llm` section with secrets masked, for logs."""
+        return {k: ("***" if _is_secret(k) and v else v) for k, v in self.llm.items()}
+
+    def describe_llm(self) -> str:
+        """One line for logs: provider, endpoint, model."""
+        llm = self.llm
+        where = llm.get("base_url") or llm.get("vllm_base_url") or ("in-process" if self.provider_name() == "vllm_native" else "")
+        return f"{self.provider_name()} {where} model={llm.get('model_name') or 'auto'}".strip()
+
+
+_SECRET_WORDS = ("api_key", "password", "credential", "token", "secret")
+
+
+def _is_secret(key: str) -> bool:
+    return any(w in key.lower() for w in _SECRET_WORDS)
+
+
+def _validate_owned_sections(cfg: Config) -> None:
+    """Let providers and webrtc check their sections now, so mistakes fail at load time, not at start."""
+    try:
+        cfg.webrtc_config()
+    except Exception as exc:
+        raise ValueError(f"webrtc: {exc}") from exc
+    try:
+        cfg.source_configs()
+    except Exception as exc:
+        raise ValueError(f"sources: {exc}") from exc
+    try:
+        from providers.config import config_from  # noqa: F401
+
+        _check_llm(cfg.llm)
+    except ImportError:  # providers not importable: checked when the provider is created
+        pass
+
+
+def _check_llm(llm: Mapping[str, Any]) -> None:
+    from providers import config as pc
+
+    kind = llm.get("provider", "vllm")
+    classes = {
+        "openai": getattr(pc, "OpenAICompatibleConfig", None),
+        "vllm": getattr(pc, "VLLMServerConfig", None),
+        "vllm_native": getattr(pc, "VLLMNativeConfig", None),
+    }
+    if kind not in classes:
+        raise ValueError(f"llm.provider must be one of {sorted(classes)}, got {kind!r}")
+    cls = classes[kind]
+    if cls is None:
+        return
+    try:
+        pc.config_from(cls, dict(llm))
+    except Exception as exc:
+        raise ValueError(f"llm: {exc}") from exc
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Nested dict of ``VISUAL_AGENT__SECTION__KEY`` variables; values read as YAML scalars."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if len(parts) < 2:
+            raise ConfigError(f"environment variable {name}: use {ENV_PREFIX}<SECTION>__<KEY>")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if _is_secret(parts[-1]) and not isinstance(value, str):
+            value = raw  # a numeric-looking password stays text
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name}: {part} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key {key!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = "***" if _is_secret(key) else repr(err.get("input"))
+            lines.append(f"{where}: {key}: {msg} (got {shown})")
+    return "\n".join(lines)
+
+
+def parse_config(data: Mapping[str, Any] | None, *, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
+    """Validate a config mapping (plus environment overrides) into a `Config`; `source` names it in errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    merged = _merge(dict(data), env_overrides(environ))
+    try:
+        cfg = Config.model_validate({**merged, "path": source})
+        _validate_owned_sections(cfg)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return cfg
+
+
+def read_default_text() -> str:
+    """The packaged default config (the same as configs/default.yaml)."""
+    return resources.files("visual_agent").joinpath(PACKAGED_DEFAULT).read_text(encoding="utf-8")
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load a YAML file (None: the packaged default), apply environment overrides, validate."""
+    if path is None:
+        text, source = read_default_text(), f"<packaged {PACKAGED_DEFAULT}>"
+    else:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    return parse_config(data, source=source, environ=environ)

@@ -1,0 +1,165 @@
+"""Question and answer payloads of the MQTT and data-channel contracts (ARCHITECTURE.md, "Interfaces").
+
+In: ``{"id"?, "question", "source"?, "frames"?, "stream"?}`` as JSON, or plain UTF-8 text (the whole payload is
+the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.
+Out: the answer ``{"id", "question", "text", "source", "frames": [{"pts", "age_s"}], "model", "provider",
+"latency_s", "error"}`` and partials ``{"id", "seq", "delta"}``.
+
+Parsing never raises anything but `QuestionError`, whose `id` is the question's id when one could be read, so
+the error answer still reaches the asker under its id.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ErrorType, QuestionError
+
+__all__ = ["Answer", "FrameRef", "Question", "new_id", "parse_question", "partial_payload"]
+
+QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream"})
+_MAX_ID_CHARS = 128
+
+
+def new_id() -> str:
+    """A fresh question id (12 hex digits)."""
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass(slots=True)
+class Question:
+    """One question, however it arrived."""
+
+    question: str
+    """The text asked."""
+    id: Any = field(default_factory=new_id)
+    """Echoed in every answer and partial (a string or an int, as the asker sent it)."""
+    source: str | None = None
+    """Which source to look at; None: the default."""
+    frames: int | None = None
+    """How many frames to look at; None: the config's."""
+    stream: bool | None = None
+    """Stream partials; None: the config's."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRef:
+    """A frame the agent used: its presentation timestamp and how old it was when taken."""
+
+    pts: int | None
+    age_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pts": self.pts, "age_s": round(self.age_s, 4)}
+
+
+@dataclass(slots=True)
+class Answer:
+    """The answer to one question (also when it failed: then `error` says why and `text` is empty)."""
+
+    id: Any
+    question: str
+    text: str = ""
+    source: str | None = None
+    frames: list[FrameRef] = field(default_factory=list)
+    model: str | None = None
+    provider: str | None = None
+    latency_s: float = 0.0
+    error: dict[str, str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "question": self.question,
+            "text": self.text,
+            "source": self.source,
+            "frames": [f.as_dict() for f in self.frames],
+            "model": self.model,
+            "provider": self.provider,
+            "latency_s": round(self.latency_s, 4),
+            "error": self.error,
+        }
+
+    def payload(self) -> bytes:
+        """The JSON bytes published on MQTT and sent on the data channel."""
+        return json.dumps(self.as_dict(), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def failed(cls, question: Question | None, error: QuestionError, *, latency_s: float = 0.0, provider: str | None = None) -> "Answer":
+        """An error answer carrying the question's id (or the id the error could read)."""
+        qid = question.id if question is not None else (error.id if error.id is not None else new_id())
+        return cls(
+            id=qid,
+            question=question.question if question is not None else "",
+            source=question.source if question is not None else None,
+            latency_s=latency_s,
+            provider=provider,
+            error=error.as_dict(),
+        )
+
+
+def partial_payload(qid: Any, seq: int, delta: str) -> bytes:
+    """A streamed piece ``{"id", "seq", "delta"}``; seq counts from 1."""
+    return json.dumps({"id": qid, "seq": seq, "delta": delta}, ensure_ascii=False).encode("utf-8")
+
+
+def _bad(message: str, qid: Any = None, kind: ErrorType = ErrorType.BAD_PAYLOAD) -> QuestionError:
+    return QuestionError(kind, message, id=qid)
+
+
+def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_frames: int) -> Question:
+    """Read a question payload; `QuestionError` (bad_payload / empty_question) says what is wrong."""
+    raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    if len(raw) > max_bytes:
+        raise _bad(f"payload is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _bad(f"payload is not UTF-8 text (byte {exc.start}); send JSON or plain UTF-8") from None
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        q = Question(question=stripped)
+    else:
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise _bad(f"payload starts with '{{' but is not valid JSON: {exc.msg} at char {exc.pos}") from None
+        if not isinstance(data, dict):
+            raise _bad("payload must be a JSON object")
+        q = _from_mapping(data)
+    if not q.question:
+        raise _bad("the question is empty", q.id, ErrorType.EMPTY_QUESTION)
+    if len(q.question) > max_chars:
+        raise _bad(f"the question is {len(q.question)} characters; the limit is {max_chars}", q.id)
+    if q.frames is not None and not 1 <= q.frames <= max_frames:
+        raise _bad(f"frames must be 1 to {max_frames}, got {q.frames}", q.id)
+    return q
+
+
+def _from_mapping(data: dict[str, Any]) -> Question:
+    qid = data.get("id")
+    if qid is None:
+        qid = new_id()
+    elif isinstance(qid, bool) or not isinstance(qid, (str, int)) or len(str(qid)) > _MAX_ID_CHARS:
+        raise _bad(f"id must be a string or an integer of at most {_MAX_ID_CHARS} characters")
+    unknown = sorted(set(data) - QUESTION_KEYS)
+    if unknown:
+        raise _bad(f"unknown keys {unknown}; a question has {sorted(QUESTION_KEYS)}", qid)
+    question = data.get("question")
+    if question is None:
+        raise _bad('missing "question" (the text to ask)', qid, ErrorType.EMPTY_QUESTION)
+    if not isinstance(question, str):
+        raise _bad(f'"question" must be a string, got {type(question).__name__}', qid)
+    source = data.get("source")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise _bad('"source" must be a non-empty string', qid)
+    frames = data.get("frames")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)):
+        raise _bad(f'"frames" must be an integer, got {frames!r}', qid)
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad(f'"stream" must be true or false, got {stream!r}', qid)
+    return Question(question=question.strip(), id=qid, source=source, frames=frames, stream=stream)
