@@ -26,6 +26,7 @@ from encoders import (  # noqa: E402
 )
 
 PARITY_ATOL = 1e-4
+pytestmark = pytest.mark.timeout(120)  # the async tests wait on a worker thread: fail rather than hang
 
 
 def noise(h: int, w: int, seed: int) -> np.ndarray:
