@@ -359,7 +359,10 @@ class VLLMNativeProvider(LLMProvider):
                         response = await client.get(url)
                         response.raise_for_status()
                     except httpx.HTTPError as exc:
-                        raise ProviderConnectionError(f"cannot fetch image {url}: {exc}", endpoint=url) from exc
+                        status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+                        raise ProviderConnectionError(
+                            f"cannot fetch image {url}: {exc}", endpoint=url, status=status
+                        ) from exc
                     fetched[i] = response.content
         return await asyncio.to_thread(lambda: [load_image(s, fetched=fetched.get(i)) for i, s in enumerate(sources)])
 

@@ -11,6 +11,7 @@ import pytest
 from providers import (
     EmbeddingShapeError,
     MessageFormatError,
+    ProviderConnectionError,
     ToolsNotSupportedError,
     VLLMNativeProvider,
     create_provider,
@@ -206,3 +207,36 @@ async def test_vllm_native_tool_call_parsed_by_vllm_parser(native_provider):
     assert [c.name for c in response.tool_calls] == ["get_weather"]
     assert response.tool_calls[0].args["city"] in ("Paris", "Rome")
     assert response.finish_reason == "tool_calls" and response.text == ""
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_reads_png_from_url_bytes_and_data_url(native_provider):
+    import base64
+    import io
+
+    from aiohttp import web
+    from PIL import Image
+
+    image = _image(5)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")  # lossless: every form carries the same pixels
+    png = buffer.getvalue()
+    app = web.Application()
+    app.router.add_get("/frame.png", lambda request: web.Response(body=png, content_type="image/png"))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/frame.png"
+    try:
+        expected = await native_provider.achat(_ask(image), **FULL)
+        forms = [png, url, "data:image/png;base64," + base64.b64encode(png).decode(), Image.open(io.BytesIO(png))]
+        for form in forms:
+            response = await native_provider.achat(_ask(form), **FULL)
+            assert response.token_ids == expected.token_ids, type(form)
+        with pytest.raises(ProviderConnectionError) as info:
+            await native_provider.achat(_ask(url.replace("frame", "missing")))
+        assert info.value.status == 404
+    finally:
+        await runner.cleanup()
