@@ -86,6 +86,7 @@ class _Outgoing:
     qos: int
     retain: bool
     response_correlation: bytes | None
+    response_topic: str | None = None
 
 
 class MqttMessager:
@@ -260,12 +261,16 @@ class MqttMessager:
         qos: int | None = None,
         retain: bool = False,
         correlation_data: bytes | None = None,
+        response_topic: str | None = None,
         wait: bool = False,
     ) -> None:
-        """Publish, or keep it in the outbox while offline. With `wait`, return once the broker acknowledged it."""
+        """Publish, or keep it in the outbox while offline. With `wait`, return once the broker acknowledged it.
+
+        `correlation_data` and `response_topic` are MQTT 5 properties (dropped on 3.1.1).
+        """
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
-        item = _Outgoing(topic, payload, self.config.qos if qos is None else qos, retain, correlation_data)
+        item = _Outgoing(topic, payload, self.config.qos if qos is None else qos, retain, correlation_data, response_topic)
         if not self.connected or self._client is None:
             self._to_outbox(item)
             return
@@ -288,9 +293,12 @@ class MqttMessager:
         client = self._client
         assert client is not None and self._loop is not None
         props = None
-        if self.protocol is MqttProtocol.V5 and item.response_correlation is not None:
+        if self.protocol is MqttProtocol.V5 and (item.response_correlation is not None or item.response_topic):
             props = Properties(PacketTypes.PUBLISH)
-            props.CorrelationData = item.response_correlation
+            if item.response_correlation is not None:
+                props.CorrelationData = item.response_correlation
+            if item.response_topic:
+                props.ResponseTopic = item.response_topic
         info = client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain, properties=props)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             self._to_outbox(item)

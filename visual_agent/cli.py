@@ -1,0 +1,258 @@
+"""The `visual-agent` command: `run` (the daemon), `ask` (one question over MQTT), `check` (config and reachability).
+
+Exit codes: 0 success; 1 the answer carried an error, or `check` found a problem; 2 bad usage or config;
+3 no answer in time (`ask`) or the broker cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import sys
+import time
+import uuid
+from typing import Any, Sequence
+
+from .config import Config, MqttProtocol, load_config
+from .errors import ConfigError, MessagingError, VisualAgentError
+
+__all__ = ["main"]
+
+DEFAULT_ASK_TIMEOUT_S = 60.0
+DEFAULT_CHECK_TIMEOUT_S = 10.0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="visual-agent", description="A real-time visual agent: live video in, answers out over MQTT.")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon: page, sources, agent, MQTT")
+    run.add_argument("--config", "-c", help="YAML config (default: the packaged default.yaml)")
+
+    ask = sub.add_parser("ask", help="ask a running daemon a question over MQTT and print the answer")
+    ask.add_argument("question", help="the question")
+    ask.add_argument("--config", "-c", help="the daemon's YAML config (finds the broker and the topic prefix)")
+    ask.add_argument("--source", "-s", help="which source to look at (default: the daemon's default)")
+    ask.add_argument("--frames", "-k", type=int, help="how many frames to look at (default: the daemon's)")
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    ask.add_argument("--timeout", "-t", type=float, default=DEFAULT_ASK_TIMEOUT_S, help="seconds to wait (default 60)")
+    ask.add_argument("--json", action="store_true", help="print the whole answer JSON")
+    ask.add_argument("--id", help="question id (default: a random one)")
+
+    check = sub.add_parser("check", help="validate the config, then reach the broker and the LLM")
+    check.add_argument("--config", "-c", help="YAML config (default: the packaged default.yaml)")
+    check.add_argument("--timeout", "-t", type=float, default=DEFAULT_CHECK_TIMEOUT_S, help="seconds per check (default 10)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command != "run":
+        for name in ("visual_agent.mqtt", "amqtt", "httpx"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            from .daemon import run_daemon
+
+            return asyncio.run(run_daemon(config))
+        if args.command == "ask":
+            return asyncio.run(_ask(config, args))
+        return asyncio.run(_check(config, args.timeout))
+    except KeyboardInterrupt:
+        return 130
+    except VisualAgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --- ask -------------------------------------------------------------------------------------------
+
+
+async def _ask(config: Config, args: argparse.Namespace) -> int:
+    from .agent import topics
+    from .mqtt import MqttMessager
+
+    mqtt = config.mqtt
+    if not mqtt.enabled:
+        print("error: MQTT is disabled in this config (mqtt.enabled: false)", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = mqtt.model_copy(update={"protocol": MqttProtocol.V311}) if mqtt.embedded else mqtt
+    t = topics(mqtt.prefix)
+    qid = args.id or uuid.uuid4().hex[:12]
+    client_id = f"visual-agent-ask-{uuid.uuid4().hex[:8]}"
+    reply_topic = f"{mqtt.prefix}/reply/{client_id}"
+    messager = MqttMessager(cfg, client_id=client_id, persistent_session=False, name="ask")
+    deadline = time.monotonic() + args.timeout
+    try:
+        await messager.start(timeout=min(args.timeout, mqtt.connect_timeout_s))
+    except MessagingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    try:
+        v5 = messager.protocol is MqttProtocol.V5
+        answer_topic = reply_topic if v5 else t["answer"]
+        await messager.subscribe(answer_topic)
+        if args.stream:
+            await messager.subscribe(t["partial"])
+        body: dict[str, Any] = {"id": qid, "question": args.question, "stream": bool(args.stream)}
+        if args.source:
+            body["source"] = args.source
+        if args.frames:
+            body["frames"] = args.frames
+        correlation = qid.encode() if v5 else None
+        await messager.publish(t["ask"], json.dumps(body), response_topic=reply_topic if v5 else None,
+                               correlation_data=correlation, wait=True)
+        streamed = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            msg = await messager.next_message(remaining)
+            try:
+                data = json.loads(msg.payload)
+            except ValueError:
+                continue
+            if not isinstance(data, dict) or data.get("id") != qid:
+                continue
+            if msg.topic == t["partial"]:
+                if not args.json:
+                    print(data.get("delta", ""), end="", flush=True)
+                    streamed = True
+                continue
+            if "question" not in data:
+                continue
+            return _print_answer(data, args.json, streamed)
+    except asyncio.TimeoutError:
+        print(f"\nerror: no answer within {args.timeout:g} s (is `visual-agent run` running and connected to "
+              f"{messager.host}:{messager.port}?)", file=sys.stderr)
+        return EXIT_TIMEOUT
+    finally:
+        await messager.close()
+
+
+def _print_answer(data: dict[str, Any], as_json: bool, streamed: bool) -> int:
+    error = data.get("error")
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+    elif error:
+        if streamed:
+            print()
+        print(f"error ({error.get('type')}): {error.get('message')}", file=sys.stderr)
+    elif streamed:
+        print()
+    else:
+        print(data.get("text", ""))
+    return EXIT_FAILED if error else EXIT_OK
+
+
+# --- check -----------------------------------------------------------------------------------------
+
+
+async def _check(config: Config, timeout: float) -> int:
+    ok = True
+    print(f"config  OK    {config.path}")
+    ok &= await _check_broker(config, timeout)
+    ok &= await _check_llm(config, timeout)
+    ok &= _check_http(config)
+    print("all checks passed" if ok else "some checks failed (see above)")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _check_broker(config: Config, timeout: float) -> bool:
+    from .mqtt import MqttMessager
+
+    mqtt = config.mqtt
+    if not mqtt.enabled:
+        print("mqtt    SKIP  disabled (mqtt.enabled: false)")
+        return True
+    host, port = mqtt.broker_address()
+    if mqtt.embedded:
+        if _port_free(host, port):
+            print(f"mqtt    OK    embedded broker: `visual-agent run` will start one on {host}:{port} (the port is free)")
+            return True
+        cfg = mqtt.model_copy(update={"protocol": MqttProtocol.V311})
+        what = f"embedded broker port {host}:{port} is in use; "
+    else:
+        cfg, what = mqtt, ""
+    messager = MqttMessager(cfg, persistent_session=False, name="check")
+    try:
+        await messager.start(timeout=timeout)
+    except MessagingError as exc:
+        print(f"mqtt    FAIL  {what}{exc}")
+        if mqtt.embedded:
+            print("              another program holds the port: stop it, or set mqtt.embedded_port, or point mqtt.host at it")
+        else:
+            print("              check mqtt.host/port, credentials (VISUAL_AGENT__MQTT__PASSWORD) and TLS settings")
+        return False
+    finally:
+        await messager.close(publish_offline=False)
+    print(f"mqtt    OK    {what}{messager.host}:{messager.port} answers (MQTT {messager.protocol.value})")
+    return True
+
+
+async def _check_llm(config: Config, timeout: float) -> bool:
+    try:
+        from providers import create_provider
+
+        llm = create_provider(config.llm)
+    except Exception as exc:
+        print(f"llm     FAIL  {config.describe_llm()}: {exc}")
+        return False
+    try:
+        if config.provider_name() == "vllm_native":
+            from pathlib import Path
+
+            model = str(config.llm.get("model_name"))
+            local = Path(model).expanduser()
+            if local.exists() or "/" in model and not model.startswith(("/", ".")):
+                print(f"llm     OK    in-process vLLM will load {model} at start (not loaded by check)")
+                return True
+            print(f"llm     FAIL  vllm_native model_name {model!r} is not a folder here")
+            return False
+        models = await asyncio.wait_for(llm.list_models(), timeout)
+    except Exception as exc:
+        print(f"llm     FAIL  {config.describe_llm()}: {type(exc).__name__}: {exc}")
+        print("              is the server running? set llm.base_url / llm.api_key (VISUAL_AGENT__LLM__API_KEY)")
+        return False
+    finally:
+        await llm.aclose()
+    wanted = config.llm.get("model_name")
+    if wanted and models and wanted not in models:
+        print(f"llm     FAIL  {config.describe_llm()}: model {wanted!r} not served; served: {', '.join(models)}")
+        return False
+    print(f"llm     OK    {config.describe_llm()}: serves {', '.join(models) or '(no list)'}")
+    return True
+
+
+def _check_http(config: Config) -> bool:
+    web = config.webrtc_config()
+    if web.port == 0 or _port_free(web.host, web.port):
+        print(f"page    OK    will be served on http://{web.host}:{web.port}/")
+        return True
+    print(f"page    WARN  {web.host}:{web.port} is in use (a running daemon?); `run` would fail to bind it")
+    return True
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Home Assistant MQTT discovery: a sensor per source holding its last answer or description.
+
+For each source that answers, a retained discovery config goes to
+``<discovery_prefix>/sensor/<node_id>/<source>/config``; the sensor reads ``<prefix>/<source>/state`` (retained:
+the last answer or description, the answer JSON) and shows its text (cut to Home Assistant's 255-character state
+limit; the whole answer is in the sensor's attributes). Availability follows ``<prefix>/status`` (online/offline).
+Discovery is sent again after each reconnect, as Home Assistant expects after a broker restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from .config import HomeAssistantConfig
+from .messages import Answer
+
+__all__ = ["HomeAssistantDiscovery", "state_topic"]
+
+logger = logging.getLogger(__name__)
+
+_HA_STATE_MAX = 250
+
+
+def state_topic(prefix: str, source: str) -> str:
+    """Where the sensor of `source` reads its state."""
+    return f"{prefix}/{source}/state"
+
+
+class HomeAssistantDiscovery:
+    """Publishes discovery configs and sensor states through a messager."""
+
+    def __init__(self, messager: Any, prefix: str, config: HomeAssistantConfig, *, version: str = "0.1.0") -> None:
+        self.messager = messager
+        self.prefix = prefix
+        self.config = config
+        self.node_id = re.sub(r"[^A-Za-z0-9_-]", "_", config.node_id or prefix)
+        self.version = version
+        self._announced: set[str] = set()
+        messager.on_connected.append(self._reannounce)
+
+    def discovery_topic(self, source: str) -> str:
+        return f"{self.config.discovery_prefix}/sensor/{self.node_id}/{_object_id(source)}/config"
+
+    def discovery_payload(self, source: str) -> dict[str, Any]:
+        return {
+            "name": f"{source} view",
+            "unique_id": f"{self.node_id}_{_object_id(source)}_view",
+            "state_topic": state_topic(self.prefix, source),
+            "value_template": "{{ (value_json.text or (value_json.error.message if value_json.error else ''))[:%d] }}" % _HA_STATE_MAX,
+            "json_attributes_topic": state_topic(self.prefix, source),
+            "availability_topic": f"{self.prefix}/status",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "icon": "mdi:cctv",
+            "device": {"identifiers": [self.node_id], "name": f"Visual agent ({self.prefix})",
+                       "manufacturer": "visual-agent", "sw_version": self.version},
+        }
+
+    async def announce(self, source: str) -> None:
+        """Publish the discovery config of `source` (retained)."""
+        await self.messager.publish(self.discovery_topic(source), json.dumps(self.discovery_payload(source)), retain=True)
+        self._announced.add(source)
+
+    async def _reannounce(self) -> None:
+        for source in sorted(self._announced):
+            await self.announce(source)
+
+    async def on_answer(self, answer: Answer, trigger: Any = None) -> None:
+        """Make sure the source's sensor exists, then publish the answer as its state (retained)."""
+        if not answer.source:
+            return
+        if answer.source not in self._announced:
+            await self.announce(answer.source)
+        await self.messager.publish(state_topic(self.prefix, answer.source), answer.payload(), retain=True)
+
+
+def _object_id(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", source)

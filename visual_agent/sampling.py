@@ -1,0 +1,97 @@
+"""When the agent looks and which frames it takes.
+
+Which frames: the newest (`k == 1`), or `k` spread over the last `window_s` seconds (`FrameBuffer.window`).
+When: on a question; every N seconds (`agent.periodic_interval_s`); on a scene change, measured as the mean
+absolute difference of 32x18 grey thumbnails (0-1) against the frame of the last description, over a threshold
+and no sooner than `min_gap_s` after the last one. The thumbnail is made by libswscale from the sampled frame
+only, in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SceneChangeDetector", "Trigger", "TakenFrame", "select_frames", "thumbnail", "thumbnail_distance"]
+
+THUMB_WIDTH = 32
+THUMB_HEIGHT = 18
+
+
+class Trigger(str, enum.Enum):
+    """Why the agent looked."""
+
+    QUESTION = "question"
+    """Someone asked (MQTT or the page)."""
+    PERIODIC = "periodic"
+    """`agent.periodic_interval_s` passed."""
+    SCENE_CHANGE = "scene_change"
+    """The picture changed past `agent.scene_change.threshold`."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakenFrame:
+    """A frame taken for one question, with its age measured at the moment it was taken."""
+
+    frame: Any
+    """The `av.VideoFrame`."""
+    pts: int | None
+    age_s: float
+
+
+def select_frames(buffer: Any, k: int, window_s: float) -> list[TakenFrame]:
+    """The newest frame (k == 1) or up to k spread over `window_s`, oldest first; [] before the first frame."""
+    picked = [buffer.latest()] if k <= 1 else buffer.window(window_s, k)
+    now = time.monotonic()
+    return [TakenFrame(f.frame, f.pts, max(0.0, now - f.received_at)) for f in picked if f is not None]
+
+
+def thumbnail(frame: Any) -> np.ndarray:
+    """A 32x18 grey float32 thumbnail in [0, 1] (libswscale area resize; CPU work: call it off the loop)."""
+    if hasattr(frame, "to_ndarray"):
+        grey = frame.to_ndarray(width=THUMB_WIDTH, height=THUMB_HEIGHT, format="gray", interpolation="AREA")
+    else:  # an RGB ndarray
+        import cv2
+
+        grey = cv2.cvtColor(cv2.resize(np.asarray(frame), (THUMB_WIDTH, THUMB_HEIGHT), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+    return grey.astype(np.float32) / 255.0
+
+
+def thumbnail_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two thumbnails, 0 (same) to 1."""
+    return float(np.mean(np.abs(a - b)))
+
+
+class SceneChangeDetector:
+    """Says when a source's picture changed enough, and not too soon after the last change."""
+
+    def __init__(self, threshold: float, min_gap_s: float) -> None:
+        self.threshold = threshold
+        self.min_gap_s = min_gap_s
+        self._reference: np.ndarray | None = None
+        self._last_change = float("-inf")
+        self.last_distance: float | None = None
+
+    async def check(self, frame: Any, *, now: float | None = None) -> bool:
+        """True when `frame` differs from the reference past the threshold (the reference then moves to it).
+
+        The first frame only sets the reference.
+        """
+        thumb = await asyncio.to_thread(thumbnail, frame)
+        return self.check_thumbnail(thumb, now=time.monotonic() if now is None else now)
+
+    def check_thumbnail(self, thumb: np.ndarray, *, now: float) -> bool:
+        if self._reference is None:
+            self._reference = thumb
+            return False
+        self.last_distance = thumbnail_distance(self._reference, thumb)
+        if self.last_distance < self.threshold or now - self._last_change < self.min_gap_s:
+            return False
+        self._reference = thumb
+        self._last_change = now
+        return True
