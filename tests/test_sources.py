@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.fixtures.webrtc import colour_bars_yuv
+from tests.fixtures.webrtc import colour_bars_yuv, offer_sdp
 from webrtc import SourceConfig, WebRTCConfig, WebRTCConfigError
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(60)]
@@ -109,3 +109,28 @@ def test_sources_config_rejects_bad_values():
         SourceConfig.from_mapping({"name": "x", "url": "a.mp4", "looping": True})
     cfg = SourceConfig(name="door", kind="rtsp", url="rtsp://admin:hunter2@10.0.0.5/stream")
     assert "hunter2" not in repr(cfg) and "***" in repr(cfg)
+
+
+async def test_sources_unreachable_rtsp_reports_error_without_password(webrtc_server_factory):
+    """No RTSP server runs here: a refused connection must give a clear error that hides the password."""
+    cfg = SourceConfig(name="door", kind="rtsp", url="rtsp://admin:hunter2@127.0.0.1:9/stream", reconnect=False,
+                       open_timeout_s=3, options={"rtsp_transport": "tcp"})
+    server = await webrtc_server_factory(sources=[cfg])
+    buf = server.get_buffer("door")
+    deadline = time.monotonic() + 8
+    while buf.state.value != "ended":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    error = server.health()["sources"]["door"]["error"]
+    assert "cannot open rtsp" in error and "hunter2" not in error and "***" in error
+
+
+async def test_sources_configured_name_cannot_be_taken_by_a_peer(tmp_path, webrtc_server_factory):
+    import aiohttp
+
+    clip = write_video(tmp_path / "clip.mp4", 0.3)
+    server = await webrtc_server_factory(sources=[SourceConfig(name="clip", url=str(clip))])
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + "/offer", json={"sdp": await offer_sdp(), "type": "offer", "source": "clip"}) as r:
+            assert r.status == 409 and "configured source" in (await r.json())["error"]
+    assert server.peers() == []

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.fixtures.webrtc import CounterVideoTrack, publish, read_counter, tasks_now
+from tests.fixtures.webrtc import CounterVideoTrack, offer_sdp, publish, read_counter, tasks_now
 from webrtc import DataChannelClosedError, PeerNotFoundError, WebRTCConfig
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(90)]
@@ -160,18 +160,6 @@ async def test_webrtc_server_same_source_reconnect_replaces_old_peer(webrtc_serv
             assert first.peer_id != second.peer_id
 
 
-async def _offer_sdp() -> str:
-    from aiortc import RTCPeerConnection
-
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="sendonly")
-    pc.createDataChannel("agent")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 BAD_INPUT = [
     # (name, method, path, content type, body maker, status, reason fragment)
     ("not json", "POST", "/offer", "application/json", lambda sdp: b"{nope", 400, "not JSON"),
@@ -208,7 +196,7 @@ BAD_INPUT = [
 async def test_webrtc_server_bad_input_is_refused_clearly_without_leaks(webrtc_server):
     import json as _json
 
-    sdp = await _offer_sdp()
+    sdp = await offer_sdp()
     await asyncio.sleep(0.2)
     before = tasks_now()
     async with aiohttp.ClientSession() as http:
@@ -240,7 +228,7 @@ async def test_webrtc_server_too_many_peers_gets_503(webrtc_server_factory):
         async with publish(server.url, CounterVideoTrack(160, 120), via="whip", source="b"):
             await server.get_buffer("a").wait_for_frame(10)
             await server.get_buffer("b").wait_for_frame(10)
-            sdp = await _offer_sdp()
+            sdp = await offer_sdp()
             async with aiohttp.ClientSession() as http:
                 async with http.post(server.url + "/offer", json={"sdp": sdp, "type": "offer"}) as r:
                     assert r.status == 503 and "peer limit of 2" in (await r.json())["error"]
@@ -256,7 +244,7 @@ async def test_webrtc_server_drops_peer_that_never_connects(webrtc_server_factor
     """A client that posts an offer and vanishes must not hold a peer slot for long."""
     server = await webrtc_server_factory(WebRTCConfig(port=0, connect_timeout_s=0.5, host_candidate_addresses=["127.0.0.1"]))
     async with aiohttp.ClientSession() as http:
-        async with http.post(server.url + "/offer", json={"sdp": await _offer_sdp(), "type": "offer"}) as r:
+        async with http.post(server.url + "/offer", json={"sdp": await offer_sdp(), "type": "offer"}) as r:
             assert r.status == 200
     assert len(server.peers()) == 1
     await wait_until(lambda: server.peers() == [], timeout=5)
@@ -300,3 +288,26 @@ async def test_webrtc_server_close_is_idempotent_and_cancels_everything(webrtc_s
         assert server.health()["status"] == "stopped"
     await asyncio.sleep(0.1)
     assert tasks_now() <= before, tasks_now() - before
+
+
+async def test_webrtc_server_reads_chunked_bodies_whole_and_limits_them(webrtc_server):
+    """Bodies without Content-Length arrive in pieces: a valid offer must be read whole, a large one refused."""
+    sdp = await offer_sdp()
+
+    async def pieces(data: bytes, size: int = 100):
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+            await asyncio.sleep(0)
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(webrtc_server.url + "/whip?source=chunked", data=pieces(sdp.encode()),
+                             headers={"Content-Type": "application/sdp"}) as r:
+            assert r.status == 201, await r.text()
+            location = r.headers["Location"]
+        async with http.delete(webrtc_server.url + location) as r:
+            assert r.status == 200
+        big = (sdp + "a=x-padding\r\n" * 10000).encode()
+        async with http.post(webrtc_server.url + "/whip", data=pieces(big, 4096),
+                             headers={"Content-Type": "application/sdp"}) as r:
+            assert r.status == 413 and "limit" in await r.text()
+    assert webrtc_server.peers() == []

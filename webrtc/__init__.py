@@ -20,7 +20,10 @@ Imports nothing else of this project. The daemon uses it like this::
 Sources: each configured `SourceConfig` (file, rtsp, v4l2) gets a buffer at construction. A browser page
 (POST /offer) or WHIP publisher (POST /whip) gets a buffer when its video track arrives, named by the
 offer's ``source`` field (``?source=`` for WHIP) or ``browser-<n>`` / ``whip-<n>``; a second peer with the
-same name replaces the first. `WebRTCServer` and `WebRTCDriver` are the same class.
+same name replaces the first. When a peer leaves, a named source's buffer stays (state ``ended``, last
+frames readable) and the next peer under that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is
+removed. Peers that never connect (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``)
+are dropped. `WebRTCServer` and `WebRTCDriver` are the same class.
 
 ICE: `WebRTCConfig.ice_servers` (STUN/TURN, credentials masked in reprs) are used by the server's peers and
 handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"]``) restricts the host

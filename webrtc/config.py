@@ -20,6 +20,7 @@ __all__ = [
     "SourceConfig",
     "SourceKind",
     "WebRTCConfig",
+    "mask_url_secrets",
     "validate_source_name",
 ]
 
@@ -142,7 +143,7 @@ class SourceConfig:
         self.options = {str(k): str(v) for k, v in (self.options or {}).items()}
 
     def __repr__(self) -> str:
-        return f"SourceConfig(name={self.name!r}, kind={self.kind.value!r}, url={_mask_url(self.url)!r}, loop={self.loop})"
+        return f"SourceConfig(name={self.name!r}, kind={self.kind.value!r}, url={mask_url_secrets(self.url)!r}, loop={self.loop})"
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "SourceConfig":
@@ -211,6 +212,6 @@ def _known(cls: type, data: Mapping[str, Any], section: str) -> dict[str, Any]:
     return dict(data)
 
 
-def _mask_url(url: str) -> str:
-    """Hide a password in ``scheme://user:password@host`` URLs."""
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
+def mask_url_secrets(text: str) -> str:
+    """Hide passwords in ``scheme://user:password@host`` URLs anywhere in `text`."""
+    return re.sub(r"(://[^:/@\s]+:)[^@/\s]*@", r"\1***@", text)

@@ -253,10 +253,16 @@ class WebRTCServer:
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise SignalingError(f"body of {request.content_length} bytes is over the {limit}-byte limit", status=413)
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            raise SignalingError(f"body is over the {limit}-byte limit", status=413)
-        return body
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # read() may return less than asked: loop until EOF or over the limit
+            chunk = await request.content.read(limit + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise SignalingError(f"body is over the {limit}-byte limit", status=413)
 
     def _source_for_peer(self, requested: object, kind: PeerKind) -> tuple[str, bool]:
         if requested is None or requested == "":

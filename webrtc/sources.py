@@ -23,7 +23,7 @@ import contextlib
 import logging
 from typing import Any
 
-from .config import SourceConfig, SourceKind
+from .config import SourceConfig, SourceKind, mask_url_secrets
 from .errors import SourceError
 from .frame_buffer import FrameBuffer
 from .tracks import start_discarding
@@ -42,7 +42,10 @@ def open_player(config: SourceConfig) -> Any:
     try:
         player = MediaPlayer(config.url, format=fmt, options=dict(config.options) or None, timeout=timeout)
     except Exception as exc:  # av.FFmpegError, OSError, ...
-        raise SourceError(f"source {config.name!r}: cannot open {config.kind.value} {config!r}: {exc}") from exc
+        detail = mask_url_secrets(str(exc).replace(config.url, mask_url_secrets(config.url)))
+        raise SourceError(
+            f"source {config.name!r}: cannot open {config.kind.value} {mask_url_secrets(config.url)!r}: {detail}"
+        ) from exc
     if player.video is None:
         _stop_player(player)
         raise SourceError(f"source {config.name!r}: {config.kind.value} input has no video stream")
