@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -135,7 +134,8 @@ async def run_receiver(args: argparse.Namespace) -> dict:
 
     interval = 1 / args.fps
     config = WebRTCConfig(port=0, host_candidate_addresses=["127.0.0.1"], buffer_max_seconds=2.0)
-    record = tempfile.mktemp(prefix="bench-ingest-", suffix=".bin")
+    with tempfile.NamedTemporaryFile(prefix="bench-ingest-", suffix=".bin", delete=False) as f:
+        record = f.name
     async with WebRTCServer(config) as server:
         warmup = 3.0
         child = await asyncio.create_subprocess_exec(
@@ -154,7 +154,7 @@ async def run_receiver(args: argparse.Namespace) -> dict:
         ages: list[float] = []
         samples: list[tuple[float, int]] = []  # (taken at, frame number)
         per_second: list[int] = []
-        main_tid = next(t for t in thread_cpu() if t == os.getpid())
+        main_tid = os.getpid()  # the event loop runs on the main thread, whose thread id is the pid
         cpu_before, proc0 = thread_cpu(), time.process_time()
         received0 = buf.stats().received
         t0 = time.monotonic()
