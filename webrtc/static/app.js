@@ -84,12 +84,17 @@ async function connect() {
 
     const track = stream.getVideoTracks()[0];
     pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
-    pc.onconnectionstatechange = () => {
-      page.state = pc.connectionState;
-      setPill("pc-state", pc.connectionState);
-      log(`connection ${pc.connectionState}`);
-      if (pc.connectionState === "failed") log("connection failed: press Reconnect");
+    // connectionState where the browser has it, else the ICE state (older Firefox)
+    const onState = () => {
+      const state = pc.connectionState || ({ checking: "connecting", completed: "connected" }[pc.iceConnectionState] || pc.iceConnectionState);
+      if (state === page.state) return;
+      page.state = state;
+      setPill("pc-state", state);
+      log(`connection ${state}`);
+      if (state === "failed") log("connection failed: press Reconnect");
     };
+    pc.addEventListener("connectionstatechange", onState);
+    pc.addEventListener("iceconnectionstatechange", onState);
 
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc, 2000);
