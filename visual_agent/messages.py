@@ -132,6 +132,8 @@ def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_
         q = _from_mapping(data)
     if not q.question:
         raise _bad("the question is empty", q.id, ErrorType.EMPTY_QUESTION)
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in q.question):
+        raise _bad("the question contains control characters (binary data?)", q.id)
     if len(q.question) > max_chars:
         raise _bad(f"the question is {len(q.question)} characters; the limit is {max_chars}", q.id)
     if q.frames is not None and not 1 <= q.frames <= max_frames:

@@ -47,6 +47,7 @@ STATUS_OFFLINE = b"offline"
 _MISC_INTERVAL_S = 1.0
 _CLOSE_FLUSH_S = 2.0
 _V5_CONNACK_WAIT_S = 3.0
+_SUBACK_WAIT_S = 5.0
 # CONNACK reason codes meaning "I do not speak this protocol version" (3.1.1 code 1, MQTT 5 code 0x84).
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
 
@@ -125,6 +126,7 @@ class MqttMessager:
         self._lost = asyncio.Event()
         self._connack: asyncio.Future[Any] | None = None
         self._pub_waiters: dict[int, asyncio.Future[None]] = {}
+        self._sub_waiters: dict[int, asyncio.Future[Any]] = {}
         self._sock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
@@ -236,12 +238,22 @@ class MqttMessager:
 
     # --- subscribing and receiving ---------------------------------------------------------------
 
-    async def subscribe(self, topic: str) -> None:
-        """Subscribe now (if connected) and again after every reconnect."""
+    async def subscribe(self, topic: str, *, timeout: float = _SUBACK_WAIT_S) -> None:
+        """Subscribe now (if connected: returns once the broker acknowledged it) and again after every reconnect."""
         if topic not in self._subscriptions:
             self._subscriptions.append(topic)
-        if self.connected and self._client is not None:
-            self._client.subscribe(topic, qos=self.config.qos)
+        if self.connected and self._client is not None and self._loop is not None:
+            rc, mid = self._client.subscribe(topic, qos=self.config.qos)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                return  # not connected after all: the reconnect subscribes
+            fut = self._loop.create_future()
+            self._sub_waiters[mid] = fut
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                logger.warning("mqtt: no SUBACK for %s within %.1f s", topic, timeout)
+            finally:
+                self._sub_waiters.pop(mid, None)
 
     async def messages(self) -> AsyncIterator[IncomingMessage]:
         """Received messages, oldest first, until the messager closes."""
@@ -358,6 +370,7 @@ class MqttMessager:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
@@ -413,8 +426,17 @@ class MqttMessager:
             break
         self.last_error = None
         self.stats.connects += 1
+        subacks = []
         for topic in self._subscriptions:
-            client.subscribe(topic, qos=self.config.qos)
+            rc, mid = client.subscribe(topic, qos=self.config.qos)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                fut = self._loop.create_future()
+                self._sub_waiters[mid] = fut
+                subacks.append((mid, fut))
+        if subacks:
+            await asyncio.wait([f for _, f in subacks], timeout=_SUBACK_WAIT_S)
+            for mid, _ in subacks:
+                self._sub_waiters.pop(mid, None)
         if self.status_topic:
             self._send(_Outgoing(self.status_topic, STATUS_ONLINE, 1, True, None))
         pending, self._outbox = self._outbox, collections.deque()
@@ -542,6 +564,14 @@ class MqttMessager:
         except asyncio.QueueFull:
             self.stats.inbox_dropped += 1
             logger.warning("mqtt: inbox full (%d); dropped a message on %s", self.config.inbox_max, msg.topic)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        fut = self._sub_waiters.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(reason_codes)
+        for code in reason_codes or ():
+            if getattr(code, "is_failure", False):
+                logger.warning("mqtt: the broker refused a subscription: %s", code)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         fut = self._pub_waiters.pop(mid, None)

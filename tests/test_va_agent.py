@@ -1,0 +1,233 @@
+"""VisualAgent with real peers: mosquitto, the WebRTC ingest server with an aiortc publisher streaming a generated
+video, the OpenAI-compatible provider. The LLM here is the STAND-IN server of tests/fixtures/llm_stub.py (answers at
+once, can be slowed or fail), because these tests are about the agent's contract; test_va_e2e.py uses real vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+
+import pytest
+
+from providers import create_provider
+from tests.fixtures.webrtc import CounterVideoTrack, publish
+from visual_agent.agent import VisualAgent, topics
+from visual_agent.config import AgentConfig, MqttConfig
+from visual_agent.mqtt import MqttMessager
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
+
+
+@contextlib.asynccontextmanager
+async def running_agent(mosquitto, server, llm_url, prefix, **agent_kw):
+    llm = create_provider({"provider": "openai", "base_url": llm_url, "model_name": "stub-model", "max_retries": 0, "timeout": 5})
+    messager = MqttMessager(MqttConfig(host=mosquitto.host, port=mosquitto.port, reconnect_min_s=0.1), status_topic=f"{prefix}/status")
+    await messager.start()
+    agent = VisualAgent(llm=llm, messager=messager, webrtc_driver=server, config=AgentConfig(**agent_kw),
+                        prefix=prefix, provider_name="openai", max_payload_bytes=4096)
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.close(grace_s=0.5)
+        await messager.close()
+        await llm.aclose()
+
+
+@contextlib.asynccontextmanager
+async def streaming_publisher(server, source="cam", width=320, height=240):
+    async with publish(server.url, CounterVideoTrack(width, height, 30), source=source) as pub:
+        for _ in range(200):
+            if source in server.source_names() and server.get_buffer(source).latest() is not None:
+                break
+            await asyncio.sleep(0.05)
+        yield pub
+
+
+def answers(peer, n, topic, timeout=10.0):
+    out = []
+    for _ in range(n):
+        out.append(json.loads(peer.get(timeout, topic=topic).payload))
+    return out
+
+
+async def test_agent_mqtt_answer_has_id_frames_and_fresh_ages(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
+        peer.publish(t["ask"], json.dumps({"id": "q-1", "question": "what is there?", "frames": 3}))
+        (answer,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
+    assert answer["id"] == "q-1" and answer["error"] is None and answer["text"] == stub_llm.reply
+    assert answer["source"] == "cam" and answer["model"] == "stub-model" and answer["provider"] == "openai"
+    assert len(answer["frames"]) == 3 and stub_llm.images_in_last_request() == 3
+    assert all(isinstance(f["pts"], int) for f in answer["frames"])
+    # frames spread over the window, newest last: the newest was taken fresh (under two 30-fps frame intervals)
+    assert answer["frames"][-1]["age_s"] < 2 / 30 + 0.05 and answer["frames"][0]["age_s"] > answer["frames"][-1]["age_s"]
+    assert 0 < answer["latency_s"] < 5
+
+
+async def test_agent_bad_input_gets_error_answers_and_keeps_running(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
+        bad = [
+            (b"\xff\xfe not utf-8", None, "bad_payload"),
+            (b"x" * 5000, None, "bad_payload"),
+            (json.dumps({"id": "b3", "question": ["not", "text"]}).encode(), "b3", "bad_payload"),
+            (json.dumps({"id": "b4", "question": "hi", "colour": "red"}).encode(), "b4", "bad_payload"),
+            (json.dumps({"id": "b5", "question": "hi", "source": "no-such-camera"}).encode(), "b5", "unknown_source"),
+            (json.dumps({"id": "b6", "question": "  "}).encode(), "b6", "empty_question"),
+            (b'{"id": "b7", "question": ', None, "bad_payload"),
+        ]
+        for payload, _, _ in bad:
+            peer.publish(t["ask"], payload)
+        got = await asyncio.to_thread(answers, peer, len(bad), t["answer"])
+        peer.publish(t["ask"], b"and now a good question")
+        (good,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
+    # parse errors are answered at once, the unknown source after a task switch: compare without order
+    assert sorted(a["error"]["type"] for a in got) == sorted(kind for _, _, kind in bad)
+    by_id = {a["id"]: a for a in got}
+    for qid, kind in [(qid, kind) for _, qid, kind in bad if qid is not None]:
+        assert by_id[qid]["error"]["type"] == kind and by_id[qid]["text"] == "" and by_id[qid]["error"]["message"]
+    assert all(a["error"]["message"] and isinstance(a["id"], str) and a["id"] for a in got)
+    assert "no-such-camera" in by_id["b5"]["error"]["message"] and "cam" in by_id["b5"]["error"]["message"]
+    assert good["error"] is None and good["question"] == "and now a good question"
+
+
+async def test_agent_streams_partials_before_the_answer_and_remembers(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(f"{topic_prefix}/answer/#")  # answers and partials (and `answer` itself), in arrival order
+    stub_llm.reply = "one two three four"
+    async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix) as agent:
+        peer.publish(t["ask"], json.dumps({"id": "s1", "question": "count", "stream": True}))
+        seen = []
+        while not seen or seen[-1][0] != t["answer"]:
+            m = await asyncio.to_thread(peer.get, 10)
+            seen.append((m.topic, json.loads(m.payload)))
+        peer.publish(t["ask"], json.dumps({"id": "s2", "question": "and then?"}))
+        assert json.loads((await asyncio.to_thread(peer.get, 10, t["answer"])).payload)["id"] == "s2"
+        assert agent.history("cam")[-2:] == [("count", "one two three four"), ("and then?", "one two three four")]
+    partials = [p for topic, p in seen if topic == t["partial"]]
+    assert [p["seq"] for p in partials] == list(range(1, len(partials) + 1)) and len(partials) == 4
+    assert "".join(p["delta"] for p in partials) == seen[-1][1]["text"] == "one two three four"
+    assert all(p["id"] == "s1" for p in partials)
+    follow_up = stub_llm.requests[-1]["messages"]
+    assert [m["role"] for m in follow_up] == ["system", "user", "assistant", "user"] and follow_up[1]["content"] == "count"
+
+
+async def test_agent_mqtt5_response_topic_and_correlation(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    mine = f"{topic_prefix}/replies/me"
+    peer.subscribe(mine)
+    async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
+        peer.publish(t["ask"], b"what is there?", response_topic=mine, correlation_data=b"corr-42")
+        msg = await asyncio.to_thread(peer.get, 10, mine)
+    assert msg.properties.CorrelationData == b"corr-42" and json.loads(msg.payload)["error"] is None
+
+
+async def test_agent_busy_beyond_max_in_flight(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    stub_llm.delay_s = 1.0
+    async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, max_in_flight=1):
+        for i in range(3):
+            peer.publish(t["ask"], json.dumps({"id": f"c{i}", "question": "slow?"}))
+        got = await asyncio.to_thread(answers, peer, 3, t["answer"])
+    by_id = {a["id"]: a for a in got}
+    assert set(by_id) == {"c0", "c1", "c2"}
+    assert by_id["c0"]["error"] is None
+    assert by_id["c1"]["error"]["type"] == by_id["c2"]["error"]["type"] == "busy"
+
+
+async def test_agent_timeout_and_unreachable_llm(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    stub_llm.delay_s = 3.0
+    async with streaming_publisher(webrtc_server):
+        async with running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, question_timeout_s=0.5):
+            peer.publish(t["ask"], json.dumps({"id": "slow", "question": "?"}))
+            (slow,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # bound, not listening: connection refused
+            async with running_agent(running_mosquitto, webrtc_server, dead, topic_prefix):
+                peer.publish(t["ask"], json.dumps({"id": "down", "question": "?"}))
+                (down,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
+    assert slow["id"] == "slow" and slow["error"]["type"] == "timeout" and 0.5 <= slow["latency_s"] < 2
+    assert down["id"] == "down" and down["error"]["type"] == "llm_unreachable" and "127.0.0.1" in down["error"]["message"]
+
+
+async def test_agent_no_frame_yet(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    async with running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, frame_wait_s=0.2):
+        peer.publish(t["ask"], json.dumps({"id": "n1", "question": "anything?"}))
+        (a,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
+    assert a["id"] == "n1" and a["error"]["type"] == "no_frame"
+
+
+async def test_agent_close_fails_in_flight_with_shutdown(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    stub_llm.delay_s = 5.0
+    async with streaming_publisher(webrtc_server):
+        async with running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, shutdown_grace_s=0.2) as agent:
+            peer.publish(t["ask"], json.dumps({"id": "late", "question": "?"}))
+            for _ in range(100):
+                if agent.in_flight:
+                    break
+                await asyncio.sleep(0.02)
+            assert agent.in_flight == 1
+        (a,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
+    assert a["id"] == "late" and a["error"]["type"] == "shutdown"
+
+
+async def test_agent_data_channel_question_streams_back(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    peer.subscribe(topics(topic_prefix)["answer"])
+    stub_llm.reply = "red and blue bars"
+    async with streaming_publisher(webrtc_server) as pub, running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
+        await pub.wait_open()
+        pub.channel.send(json.dumps({"id": "dc1", "question": "colours?", "stream": True}))
+        got = []
+        while not got or "text" not in got[-1]:
+            got.append(json.loads(await asyncio.wait_for(pub.messages.get(), 10)))
+        pub.channel.send("\x00" * 10 + "{")  # not a question: an error answer on the channel, nothing breaks
+        bad = json.loads(await asyncio.wait_for(pub.messages.get(), 10))
+        mqtt_copy = json.loads((await asyncio.to_thread(peer.get, 10)).payload)
+    assert [m["seq"] for m in got[:-1]] == [1, 2, 3, 4]
+    assert got[-1]["id"] == "dc1" and got[-1]["text"] == "red and blue bars" and got[-1]["source"] == "cam"
+    assert mqtt_copy["id"] == "dc1"
+    assert bad["error"]["type"] in ("bad_payload", "empty_question")
+
+
+async def test_agent_periodic_description(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    peer = paho_peer("5")
+    peer.subscribe(f"{topic_prefix}/cam/description")
+    async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix,
+                                                                 periodic_interval_s=0.3, periodic_prompt="Describe."):
+        first = json.loads((await asyncio.to_thread(peer.get, 10)).payload)
+        second = json.loads((await asyncio.to_thread(peer.get, 10)).payload)
+    assert first["question"] == "Describe." and first["source"] == "cam" and first["error"] is None
+    assert first["id"] != second["id"]
+
+
+def test_agent_refuses_embeddings_for_a_provider_that_cannot_take_them():
+    llm = create_provider({"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model_name": "m"})
+
+    async def embed(frames):
+        return None
+
+    with pytest.raises(ValueError, match="vllm_native"):
+        VisualAgent(llm=llm, embedding_function=embed)
