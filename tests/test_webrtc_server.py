@@ -236,6 +236,11 @@ async def test_webrtc_server_too_many_peers_gets_503(webrtc_server_factory):
                 async with http.post(server.url + "/whip", data=sdp, headers={"Content-Type": "application/sdp"}) as r:
                     assert r.status == 503
             assert len(server.peers()) == 2
+            # a page reconnecting under its own name is let in: it replaces its old session
+            async with publish(server.url, CounterVideoTrack(160, 120), source="a") as again:
+                await server.get_buffer("a").wait_for_frame(10)  # cleared at re-attach: the new peer's frames
+                await wait_until(lambda: sorted(p.id for p in server.peers()) ==
+                                 sorted([again.peer_id, next(p.id for p in server.peers() if p.source == "b")]))
     await wait_until(lambda: server.peers() == [], timeout=15)
     await wait_until(lambda: tasks_now() <= before, timeout=5)
 

@@ -283,7 +283,8 @@ class WebRTCServer:
             raise SignalingError("the server is shutting down", status=503)
         check_offer_sdp(sdp)
         name, auto = self._source_for_peer(source, kind)
-        if len(self._peers) + self._pending >= self.config.max_peers:
+        replacing = any(p.source == name for p in self._peers.values())  # a reconnect frees its old slot
+        if len(self._peers) + self._pending - replacing >= self.config.max_peers:
             raise TooManyPeersError(f"peer limit of {self.config.max_peers} reached; try again later")
         self._pending += 1
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[
