@@ -36,6 +36,11 @@ def runnable_blocks() -> list[tuple[str, str]]:
 BLOCKS = runnable_blocks()
 NEEDS_SERVER = {"a-vllm-server"}
 NEEDS_ENGINE = {"the-in-process-engine-vllmnativeprovider-with-image-embeddings"}
+# Marks at collection, so `-m "not vllm"` leaves out the examples that need the vLLM tier.
+PARAMS = [
+    pytest.param(name, code, id=name, marks=[pytest.mark.vllm] if name in NEEDS_SERVER | NEEDS_ENGINE else [])
+    for name, code in BLOCKS
+]
 
 
 def test_providers_guide_has_runnable_examples_for_each_provider():
@@ -51,16 +56,14 @@ def _run(code: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(("section", "code"), BLOCKS, ids=[name for name, _ in BLOCKS])
+@pytest.mark.parametrize(("section", "code"), PARAMS)
 @pytest.mark.timeout(EXAMPLE_TIMEOUT_S + 30)
 def test_providers_guide_example_runs(section, code, request):
     extra: dict[str, str] = {}
     if section in NEEDS_SERVER:
-        request.applymarker(pytest.mark.vllm)
         server = request.getfixturevalue("vllm_server")
         extra["VLLM_BASE_URL"] = f"http://127.0.0.1:{server.port}"  # without /v1, as a reader may write it
     if section in NEEDS_ENGINE:
-        request.applymarker(pytest.mark.vllm)
         extra["LLAVA_MODEL"] = str(request.getfixturevalue("tiny_llava_path"))
     result = _run(code, extra)
     assert result.returncode == 0, f"example in section {section!r} failed:\n{result.stdout}\n{result.stderr[-4000:]}"

@@ -62,13 +62,14 @@ def hf_features(tiny_llava_path):
     return features
 
 
-def test_vllm_native_tools_without_parser_refused_before_engine_start(tiny_llava_path):
+async def test_vllm_native_tools_without_parser_refused_before_engine_start(tiny_llava_path):
     llm = create_provider({"provider": "vllm_native", "model_name": str(tiny_llava_path)})
     assert isinstance(llm, VLLMNativeProvider) and llm.capabilities.tools is False
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
     with pytest.raises(ToolsNotSupportedError, match="tool_parser"):
-        asyncio.run(llm.achat([{"role": "user", "content": "hi"}], tools=tools))
+        await llm.achat([{"role": "user", "content": "hi"}], tools=tools)
     assert llm._worker is None  # refused without loading the model
+    await llm.aclose()
 
 
 def test_vllm_native_engine_args_pass_through_unchanged(tiny_llava_path):
