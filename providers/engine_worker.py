@@ -55,6 +55,7 @@ class EngineWorker:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._stopped = False
+        self._failure: BaseException | None = None
         self.engine: Any = None
 
     # -- called from the event loop -------------------------------------------------------------------
@@ -71,7 +72,8 @@ class EngineWorker:
 
     def submit(self, request_id: str, prompt: Any, params: Any) -> asyncio.Queue:
         if self._stopped:
-            raise EngineError("the engine is closed", endpoint=self._endpoint)
+            reason = f" after a failure: {self._failure}" if self._failure is not None else ""
+            raise EngineError(f"the engine is closed{reason}", endpoint=self._endpoint)
         sink: asyncio.Queue = asyncio.Queue()
         self._commands.put(_Add(request_id, prompt, params, asyncio.get_running_loop(), sink))
         return sink
@@ -133,6 +135,7 @@ class EngineWorker:
         except BaseException as exc:
             log.exception("vLLM engine thread failed")
             failure: BaseException = exc
+            self._failure = exc
         else:
             failure = EngineError("the engine was closed", endpoint=self._endpoint)
         self._stopped = True

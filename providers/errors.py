@@ -8,8 +8,8 @@
     ├── ToolsNotSupportedError              tools asked of a model with no tool-call parser
     ├── ModelNotFoundError                  no model given and the server lists none
     ├── EngineError                         the in-process engine failed or is closed
-    ├── ProviderConnectionError             the endpoint could not be reached
-    ├── ProviderTimeoutError                no answer within the configured timeout
+    ├── ProviderConnectionError (ConnectionError)   the endpoint could not be reached
+    ├── ProviderTimeoutError (TimeoutError)         no answer within the configured timeout
     └── ProviderStatusError                 the endpoint answered with an error status
         ├── AuthenticationError             401 / 403: the key is missing, wrong or not allowed
         ├── BadRequestError                 400 / 404 / 409 / 413 / 422: the request (or model name) is wrong
@@ -97,11 +97,11 @@ class EngineError(ProviderError):
     """The in-process engine failed, or was used after `aclose()`."""
 
 
-class ProviderConnectionError(ProviderError):
+class ProviderConnectionError(ProviderError, ConnectionError):
     """The endpoint could not be reached (refused, DNS, TLS, dropped connection)."""
 
 
-class ProviderTimeoutError(ProviderError):
+class ProviderTimeoutError(ProviderError, TimeoutError):
     """The endpoint did not answer within the configured timeout."""
 
 

@@ -142,6 +142,7 @@ class OpenAICompatibleProvider(LLMProvider):
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
         latency = time.perf_counter() - started
+        log.debug("chat answered by %s (%s) in %.3f s", self.base_url, completion.model, latency)
         if not completion.choices:
             raise BadRequestError("the endpoint answered with no choices", endpoint=self.base_url)
         choice = completion.choices[0]
