@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -318,11 +319,12 @@ class Config(_Section):
         return f"{self.provider_name()} {where} model={llm.get('model_name') or 'auto'}".strip()
 
 
-_SECRET_WORDS = ("api_key", "password", "credential", "token", "secret")
+_SECRET_KEY = re.compile(r"(api_key|password|passwd|credential|secret|(^|_)token)$", re.IGNORECASE)
 
 
 def _is_secret(key: str) -> bool:
-    return any(w in key.lower() for w in _SECRET_WORDS)
+    """True for keys holding secrets (api_key, password, ..._token; not max_tokens)."""
+    return bool(_SECRET_KEY.search(key.split(".")[-1]))
 
 
 def _validate_owned_sections(cfg: Config) -> None:

@@ -1,0 +1,129 @@
+"""More end-to-end proof with real parts: headless Chromium asking through the page's data channel; the native vLLM
+engine with CLIP embeddings from `ClipEncoder.from_llava` on a live aiortc stream; `visual-agent run` with the packaged
+default config (embedded amqtt broker) and `visual-agent ask` against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli
+from tests.fixtures.webrtc import CounterVideoTrack, publish
+from visual_agent.agent import VisualAgent
+from visual_agent.config import parse_config
+from visual_agent.daemon import Daemon, build_embedding_function
+from visual_agent.messages import Question
+
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(240)]
+
+
+@pytest.mark.browser
+@pytest.mark.mqtt
+async def test_e2e_chromium_page_asks_over_data_channel_and_shows_answer(vllm_server, running_mosquitto, paho_peer, topic_prefix,
+                                                                          chromium, artifacts_dir):
+    config = parse_config({
+        "llm": {"provider": "vllm", "base_url": vllm_server.base_url, "temperature": 0, "max_tokens": 12},
+        "webrtc": {"host": "127.0.0.1", "port": 0, "host_candidate_addresses": ["127.0.0.1"]},
+        "mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port, "prefix": topic_prefix},
+    }, environ={})
+    peer = paho_peer("5")
+    peer.subscribe(f"{topic_prefix}/answer")
+    daemon = Daemon(config)
+    await daemon.start()
+    context = await chromium.new_context(viewport={"width": 1100, "height": 800})
+    page = await context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    try:
+        await page.goto(f"{daemon.driver.url}/?source=chrome&res=640x480&fps=30&autostart=1")
+        await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", timeout=20000)
+        deadline = time.monotonic() + 20
+        while "chrome" not in daemon.driver.source_names():
+            assert time.monotonic() < deadline, f"no track from the page; console: {console}"
+            await asyncio.sleep(0.1)
+        await daemon.driver.get_buffer("chrome").wait_for_frame(20)
+        await page.fill("#question", "What do you see?")
+        await page.click("#ask-button")
+        await page.wait_for_selector(".answer.done, .answer.failed", timeout=60000)
+        shown = await page.evaluate("Object.values(window.agentPage.answers).map(a => ({q: a.question, text: a.text, done: a.done}))")
+        failed = await page.query_selector(".answer.failed")
+        shot = artifacts_dir / "visual_agent_page_answer.png"
+        await page.screenshot(path=str(shot))
+        mqtt_copy = json.loads((await asyncio.to_thread(peer.get, 10)).payload)
+    finally:
+        await context.close()
+        await daemon.close()
+    assert failed is None, f"the page shows a failed answer: {shown}"
+    assert len(shown) == 1 and shown[0]["q"] == "What do you see?" and shown[0]["done"]
+    assert mqtt_copy["question"] == "What do you see?" and mqtt_copy["error"] is None and mqtt_copy["source"] == "chrome"
+    assert shown[0]["text"] == mqtt_copy["text"]  # what the page shows is the answer the agent made
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.webrtc
+async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provider, tiny_llava_path, webrtc_server):
+    config = parse_config({"llm": {"provider": "vllm_native", "model_name": str(tiny_llava_path), "enable_mm_embeds": True},
+                           "encoder": {"embeddings": "auto"}}, environ={})
+    embed, clip = await build_embedding_function(config, native_provider)
+    assert embed is not None, "auto mode must pick CLIP embeddings for a provider that takes them"
+    calls = []
+
+    async def counting_embed(frames):
+        out = await embed(frames)
+        calls.append(tuple(out.shape))
+        return out
+
+    agent = VisualAgent(llm=native_provider, webrtc_driver=webrtc_server, embedding_function=counting_embed, provider_name="vllm_native")
+    try:
+        async with publish(webrtc_server.url, CounterVideoTrack(320, 240, 30, moving=True), source="live"):
+            await asyncio.sleep(0.3)
+            while "live" not in webrtc_server.source_names():
+                await asyncio.sleep(0.05)
+            await webrtc_server.get_buffer("live").wait_for_frame(15)
+            answer = await agent.ask(Question(question="What is moving?", source="live", frames=2))
+            streamed = []
+
+            async def on_partial(seq, delta):
+                streamed.append((seq, delta))
+
+            follow = await agent.ask(Question(question="And now?", source="live"), on_partial=on_partial)
+    finally:
+        await agent.close()
+        await clip.aclose()
+    assert answer.error is None, answer.error
+    assert answer.source == "live" and len(answer.frames) == 2 and answer.provider == "vllm_native"
+    assert calls[0][0] == 2 and calls[0][1:] == (16, 64)  # (frames, image tokens, LM hidden) of the tiny LLaVA
+    assert follow.error is None and "".join(d for _, d in streamed) == follow.text
+    assert agent.history("live")[0][0] == "What is moving?"
+
+
+@pytest.mark.webrtc
+async def test_e2e_embedded_broker_with_packaged_default_and_ask(tmp_path, vllm_server):
+    """`visual-agent run` with no config file (the packaged default.yaml: embedded broker), then `visual-agent ask`.
+
+    Only the LLM address and the two ports are overridden through the environment, as a user would.
+    """
+    page_port, mqtt_port = free_tcp_port(), free_tcp_port()
+    env = {
+        "VISUAL_AGENT__LLM__BASE_URL": vllm_server.base_url,
+        "VISUAL_AGENT__LLM__MAX_TOKENS": "12",
+        "VISUAL_AGENT__WEBRTC__PORT": str(page_port),
+        "VISUAL_AGENT__WEBRTC__HOST_CANDIDATE_ADDRESSES": "[127.0.0.1]",
+        "VISUAL_AGENT__MQTT__EMBEDDED_PORT": str(mqtt_port),
+    }
+    async with daemon_process(None, page_port=page_port, log_path=tmp_path / "daemon.log", env=env, cwd=tmp_path) as daemon:
+        async with publish(daemon.page_url, CounterVideoTrack(320, 240, 30)):
+            await asyncio.sleep(1.0)
+            rc, out, err = await run_cli("ask", "What do you see?", "--json", "--timeout", "60", env=env)
+            rc_stream, out_stream, err_stream = await run_cli("ask", "Any colours?", "--stream", "--timeout", "60", env=env)
+        assert await daemon.terminate() == 0
+        log = daemon.log()
+    assert rc == 0, f"{err}\n{log}"
+    answer = json.loads(out)
+    assert answer["error"] is None and answer["model"] == vllm_server.model and answer["frames"]
+    assert rc_stream == 0, err_stream
+    assert "embedded MQTT broker" in log and f"127.0.0.1:{mqtt_port}" in log
