@@ -57,6 +57,10 @@ class QuestionTiming:
 
     id: Any
     received_at: float
+    started_at: float | None = None
+    """The question's task began (after parsing and admission)."""
+    encoded_at: float | None = None
+    """Frames taken and converted (JPEG or embeddings)."""
     llm_request_at: float | None = None
     llm_response_at: float | None = None
     published_at: float | None = None
@@ -220,10 +224,14 @@ class VisualAgent:
 
     async def _answer(self, question: Question, on_partial: PartialCallback | None, trigger: Trigger,
                       timing: QuestionTiming | None) -> Answer:
+        if timing is not None:
+            timing.started_at = time.monotonic()
         source = self._resolve_source(question.source)
         question.source = source
         frames = await self._take_frames(source, question.frames or self.config.frames)
         content = await self._content(question.question, frames)
+        if timing is not None:
+            timing.encoded_at = time.monotonic()
         history = self._history.get(source) if trigger is Trigger.QUESTION else None
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.config.system_prompt}]
         for asked, said in history or ():
