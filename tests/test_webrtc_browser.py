@@ -108,3 +108,42 @@ async def test_webrtc_browser_page_reconnect_keeps_source_and_closing_tab_cleans
     while webrtc_server.peers():
         assert time.monotonic() < deadline, f"peers left after the tab closed: {webrtc_server.peers()}"
         await asyncio.sleep(0.2)
+
+
+async def test_webrtc_browser_firefox_page_streams_and_answers(webrtc_server, firefox, artifacts_dir):
+    """The same page in headless Firefox ESR (driven over WebDriver BiDi): camera, connect, ask, answer."""
+    async def on_message(source: str, peer_id: str, text: str) -> None:
+        msg = json.loads(text)
+        newest = webrtc_server.get_buffer(source).latest()
+        await webrtc_server.send_data(peer_id, json.dumps({"id": msg["id"], "seq": 0, "delta": "Firefox sends "}))
+        await webrtc_server.send_data(peer_id, json.dumps({
+            "id": msg["id"], "question": msg["question"], "text": f"Firefox sends {newest.width}x{newest.height}.",
+            "frames": [{"pts": newest.pts, "age_s": round(newest.age_s, 3)}], "error": None}))
+
+    webrtc_server.on_data_message = on_message
+    browser = await firefox()
+    await browser.goto(f"{webrtc_server.url}/?source=fox&res=640x480&fps=30&autostart=1")
+    try:
+        await browser.wait_for("window.agentPage.state === 'connected'", 20)
+    except TimeoutError:
+        raise AssertionError(await browser.evaluate(
+            "({state: window.agentPage.state, errors: window.agentPage.errors, log: document.getElementById('log').innerText})"))
+    buf = webrtc_server.get_buffer("fox")
+    first = await buf.wait_for_frame(15)
+    await asyncio.sleep(2)
+    stats = buf.stats()
+    print(f"\nfirefox {browser.version}: {stats.width}x{stats.height} @ {stats.fps} fps, {stats.received} frames")
+    assert buf.latest().seq > first.seq + 20 and stats.fps > 10
+    await browser.wait_for("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", 10)
+    await browser.evaluate("(() => { document.getElementById('question').value = 'Which browser?';"
+                           " document.getElementById('ask-button').click(); return true; })()")
+    text = await browser.wait_for(
+        "(document.querySelector('.answer.done .text') || {}).textContent", 10)
+    assert text == f"Firefox sends {stats.width}x{stats.height}."
+    assert await browser.evaluate("document.querySelector('.answer.done .q').textContent") == "Which browser?"
+    await browser.screenshot(artifacts_dir / "webrtc_browser_page_firefox.png")
+    await browser.evaluate("(() => { document.getElementById('stop').click(); return true; })()")
+    deadline = time.monotonic() + 10
+    while webrtc_server.peers():
+        assert time.monotonic() < deadline, "peer still listed after Firefox stopped"
+        await asyncio.sleep(0.1)
