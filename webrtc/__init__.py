@@ -25,6 +25,11 @@ frames readable) and the next peer under that name reuses it; a ``browser-<n>``/
 removed. Peers that never connect (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``)
 are dropped. `WebRTCServer` and `WebRTCDriver` are the same class.
 
+The page (GET /) sends each question as data-channel text ``{"id", "question", "stream": true, "source"}``;
+it renders partials ``{"id", "seq", "delta"}`` in ``seq`` order and replaces them with the final answer
+``{"id", "question", "text", ..., "error": null | {"type", "message"}}`` (ARCHITECTURE.md); any other text
+is shown as it is. Browsers allow the camera only on https:// or http://localhost / 127.0.0.1 pages.
+
 ICE: `WebRTCConfig.ice_servers` (STUN/TURN, credentials masked in reprs) are used by the server's peers and
 handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"]``) restricts the host
 candidates aioice offers, process-wide (see `webrtc.ice`).
