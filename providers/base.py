@@ -78,6 +78,8 @@ class LLMProvider(abc.ABC):
     """An LLM that answers chat messages; use as `async with provider:` or call `aclose()`."""
 
     capabilities: Capabilities
+    model: str | None
+    """The model answers come from (None while a server's model is not yet detected)."""
 
     @abc.abstractmethod
     async def achat(self, messages: Sequence[dict[str, Any]], **opts: Any) -> ChatResponse:

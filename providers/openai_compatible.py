@@ -82,6 +82,11 @@ class OpenAICompatibleProvider(LLMProvider):
         model = self.config.model_name
         return f"{type(self).__name__}(base_url={self.base_url!r}, model_name={model!r}, api_key='***')"
 
+    @property
+    def model(self) -> str | None:
+        """The model requests go to (None until known, for a server asked on first use)."""
+        return self.config.model_name
+
     # -- requests -----------------------------------------------------------------------------------------
 
     @property

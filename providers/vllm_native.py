@@ -94,6 +94,11 @@ class VLLMNativeProvider(LLMProvider):
         state = "closed" if self._closed else ("running" if self._worker else "not started")
         return f"VLLMNativeProvider(model_name={self.config.model_name!r}, {state})"
 
+    @property
+    def model(self) -> str:
+        """The model the engine runs (its Hugging Face id or folder)."""
+        return self.config.model_name
+
     def engine_args(self) -> dict[str, Any]:
         """The keyword arguments for `vllm.EngineArgs`: the named config keys, then `engine_args` unchanged."""
         args: dict[str, Any] = {

@@ -73,3 +73,9 @@ def test_create_provider_picks_by_kind():
 def test_openai_compatible_capabilities():
     caps = OpenAICompatibleProvider({"model_name": "m"}).capabilities
     assert (caps.images, caps.image_embeddings, caps.streaming, caps.tools) == (True, False, True, True)
+
+
+def test_providers_expose_model_name():
+    assert OpenAICompatibleProvider({"model_name": "m1"}).model == "m1"
+    assert VLLMProvider({"vllm_base_url": "http://127.0.0.1:9", "model_name": "m2"}).model == "m2"
+    assert create_provider({"provider": "vllm_native", "model_name": "m3"}).model == "m3"

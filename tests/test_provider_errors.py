@@ -14,6 +14,7 @@ from aiohttp import web
 from providers import (
     AuthenticationError,
     BadRequestError,
+    ModelNotFoundError,
     OpenAICompatibleProvider,
     ProviderConnectionError,
     ProviderError,
@@ -57,6 +58,8 @@ class Upstream:
         if request.can_read_body:
             self.bodies.setdefault(scenario, []).append(await request.json())
         kind = scenario.split("-")[0]
+        if kind == "nomodels":
+            return web.json_response({"object": "list", "data": []})
         if kind == "ok":
             return web.json_response(_completion())
         if kind == "auth":
@@ -264,3 +267,11 @@ async def test_openai_compatible_aclose_is_idempotent_and_final(upstream):
     await llm.aclose()
     with pytest.raises(ProviderError, match="closed"):
         await llm.achat(HELLO)
+
+
+@pytest.mark.timeout(20)
+async def test_vllm_provider_server_without_models_is_model_not_found(upstream):
+    async with VLLMProvider({"vllm_base_url": upstream.url("nomodels")}) as llm:
+        with pytest.raises(ModelNotFoundError, match="model_name"):
+            await llm.achat(HELLO)
+    assert upstream.hits["nomodels"] == 1  # asked /v1/models, sent no chat request
