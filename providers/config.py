@@ -91,7 +91,10 @@ class OpenAICompatibleConfig:
 
     def resolved_api_key(self) -> str:
         """The key to send: the configured one, else OPENAI_API_KEY, else a placeholder."""
-        return self.api_key or os.environ.get(API_KEY_ENV) or "EMPTY"
+        key = self.api_key
+        if hasattr(key, "get_secret_value"):  # a pydantic SecretStr from the daemon's config
+            key = key.get_secret_value()
+        return key or os.environ.get(API_KEY_ENV) or "EMPTY"
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}

@@ -137,7 +137,8 @@ class OpenAICompatibleProvider(LLMProvider):
         return request
 
     def _error(self, exc: BaseException):
-        return translate_openai_error(exc, endpoint=self.base_url, secrets=[self._api_key])
+        secrets = [self._api_key, *self.config.default_headers.values()]
+        return translate_openai_error(exc, endpoint=self.base_url, secrets=secrets)
 
     async def achat(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> ChatResponse:
         request = await self._request(messages, opts)

@@ -275,3 +275,15 @@ async def test_vllm_provider_server_without_models_is_model_not_found(upstream):
         with pytest.raises(ModelNotFoundError, match="model_name"):
             await llm.achat(HELLO)
     assert upstream.hits["nomodels"] == 1  # asked /v1/models, sent no chat request
+
+
+@pytest.mark.timeout(20)
+async def test_openai_compatible_header_secrets_stay_out_of_errors_and_logs(upstream, caplog):
+    caplog.set_level(logging.DEBUG)
+    header_secret = "hdr-secret-5e8d1c"
+    async with _provider(upstream.url("auth-h"), default_headers={"X-Api-Token": header_secret}) as llm:
+        with pytest.raises(AuthenticationError) as info:
+            await llm.achat(HELLO)
+        assert header_secret not in repr(llm.config)
+    assert header_secret not in str(info.value) + repr(info.value) + caplog.text
+    _assert_no_secret(info.value, caplog)
