@@ -30,7 +30,16 @@ from .errors import (
     ProviderConnectionError,
     ToolsNotSupportedError,
 )
-from .messages import EmbeddingsPart, ImagePart, Message, OtherPart, TextPart, load_image, normalize_messages
+from .messages import (
+    EmbeddingsPart,
+    ImagePart,
+    Message,
+    OtherPart,
+    TextPart,
+    has_embeddings,
+    load_image,
+    normalize_messages,
+)
 
 __all__ = ["SAMPLING_OPTIONS", "VLLMNativeProvider", "expected_image_tokens"]
 
@@ -191,7 +200,14 @@ class VLLMNativeProvider(LLMProvider):
                     yield delta
 
     async def _generate(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> AsyncIterator[Any]:
-        self._check_tools(opts)  # before loading anything: a config problem should not cost an engine start
+        # Config problems are refused before anything is loaded: they should not cost an engine start.
+        self._check_tools(opts)
+        if not self.config.enable_mm_embeds and has_embeddings(normalize_messages(messages)):
+            raise EmbeddingsNotSupportedError(
+                "this VLLMNativeProvider was configured without enable_mm_embeds; set enable_mm_embeds: true "
+                "to pass precomputed image embeddings",
+                endpoint=self.endpoint,
+            )
         await self.start()
         prompt, params = await self._prepare(messages, dict(opts))
         request_id = f"va-{self._prefix}-{next(self._ids)}"

@@ -10,6 +10,7 @@ import pytest
 
 from providers import (
     EmbeddingShapeError,
+    EmbeddingsNotSupportedError,
     MessageFormatError,
     ProviderConnectionError,
     ToolsNotSupportedError,
@@ -60,6 +61,15 @@ def hf_features(tiny_llava_path):
         return torch.stack(list(feats))
 
     return features
+
+
+async def test_vllm_native_embeddings_without_enable_mm_embeds_refused_before_engine_start(tiny_llava_path):
+    llm = VLLMNativeProvider({"model_name": str(tiny_llava_path)})
+    assert llm.capabilities.image_embeddings is False
+    with pytest.raises(EmbeddingsNotSupportedError, match="enable_mm_embeds"):
+        await llm.achat(_ask(embeddings=np.zeros((1, IMAGE_TOKENS, LM_HIDDEN), dtype=np.float32)))
+    assert llm._worker is None
+    await llm.aclose()
 
 
 async def test_vllm_native_tools_without_parser_refused_before_engine_start(tiny_llava_path):
