@@ -6,7 +6,6 @@ environment variables the examples read pointing at the session's vLLM server an
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
