@@ -20,10 +20,10 @@ from typing import Any
 
 from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
 from .config import VLLMNativeConfig, config_from
+from .embeddings import EmbeddingShape
 from .engine_worker import EngineWorker, Finished
 from .errors import (
     BadRequestError,
-    EmbeddingShapeError,
     EmbeddingsNotSupportedError,
     EngineError,
     MessageFormatError,
@@ -41,7 +41,7 @@ from .messages import (
     normalize_messages,
 )
 
-__all__ = ["SAMPLING_OPTIONS", "VLLMNativeProvider", "expected_image_tokens"]
+__all__ = ["SAMPLING_OPTIONS", "VLLMNativeProvider"]
 
 # Per-call options that become vLLM SamplingParams (extra_body's keys are read the same way).
 SAMPLING_OPTIONS = frozenset(
@@ -68,15 +68,6 @@ OTHER_OPTIONS = frozenset(
 FETCH_TIMEOUT_S = 30.0
 
 
-def expected_image_tokens(hf_config: Any) -> int | None:
-    """Feature tokens per image for LLaVA-1.5-style models (fixed grid); None where it varies by image size."""
-    if getattr(hf_config, "model_type", None) != "llava":
-        return None
-    vision = hf_config.vision_config
-    grid = (vision.image_size // vision.patch_size) ** 2
-    return grid + (1 if getattr(hf_config, "vision_feature_select_strategy", "default") == "full" else 0)
-
-
 class VLLMNativeProvider(LLMProvider):
     """vLLM in this process; the provider that takes precomputed image embeddings (with `enable_mm_embeds`)."""
 
@@ -95,9 +86,7 @@ class VLLMNativeProvider(LLMProvider):
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:8]
         self._tokenizer: Any = None
-        self._lm_hidden: int | None = None
-        self._image_tokens: int | None = None
-        self._dtype: Any = None
+        self._shape: EmbeddingShape | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._worker else "not started")
@@ -143,9 +132,7 @@ class VLLMNativeProvider(LLMProvider):
             model_config = engine.model_config
             hf_config = model_config.hf_config
             self._tokenizer = engine.get_tokenizer()
-            self._lm_hidden = hf_config.get_text_config().hidden_size
-            self._image_tokens = expected_image_tokens(hf_config)
-            self._dtype = model_config.dtype
+            self._shape = EmbeddingShape.of_model(model_config, endpoint=self.endpoint)
             self._worker = worker
 
     async def aclose(self) -> None:
@@ -252,7 +239,7 @@ class VLLMNativeProvider(LLMProvider):
             raise MessageFormatError(f"the model's chat template refused the messages: {exc}", endpoint=self.endpoint) from exc
         prompt: dict[str, Any] = {"prompt": text}
         if embeddings:
-            prompt["multi_modal_data"] = {"image": self._check_embeddings(embeddings)}
+            prompt["multi_modal_data"] = {"image": self._shape.check(embeddings)}
         elif images:
             pil = await self._load_images(images)
             prompt["multi_modal_data"] = {"image": pil if len(pil) > 1 else pil[0]}
@@ -292,7 +279,7 @@ class VLLMNativeProvider(LLMProvider):
                         images.append(part.source)
                         content.append({"type": "image"})
                     elif isinstance(part, EmbeddingsPart):
-                        items = self._split_embeddings(part.embeddings)
+                        items = self._shape.split(part.embeddings)
                         embeddings.extend(items)
                         content.extend({"type": "image"} for _ in items)
                     elif isinstance(part, OtherPart):
@@ -303,70 +290,6 @@ class VLLMNativeProvider(LLMProvider):
                 entry["content"] = content
             conversation.append(entry)
         return conversation, images, embeddings
-
-    def _split_embeddings(self, value: Any) -> list[Any]:
-        if not self.config.enable_mm_embeds:
-            raise EmbeddingsNotSupportedError(
-                "this VLLMNativeProvider was started without enable_mm_embeds; set enable_mm_embeds: true",
-                endpoint=self.endpoint,
-            )
-        import numpy as np
-        import torch
-
-        expected = f"(n_images, {self._image_tokens or 'image_tokens'}, {self._lm_hidden})"
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(value)
-        if isinstance(value, torch.Tensor):
-            if value.dim() == 3:
-                return list(value.unbind(0))
-            raise EmbeddingShapeError(
-                f"image_embeddings must be a 3-D tensor {expected} or a list of 2-D tensors; got shape "
-                f"{tuple(value.shape)} (for one image use embeddings[None])",
-                endpoint=self.endpoint,
-            )
-        if isinstance(value, (list, tuple)) and value:
-            items = [torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in value]
-            for i, item in enumerate(items):
-                if not isinstance(item, torch.Tensor) or item.dim() != 2:
-                    got = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
-                    raise EmbeddingShapeError(
-                        f"image_embeddings[{i}] must be a 2-D tensor (image_tokens, {self._lm_hidden}); got {got}",
-                        endpoint=self.endpoint,
-                    )
-            return items
-        raise EmbeddingShapeError(
-            f"image_embeddings must be a torch tensor {expected} or a list of 2-D tensors; got {type(value).__name__}",
-            endpoint=self.endpoint,
-        )
-
-    def _check_embeddings(self, items: list[Any]) -> Any:
-        """Shape, dtype and finiteness checked against the model; one 3-D tensor (or a list if lengths differ)."""
-        import torch
-
-        for i, item in enumerate(items):
-            got = tuple(item.shape)
-            if item.shape[-1] != self._lm_hidden:
-                raise EmbeddingShapeError(
-                    f"image embedding {i} has hidden size {item.shape[-1]}, but {self.config.model_name}'s language "
-                    f"model has hidden size {self._lm_hidden}: expected ({self._image_tokens or 'image_tokens'}, "
-                    f"{self._lm_hidden}) per image, got {got} (were these projected by this model's projector?)",
-                    endpoint=self.endpoint,
-                )
-            if self._image_tokens is not None and item.shape[0] != self._image_tokens:
-                raise EmbeddingShapeError(
-                    f"image embedding {i} has {item.shape[0]} tokens, but {self.config.model_name} uses "
-                    f"{self._image_tokens} tokens per image: expected ({self._image_tokens}, {self._lm_hidden}), "
-                    f"got {got}",
-                    endpoint=self.endpoint,
-                )
-            if not torch.is_floating_point(item):
-                raise EmbeddingShapeError(f"image embedding {i} has dtype {item.dtype}; expected a float tensor")
-            if not bool(torch.isfinite(item).all()):
-                raise EmbeddingShapeError(f"image embedding {i} holds NaN or infinite values", endpoint=self.endpoint)
-        items = [item.detach().to(device="cpu", dtype=self._dtype).contiguous() for item in items]
-        if len({tuple(item.shape) for item in items}) == 1:
-            return torch.stack(items)
-        return items
 
     async def _load_images(self, sources: list[Any]) -> list[Any]:
         fetched: dict[int, bytes] = {}

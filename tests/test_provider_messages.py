@@ -98,3 +98,27 @@ async def test_messages_unencodable_image_is_clear_error():
     messages = normalize_messages([{"role": "user", "content": {"text": "x", "images": [np.zeros((4, 4, 3), dtype=np.float32)]}}])
     with pytest.raises(MessageFormatError, match="uint8"):
         await to_openai_messages(messages, encoder=ENCODER, provider_name="P")
+
+
+def test_embedding_shape_checks_without_an_engine():
+    import torch
+
+    from providers import EmbeddingShapeError
+    from providers.embeddings import EmbeddingShape
+
+    shape = EmbeddingShape(model="tiny", lm_hidden=64, image_tokens=16, dtype=torch.float32)
+    ok = shape.check(shape.split(np.zeros((2, 16, 64), dtype=np.float16)))
+    assert tuple(ok.shape) == (2, 16, 64) and ok.dtype == torch.float32
+    mixed = shape.check(shape.split([torch.zeros(16, 64), torch.ones(16, 64, dtype=torch.bfloat16)]))
+    assert tuple(mixed.shape) == (2, 16, 64)
+    for bad, phrase in [
+        (torch.zeros(1, 16, 32), "hidden size 32"),
+        (torch.zeros(1, 15, 64), "15 tokens"),
+        (torch.zeros(1, 16, 64, dtype=torch.int64), "float"),
+        (torch.full((1, 16, 64), float("inf")), "infinite"),
+    ]:
+        with pytest.raises(EmbeddingShapeError, match=phrase):
+            shape.check(shape.split(bad))
+    for bad, phrase in [(torch.zeros(16, 64), "embeddings\\[None\\]"), ([torch.zeros(1, 16, 64)], "2-D"), ("x", "str")]:
+        with pytest.raises(EmbeddingShapeError, match=phrase):
+            shape.split(bad)
