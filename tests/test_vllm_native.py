@@ -181,9 +181,9 @@ async def test_vllm_native_concurrent_calls_batched_off_the_loop(native_provider
     finally:
         tick.cancel()
     elapsed = time.monotonic() - started
-    # Generation took far longer than any pause of the loop: the engine ran beside it, not on it.
-    assert max(gaps) < min(0.2, elapsed / 4), f"the loop stalled {max(gaps):.3f} s during {elapsed:.2f} s of generation"
-    print(f"alone {alone:.3f} s, 4 together {elapsed:.3f} s, max gap {max(gaps):.3f} s")
+    # The loop kept ticking through the generation: the engine ran beside it, not on it (on the loop, one pause
+    # would last the whole generation). Half of it leaves room for a loaded machine's scheduling.
+    assert max(gaps) < elapsed / 2, f"the loop stalled {max(gaps):.3f} s during {elapsed:.2f} s of generation"
     # Four requests decoded together, not one after another (that would take about 4x one alone).
     assert elapsed < 2.5 * alone, f"4 concurrent took {elapsed:.2f} s, one alone {alone:.2f} s: not batched"
 
