@@ -107,7 +107,7 @@ def test_frame_buffer_put_rejects_non_frames():
 async def test_frame_buffer_wait_for_frame_times_out_clearly():
     buf = FrameBuffer("garage")
     t0 = time.monotonic()
-    with pytest.raises(FrameTimeoutError, match="garage.*0.2 s") as info:
+    with pytest.raises(FrameTimeoutError, match="garage.*0.2 s.*state: waiting") as info:
         await buf.wait_for_frame(0.2)
     assert isinstance(info.value, TimeoutError)
     assert 0.18 < time.monotonic() - t0 < 1.0

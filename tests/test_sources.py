@@ -92,7 +92,7 @@ async def test_sources_file_without_loop_ends_and_keeps_last_frames(tmp_path, we
 async def test_sources_missing_file_reports_clear_error(tmp_path, webrtc_server_factory):
     server = await webrtc_server_factory(sources=[SourceConfig(name="gone", url=str(tmp_path / "nope.mp4"))])
     buf = server.get_buffer("gone")
-    with pytest.raises(TimeoutError, match="gone"):
+    with pytest.raises(TimeoutError, match="'gone'.*state: ended; last error:.*nope.mp4"):
         await buf.wait_for_frame(1.0)
     health = server.health()["sources"]["gone"]
     assert health["state"] == "ended" and "nope.mp4" in health["error"] and "cannot open" in health["error"]

@@ -43,13 +43,14 @@ class WebRTCConfigError(WebRTCError, ValueError):
 class FrameTimeoutError(WebRTCError, TimeoutError):
     """No (new) frame reached a `FrameBuffer` within the timeout."""
 
-    def __init__(self, source: str, timeout: float) -> None:
-        super().__init__(
-            f"no frame from source {source!r} within {timeout:g} s "
-            "(is the camera/peer connected and sending video?)"
-        )
+    def __init__(self, source: str, timeout: float, state: str | None = None, last_error: str | None = None) -> None:
+        detail = f"source state: {state}" if state else "is the camera/peer connected and sending video?"
+        if last_error:
+            detail += f"; last error: {last_error}"
+        super().__init__(f"no frame from source {source!r} within {timeout:g} s ({detail})")
         self.source = source
         self.timeout = timeout
+        self.state = state
 
 
 class SourceError(WebRTCError):

@@ -299,14 +299,14 @@ class FrameBuffer:
                 return newest
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise FrameTimeoutError(self.name, timeout)
+                raise FrameTimeoutError(self.name, timeout, self._state.value, self._last_error)
             if self._new_frame is None:
                 self._new_frame = asyncio.Event()
             event = self._new_frame
             try:
                 await asyncio.wait_for(event.wait(), remaining)
             except asyncio.TimeoutError:
-                raise FrameTimeoutError(self.name, timeout) from None
+                raise FrameTimeoutError(self.name, timeout, self._state.value, self._last_error) from None
 
     def fps(self) -> float:
         """Frames received per second over the last two seconds."""
