@@ -231,3 +231,80 @@ def test_agent_refuses_embeddings_for_a_provider_that_cannot_take_them():
 
     with pytest.raises(ValueError, match="vllm_native"):
         VisualAgent(llm=llm, embedding_function=embed)
+
+
+class BufferDriver:
+    """A driver holding plain FrameBuffers fed by the test (the agent only needs source_names/get_buffer)."""
+
+    def __init__(self, *names):
+        from webrtc import FrameBuffer
+
+        self.buffers = {n: FrameBuffer(n, max_frames=8, max_seconds=5) for n in names}
+        self.on_data_message = None
+
+    def source_names(self):
+        return list(self.buffers)
+
+    def get_buffer(self, name):
+        return self.buffers[name]
+
+
+def solid(value):
+    import av
+    import numpy as np
+
+    return av.VideoFrame.from_ndarray(np.full((120, 160, 3), value, np.uint8), format="rgb24")
+
+
+async def test_agent_scene_change_description(running_mosquitto, paho_peer, topic_prefix, stub_llm):
+    peer = paho_peer("5")
+    peer.subscribe(f"{topic_prefix}/desk/description")
+    driver = BufferDriver("desk")
+    scene = {"enabled": True, "threshold": 0.3, "min_gap_s": 0.0, "check_interval_s": 0.05, "prompt": "What changed?"}
+    async with running_agent(running_mosquitto, driver, stub_llm.base_url, topic_prefix, scene_change=scene):
+        for _ in range(5):  # a steady dark picture: no description
+            driver.get_buffer("desk").put(solid(20))
+            await asyncio.sleep(0.1)
+        assert peer.messages.empty() and not stub_llm.requests
+        driver.get_buffer("desk").put(solid(230))  # the lights go on
+        got = json.loads((await asyncio.to_thread(peer.get, 10)).payload)
+        for _ in range(5):  # steady again: nothing more
+            driver.get_buffer("desk").put(solid(230))
+            await asyncio.sleep(0.1)
+        assert peer.messages.empty()
+    assert got["question"] == "What changed?" and got["source"] == "desk" and got["error"] is None
+    assert len(stub_llm.requests) == 1
+
+
+async def test_agent_shared_group_answers_each_question_once(running_mosquitto, paho_peer, topic_prefix, stub_llm):
+    """Two daemons in one shared group split the questions; every question is answered exactly once."""
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    driver = BufferDriver("cam")
+    driver.get_buffer("cam").put(solid(100))
+    llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model"})
+    cfg = MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port, shared_group="g1")
+    agents, messagers = [], []
+    for _ in range(2):
+        m = MqttMessager(cfg)
+        await m.start()
+        a = VisualAgent(llm=llm, messager=m, webrtc_driver=driver, prefix=topic_prefix, config=AgentConfig(max_in_flight=20))
+        await a.start()
+        agents.append(a)
+        messagers.append(m)
+    try:
+        for i in range(12):
+            peer.publish(t["ask"], json.dumps({"id": f"s{i}", "question": "?"}))
+        got = await asyncio.to_thread(answers, peer, 12, t["answer"])
+        await asyncio.sleep(0.3)
+        assert peer.messages.empty()  # no duplicates
+    finally:
+        for a in agents:
+            await a.close()
+        for m in messagers:
+            await m.close()
+        await llm.aclose()
+    assert sorted(a["id"] for a in got) == sorted(f"s{i}" for i in range(12))
+    assert all(a["error"] is None for a in got)
+    assert all(a.counters["answers"] > 0 for a in agents)  # both took a share

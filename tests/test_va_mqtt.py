@@ -140,3 +140,62 @@ async def test_messager_embedded_broker_falls_back_to_311_with_nodelay():
                 await m.next_message(5)
             per_trip = (time.perf_counter() - t0) / 10
             assert per_trip < 0.02, f"QoS-1 round trip {per_trip * 1000:.1f} ms: is TCP_NODELAY set?"
+
+
+async def test_messager_username_password(mosquitto_factory, broker_files):
+    tmp_path = broker_files
+    import subprocess
+
+    pwfile = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pwfile), "agent", "s3cret-pw"], check=True)
+    pwfile.chmod(0o644)
+    broker = mosquitto_factory(listener_extra=f"password_file {pwfile}\n", anonymous=False)
+    good = MqttConfig(host=broker.host, port=broker.port, username="agent", password="s3cret-pw")
+    async with MqttMessager(good) as m:
+        assert m.connected
+    bad = MqttConfig(host=broker.host, port=broker.port, username="agent", password="wrong", reconnect_min_s=5)
+    m = MqttMessager(bad)
+    with pytest.raises(Exception, match=r"(?i)not authori[sz]ed|bad user name or password"):
+        await m.start(timeout=3)
+    assert "s3cret" not in repr(bad) and "wrong" not in repr(bad)
+    await m.close()
+
+
+async def test_messager_tls_with_ca(mosquitto_factory, broker_files):
+    tmp_path = broker_files
+    import subprocess
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+        "-extfile", "san.ext", "-out", "server.crt")
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)
+    broker = mosquitto_factory(listener_extra=f"cafile {tmp_path}/ca.crt\ncertfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n")
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, tls={"enabled": True, "ca_certs": str(tmp_path / "ca.crt")})
+    async with MqttMessager(cfg, subscriptions=["tls/in"]) as m:
+        await m.publish("tls/in", b"over tls", wait=True)
+        assert (await m.next_message(5)).payload == b"over tls"
+    untrusted = MqttConfig(host="127.0.0.1", port=broker.port, tls={"enabled": True}, reconnect_min_s=5)
+    m = MqttMessager(untrusted)
+    with pytest.raises(Exception, match="(?i)certificate|ssl"):
+        await m.start(timeout=3)
+    await m.close()
+
+
+async def test_messager_shared_subscription_splits_questions(running_mosquitto, paho_peer, topic_prefix):
+    peer = paho_peer("5")
+    shared = f"$share/grp/{topic_prefix}/ask"
+    cfg = _cfg(running_mosquitto)
+    async with MqttMessager(cfg, subscriptions=[shared]) as a, MqttMessager(cfg, subscriptions=[shared]) as b:
+        for i in range(10):
+            peer.publish(f"{topic_prefix}/ask", str(i)).wait_for_publish(5)
+        await asyncio.sleep(0.5)
+        got_a = [(await a.next_message(1)).payload for _ in range(a._inbox.qsize())]
+        got_b = [(await b.next_message(1)).payload for _ in range(b._inbox.qsize())]
+    assert sorted(got_a + got_b, key=int) == [str(i).encode() for i in range(10)]  # each exactly once
+    assert got_a and got_b

@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig
 from .errors import ErrorType, QuestionError
 from .messages import Answer, FrameRef, Question, parse_question, partial_payload
-from .sampling import SceneChangeDetector, TakenFrame, Trigger, select_frames
+from .sampling import FRAME_CONVERSION_LOCK, SceneChangeDetector, TakenFrame, Trigger, select_frames
 
 __all__ = ["EmbeddingFunction", "QuestionTiming", "VisualAgent", "topics"]
 
@@ -38,6 +38,7 @@ PartialCallback = Callable[[int, str], Awaitable[None]]
 """``async (seq, delta)`` for each streamed piece."""
 
 _MAX_HISTORY_SOURCES = 64
+_JPEG_CACHE_ENTRIES = 16
 _TIMINGS_KEPT = 4096
 
 
@@ -119,6 +120,7 @@ class VisualAgent:
         self.jpeg_encoder = jpeg_encoder
         self.timings: collections.deque[QuestionTiming] = collections.deque(maxlen=_TIMINGS_KEPT)
         self.counters: collections.Counter[str] = collections.Counter()
+        self._jpeg_cache: collections.OrderedDict[tuple[str, int, int], tuple[Any, str]] = collections.OrderedDict()
         self._history: collections.OrderedDict[str, collections.deque[tuple[str, str]]] = collections.OrderedDict()
         self._in_flight = 0
         self._question_tasks: set[asyncio.Task[Any]] = set()
@@ -229,7 +231,7 @@ class VisualAgent:
         source = self._resolve_source(question.source)
         question.source = source
         frames = await self._take_frames(source, question.frames or self.config.frames)
-        content = await self._content(question.question, frames)
+        content = await self._content(question.question, frames, source)
         if timing is not None:
             timing.encoded_at = time.monotonic()
         history = self._history.get(source) if trigger is Trigger.QUESTION else None
@@ -290,13 +292,27 @@ class VisualAgent:
             frames = select_frames(buffer, k, self.config.window_s)
         return frames
 
-    async def _content(self, text: str, frames: list[TakenFrame]) -> Any:
-        images = [f.frame for f in frames]
+    async def _content(self, text: str, frames: list[TakenFrame], source: str) -> Any:
         if self.embedding_function is not None:
-            return {"text": text, "image_embeddings": await self.embedding_function(images)}
-        encoder = self.jpeg_encoder
-        urls = await asyncio.to_thread(lambda: [encoder.data_url(img) for img in images])
-        return [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+            return {"text": text, "image_embeddings": await self.embedding_function([f.frame for f in frames])}
+        # Several questions on the same newest frame encode it once. The entry holds the frame itself, so its id()
+        # cannot be reused while cached.
+        keys = [(source, f.seq, id(f.frame)) for f in frames]
+        urls: dict[tuple[str, int, int], str] = {k: self._jpeg_cache[k][1] for k in keys if k in self._jpeg_cache}
+        missing = [(k, f.frame) for k, f in zip(keys, frames) if k not in urls]
+        if missing:
+            encoder = self.jpeg_encoder
+
+            def encode() -> list[str]:
+                with FRAME_CONVERSION_LOCK:
+                    return [encoder.data_url(frame) for _, frame in missing]
+
+            for (key, frame), url in zip(missing, await asyncio.to_thread(encode)):
+                urls[key] = url
+                self._jpeg_cache[key] = (frame, url)
+                while len(self._jpeg_cache) > _JPEG_CACHE_ENTRIES:
+                    self._jpeg_cache.popitem(last=False)
+        return [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": urls[k]}} for k in keys]
 
     def _remember(self, source: str, asked: str, said: str) -> None:
         if self.config.history_turns <= 0:

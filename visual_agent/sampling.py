@@ -11,13 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SceneChangeDetector", "Trigger", "TakenFrame", "select_frames", "thumbnail", "thumbnail_distance"]
+__all__ = [
+    "FRAME_CONVERSION_LOCK",
+    "SceneChangeDetector",
+    "TakenFrame",
+    "Trigger",
+    "select_frames",
+    "thumbnail",
+    "thumbnail_distance",
+]
+
+FRAME_CONVERSION_LOCK = threading.Lock()
+"""Held (in worker threads) around every conversion of a shared `av.VideoFrame`: PyAV caches one libswscale
+context per frame (`frame.reformatter`), and two threads converting the same frame at once crash the process.
+Two questions taking the same newest frame, or a question and the scene-change check, would do exactly that."""
 
 THUMB_WIDTH = 32
 THUMB_HEIGHT = 18
@@ -42,19 +56,22 @@ class TakenFrame:
     """The `av.VideoFrame`."""
     pts: int | None
     age_s: float
+    seq: int = 0
+    """Arrival number in its buffer (with the source name, identifies the frame for caching)."""
 
 
 def select_frames(buffer: Any, k: int, window_s: float) -> list[TakenFrame]:
     """The newest frame (k == 1) or up to k spread over `window_s`, oldest first; [] before the first frame."""
     picked = [buffer.latest()] if k <= 1 else buffer.window(window_s, k)
     now = time.monotonic()
-    return [TakenFrame(f.frame, f.pts, max(0.0, now - f.received_at)) for f in picked if f is not None]
+    return [TakenFrame(f.frame, f.pts, max(0.0, now - f.received_at), f.seq) for f in picked if f is not None]
 
 
 def thumbnail(frame: Any) -> np.ndarray:
     """A 32x18 grey float32 thumbnail in [0, 1] (libswscale area resize; CPU work: call it off the loop)."""
     if hasattr(frame, "to_ndarray"):
-        grey = frame.to_ndarray(width=THUMB_WIDTH, height=THUMB_HEIGHT, format="gray", interpolation="AREA")
+        with FRAME_CONVERSION_LOCK:
+            grey = frame.to_ndarray(width=THUMB_WIDTH, height=THUMB_HEIGHT, format="gray", interpolation="AREA")
     else:  # an RGB ndarray
         import cv2
 
