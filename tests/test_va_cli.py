@@ -1,0 +1,44 @@
+"""The `visual-agent` command's failure paths, run as a user runs it (subprocess)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.daemon import free_tcp_port, run_cli, write_config
+
+pytestmark = [pytest.mark.timeout(60)]
+
+
+async def test_cli_bad_config_names_key_and_file(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", {"mqtt": {"hots": "broker"}, "agent": {"frames": "many"}})
+    for command in ("check", "run"):
+        rc, out, err = await run_cli(command, "--config", str(bad))
+        assert rc == 2, (out, err)
+        assert str(bad) in err and "mqtt.hots" in err and "agent.frames" in err
+
+
+async def test_cli_check_says_what_fails(tmp_path):
+    closed = free_tcp_port()
+    cfg = write_config(tmp_path / "c.yaml", {
+        "llm": {"provider": "vllm", "base_url": f"http://127.0.0.1:{closed}/v1", "max_retries": 0, "timeout": 2},
+        "mqtt": {"host": "127.0.0.1", "port": closed, "connect_timeout_s": 1},
+        "webrtc": {"port": 0},
+    })
+    rc, out, err = await run_cli("check", "--config", str(cfg), "--timeout", "2")
+    assert rc == 1, out + err
+    assert "config  OK" in out and "mqtt    FAIL" in out and "llm     FAIL" in out and "some checks failed" in out
+    assert f"127.0.0.1:{closed}" in out
+
+
+@pytest.mark.mqtt
+async def test_cli_ask_times_out_when_no_daemon_listens(tmp_path, running_mosquitto, topic_prefix):
+    cfg = write_config(tmp_path / "a.yaml", {"mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port,
+                                                      "prefix": topic_prefix}})
+    rc, out, err = await run_cli("ask", "anyone?", "--config", str(cfg), "--timeout", "1")
+    assert rc == 3 and "no answer within 1 s" in err, (out, err)
+
+
+async def test_cli_ask_reports_unreachable_broker(tmp_path):
+    cfg = write_config(tmp_path / "a.yaml", {"mqtt": {"host": "127.0.0.1", "port": free_tcp_port()}})
+    rc, out, err = await run_cli("ask", "anyone?", "--config", str(cfg), "--timeout", "1")
+    assert rc == 3 and "cannot reach the MQTT broker" in err, (out, err)
