@@ -107,7 +107,10 @@ async def test_e2e_daemon_serves_page_when_llm_is_down_and_check_says_so(tmp_pat
             peer.publish(f"{topic_prefix}/ask", json.dumps({"id": "down-1", "question": "anyone there?"}))
             answer = json.loads((await asyncio.to_thread(peer.get, 30)).payload)
         rc, out, err = await run_cli("check", "--config", str(config), "--timeout", "3")
+        health = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(daemon.page_url + "/healthz", timeout=5).read()))
         assert await daemon.terminate() == 0
+    assert health["llm"]["state"] == "unreachable" and health["broker"]["state"] == "connected"
+    assert health["agent"]["counters"]["errors.llm_unreachable"] == 1
     assert answer["id"] == "down-1" and answer["error"]["type"] == "llm_unreachable"
     assert rc == 1 and "llm     FAIL" in out and "mqtt    OK" in out and "config  OK" in out, out + err
 

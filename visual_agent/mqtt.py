@@ -214,6 +214,8 @@ class MqttMessager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self._outbox:
+            logger.warning("mqtt: closing with %d message(s) never delivered (the broker was away)", len(self._outbox))
         self._drop_socket()
         if client is not None:
             for name in ("on_socket_open", "on_socket_close", "on_socket_register_write", "on_socket_unregister_write"):
