@@ -42,3 +42,30 @@ async def test_cli_ask_reports_unreachable_broker(tmp_path):
     cfg = write_config(tmp_path / "a.yaml", {"mqtt": {"host": "127.0.0.1", "port": free_tcp_port()}})
     rc, out, err = await run_cli("ask", "anyone?", "--config", str(cfg), "--timeout", "1")
     assert rc == 3 and "cannot reach the MQTT broker" in err, (out, err)
+
+
+async def test_cli_run_sigint_exits_0_and_never_logs_secrets(tmp_path, stub_llm):
+    """`visual-agent run` with the embedded broker and an API key: an error answer reaches `ask` (exit 1), SIGINT
+    stops the daemon with exit 0, and the key is in no log line. The LLM is the stand-in server."""
+    import signal
+
+    from tests.fixtures.daemon import daemon_process
+
+    page_port, mqtt_port = free_tcp_port(), free_tcp_port()
+    secret = "sk-test-secret-1234567890"
+    cfg = write_config(tmp_path / "s.yaml", {
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": stub_llm.model},
+        "webrtc": {"port": page_port},
+        "mqtt": {"embedded_port": mqtt_port},
+    })
+    env = {"VISUAL_AGENT__LLM__API_KEY": secret}
+    async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d.log", env=env) as daemon:
+        rc, out, err = await run_cli("ask", "hello?", "--config", str(cfg), "--source", "nope", "--timeout", "20",
+                                     "--log-level", "DEBUG", env=env)
+        daemon.proc.send_signal(signal.SIGINT)
+        code = await daemon.proc.wait()
+        log = daemon.log()
+    assert rc == 1 and "error (unknown_source)" in err, (out, err)
+    assert code == 0, log
+    assert secret not in log and secret not in out + err
+    assert "stopped" in log

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config, then reach the broker and the LLM")
     check.add_argument("--config", "-c", help="YAML config (default: the packaged default.yaml)")
     check.add_argument("--timeout", "-t", type=float, default=DEFAULT_CHECK_TIMEOUT_S, help="seconds per check (default 10)")
+    for sp in (run, ask, check):  # also accepted after the subcommand
+        sp.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
