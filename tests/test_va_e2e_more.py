@@ -102,6 +102,23 @@ async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provid
 
 
 @pytest.mark.webrtc
+async def test_e2e_native_agent_defaults_to_clip_embeddings(native_provider, webrtc_server):
+    """No embedding_function given and a provider that takes embeddings: the CLIP encoder of its LLaVA serves."""
+    agent = VisualAgent(llm=native_provider, webrtc_driver=webrtc_server, provider_name="vllm_native")
+    assert agent.jpeg_encoder is None and agent.embedding_function is not None
+    try:
+        async with publish(webrtc_server.url, CounterVideoTrack(160, 120, 15), source="auto"):
+            while "auto" not in webrtc_server.source_names():
+                await asyncio.sleep(0.05)
+            await webrtc_server.get_buffer("auto").wait_for_frame(15)
+            answer = await agent.ask(Question(question="What is it?", source="auto"))
+    finally:
+        await agent.close()
+    assert answer.error is None, answer.error
+    assert agent._clip is not None and agent._clip.lm_hidden_size == 64
+
+
+@pytest.mark.webrtc
 async def test_e2e_embedded_broker_with_packaged_default_and_ask(tmp_path, vllm_server):
     """`visual-agent run` with no config file (the packaged default.yaml: embedded broker), then `visual-agent ask`.
 

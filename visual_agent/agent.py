@@ -92,6 +92,7 @@ class VisualAgent:
         *,
         prefix: str = DEFAULT_PREFIX,
         jpeg_encoder: Any = None,
+        frames_as: str = "auto",
         provider_name: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         on_answer: Callable[[Answer, Trigger], Awaitable[None] | None] | None = None,
@@ -112,6 +113,16 @@ class VisualAgent:
                 f"{self.provider_name} cannot take image embeddings; use provider vllm_native with "
                 "enable_mm_embeds: true, or drop the embedding function (frames then go as JPEG)"
             )
+        if frames_as not in ("auto", "jpeg", "embeddings"):
+            raise ValueError(f"frames_as must be auto, jpeg or embeddings, got {frames_as!r}")
+        takes = bool(caps is not None and caps.image_embeddings)
+        if frames_as == "embeddings" and not takes:
+            raise ValueError(f"{self.provider_name} cannot take image embeddings; use provider vllm_native with enable_mm_embeds")
+        self._clip: Any = None
+        self._clip_lock = asyncio.Lock()
+        if embedding_function is None and takes and frames_as != "jpeg":
+            # ARCHITECTURE.md: with none given and a provider that takes embeddings, the CLIP encoder serves.
+            embedding_function = self._default_clip_embeddings
         self.embedding_function = embedding_function
         if jpeg_encoder is None and embedding_function is None:
             from encoders import JpegEncoder
@@ -184,6 +195,9 @@ class VisualAgent:
                 task.cancel()
             if still:
                 await asyncio.gather(*still, return_exceptions=True)
+        if self._clip is not None:
+            with contextlib.suppress(Exception):
+                await self._clip.aclose()
         self._closed = True
 
     # --- questions ----------------------------------------------------------------------------
@@ -313,6 +327,29 @@ class VisualAgent:
                 while len(self._jpeg_cache) > _JPEG_CACHE_ENTRIES:
                     self._jpeg_cache.popitem(last=False)
         return [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": urls[k]}} for k in keys]
+
+    async def _default_clip_embeddings(self, frames: list[Any]) -> Any:
+        """CLIP embeddings from the provider's own LLaVA folder (`ClipEncoder.from_llava`), loaded on first use.
+
+        Frames become RGB arrays first, under `FRAME_CONVERSION_LOCK`, so the encoder's worker never converts a
+        frame another thread is converting.
+        """
+        if self._clip is None:
+            async with self._clip_lock:
+                if self._clip is None:
+                    path = _model_name(self.llm)
+                    if not path:
+                        raise QuestionError(ErrorType.INTERNAL, "no LLaVA folder to load the CLIP encoder from (llm.model_name)")
+                    from encoders import ClipEncoder
+
+                    self._clip = await asyncio.to_thread(ClipEncoder.from_llava, path)
+                    logger.info("agent: CLIP embeddings from %s", path)
+
+        def to_rgb() -> list[Any]:
+            with FRAME_CONVERSION_LOCK:
+                return [f.to_ndarray(format="rgb24") if hasattr(f, "to_ndarray") else f for f in frames]
+
+        return await self._clip.aembed_for_llm(await asyncio.to_thread(to_rgb))
 
     def _remember(self, source: str, asked: str, said: str) -> None:
         if self.config.history_turns <= 0:

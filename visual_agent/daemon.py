@@ -85,6 +85,7 @@ class Daemon:
             self.agent = VisualAgent(
                 llm=self.llm, messager=self.messager, webrtc_driver=self.driver, embedding_function=embedding_function,
                 config=cfg.agent, prefix=cfg.mqtt.prefix, provider_name=cfg.provider_name(),
+                frames_as="embeddings" if embedding_function is not None else "jpeg",
                 max_payload_bytes=cfg.mqtt.max_payload_bytes,
             )
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
