@@ -446,6 +446,8 @@ class MqttMessager:
             logger.info("mqtt: sending %d message(s) kept while offline", len(pending))
         for item in pending:
             self._send(item)
+        if self._lost.is_set():  # dropped again while subscribing: the connection task reconnects
+            return
         self._connected.set()
         logger.info("mqtt: connected to %s:%d (MQTT %s, client %s)", self.host, self.port, self.protocol.value, self.client_id)
         for hook in list(self.on_connected):
