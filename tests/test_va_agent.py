@@ -40,8 +40,8 @@ async def running_agent(mosquitto, server, llm_url, prefix, **agent_kw):
 @contextlib.asynccontextmanager
 async def streaming_publisher(server, source="cam", width=320, height=240):
     async with publish(server.url, CounterVideoTrack(width, height, 30), source=source) as pub:
-        for _ in range(200):
-            if source in server.source_names() and server.get_buffer(source).latest() is not None:
+        for _ in range(300):  # a few frames in the buffer, so a question for k frames finds k
+            if source in server.source_names() and len(server.get_buffer(source)) >= 5:
                 break
             await asyncio.sleep(0.05)
         yield pub
