@@ -37,7 +37,7 @@ async def wait_frames(page_url: str, source: str, timeout: float = 15.0) -> None
         for _ in range(int(timeout / 0.1)):
             async with http.get(page_url + "/healthz") as r:
                 health = await r.json()
-            if health["sources"].get(source, {}).get("received"):
+            if health["sources"].get(source, {}).get("received", 0) >= 5:
                 return
             await asyncio.sleep(0.1)
     raise TimeoutError(f"no frames for {source} in /healthz: {health}")
