@@ -9,6 +9,7 @@ OpenCV's INTER_AREA for arrays.
 from __future__ import annotations
 
 import enum
+import threading
 from typing import Any
 
 import cv2
@@ -89,6 +90,24 @@ def parse_channel_order(channel_order: ChannelOrder | str) -> ChannelOrder:
         raise EncoderConfigError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}") from None
 
 
+_local = threading.local()
+
+
+def _thread_reformatter() -> Any:
+    """This thread's libswscale converter.
+
+    `VideoFrame.to_ndarray(width=..., format=...)` goes through a converter cached on the frame itself,
+    and two threads converting one shared frame (two questions taking the same newest frame) crash or hang
+    the process. One converter per thread keeps libswscale's context cache and shares nothing.
+    """
+    reformatter = getattr(_local, "reformatter", None)
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = _local.reformatter = VideoReformatter()
+    return reformatter
+
+
 def to_array(
     frame: Any,
     *,
@@ -110,7 +129,7 @@ def to_array(
         if target != (width, height):
             kwargs.update(width=target[0], height=target[1], interpolation="AREA")
         try:
-            return frame.to_ndarray(**kwargs)
+            return _thread_reformatter().reformat(frame, **kwargs).to_ndarray()
         except Exception as exc:  # av raises ValueError/FFmpegError for odd pixel formats
             raise ImageInputError(f"cannot convert video frame ({frame.format.name}, {width}x{height}): {exc}") from exc
     if _is_pil(frame):
