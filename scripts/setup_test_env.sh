@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare everything the tests need, idempotently, cached on this machine:
-# system packages (mosquitto, chromium), a virtualenv with the CPU build of vLLM,
+# system packages (mosquitto, chromium, firefox), a virtualenv with the CPU build of vLLM,
 # open_clip and the project itself, and a tiny random LLaVA checkpoint.
 # Re-running it when all is in place takes a few seconds.
 set -euo pipefail
@@ -17,6 +17,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
