@@ -18,7 +18,7 @@ from .errors import (
     MissingDependencyError,
     UnsupportedVisionConfigError,
 )
-from .frames import ChannelOrder
+from .frames import ChannelOrder, to_array
 from .jpeg import JpegConfig, JpegEncoder
 
 _LAZY = {
@@ -57,6 +57,7 @@ __all__ = [
     "UnsupportedVisionConfigError",
     "fingerprint",
     "read_llava_checkpoint",
+    "to_array",
 ]
 
 

@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig
 from .errors import ErrorType, QuestionError
 from .messages import Answer, FrameRef, Question, parse_question, partial_payload
-from .sampling import FRAME_CONVERSION_LOCK, SceneChangeDetector, TakenFrame, Trigger, select_frames
+from .sampling import SceneChangeDetector, TakenFrame, Trigger, select_frames
 
 __all__ = ["EmbeddingFunction", "QuestionTiming", "VisualAgent", "topics"]
 
@@ -318,8 +318,7 @@ class VisualAgent:
             encoder = self.jpeg_encoder
 
             def encode() -> list[str]:
-                with FRAME_CONVERSION_LOCK:
-                    return [encoder.data_url(frame) for _, frame in missing]
+                return [encoder.data_url(frame) for _, frame in missing]
 
             for (key, frame), url in zip(missing, await asyncio.to_thread(encode)):
                 urls[key] = url
@@ -329,11 +328,7 @@ class VisualAgent:
         return [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": urls[k]}} for k in keys]
 
     async def _default_clip_embeddings(self, frames: list[Any]) -> Any:
-        """CLIP embeddings from the provider's own LLaVA folder (`ClipEncoder.from_llava`), loaded on first use.
-
-        Frames become RGB arrays first, under `FRAME_CONVERSION_LOCK`, so the encoder's worker never converts a
-        frame another thread is converting.
-        """
+        """CLIP embeddings from the provider's own LLaVA folder (`ClipEncoder.from_llava`), loaded on first use."""
         if self._clip is None:
             async with self._clip_lock:
                 if self._clip is None:
@@ -344,12 +339,7 @@ class VisualAgent:
 
                     self._clip = await asyncio.to_thread(ClipEncoder.from_llava, path)
                     logger.info("agent: CLIP embeddings from %s", path)
-
-        def to_rgb() -> list[Any]:
-            with FRAME_CONVERSION_LOCK:
-                return [f.to_ndarray(format="rgb24") if hasattr(f, "to_ndarray") else f for f in frames]
-
-        return await self._clip.aembed_for_llm(await asyncio.to_thread(to_rgb))
+        return await self._clip.aembed_for_llm(frames)
 
     def _remember(self, source: str, asked: str, said: str) -> None:
         if self.config.history_turns <= 0:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from encoders import to_array
+
 __all__ = [
-    "FRAME_CONVERSION_LOCK",
     "SceneChangeDetector",
     "TakenFrame",
     "Trigger",
@@ -27,11 +27,6 @@ __all__ = [
     "thumbnail",
     "thumbnail_distance",
 ]
-
-FRAME_CONVERSION_LOCK = threading.Lock()
-"""Held (in worker threads) around every conversion of a shared `av.VideoFrame`: PyAV caches one libswscale
-context per frame (`frame.reformatter`), and two threads converting the same frame at once crash the process.
-Two questions taking the same newest frame, or a question and the scene-change check, would do exactly that."""
 
 THUMB_WIDTH = 32
 THUMB_HEIGHT = 18
@@ -69,13 +64,7 @@ def select_frames(buffer: Any, k: int, window_s: float) -> list[TakenFrame]:
 
 def thumbnail(frame: Any) -> np.ndarray:
     """A 32x18 grey float32 thumbnail in [0, 1] (libswscale area resize; CPU work: call it off the loop)."""
-    if hasattr(frame, "to_ndarray"):
-        with FRAME_CONVERSION_LOCK:
-            grey = frame.to_ndarray(width=THUMB_WIDTH, height=THUMB_HEIGHT, format="gray", interpolation="AREA")
-    else:  # an RGB ndarray
-        import cv2
-
-        grey = cv2.cvtColor(cv2.resize(np.asarray(frame), (THUMB_WIDTH, THUMB_HEIGHT), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+    grey = to_array(frame, size=(THUMB_WIDTH, THUMB_HEIGHT), out="gray")
     return grey.astype(np.float32) / 255.0
 
 
