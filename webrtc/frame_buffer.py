@@ -12,7 +12,7 @@ Everything here runs on the event loop's thread; none of it blocks.
 Frames are shared, not copied: every reader of `latest()`/`window()` gets the same `av.VideoFrame`. Do not
 convert one frame from two threads at once with ``frame.to_ndarray(...)``/``frame.reformat(...)``: PyAV keeps
 one SwsContext per frame (``VideoFrame.reformatter``) and concurrent use crashes the process (seen here with
-PyAV 18.1). Give each conversion its own ``av.video.reformatter.VideoReformatter()``, or serialise them.
+PyAV 18.1). Give each thread its own ``av.video.reformatter.VideoReformatter()`` (``encoders.to_array`` does).
 """
 
 from __future__ import annotations
