@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from visual_agent.config import DEFAULT_MAX_PAYLOAD_BYTES
 from visual_agent.errors import ErrorType, QuestionError
 from visual_agent.messages import Answer, FrameRef, Question, parse_question, partial_payload
 
@@ -41,6 +42,9 @@ def test_parse_question_json_full():
         (b'{"id": "a1"}', ErrorType.EMPTY_QUESTION, True),
         (b"   ", ErrorType.EMPTY_QUESTION, False),
         (b'{"id": [1], "question": "x"}', ErrorType.BAD_PAYLOAD, False),
+        (b'{"id": "a1", "question": "x\\ud800"}', ErrorType.BAD_PAYLOAD, True),  # lone surrogate: no UTF-8 form
+        (b'{"id": "a1", "question": "x", "source": "\\udfff"}', ErrorType.BAD_PAYLOAD, True),
+        (b'{"id": "\\ud800", "question": "x"}', ErrorType.BAD_PAYLOAD, False),
     ],
 )
 def test_parse_question_bad_input(payload, kind, keeps_id):
@@ -48,6 +52,16 @@ def test_parse_question_bad_input(payload, kind, keeps_id):
         parse_question(payload, **LIMITS)
     assert info.value.type is kind and info.value.message
     assert (info.value.id == "a1") is keeps_id
+    assert json.loads(Answer.failed(None, info.value).payload())["error"]["type"] == kind.value  # the error answer can be sent
+
+
+def test_parse_question_deeply_nested_json_is_a_bad_payload():
+    """Nesting within the default payload limit makes json raise RecursionError: still a QuestionError."""
+    payload = b'{"question": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert len(payload) <= DEFAULT_MAX_PAYLOAD_BYTES
+    with pytest.raises(QuestionError) as info:
+        parse_question(payload, max_bytes=DEFAULT_MAX_PAYLOAD_BYTES, max_chars=200, max_frames=8)
+    assert info.value.type is ErrorType.BAD_PAYLOAD and "nested" in info.value.message
 
 
 def test_answer_payload_shape():

@@ -127,6 +127,8 @@ def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_
             data = json.loads(stripped)
         except json.JSONDecodeError as exc:
             raise _bad(f"payload starts with '{{' but is not valid JSON: {exc.msg} at char {exc.pos}") from None
+        except RecursionError:
+            raise _bad("payload is JSON nested too deeply") from None
         if not isinstance(data, dict):
             raise _bad("payload must be a JSON object")
         q = _from_mapping(data)
@@ -141,12 +143,23 @@ def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_
     return q
 
 
+def _encodable(text: str) -> bool:
+    """False for text holding lone surrogates (JSON escapes such as ``"\\ud800"``): it has no UTF-8 form, so no
+    answer carrying it could be sent."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _from_mapping(data: dict[str, Any]) -> Question:
     qid = data.get("id")
     if qid is None:
         qid = new_id()
-    elif isinstance(qid, bool) or not isinstance(qid, (str, int)) or len(str(qid)) > _MAX_ID_CHARS:
-        raise _bad(f"id must be a string or an integer of at most {_MAX_ID_CHARS} characters")
+    elif (isinstance(qid, bool) or not isinstance(qid, (str, int)) or len(str(qid)) > _MAX_ID_CHARS
+          or not _encodable(str(qid))):
+        raise _bad(f"id must be a string (UTF-8 text) or an integer of at most {_MAX_ID_CHARS} characters")
     unknown = sorted(set(data) - QUESTION_KEYS)
     if unknown:
         raise _bad(f"unknown keys {unknown}; a question has {sorted(QUESTION_KEYS)}", qid)
@@ -155,8 +168,10 @@ def _from_mapping(data: dict[str, Any]) -> Question:
         raise _bad('missing "question" (the text to ask)', qid, ErrorType.EMPTY_QUESTION)
     if not isinstance(question, str):
         raise _bad(f'"question" must be a string, got {type(question).__name__}', qid)
+    if not _encodable(question):
+        raise _bad('"question" holds a lone surrogate escape (\\ud800-\\udfff): not UTF-8 text', qid)
     source = data.get("source")
-    if source is not None and (not isinstance(source, str) or not source):
+    if source is not None and (not isinstance(source, str) or not source or not _encodable(source)):
         raise _bad('"source" must be a non-empty string', qid)
     frames = data.get("frames")
     if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)):
