@@ -85,6 +85,17 @@ def test_config_secrets_masked_in_repr_and_errors():
     assert "hunter2" not in str(info.value) and "mqtt.password" in str(info.value)
 
 
+def test_config_section_level_errors_mask_secrets_in_the_shown_input():
+    """A section-level check (reconnect_max_s < reconnect_min_s) shows the section's input: its password is masked."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"mqtt": {"password": "hunter2", "reconnect_min_s": 5, "reconnect_max_s": 1}}, environ={})
+    assert "reconnect_max_s" in str(info.value) and "hunter2" not in str(info.value)
+    env = {"VISUAL_AGENT__LLM__DEFAULT_HEADERS__AUTHORIZATION": "Bearer sk-secret-value"}
+    cfg = parse_config({"llm": {"provider": "openai", "model_name": "m"}}, environ=env)
+    assert "sk-secret-value" not in repr(cfg) + str(cfg.llm_masked())
+    assert cfg.llm["default_headers"]["authorization"] == "Bearer sk-secret-value"
+
+
 def test_config_bad_yaml_and_missing_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("mqtt: [\n")

@@ -310,7 +310,7 @@ class Config(_Section):
 
     def llm_masked(self) -> dict[str, Any]:
         """The `llm` section with secrets masked, for logs."""
-        return {k: ("***" if _is_secret(k) and v else v) for k, v in self.llm.items()}
+        return _masked(self.llm)
 
     def describe_llm(self) -> str:
         """One line for logs: provider, endpoint, model."""
@@ -319,7 +319,7 @@ class Config(_Section):
         return f"{self.provider_name()} {where} model={llm.get('model_name') or 'auto'}".strip()
 
 
-_SECRET_KEY = re.compile(r"(api_key|password|passwd|credential|secret|(^|_)token)$", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(api[_-]?key|password|passwd|credential|secret|authorization|(^|_)token)$", re.IGNORECASE)
 
 
 def _is_secret(key: str) -> bool:
@@ -400,6 +400,15 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _masked(value: Any) -> Any:
+    """`value` with the values of secret keys masked, at any depth (a section's input holds its password)."""
+    if isinstance(value, Mapping):
+        return {k: ("***" if isinstance(k, str) and _is_secret(k) and v else _masked(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    return value
+
+
 def _describe(exc: ValidationError, where: str) -> str:
     lines = []
     for err in exc.errors():
@@ -408,7 +417,7 @@ def _describe(exc: ValidationError, where: str) -> str:
             lines.append(f"{where}: unknown key {key!r}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            shown = "***" if _is_secret(key) else repr(err.get("input"))
+            shown = "***" if _is_secret(key) else repr(_masked(err.get("input")))
             lines.append(f"{where}: {key}: {msg} (got {shown})")
     return "\n".join(lines)
 
