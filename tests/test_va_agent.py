@@ -308,3 +308,34 @@ async def test_agent_shared_group_answers_each_question_once(running_mosquitto, 
     assert sorted(a["id"] for a in got) == sorted(f"s{i}" for i in range(12))
     assert all(a["error"] is None for a in got)
     assert all(a.counters["answers"] > 0 for a in agents)  # both took a share
+
+
+async def test_daemon_sends_jpeg_at_the_configured_encoder_size_and_quality(stub_llm):
+    """`encoder.jpeg_max_side` / `encoder.jpeg_quality` shape the JPEG the daemon sends to an HTTP provider."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from visual_agent.config import parse_config
+    from visual_agent.daemon import Daemon
+    from visual_agent.messages import Question
+
+    config = parse_config({
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0},
+        "encoder": {"jpeg_max_side": 96, "jpeg_quality": 30},
+        "webrtc": {"host": "127.0.0.1", "port": 0, "host_candidate_addresses": ["127.0.0.1"]},
+        "mqtt": {"enabled": False},
+    }, environ={})
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        assert daemon.agent.jpeg_encoder.config.quality == 30
+        async with streaming_publisher(daemon.driver, width=320, height=240):
+            answer = await daemon.agent.ask(Question(question="what?", source="cam"))
+    finally:
+        await daemon.close()
+    assert answer.error is None, answer.error
+    url = stub_llm.requests[-1]["messages"][-1]["content"][1]["image_url"]["url"]
+    jpeg = base64.b64decode(url.split(",", 1)[1])
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (72, 96)

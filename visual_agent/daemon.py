@@ -82,9 +82,14 @@ class Daemon:
 
             self.llm = create_provider(cfg.llm)
             embedding_function, self._clip = await build_embedding_function(cfg, self.llm)
+            jpeg_encoder = None
+            if embedding_function is None:
+                from encoders import JpegEncoder
+
+                jpeg_encoder = JpegEncoder(max_side=cfg.encoder.jpeg_max_side, quality=cfg.encoder.jpeg_quality)
             self.agent = VisualAgent(
                 llm=self.llm, messager=self.messager, webrtc_driver=self.driver, embedding_function=embedding_function,
-                config=cfg.agent, prefix=cfg.mqtt.prefix, provider_name=cfg.provider_name(),
+                config=cfg.agent, prefix=cfg.mqtt.prefix, provider_name=cfg.provider_name(), jpeg_encoder=jpeg_encoder,
                 frames_as="embeddings" if embedding_function is not None else "jpeg",
                 max_payload_bytes=cfg.mqtt.max_payload_bytes,
             )
