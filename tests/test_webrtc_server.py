@@ -164,6 +164,7 @@ BAD_INPUT = [
     # (name, method, path, content type, body maker, status, reason fragment)
     ("not json", "POST", "/offer", "application/json", lambda sdp: b"{nope", 400, "not JSON"),
     ("json array", "POST", "/offer", "application/json", lambda sdp: b"[1, 2]", 400, "JSON object"),
+    ("deeply nested json", "POST", "/offer", "application/json", lambda sdp: b"[" * 60000, 400, "not JSON"),
     ("non-offer type", "POST", "/offer", "application/json",
      lambda sdp: {"sdp": sdp, "type": "answer"}, 400, "type must be 'offer'"),
     ("missing sdp", "POST", "/offer", "application/json", lambda sdp: {"type": "offer"}, 400, "non-empty string"),

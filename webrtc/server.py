@@ -435,7 +435,7 @@ class WebRTCServer:
             body = await self._read_body(request, "application/json")
             try:
                 data = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, "[[[[..." too deep
                 raise SignalingError(f"body is not JSON: {exc}") from exc
             if not isinstance(data, dict):
                 raise SignalingError('body must be a JSON object {"sdp", "type": "offer", "source"?}')
