@@ -17,6 +17,19 @@ async def test_cli_bad_config_names_key_and_file(tmp_path):
         assert str(bad) in err and "mqtt.hots" in err and "agent.frames" in err
 
 
+async def test_cli_run_with_the_page_port_taken_says_so_without_a_traceback(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = write_config(tmp_path / "p.yaml", {"webrtc": {"port": port}, "mqtt": {"enabled": False}})
+        rc, out, err = await run_cli("run", "--config", str(cfg))
+    assert rc == 2, (out, err)
+    assert "error: cannot start" in err and f"127.0.0.1:{port}" in err and "Traceback" not in err
+
+
 async def test_cli_check_says_what_fails(tmp_path):
     closed = free_tcp_port()
     cfg = write_config(tmp_path / "c.yaml", {

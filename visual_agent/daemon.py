@@ -18,7 +18,7 @@ from typing import Any
 from .agent import VisualAgent, topics
 from .broker import EmbeddedBroker
 from .config import Config, EmbeddingsMode, MqttProtocol
-from .errors import ConfigError
+from .errors import ConfigError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
 from .mqtt import MqttMessager
 
@@ -99,8 +99,10 @@ class Daemon:
             await self.agent.start()
             self.driver.healthz_extra = self.health
             self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
-        except BaseException:
+        except BaseException as exc:
             await self.close()
+            if _is_startup_error(exc):  # a page port in use, a provider that cannot be built: a message, not a traceback
+                raise VisualAgentError(f"cannot start: {exc}") from exc
             raise
         logger.info("page: %s/", self.driver.url)
         logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "CLIP embeddings" if self._clip else "JPEG")
@@ -178,6 +180,14 @@ class Daemon:
         if self.broker is not None:
             await self.broker.close()
         logger.info("stopped")
+
+
+def _is_startup_error(exc: BaseException) -> bool:
+    """The webrtc and providers packages' own errors (imported here: the light import of this package stays light)."""
+    from providers.errors import ProviderError
+    from webrtc.errors import WebRTCError
+
+    return isinstance(exc, (WebRTCError, ProviderError))
 
 
 async def run_daemon(config: Config) -> int:
