@@ -222,6 +222,30 @@ async def test_webrtc_server_bad_input_is_refused_clearly_without_leaks(webrtc_s
         await webrtc_server.get_buffer("after").wait_for_frame(10)
 
 
+def unanswerable(sdp: str) -> str:
+    """`sdp` plus an ``m=text`` section: aiortc accepts the offer (and emits its video track) but cannot answer it."""
+    app = sdp[sdp.index("m=application"):]
+    extra = re.sub(r"a=mid:\S+", "a=mid:extra", re.sub(r"^m=application [^\r\n]*", "m=text 9 UDP/TLS/RTP/SAVPF 0", app))
+    return sdp + extra
+
+
+async def test_webrtc_server_offer_failing_after_its_track_leaves_sources_alone(webrtc_server):
+    """An offer refused after aiortc emitted its track must not take over a live source's buffer, nor leave one."""
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="door") as pub:
+        buf = webrtc_server.get_buffer("door")
+        await buf.wait_for_frame(10)
+        live_track = buf.track
+        async with aiohttp.ClientSession() as http:
+            for name in ("door", "ghost"):
+                body = {"sdp": unanswerable(await offer_sdp()), "type": "offer", "source": name}
+                async with http.post(webrtc_server.url + "/offer", json=body) as r:
+                    assert r.status == 400 and "cannot answer" in (await r.json())["error"]
+        assert [p.id for p in webrtc_server.peers()] == [pub.peer_id]
+        assert buf.track is live_track and buf.state.value == "live"
+        await buf.wait_for_frame(5, newer_than=buf.latest().seq)  # the live peer's video is still drained
+        assert webrtc_server.source_names() == ["door"]
+
+
 async def test_webrtc_server_too_many_peers_gets_503(webrtc_server_factory):
     server = await webrtc_server_factory(WebRTCConfig(port=0, max_peers=2, host_candidate_addresses=["127.0.0.1"]))
     before = tasks_now()

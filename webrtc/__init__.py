@@ -18,7 +18,7 @@ Imports nothing else of this project. The daemon uses it like this::
         await driver.broadcast("browser-1", text)  # every open data channel of that source
 
 Sources: each configured `SourceConfig` (file, rtsp, v4l2) gets a buffer at construction. A browser page
-(POST /offer) or WHIP publisher (POST /whip) gets a buffer when its video track arrives, named by the
+(POST /offer) or WHIP publisher (POST /whip) gets a buffer when its offer with video is answered, named by the
 offer's ``source`` field (``?source=`` for WHIP) or ``browser-<n>`` / ``whip-<n>``; a second peer with the
 same name replaces the first. When a peer leaves, a named source's buffer stays (state ``ended``, last
 frames readable) and the next peer under that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is

@@ -305,8 +305,6 @@ class WebRTCServer:
                 raise SignalingError(f"cannot answer this offer: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
         except BaseException:
             await peer.close()
-            if peer.video_track is not None:
-                await self._release_buffer(peer)
             raise
         finally:
             self._pending -= 1
@@ -315,6 +313,11 @@ class WebRTCServer:
             raise SignalingError("the server is shutting down", status=503)
         old = next((p for p in self._peers.values() if p.source == name), None)
         self._peers[peer.id] = peer
+        if peer.video_track is not None:  # only an admitted peer feeds a buffer (a refused offer has a track too)
+            buffer = self.buffers.get(name)
+            if buffer is None:
+                buffer = self.buffers[name] = self._new_buffer(name)
+            buffer.attach(peer.video_track)
         peer.spawn(self._watchdog(peer), "watchdog")
         if old is not None:  # a page reconnecting under the same name: the newest publisher wins
             self._spawn(self._drop_peer(old, f"replaced by peer {peer.id}"), f"webrtc-drop-peer:{old.id}")
@@ -325,13 +328,9 @@ class WebRTCServer:
         pc = peer.pc
 
         @pc.on("track")
-        def on_track(track: Any) -> None:
+        def on_track(track: Any) -> None:  # aiortc emits tracks in setRemoteDescription; `_answer` attaches
             if track.kind == "video" and peer.video_track is None:
                 peer.video_track = track
-                buffer = self.buffers.get(peer.source)
-                if buffer is None:
-                    buffer = self.buffers[peer.source] = self._new_buffer(peer.source)
-                buffer.attach(track)
             else:  # audio (or a second video): read and dropped, else aiortc queues it forever
                 peer.spawn(_discard_until_closed(track, peer.source), f"discard-{track.kind}")
 
