@@ -339,3 +339,30 @@ async def test_daemon_sends_jpeg_at_the_configured_encoder_size_and_quality(stub
     url = stub_llm.requests[-1]["messages"][-1]["content"][1]["image_url"]["url"]
     jpeg = base64.b64decode(url.split(",", 1)[1])
     assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (72, 96)
+
+
+async def test_agent_close_answers_received_questions_not_yet_taken(running_mosquitto, paho_peer, topic_prefix, stub_llm):
+    """Questions the messager received (and acknowledged) but the agent had not taken still get a `shutdown` answer."""
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
+    messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port), status_topic=f"{topic_prefix}/status")
+    await messager.start()
+    agent = VisualAgent(llm=llm, messager=messager, prefix=topic_prefix, provider_name="openai")
+    try:
+        await messager.subscribe(t["ask"])  # received, but no consumer takes them (the agent is not started)
+        for i in range(3):
+            peer.publish(t["ask"], json.dumps({"id": f"q{i}", "question": "?"}))
+        for _ in range(250):
+            if messager.stats.received == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert messager.stats.received == 3
+        await agent.close(grace_s=0.1)
+        got = await asyncio.to_thread(answers, peer, 3, t["answer"])
+    finally:
+        await messager.close()
+        await llm.aclose()
+    assert sorted(a["id"] for a in got) == ["q0", "q1", "q2"]
+    assert {a["error"]["type"] for a in got} == {"shutdown"}

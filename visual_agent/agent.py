@@ -40,6 +40,7 @@ PartialCallback = Callable[[int, str], Awaitable[None]]
 _MAX_HISTORY_SOURCES = 64
 _JPEG_CACHE_ENTRIES = 16
 _TIMINGS_KEPT = 4096
+_MQTT_CONSUMER = "agent-mqtt-questions"
 
 
 def topics(prefix: str) -> dict[str, str]:
@@ -154,7 +155,7 @@ class VisualAgent:
         loop = asyncio.get_running_loop()
         if self.messager is not None:
             await self.messager.subscribe(self._ask_subscription())
-            self._tasks.append(loop.create_task(self._consume_mqtt(), name="agent-mqtt-questions"))
+            self._tasks.append(loop.create_task(self._consume_mqtt(), name=_MQTT_CONSUMER))
         if self.driver is not None:
             self.driver.on_data_message = self.handle_data_message
         if self.config.periodic_interval_s:
@@ -174,27 +175,31 @@ class VisualAgent:
         await self.close()
 
     async def close(self, grace_s: float | None = None) -> None:
-        """Stop taking questions, give in-flight ones `grace_s` to finish, fail the rest (`shutdown`). Safe twice."""
+        """Stop taking questions, give in-flight ones `grace_s` to finish, fail the rest (`shutdown`). Safe twice.
+
+        Questions that arrive meanwhile, or were received but not yet taken, get a `shutdown` answer.
+        """
         if self._closed:
             return
         self._closing = True
         if self.driver is not None and getattr(self.driver, "on_data_message", None) == self.handle_data_message:
             self.driver.on_data_message = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        consumers = [t for t in self._tasks if t.get_name() == _MQTT_CONSUMER]
+        await _cancel_all([t for t in self._tasks if t not in consumers])  # descriptions stop at once
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         pending = set(self._question_tasks)
-        if pending:
+        if pending:  # meanwhile the consumer answers new MQTT questions with `shutdown` (`_admit`)
             logger.info("agent: waiting up to %.1f s for %d question(s) in flight", grace, len(pending))
             _, still = await asyncio.wait(pending, timeout=grace)
-            for task in still:
-                task.cancel()
-            if still:
-                await asyncio.gather(*still, return_exceptions=True)
+            await _cancel_all(list(still))
+        await _cancel_all(consumers)
+        self._tasks = []
+        take_pending = getattr(self.messager, "take_pending", None)
+        for msg in take_pending() if take_pending is not None else ():
+            try:
+                await self.handle_mqtt(msg)  # `_admit` refuses: a `shutdown` answer (or the payload's error)
+            except Exception:
+                logger.exception("agent: could not answer a message on %s at shutdown", msg.topic)
         if self._clip is not None:
             with contextlib.suppress(Exception):
                 await self._clip.aclose()
@@ -531,6 +536,14 @@ class VisualAgent:
     def describe_state(self) -> dict[str, Any]:
         """State for /healthz."""
         return {"in_flight": self._in_flight, "counters": dict(self.counters)}
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def _valid_topic(topic: str | None) -> str | None:

@@ -265,6 +265,13 @@ class MqttMessager:
     async def next_message(self, timeout: float | None = None) -> IncomingMessage:
         return await asyncio.wait_for(self._inbox.get(), timeout)
 
+    def take_pending(self) -> list[IncomingMessage]:
+        """Empty the queue of received messages nobody has taken yet (on shutdown, to answer them)."""
+        taken: list[IncomingMessage] = []
+        while not self._inbox.empty():
+            taken.append(self._inbox.get_nowait())
+        return taken
+
     # --- publishing ------------------------------------------------------------------------------
 
     async def publish(
