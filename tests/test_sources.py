@@ -98,6 +98,45 @@ async def test_sources_missing_file_reports_clear_error(tmp_path, webrtc_server_
     assert health["state"] == "ended" and "nope.mp4" in health["error"] and "cannot open" in health["error"]
 
 
+async def test_sources_player_that_opens_after_the_timeout_is_stopped(tmp_path, webrtc_server_factory, monkeypatch):
+    """Opening runs in a worker thread that a timeout cannot stop; what it opens late must be closed, not leaked."""
+    import os
+    import threading
+
+    import webrtc.sources
+
+    opened = []
+    real_open = webrtc.sources.open_player
+
+    def recording_open(config):
+        player = real_open(config)
+        opened.append(player)
+        return player
+
+    monkeypatch.setattr(webrtc.sources, "open_player", recording_open)
+    data = write_video(tmp_path / "clip.ts", 0.3).read_bytes()
+    fifo = tmp_path / "late.ts"
+    os.mkfifo(fifo)  # opening a FIFO blocks until a writer comes: a camera that answers late
+
+    def feed() -> None:
+        with open(fifo, "wb") as w:
+            w.write(data)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    try:
+        server = await webrtc_server_factory(sources=[SourceConfig(name="late", url=str(fifo), open_timeout_s=0.3)])
+        buf = server.get_buffer("late")
+        with pytest.raises(TimeoutError, match="state: ended; last error: opening took longer than 0.3 s"):
+            await buf.wait_for_frame(1)
+    finally:
+        writer.start()  # the blocked open goes on now and returns a player nobody waits for any more
+    deadline = time.monotonic() + 5
+    while not (opened and opened[0].video.readyState == "ended"):
+        assert time.monotonic() < deadline, "the late player was never stopped"
+        await asyncio.sleep(0.05)
+    writer.join(5)
+
+
 def test_sources_config_rejects_bad_values():
     with pytest.raises(WebRTCConfigError, match="kind must be one of"):
         SourceConfig(name="x", kind="usb", url="/dev/video0")

@@ -1,7 +1,8 @@
 """Configured sources (video file, RTSP URL, V4L2 camera) read by aiortc's `MediaPlayer` into a `FrameBuffer`.
 
 Each source runs one named task (`webrtc-source:<name>`) that opens the player in a worker thread (opening
-an RTSP URL or a camera blocks), attaches the player's video track to the source's buffer (whose drain task
+an RTSP URL or a camera blocks; after ``open_timeout_s`` the attempt counts as failed, and a player that the
+thread still opens is stopped), attaches the player's video track to the source's buffer (whose drain task
 reads every frame), waits for the track to end, stops the player in a worker thread (it joins its decode
 thread), and then:
 
@@ -92,10 +93,9 @@ class SourceRunner:
 
     async def _run(self) -> None:
         cfg = self.config
-        loop = asyncio.get_running_loop()
         while not self._closing:
             try:
-                self.player = await asyncio.wait_for(loop.run_in_executor(None, open_player, cfg), cfg.open_timeout_s)
+                self.player = await self._open()
             except (SourceError, asyncio.TimeoutError) as exc:
                 self.last_error = str(exc) or f"opening took longer than {cfg.open_timeout_s:g} s"
                 logger.warning("source %s: %s", cfg.name, self.last_error)
@@ -126,6 +126,21 @@ class SourceRunner:
             if not cfg.reconnect:
                 return
             await asyncio.sleep(cfg.retry_s)
+
+    async def _open(self) -> Any:
+        """`open_player` in a worker thread, given `open_timeout_s`. The thread cannot be stopped: when the
+        wait ends first (timeout, or `close()`), a player it still opens is stopped as soon as it exists."""
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(None, open_player, self.config)
+        try:
+            return await asyncio.wait_for(asyncio.shield(opening), self.config.open_timeout_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            def stop_late(done: asyncio.Future[Any]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    loop.run_in_executor(None, _stop_player, done.result())
+
+            opening.add_done_callback(stop_late)
+            raise
 
     async def _stop_player(self) -> None:
         player, self.player = self.player, None
