@@ -96,6 +96,14 @@ def test_config_section_level_errors_mask_secrets_in_the_shown_input():
     assert cfg.llm["default_headers"]["authorization"] == "Bearer sk-secret-value"
 
 
+def test_config_url_credentials_masked_in_repr_and_llm_line():
+    cfg = parse_config({"llm": {"provider": "openai", "base_url": "https://me:tok-secret@llm.local/v1"},
+                        "sources": [{"name": "door", "kind": "rtsp", "url": "rtsp://admin:pw-secret@cam.local/s"}]}, environ={})
+    text = repr(cfg) + cfg.describe_llm() + str(cfg.llm_masked())
+    assert "tok-secret" not in text and "pw-secret" not in text and "cam.local" in text and "llm.local" in text
+    assert cfg.sources[0]["url"] == "rtsp://admin:pw-secret@cam.local/s"  # masked only where shown
+
+
 def test_config_bad_yaml_and_missing_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("mqtt: [\n")

@@ -4,7 +4,8 @@
 overrides ``VISUAL_AGENT__<SECTION>__<KEY>[__<SUBKEY>]=value`` (the value is read as a YAML scalar, so numbers and
 booleans work), and validates. Any unknown or mistyped key fails with a `ConfigError` naming the key and the
 file. `llm`, `webrtc` and `sources` are checked by the packages that own them (providers, webrtc), so their
-keys stay defined in one place. Secrets (`llm.api_key`, `mqtt.password`) are masked in every repr.
+keys stay defined in one place. Secrets (`llm.api_key`, `mqtt.password`, passwords in URLs) are masked in every repr
+and config error.
 """
 
 from __future__ import annotations
@@ -285,7 +286,7 @@ class Config(_Section):
 
     def __repr_args__(self):  # type: ignore[override]
         for key, value in super().__repr_args__():
-            yield key, (self.llm_masked() if key == "llm" else value)
+            yield key, (_masked(value) if key in ("llm", "webrtc", "sources") else value)
 
     @field_validator("llm", mode="before")
     @classmethod
@@ -316,7 +317,7 @@ class Config(_Section):
         """One line for logs: provider, endpoint, model."""
         llm = self.llm
         where = llm.get("base_url") or llm.get("vllm_base_url") or ("in-process" if self.provider_name() == "vllm_native" else "")
-        return f"{self.provider_name()} {where} model={llm.get('model_name') or 'auto'}".strip()
+        return f"{self.provider_name()} {_masked(where)} model={llm.get('model_name') or 'auto'}".strip()
 
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|password|passwd|credential|secret|authorization|(^|_)token)$", re.IGNORECASE)
@@ -406,6 +407,10 @@ def _masked(value: Any) -> Any:
         return {k: ("***" if isinstance(k, str) and _is_secret(k) and v else _masked(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_masked(v) for v in value]
+    if isinstance(value, str) and "@" in value:  # rtsp://user:password@camera, https://user:token@llm
+        from webrtc.config import mask_url_secrets
+
+        return mask_url_secrets(value)
     return value
 
 
