@@ -110,6 +110,36 @@ async def test_webrtc_browser_page_reconnect_keeps_source_and_closing_tab_cleans
         await asyncio.sleep(0.2)
 
 
+RECORD_MEDIA = """
+window.__streams = []; window.__pcs = [];
+const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = async (c) => { const s = await gum(c); window.__streams.push(s); return s; };
+const PC = window.RTCPeerConnection;
+window.RTCPeerConnection = function (...a) { const pc = new PC(...a); window.__pcs.push(pc); return pc; };
+window.RTCPeerConnection.prototype = PC.prototype;
+"""
+
+
+async def test_webrtc_browser_page_connect_twice_at_once_keeps_one_camera_and_connection(webrtc_server, chromium):
+    """Connect pressed again while the first connect is still opening the camera: the older attempt gives up
+    and releases what it opened (no camera left on, no peer connection left half-open), without an error."""
+    context = await chromium.new_context()
+    await context.add_init_script(RECORD_MEDIA)
+    page = await context.new_page()
+    try:
+        await page.goto(f"{webrtc_server.url}/?source=twice&res=640x480&fps=30")
+        await page.evaluate("Promise.all([connect(), connect()])")
+        await page.wait_for_function("window.agentPage.state === 'connected'", timeout=20000)
+        await webrtc_server.get_buffer("twice").wait_for_frame(15)
+        live = await page.evaluate(
+            "window.__streams.flatMap(s => s.getTracks()).filter(t => t.readyState === 'live').length")
+        open_pcs = await page.evaluate("window.__pcs.filter(pc => pc.signalingState !== 'closed').length")
+        errors = await page.evaluate("window.agentPage.errors")
+        assert (live, open_pcs, errors) == (1, 1, [])
+    finally:
+        await context.close()
+
+
 async def test_webrtc_browser_firefox_page_streams_and_answers(webrtc_server, firefox, artifacts_dir):
     """The same page in headless Firefox ESR (driven over WebDriver BiDi): camera, connect, ask, answer."""
     async def on_message(source: str, peer_id: str, text: str) -> None:

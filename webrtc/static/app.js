@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const page = (window.agentPage = {
   pc: null, dc: null, stream: null, peerId: null, source: null,
   state: "idle", answers: {}, messages: 0, errors: [],
+  attempt: 0,  // bumped by stop() and connect(): an older connect() that sees it change gives up
 });
 
 function log(text) {
@@ -51,6 +52,7 @@ async function openCamera() {
 }
 
 async function stop() {
+  page.attempt += 1;
   const { pc, stream } = page;
   page.pc = null; page.dc = null; page.stream = null; page.peerId = null;
   if (pc) pc.close();
@@ -65,11 +67,15 @@ async function stop() {
 
 async function connect() {
   await stop();
+  const attempt = ++page.attempt;
+  const superseded = () => page.attempt !== attempt;  // stop() or a newer connect() came meanwhile
   page.state = "connecting";
   setPill("pc-state", "connecting");
   try {
     const config = await (await fetch("webrtc-config")).json();
     const stream = await openCamera();
+    if (superseded()) { stream.getTracks().forEach((t) => t.stop()); return; }
+    // from here on page.pc/page.stream are this attempt's: a later stop() closes them
     page.stream = stream;
     $("self").srcObject = stream;
 
@@ -98,6 +104,7 @@ async function connect() {
 
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIceGathering(pc, 2000);
+    if (superseded()) return;  // do not hold a server slot with an offer nobody will answer
     const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
     const source = $("source").value.trim();
     if (source) body.source = source;
@@ -106,13 +113,14 @@ async function connect() {
     });
     const answer = await response.json();
     if (!response.ok) throw new Error(`server refused the offer (${response.status}): ${answer.error}`);
-    if (page.pc !== pc) return;  // stopped meanwhile
+    if (superseded()) return;
     page.peerId = answer.peer_id;
     page.source = answer.source;
     $("peer").textContent = `source ${answer.source} · peer ${answer.peer_id}`;
     await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
     updateButtons();
   } catch (err) {
+    if (superseded()) return;  // its peer connection was closed under it
     page.errors.push(String(err));
     log(`error: ${err.message || err}`);
     setPill("pc-state", "error");
