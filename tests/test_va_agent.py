@@ -366,3 +366,53 @@ async def test_agent_close_answers_received_questions_not_yet_taken(running_mosq
         await llm.aclose()
     assert sorted(a["id"] for a in got) == ["q0", "q1", "q2"]
     assert {a["error"]["type"] for a in got} == {"shutdown"}
+
+
+async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
+    """Two questions on the same newest frame at once: one JPEG encoding serves both."""
+    import threading
+    import time
+
+    import av
+    import numpy as np
+
+    from encoders import JpegEncoder
+    from visual_agent.messages import Question
+    from webrtc import FrameBuffer
+
+    class CountingEncoder(JpegEncoder):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+            self._lock = threading.Lock()
+
+        def data_url(self, frame):
+            with self._lock:
+                self.calls += 1
+            time.sleep(0.2)  # long enough for the second question to arrive while the first encodes
+            return super().data_url(frame)
+
+    class OneCamera:
+        def __init__(self):
+            self.buffer = FrameBuffer("desk")
+
+        def source_names(self):
+            return ["desk"]
+
+        def get_buffer(self, name):
+            return self.buffer
+
+    camera = OneCamera()
+    camera.buffer.put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
+    llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
+    encoder = CountingEncoder()
+    agent = VisualAgent(llm=llm, webrtc_driver=camera, jpeg_encoder=encoder)
+    try:
+        a, b = await asyncio.gather(agent.ask(Question(question="one?")), agent.ask(Question(question="two?")))
+    finally:
+        await agent.close()
+        await llm.aclose()
+    assert a.error is None and b.error is None, (a.error, b.error)
+    assert encoder.calls == 1
+    sent = [r["messages"][-1]["content"][1]["image_url"]["url"] for r in stub_llm.requests[-2:]]
+    assert sent[0] == sent[1] and sent[0].startswith("data:image/jpeg;base64,")

@@ -132,7 +132,9 @@ class VisualAgent:
         self.jpeg_encoder = jpeg_encoder
         self.timings: collections.deque[QuestionTiming] = collections.deque(maxlen=_TIMINGS_KEPT)
         self.counters: collections.Counter[str] = collections.Counter()
-        self._jpeg_cache: collections.OrderedDict[tuple[str, int, int], tuple[Any, str]] = collections.OrderedDict()
+        self._jpeg_cache: collections.OrderedDict[tuple[str, int, int], tuple[Any, asyncio.Future[list[str]], int]] = (
+            collections.OrderedDict())
+        """(source, seq, id(frame)) -> (frame, the encoding of its batch, its index in the batch)."""
         self._history: collections.OrderedDict[str, collections.deque[tuple[str, str]]] = collections.OrderedDict()
         self._in_flight = 0
         self._question_tasks: set[asyncio.Task[Any]] = set()
@@ -194,6 +196,9 @@ class VisualAgent:
             await _cancel_all(list(still))
         await _cancel_all(consumers)
         self._tasks = []
+        encodings = {b for _, b, _ in self._jpeg_cache.values() if not b.done()}  # of questions failed above
+        if encodings:
+            await asyncio.gather(*encodings, return_exceptions=True)
         take_pending = getattr(self.messager, "take_pending", None)
         for msg in take_pending() if take_pending is not None else ():
             try:
@@ -314,23 +319,33 @@ class VisualAgent:
     async def _content(self, text: str, frames: list[TakenFrame], source: str) -> Any:
         if self.embedding_function is not None:
             return {"text": text, "image_embeddings": await self.embedding_function([f.frame for f in frames])}
-        # Several questions on the same newest frame encode it once. The entry holds the frame itself, so its id()
-        # cannot be reused while cached.
+        # Several questions on the same frames encode them once, also while the encoding runs: the cache holds the
+        # encoding task (shielded, so a question that times out does not cancel it for the others). An entry holds the
+        # frame itself, so its id() cannot be reused while cached.
         keys = [(source, f.seq, id(f.frame)) for f in frames]
-        urls: dict[tuple[str, int, int], str] = {k: self._jpeg_cache[k][1] for k in keys if k in self._jpeg_cache}
-        missing = [(k, f.frame) for k, f in zip(keys, frames) if k not in urls]
+        missing = [(k, f.frame) for k, f in zip(keys, frames) if k not in self._jpeg_cache]
         if missing:
             encoder = self.jpeg_encoder
 
             def encode() -> list[str]:
                 return [encoder.data_url(frame) for _, frame in missing]
 
-            for (key, frame), url in zip(missing, await asyncio.to_thread(encode)):
-                urls[key] = url
-                self._jpeg_cache[key] = (frame, url)
-                while len(self._jpeg_cache) > _JPEG_CACHE_ENTRIES:
-                    self._jpeg_cache.popitem(last=False)
-        return [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": urls[k]}} for k in keys]
+            batch = asyncio.ensure_future(asyncio.to_thread(encode))
+            batch.add_done_callback(self._forget_failed_encoding)
+            for i, (key, frame) in enumerate(missing):
+                self._jpeg_cache[key] = (frame, batch, i)
+        entries = [self._jpeg_cache[k] for k in keys]
+        for key in keys:
+            self._jpeg_cache.move_to_end(key)
+        while len(self._jpeg_cache) > _JPEG_CACHE_ENTRIES:
+            self._jpeg_cache.popitem(last=False)
+        urls = [(await asyncio.shield(batch))[i] for _, batch, i in entries]
+        return [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+
+    def _forget_failed_encoding(self, batch: asyncio.Future[list[str]]) -> None:
+        if batch.cancelled() or batch.exception() is not None:
+            for key in [k for k, (_, b, _) in self._jpeg_cache.items() if b is batch]:
+                del self._jpeg_cache[key]
 
     async def _default_clip_embeddings(self, frames: list[Any]) -> Any:
         """CLIP embeddings from the provider's own LLaVA folder (`ClipEncoder.from_llava`), loaded on first use."""
