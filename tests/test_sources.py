@@ -89,6 +89,17 @@ async def test_sources_file_without_loop_ends_and_keeps_last_frames(tmp_path, we
     assert runner.task.done() and runner.player is None
 
 
+async def test_sources_looping_file_without_frames_is_not_reopened_in_a_tight_loop(tmp_path, webrtc_server_factory):
+    data = write_video(tmp_path / "clip.mkv", 0.3).read_bytes()
+    empty = tmp_path / "empty.mkv"  # the header and the start of the first cluster: it opens, and gives no frame
+    empty.write_bytes(data[: data.index(b"\x1f\x43\xb6\x75") + 16])
+    server = await webrtc_server_factory(sources=[SourceConfig(name="empty", url=str(empty), loop=True, retry_s=0.5)])
+    await asyncio.sleep(1.6)
+    health = server.health()["sources"]["empty"]
+    assert 1 <= health["opens"] <= 5, health
+    assert health["running"] and "no video frame" in health["error"]
+
+
 async def test_sources_missing_file_reports_clear_error(tmp_path, webrtc_server_factory):
     server = await webrtc_server_factory(sources=[SourceConfig(name="gone", url=str(tmp_path / "nope.mp4"))])
     buf = server.get_buffer("gone")

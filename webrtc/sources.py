@@ -6,7 +6,7 @@ thread still opens is stopped), attaches the player's video track to the source'
 reads every frame), waits for the track to end, stops the player in a worker thread (it joins its decode
 thread), and then:
 
-- a file with ``loop=True`` is reopened at once. aiortc's own ``MediaPlayer(loop=True)`` seeks back, but
+- a file with ``loop=True`` is reopened at once (after ``retry_s`` if that pass gave no frame). aiortc's own ``MediaPlayer(loop=True)`` seeks back, but
   its pacing then restarts at time 0 and the second pass plays as fast as the CPU decodes; reopening keeps
   real-time pacing;
 - a file without looping ends (the buffer keeps its last frames, state ``ended``);
@@ -105,25 +105,27 @@ class SourceRunner:
                 await asyncio.sleep(cfg.retry_s)
                 continue
             self.opens += 1
-            self.last_error = None
+            received = self.buffer.stats().received
             # audio is never used, but aiortc queues it without bound unless someone reads it
             audio = start_discarding(self.player.audio, cfg.name) if self.player.audio is not None else None
             self.buffer.attach(self.player.video, clear=self.opens == 1)
-            drain = self.buffer.drain_task
             try:
-                if drain is not None:
-                    await asyncio.shield(drain)
+                await asyncio.shield(self.buffer.drain_task)
             finally:
                 if audio is not None:
                     audio.cancel()
                 await self._stop_player()
-            if self.buffer.stats().last_error:
-                self.last_error = self.buffer.stats().last_error
+            stats = self.buffer.stats()
+            self.last_error = stats.last_error
             if cfg.kind is SourceKind.FILE:
                 if not cfg.loop:
                     return
-                continue
-            if not cfg.reconnect:
+                if stats.received > received:
+                    continue  # the next pass at once
+                # a file that opens but gives no frame would be reopened hundreds of times a second
+                self.last_error = self.last_error or "the file gave no video frame; reopening it"
+                logger.warning("source %s: %s", cfg.name, self.last_error)
+            elif not cfg.reconnect:
                 return
             await asyncio.sleep(cfg.retry_s)
 
