@@ -416,3 +416,44 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
     assert encoder.calls == 1
     sent = [r["messages"][-1]["content"][1]["image_url"]["url"] for r in stub_llm.requests[-2:]]
     assert sent[0] == sent[1] and sent[0].startswith("data:image/jpeg;base64,")
+
+
+async def test_agent_scene_watch_survives_a_source_that_leaves(stub_llm):
+    """A page's source can go between listing the sources and reading one: the scene-change watcher goes on."""
+    import av
+    import numpy as np
+
+    from visual_agent.config import SceneChangeConfig
+    from webrtc import FrameBuffer
+
+    class LeavingCamera:
+        """Source "b" is listed, then gone when the watcher reads it (its peer left)."""
+
+        def __init__(self):
+            self.buffers = {"a": FrameBuffer("a"), "b": FrameBuffer("b")}
+            self.reads_of_b = 0
+            for b in self.buffers.values():
+                b.put(av.VideoFrame.from_ndarray(np.zeros((18, 32, 3), np.uint8), format="rgb24"))
+
+        def source_names(self):
+            return list(self.buffers)
+
+        def get_buffer(self, name):
+            if name == "b":
+                self.reads_of_b += 1
+                if self.reads_of_b % 2 == 0:  # listed by _live_sources, gone at the watcher's read
+                    raise KeyError(f"no source {name!r}")
+            return self.buffers[name]
+
+    llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
+    camera = LeavingCamera()
+    config = AgentConfig(scene_change=SceneChangeConfig(enabled=True, check_interval_s=0.02))
+    agent = VisualAgent(llm=llm, webrtc_driver=camera, config=config)
+    await agent.start()
+    try:
+        await asyncio.sleep(0.3)
+        (watcher,) = [t for t in agent._tasks if t.get_name() == "agent-scene-change"]
+        assert camera.reads_of_b >= 4 and not watcher.done()
+    finally:
+        await agent.close()
+        await llm.aclose()

@@ -525,7 +525,8 @@ class VisualAgent:
         while True:
             await asyncio.sleep(interval)
             for source in self._live_sources():
-                await self.describe(source, self.config.periodic_prompt, Trigger.PERIODIC)
+                with _logged_failure("periodic description", source):
+                    await self.describe(source, self.config.periodic_prompt, Trigger.PERIODIC)
 
     async def _scene_watch(self) -> None:
         cfg = self.config.scene_change
@@ -533,15 +534,20 @@ class VisualAgent:
         seen: dict[str, int] = {}
         while True:
             await asyncio.sleep(cfg.check_interval_s)
-            for source in self._live_sources():
-                newest = self.driver.get_buffer(source).latest()
-                if newest is None or seen.get(source) == newest.seq:
-                    continue
-                seen[source] = newest.seq
-                detector = detectors.setdefault(source, SceneChangeDetector(cfg.threshold, cfg.min_gap_s))
-                if await detector.check(newest.frame):
-                    logger.info("agent: scene change on %s (distance %.3f)", source, detector.last_distance or 0.0)
-                    await self.describe(source, cfg.prompt, Trigger.SCENE_CHANGE)
+            live = self._live_sources()
+            for gone in detectors.keys() - set(live):  # a page's source is not reused once its peer left
+                del detectors[gone]
+                seen.pop(gone, None)
+            for source in live:
+                with _logged_failure("scene-change check", source):
+                    newest = self.driver.get_buffer(source).latest()  # KeyError: the source left meanwhile
+                    if newest is None or seen.get(source) == newest.seq:
+                        continue
+                    seen[source] = newest.seq
+                    detector = detectors.setdefault(source, SceneChangeDetector(cfg.threshold, cfg.min_gap_s))
+                    if await detector.check(newest.frame):
+                        logger.info("agent: scene change on %s (distance %.3f)", source, detector.last_distance or 0.0)
+                        await self.describe(source, cfg.prompt, Trigger.SCENE_CHANGE)
 
     def _live_sources(self) -> list[str]:
         if self.driver is None:
@@ -551,6 +557,17 @@ class VisualAgent:
     def describe_state(self) -> dict[str, Any]:
         """State for /healthz."""
         return {"in_flight": self._in_flight, "counters": dict(self.counters)}
+
+
+@contextlib.contextmanager
+def _logged_failure(what: str, source: str) -> Any:
+    """Keep a watcher loop alive through one source's failure (a source that left is not worth a traceback)."""
+    try:
+        yield
+    except KeyError:
+        logger.info("agent: %s of %s skipped: the source left", what, source)
+    except Exception:
+        logger.exception("agent: %s of %s failed", what, source)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:

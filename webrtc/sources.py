@@ -6,9 +6,9 @@ thread still opens is stopped), attaches the player's video track to the source'
 reads every frame), waits for the track to end, stops the player in a worker thread (it joins its decode
 thread), and then:
 
-- a file with ``loop=True`` is reopened at once (after ``retry_s`` if that pass gave no frame). aiortc's own ``MediaPlayer(loop=True)`` seeks back, but
-  its pacing then restarts at time 0 and the second pass plays as fast as the CPU decodes; reopening keeps
-  real-time pacing;
+- a file with ``loop=True`` is reopened at once (after ``retry_s`` if that pass gave no frame). aiortc's
+  own ``MediaPlayer(loop=True)`` seeks back, but its pacing then restarts at time 0 and the second pass
+  plays as fast as the CPU decodes; reopening keeps real-time pacing;
 - a file without looping ends (the buffer keeps its last frames, state ``ended``);
 - RTSP and V4L2 sources with ``reconnect=True`` are reopened every ``retry_s`` after an error or end.
 
@@ -105,6 +105,7 @@ class SourceRunner:
                 await asyncio.sleep(cfg.retry_s)
                 continue
             self.opens += 1
+            self.last_error = None
             received = self.buffer.stats().received
             # audio is never used, but aiortc queues it without bound unless someone reads it
             audio = start_discarding(self.player.audio, cfg.name) if self.player.audio is not None else None
