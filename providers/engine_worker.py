@@ -61,8 +61,10 @@ class EngineWorker:
     # -- called from the event loop -------------------------------------------------------------------
 
     async def start(self) -> Any:
-        """Build the engine in the worker thread; returns it once it can take requests."""
-        self._thread.start()
+        """Build the engine in the worker thread; returns it once it can take requests. Safe to await again
+        (after a cancelled call, say): the thread is started once and later calls wait for the same build."""
+        if self._thread.ident is None:  # never started
+            self._thread.start()
         await asyncio.to_thread(self._ready.wait)
         if self._start_error is not None:
             raise EngineError(f"the vLLM engine failed to start: {self._start_error}", endpoint=self._endpoint) from (

@@ -81,6 +81,8 @@ class VLLMNativeProvider(LLMProvider):
         )
         self.endpoint = f"vllm-native:{self.config.model_name}"
         self._worker: EngineWorker | None = None
+        self._booting: EngineWorker | None = None
+        """A worker whose engine is still being built (its first caller may have been cancelled)."""
         self._start_lock = asyncio.Lock()
         self._closed = False
         self._ids = itertools.count()
@@ -120,28 +122,35 @@ class VLLMNativeProvider(LLMProvider):
         async with self._start_lock:
             if self._worker is not None:
                 return
-            args = self.engine_args()
+            if self._booting is None:
+                args = self.engine_args()
 
-            def build():
-                from vllm import EngineArgs, LLMEngine
+                def build():
+                    from vllm import EngineArgs, LLMEngine
 
-                return LLMEngine.from_engine_args(EngineArgs(**args))
+                    return LLMEngine.from_engine_args(EngineArgs(**args))
 
-            worker = EngineWorker(build, name=f"vllm-engine-{self._prefix}", endpoint=self.endpoint)
-            engine = await worker.start()
+                self._booting = EngineWorker(build, name=f"vllm-engine-{self._prefix}", endpoint=self.endpoint)
+            # A caller cancelled mid-build (a question's timeout) leaves the build running in `_booting`;
+            # the next call waits for that same engine instead of loading a second one.
+            try:
+                engine = await self._booting.start()
+            except EngineError:
+                self._booting = None  # the build failed: the next call tries a fresh engine
+                raise
             model_config = engine.model_config
-            hf_config = model_config.hf_config
             self._tokenizer = engine.get_tokenizer()
             self._shape = EmbeddingShape.of_model(model_config, endpoint=self.endpoint)
-            self._worker = worker
+            self._worker, self._booting = self._booting, None
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         async with self._start_lock:
-            if self._worker is not None:
-                await self._worker.stop()
+            for worker in (self._worker, self._booting):
+                if worker is not None:
+                    await worker.stop()
 
     async def list_models(self) -> list[str]:
         return [self.config.model_name]

@@ -82,6 +82,66 @@ async def test_vllm_native_tools_without_parser_refused_before_engine_start(tiny
     await llm.aclose()
 
 
+_CANCELLED_START = """
+import asyncio, json, sys, threading
+from providers import VLLMNativeProvider
+from tests.fixtures.vllm import native_config
+
+def threads(llm):
+    return sum(t.name == f"vllm-engine-{llm._prefix}" for t in threading.enumerate())
+
+async def cancelled_start(llm):
+    task = asyncio.create_task(llm.start())
+    while not threads(llm):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+async def main():
+    llm = VLLMNativeProvider(native_config(sys.argv[1]))
+    await cancelled_start(llm)
+    await llm.start()
+    engines = threads(llm)
+    answer = await llm.achat([{"role": "user", "content": "hi"}], max_tokens=2)
+    await llm.aclose()
+    after_close = threads(llm)
+    other = VLLMNativeProvider(native_config(sys.argv[1]))
+    await cancelled_start(other)
+    await other.aclose()
+    print(json.dumps({"engines": engines, "tokens": answer.usage.completion_tokens,
+                      "after_close": after_close, "cancelled_then_closed": threads(other)}))
+
+asyncio.run(main())
+"""
+
+
+@vllm
+@pytest.mark.timeout(300)
+def test_vllm_native_start_cancelled_mid_build_loads_one_engine(tiny_llava_path):
+    """A first request whose caller gives up while the model loads (a question's timeout) must leave the next
+    request waiting for that same engine, not building a second one (vLLM allows one per process: the second
+    failed, forever); aclose stops the engine of a cancelled start too. In a child process, because the session
+    engine holds this process's one engine slot."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.fixtures.vllm import vllm_env
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", _CANCELLED_START, str(tiny_llava_path)],
+        cwd=root, env=vllm_env(), capture_output=True, text=True, timeout=280,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {"engines": 1, "tokens": 2, "after_close": 0, "cancelled_then_closed": 0}
+
+
 def test_vllm_native_engine_args_pass_through_unchanged(tiny_llava_path):
     llm = VLLMNativeProvider(
         {"model_name": "m", "dtype": "float32", "engine_args": {"enforce_eager": True, "dtype": "bfloat16", "seed": 3}}
