@@ -104,6 +104,16 @@ def test_config_url_credentials_masked_in_repr_and_llm_line():
     assert cfg.sources[0]["url"] == "rtsp://admin:pw-secret@cam.local/s"  # masked only where shown
 
 
+def test_config_llm_without_provider_is_vllm_everywhere():
+    """With no `llm.provider`, what is validated, logged and built is the same provider (create_provider's own default
+    is openai)."""
+    from providers import create_provider
+
+    cfg = parse_config({"llm": {"base_url": "http://127.0.0.1:9/v1"}}, environ={})
+    assert cfg.provider_name() == "vllm" and cfg.describe_llm().startswith("vllm ")
+    assert type(create_provider(cfg.llm)).__name__ == "VLLMProvider"
+
+
 def test_config_bad_yaml_and_missing_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("mqtt: [\n")

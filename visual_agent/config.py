@@ -61,6 +61,8 @@ DEFAULT_SCENE_MIN_GAP_S = 10.0
 DEFAULT_SCENE_CHECK_S = 0.5
 DEFAULT_SCENE_PROMPT = "The scene just changed. Describe what you see now in one sentence."
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
+# llm
+DEFAULT_PROVIDER = "vllm"
 # encoder
 DEFAULT_JPEG_MAX_SIDE = 512
 DEFAULT_JPEG_QUALITY = 85
@@ -269,8 +271,9 @@ class MqttConfig(_Section):
 class Config(_Section):
     """The whole daemon config."""
 
-    llm: dict[str, Any] = Field(default_factory=lambda: {"provider": "vllm", "base_url": "http://127.0.0.1:8000/v1"})
-    """Provider config: `provider` (openai, vllm, vllm_native) and that provider's keys (see providers/config.py)."""
+    llm: dict[str, Any] = Field(default_factory=lambda: {"provider": DEFAULT_PROVIDER, "base_url": "http://127.0.0.1:8000/v1"})
+    """Provider config: `provider` (openai, vllm, vllm_native; vllm when absent) and that provider's keys (see
+    providers/config.py)."""
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     """Frame encoding."""
     webrtc: dict[str, Any] = Field(default_factory=dict)
@@ -291,7 +294,11 @@ class Config(_Section):
     @field_validator("llm", mode="before")
     @classmethod
     def _llm_mapping(cls, value: Any) -> Any:
-        return {} if value is None else value
+        value = {} if value is None else value
+        if isinstance(value, Mapping) and "provider" not in value:
+            # Written out, so that validation, logs and `create_provider` (whose own default is openai) agree.
+            value = {"provider": DEFAULT_PROVIDER, **value}
+        return value
 
     def webrtc_config(self) -> Any:
         """The `webrtc.WebRTCConfig` of the `webrtc` section."""
@@ -306,8 +313,8 @@ class Config(_Section):
         return [SourceConfig.from_mapping(s) for s in self.sources]
 
     def provider_name(self) -> str:
-        """`llm.provider` (default: openai when a non-local base_url is set, else vllm)."""
-        return str(self.llm.get("provider", "vllm"))
+        """`llm.provider` (vllm when the config names none)."""
+        return str(self.llm["provider"])
 
     def llm_masked(self) -> dict[str, Any]:
         """The `llm` section with secrets masked, for logs."""
@@ -349,7 +356,7 @@ def _validate_owned_sections(cfg: Config) -> None:
 def _check_llm(llm: Mapping[str, Any]) -> None:
     from providers import config as pc
 
-    kind = llm.get("provider", "vllm")
+    kind = llm.get("provider", DEFAULT_PROVIDER)
     classes = {
         "openai": getattr(pc, "OpenAICompatibleConfig", None),
         "vllm": getattr(pc, "VLLMServerConfig", None),
