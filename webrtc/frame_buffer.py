@@ -161,9 +161,7 @@ class FrameBuffer:
         self._arrivals.append(now)
         self._trim(now)
         self._state = BufferState.LIVE
-        if self._new_frame is not None:
-            self._new_frame.set()
-            self._new_frame = None
+        self._wake()
         return item
 
     def _trim(self, now: float) -> None:
@@ -204,8 +202,6 @@ class FrameBuffer:
                     self.put(frame)
         except MediaStreamError:
             logger.info("source %s: track ended", self.name)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # a decoder or player failure ends this track, not the process
             self._last_error = f"{type(exc).__name__}: {exc}"
             logger.warning("source %s: track failed: %s", self.name, self._last_error)
