@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_config_packaged_default_matches_configs_default():
-    packaged = (ROOT / "visual_agent" / "default.yaml").read_text()
-    assert packaged == (ROOT / "configs" / "default.yaml").read_text()
+    packaged = (ROOT / "visual_agent" / "default.yaml").read_bytes()
+    assert packaged == (ROOT / "configs" / "default.yaml").read_bytes()
     cfg = load_config(None, environ={})
     assert cfg.mqtt.embedded and cfg.mqtt.broker_address() == ("127.0.0.1", 1883)
     assert cfg.llm["base_url"] == "http://127.0.0.1:8000/v1" and "model_name" not in cfg.llm
