@@ -129,7 +129,9 @@ def to_array(
         if target != (width, height):
             kwargs.update(width=target[0], height=target[1], interpolation="AREA")
         try:
-            return _thread_reformatter().reformat(frame, **kwargs).to_ndarray()
+            # A frame already in `out`'s format and size comes back as is, and its array is a view over the
+            # frame's padded lines: copy it into C order (free when no padding was there).
+            return np.ascontiguousarray(_thread_reformatter().reformat(frame, **kwargs).to_ndarray())
         except Exception as exc:  # av raises ValueError/FFmpegError for odd pixel formats
             raise ImageInputError(f"cannot convert video frame ({frame.format.name}, {width}x{height}): {exc}") from exc
     if _is_pil(frame):

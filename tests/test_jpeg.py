@@ -275,3 +275,16 @@ def test_jpeg_encoder_threads_share_one_video_frame():
         [sys.executable, "-c", _SHARED_FRAME_SCRIPT], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize("fmt,out", [("rgb24", "rgb"), ("bgr24", "bgr"), ("gray", "gray")])
+def test_to_array_of_a_padded_video_frame_is_c_contiguous(fmt, out):
+    # A frame already in the asked format is not converted; PyAV's array of it is a strided view over the
+    # frame's padded lines (33 px * 3 bytes in a 144-byte line), while to_array promises C order.
+    from encoders.frames import to_array
+
+    pixels = np.random.default_rng(0).integers(0, 256, (31, 33, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format=fmt)
+    array = to_array(frame, out=out)
+    assert array.flags.c_contiguous and array.shape[:2] == (31, 33)
+    assert np.array_equal(array, frame.to_ndarray())
