@@ -222,6 +222,16 @@ async def test_webrtc_server_bad_input_is_refused_clearly_without_leaks(webrtc_s
         await webrtc_server.get_buffer("after").wait_for_frame(10)
 
 
+async def test_webrtc_server_automatic_name_never_takes_a_name_in_use(webrtc_server):
+    """A publisher that chose the name ``browser-1`` is not replaced by the next page that sends no name."""
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="browser-1") as named:
+        await webrtc_server.get_buffer("browser-1").wait_for_frame(10)
+        async with publish(webrtc_server.url, CounterVideoTrack(160, 120)) as unnamed:
+            assert unnamed.source.startswith("browser-") and unnamed.source != "browser-1"
+            await webrtc_server.get_buffer(unnamed.source).wait_for_frame(10)
+            assert sorted(p.id for p in webrtc_server.peers()) == sorted([named.peer_id, unnamed.peer_id])
+
+
 def unanswerable(sdp: str) -> str:
     """`sdp` plus an ``m=text`` section: aiortc accepts the offer (and emits its video track) but cannot answer it."""
     app = sdp[sdp.index("m=application"):]

@@ -265,8 +265,11 @@ class WebRTCServer:
                 raise SignalingError(f"body is over the {limit}-byte limit", status=413)
 
     def _source_for_peer(self, requested: object, kind: PeerKind) -> tuple[str, bool]:
-        if requested is None or requested == "":
-            return f"{kind.value}-{next(self._counter)}", True
+        if requested is None or requested == "":  # browser-<n>/whip-<n>, skipping names a publisher chose
+            taken = set(self.buffers).union(p.source for p in self._peers.values())
+            while (name := f"{kind.value}-{next(self._counter)}") in taken:
+                pass
+            return name, True
         try:
             name = validate_source_name(requested)
         except WebRTCConfigError as exc:
