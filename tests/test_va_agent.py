@@ -457,3 +457,32 @@ async def test_agent_scene_watch_survives_a_source_that_leaves(stub_llm):
     finally:
         await agent.close()
         await llm.aclose()
+
+
+async def test_agent_answers_busy_for_questions_a_full_inbox_dropped(running_mosquitto, paho_peer, topic_prefix, stub_llm):
+    """The messager's inbox is bounded; a question it has to drop still gets one answer (`busy`), never none."""
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    peer.subscribe(t["answer"])
+    llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
+    messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port, inbox_max=1),
+                            status_topic=f"{topic_prefix}/status")
+    await messager.start()
+    agent = VisualAgent(llm=llm, messager=messager, prefix=topic_prefix, provider_name="openai")
+    await agent.start()
+    try:
+        (consumer,) = [task for task in agent._tasks if task.get_name() == "agent-mqtt-questions"]
+        consumer.cancel()  # a consumer that has fallen behind: the inbox (1) fills
+        await asyncio.sleep(0.05)
+        for i in range(3):
+            peer.publish(t["ask"], json.dumps({"id": f"q{i}", "question": "?"}))
+        busy = await asyncio.to_thread(answers, peer, 2, t["answer"])
+        await agent.close(grace_s=0.1)
+        (last,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
+    finally:
+        await agent.close()
+        await messager.close()
+        await llm.aclose()
+    assert messager.stats.inbox_dropped == 2
+    assert sorted(a["id"] for a in busy) == ["q1", "q2"] and {a["error"]["type"] for a in busy} == {"busy"}
+    assert last["id"] == "q0" and last["error"]["type"] == "shutdown"

@@ -138,6 +138,7 @@ class VisualAgent:
         self._history: collections.OrderedDict[str, collections.deque[tuple[str, str]]] = collections.OrderedDict()
         self._in_flight = 0
         self._question_tasks: set[asyncio.Task[Any]] = set()
+        self._refusals: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
         self._closed = False
@@ -158,6 +159,8 @@ class VisualAgent:
         if self.messager is not None:
             await self.messager.subscribe(self._ask_subscription())
             self._tasks.append(loop.create_task(self._consume_mqtt(), name=_MQTT_CONSUMER))
+            if hasattr(self.messager, "on_inbox_full"):
+                self.messager.on_inbox_full = self._refuse_overflow
         if self.driver is not None:
             self.driver.on_data_message = self.handle_data_message
         if self.config.periodic_interval_s:
@@ -196,6 +199,10 @@ class VisualAgent:
             await _cancel_all(list(still))
         await _cancel_all(consumers)
         self._tasks = []
+        if getattr(self.messager, "on_inbox_full", None) == self._refuse_overflow:
+            self.messager.on_inbox_full = None
+        if self._refusals:
+            await asyncio.gather(*self._refusals, return_exceptions=True)
         encodings = {b for _, b, _ in self._jpeg_cache.values() if not b.done()}  # of questions failed above
         if encodings:
             await asyncio.gather(*encodings, return_exceptions=True)
@@ -408,8 +415,16 @@ class VisualAgent:
             except Exception:
                 logger.exception("agent: could not handle a message on %s", msg.topic)
 
-    async def handle_mqtt(self, msg: Any) -> None:
-        """Take one `<prefix>/ask` message: answer it in a task, or answer with an error at once."""
+    def _refuse_overflow(self, msg: Any) -> None:
+        """A question the messager's full inbox dropped: a `busy` answer, so it is not lost without one."""
+        self.counters["busy"] += 1
+        busy = QuestionError(ErrorType.BUSY, "too many questions waiting (mqtt.inbox_max); ask again shortly")
+        task = asyncio.get_running_loop().create_task(self.handle_mqtt(msg, refuse=busy), name="agent-refuse-overflow")
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
+
+    async def handle_mqtt(self, msg: Any, *, refuse: QuestionError | None = None) -> None:
+        """Take one `<prefix>/ask` message: answer it in a task, or answer with an error at once (`refuse`: this one)."""
         if msg.retain:
             logger.warning("agent: ignoring a retained question on %s (it would be re-answered at every start)", msg.topic)
             return
@@ -425,7 +440,7 @@ class VisualAgent:
                                         correlation_data=msg.correlation_data)
             return
         timing.id = question.id
-        refused = self._admit(question)
+        refused = refuse or self._admit(question)
         if refused is not None:
             await self.messager.publish(reply_to, Answer.failed(question, refused, provider=self.provider_name).payload(),
                                         correlation_data=msg.correlation_data)

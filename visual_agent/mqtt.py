@@ -12,7 +12,8 @@ flush the outbox, then wait for the disconnect and reconnect with exponential ba
 - Retained ``<prefix>/status``: ``online`` after each connect, ``offline`` on `close()` and as the last will.
 - Publishing never blocks and never raises for a missing connection: while offline, messages wait in a bounded
   outbox (oldest dropped, logged, counted) and go out after the reconnect.
-- Received messages wait in a bounded queue (`messages()`); when it is full they are dropped, logged, counted.
+- Received messages wait in a bounded queue (`messages()`); when it is full they are dropped, logged, counted and
+  handed to `on_inbox_full` (the agent answers them `busy`).
 - `TCP_NODELAY` on the socket: a QoS-1 round trip to amqtt takes ~44 ms without it, ~0.4 ms with it.
 """
 
@@ -117,6 +118,8 @@ class MqttMessager:
         self.stats = MessagerStats()
         self.on_connected: list[Callable[[], Awaitable[None] | None]] = []
         """Called (on the loop) after each successful connect and subscribe, e.g. Home Assistant discovery."""
+        self.on_inbox_full: Callable[[IncomingMessage], None] | None = None
+        """Called (soon, on the loop) with each message the full inbox dropped, e.g. to answer it `busy`."""
         self._subscriptions: list[str] = list(subscriptions)
         self._inbox: asyncio.Queue[IncomingMessage] = asyncio.Queue(maxsize=config.inbox_max)
         self._outbox: collections.deque[_Outgoing] = collections.deque()
@@ -575,6 +578,8 @@ class MqttMessager:
         except asyncio.QueueFull:
             self.stats.inbox_dropped += 1
             logger.warning("mqtt: inbox full (%d); dropped a message on %s", self.config.inbox_max, msg.topic)
+            if self.on_inbox_full is not None and self._loop is not None:
+                self._loop.call_soon(self.on_inbox_full, msg)  # not from inside paho's callback
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         fut = self._sub_waiters.get(mid)
