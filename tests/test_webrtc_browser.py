@@ -110,6 +110,32 @@ async def test_webrtc_browser_page_reconnect_keeps_source_and_closing_tab_cleans
         await asyncio.sleep(0.2)
 
 
+async def test_webrtc_browser_page_refuses_a_question_over_the_message_limit(webrtc_server, chromium):
+    """The server drops data-channel messages over max_message_bytes; the page says so instead of waiting forever."""
+    got: list[str] = []
+    webrtc_server.on_data_message = lambda source, peer_id, text: got.append(text)
+    context = await chromium.new_context()
+    page = await context.new_page()
+    try:
+        await page.goto(f"{webrtc_server.url}/?source=long&res=640x480&fps=30&autostart=1")
+        await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", timeout=20000)
+        too_long = "why " * (webrtc_server.config.max_message_bytes // 4)
+        await page.fill("#question", too_long)
+        await page.click("#ask-button")
+        await page.wait_for_function("document.getElementById('log').innerText.includes('too long')", timeout=5000)
+        assert await page.evaluate("Object.keys(window.agentPage.answers).length") == 0
+        assert await page.input_value("#question") == too_long  # kept, to be shortened
+        await page.fill("#question", "short?")
+        await page.click("#ask-button")
+        deadline = time.monotonic() + 10
+        while not got:
+            assert time.monotonic() < deadline, "the short question never arrived"
+            await asyncio.sleep(0.05)
+        assert [json.loads(t)["question"] for t in got] == ["short?"]
+    finally:
+        await context.close()
+
+
 RECORD_MEDIA = """
 window.__streams = []; window.__pcs = [];
 const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);

@@ -8,6 +8,7 @@ const page = (window.agentPage = {
   pc: null, dc: null, stream: null, peerId: null, source: null,
   state: "idle", answers: {}, messages: 0, errors: [],
   attempt: 0,  // bumped by stop() and connect(): an older connect() that sees it change gives up
+  maxMessageBytes: null,  // the server drops longer data-channel messages (from /webrtc-config)
 });
 
 function log(text) {
@@ -73,6 +74,7 @@ async function connect() {
   setPill("pc-state", "connecting");
   try {
     const config = await (await fetch("webrtc-config")).json();
+    page.maxMessageBytes = config.maxMessageBytes || null;
     const stream = await openCamera();
     if (superseded()) { stream.getTracks().forEach((t) => t.stop()); return; }
     // from here on page.pc/page.stream are this attempt's: a later stop() closes them
@@ -191,7 +193,13 @@ function ask(event) {
   const id = (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).slice(0, 12);
   const message = { id, question, stream: true };
   if (page.source) message.source = page.source;
-  page.dc.send(JSON.stringify(message));
+  const text = JSON.stringify(message);
+  const bytes = new TextEncoder().encode(text).length;
+  if (page.maxMessageBytes && bytes > page.maxMessageBytes) {  // the server would drop it: no answer would come
+    log(`question too long: ${bytes} bytes, the server takes at most ${page.maxMessageBytes}`);
+    return;
+  }
+  page.dc.send(text);
   answerBox(id, question);
   $("question").value = "";
 }
