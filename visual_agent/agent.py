@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -616,8 +615,3 @@ def _llm_error(exc: Exception, provider: str) -> QuestionError:
         return QuestionError(ErrorType.LLM_ERROR, f"{type(exc).__name__}: {exc}")
     logger.error("agent: unexpected %s: %s", type(exc).__name__, exc, exc_info=exc)
     return QuestionError(ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}")
-
-
-def answer_json(answer: Answer) -> str:
-    """The answer as JSON text (the data channel's form)."""
-    return json.dumps(answer.as_dict(), ensure_ascii=False)
