@@ -61,6 +61,10 @@ def test_webrtc_config_from_mapping_and_masking():
         WebRTCConfig(max_peers=0)
     with pytest.raises(WebRTCConfigError, match="stun:/turn:"):
         WebRTCConfig(ice_servers=["http://example.org"])
+    with pytest.raises(WebRTCConfigError, match="host_candidate_addresses.*'localhost'"):
+        WebRTCConfig(host_candidate_addresses=["localhost"])  # checked when the config is read, not at start()
+    with pytest.raises(WebRTCConfigError, match="peer_idle_timeout_s"):
+        WebRTCConfig(peer_idle_timeout_s=0)
     assert SourceConfig(name="cam", kind="v4l2", url="/dev/video0").kind is SourceKind.V4L2
 
 

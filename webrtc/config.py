@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
@@ -193,10 +194,15 @@ class WebRTCConfig:
                 raise WebRTCConfigError(f"webrtc.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.buffer_max_seconds <= 0 or self.first_frame_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise WebRTCConfigError("webrtc.buffer_max_seconds, first_frame_timeout_s and connect_timeout_s must be > 0")
+        if self.peer_idle_timeout_s is not None and self.peer_idle_timeout_s <= 0:
+            raise WebRTCConfigError(f"webrtc.peer_idle_timeout_s must be > 0 or None, got {self.peer_idle_timeout_s!r}")
         if self.host_candidate_addresses is not None:
             if isinstance(self.host_candidate_addresses, str):
                 self.host_candidate_addresses = [self.host_candidate_addresses]
-            self.host_candidate_addresses = [str(a) for a in self.host_candidate_addresses]
+            try:  # the form `restrict_host_addresses` takes at start(); a mistake shows when the config is read
+                self.host_candidate_addresses = [str(ipaddress.ip_address(a)) for a in self.host_candidate_addresses]
+            except ValueError as exc:
+                raise WebRTCConfigError(f"webrtc.host_candidate_addresses: {exc} (give IP addresses)") from None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "WebRTCConfig":
