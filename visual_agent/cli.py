@@ -90,7 +90,7 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
     if not mqtt.enabled:
         print("error: MQTT is disabled in this config (mqtt.enabled: false)", file=sys.stderr)
         return EXIT_USAGE
-    cfg = mqtt.model_copy(update={"protocol": MqttProtocol.V311}) if mqtt.embedded else mqtt
+    cfg = mqtt.for_client()
     t = topics(mqtt.prefix)
     qid = args.id or uuid.uuid4().hex[:12]
     client_id = f"visual-agent-ask-{uuid.uuid4().hex[:8]}"
@@ -184,11 +184,10 @@ async def _check_broker(config: Config, timeout: float) -> bool:
         if _port_free(host, port):
             print(f"mqtt    OK    embedded broker: `visual-agent run` will start one on {host}:{port} (the port is free)")
             return True
-        cfg = mqtt.model_copy(update={"protocol": MqttProtocol.V311})
         what = f"embedded broker port {host}:{port} is in use; "
     else:
-        cfg, what = mqtt, ""
-    messager = MqttMessager(cfg, persistent_session=False, name="check")
+        what = ""
+    messager = MqttMessager(mqtt.for_client(), persistent_session=False, name="check")
     try:
         await messager.start(timeout=timeout)
     except MessagingError as exc:

@@ -263,6 +263,11 @@ class MqttConfig(_Section):
         """True when no broker is configured (the daemon starts one)."""
         return self.host is None
 
+    def for_client(self) -> "MqttConfig":
+        """The settings a client connects with: the embedded broker (amqtt) speaks only MQTT 3.1.1, so ask for that
+        at once instead of waiting for MQTT 5 to time out."""
+        return self.model_copy(update={"protocol": MqttProtocol.V311}) if self.embedded else self
+
     def broker_address(self) -> tuple[str, int]:
         """(host, port) to connect to: the configured broker, or the embedded one."""
         return ("127.0.0.1", self.embedded_port) if self.host is None else (self.host, self.port)

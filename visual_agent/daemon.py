@@ -17,7 +17,7 @@ from typing import Any
 
 from .agent import VisualAgent, topics
 from .broker import EmbeddedBroker
-from .config import Config, EmbeddingsMode, MqttProtocol
+from .config import Config, EmbeddingsMode
 from .errors import ConfigError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
 from .mqtt import MqttMessager
@@ -114,13 +114,11 @@ class Daemon:
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
         host, port = mqtt.broker_address()
-        cfg = mqtt
         if mqtt.embedded:
             self.broker = await EmbeddedBroker(mqtt.embedded_port).start()
             port = self.broker.port or port
-            cfg = mqtt.model_copy(update={"protocol": MqttProtocol.V311})  # amqtt speaks 3.1.1 only
         t = topics(mqtt.prefix)
-        self.messager = MqttMessager(cfg, host=host, port=port, status_topic=t["status"], name="mqtt")
+        self.messager = MqttMessager(mqtt.for_client(), host=host, port=port, status_topic=t["status"], name="mqtt")
         # Do not wait: the page must come up even while the broker is away; the messager keeps trying.
         await self.messager.start(wait=False)
         with contextlib.suppress(Exception):
