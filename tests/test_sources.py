@@ -159,6 +159,9 @@ def test_sources_config_rejects_bad_values():
         SourceConfig.from_mapping({"name": "x", "url": "a.mp4", "looping": True})
     cfg = SourceConfig(name="door", kind="rtsp", url="rtsp://admin:hunter2@10.0.0.5/stream")
     assert "hunter2" not in repr(cfg) and "***" in repr(cfg)
+    # FFmpeg takes the last '@' before the path as the end of the password, so a password may hold '@'
+    cfg = SourceConfig(name="door", kind="rtsp", url="rtsp://admin:p@ss:w0rd@10.0.0.5:554/stream?channel=1")
+    assert "url='rtsp://admin:***@10.0.0.5:554/stream?channel=1'" in repr(cfg)
 
 
 async def test_sources_unreachable_rtsp_reports_error_without_password(webrtc_server_factory):

@@ -219,5 +219,8 @@ def _known(cls: type, data: Mapping[str, Any], section: str) -> dict[str, Any]:
 
 
 def mask_url_secrets(text: str) -> str:
-    """Hide passwords in ``scheme://user:password@host`` URLs anywhere in `text`."""
-    return re.sub(r"(://[^:/@\s]+:)[^@/\s]*@", r"\1***@", text)
+    """Hide passwords in ``scheme://user:password@host`` URLs anywhere in `text`.
+
+    Like FFmpeg, the password runs to the last ``@`` before the path, so one holding ``@`` is hidden whole.
+    """
+    return re.sub(r"(://[^:/@\s]+:)[^/?#\s]*@", r"\1***@", text)
