@@ -68,6 +68,13 @@ OTHER_OPTIONS = frozenset(
 FETCH_TIMEOUT_S = 30.0
 
 
+def _is_vllm_client_error(exc: BaseException) -> bool:
+    """vLLM's errors caused by the request (its validation errors are not ValueErrors)."""
+    from vllm.exceptions import VLLMClientError
+
+    return isinstance(exc, VLLMClientError)
+
+
 class VLLMNativeProvider(LLMProvider):
     """vLLM in this process; the provider that takes precomputed image embeddings (with `enable_mm_embeds`)."""
 
@@ -226,7 +233,7 @@ class VLLMNativeProvider(LLMProvider):
     def _engine_error(self, exc: BaseException) -> Exception:
         if isinstance(exc, EngineError):
             return exc
-        if isinstance(exc, (ValueError, TypeError)):
+        if isinstance(exc, (ValueError, TypeError)) or _is_vllm_client_error(exc):
             return BadRequestError(f"the engine refused the request: {exc}", endpoint=self.endpoint)
         return EngineError(f"the engine failed: {type(exc).__name__}: {exc}", endpoint=self.endpoint)
 
@@ -320,6 +327,7 @@ class VLLMNativeProvider(LLMProvider):
         return await asyncio.to_thread(lambda: [load_image(s, fetched=fetched.get(i)) for i, s in enumerate(sources)])
 
     def _sampling_params(self, opts: dict[str, Any]) -> Any:
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         opts = {**opts, **(opts.pop("extra_body", None) or {})}
@@ -334,15 +342,26 @@ class VLLMNativeProvider(LLMProvider):
         if opts.get("guided_json") is not None:
             structured = {"json": opts["guided_json"]}
         response_format = opts.get("response_format") or {}
+        if not isinstance(response_format, Mapping):
+            raise BadRequestError(
+                f"response_format must be a dict such as {{'type': 'json_object'}}, got {response_format!r}",
+                endpoint=self.endpoint,
+            )
         if response_format.get("type") == "json_schema":
-            structured = {"json": response_format["json_schema"].get("schema", {})}
+            json_schema = response_format.get("json_schema")
+            if not isinstance(json_schema, Mapping):
+                raise BadRequestError(
+                    "response_format of type json_schema needs a 'json_schema' dict holding the 'schema'",
+                    endpoint=self.endpoint,
+                )
+            structured = {"json": json_schema.get("schema", {})}
         elif response_format.get("type") == "json_object":
             structured = {"json_object": True}
-        if structured is not None and not isinstance(structured, StructuredOutputsParams):
-            structured = StructuredOutputsParams(**structured)
         try:
+            if structured is not None and not isinstance(structured, StructuredOutputsParams):
+                structured = StructuredOutputsParams(**structured)
             return SamplingParams(output_kind=RequestOutputKind.DELTA, structured_outputs=structured, **values)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, VLLMClientError) as exc:
             raise BadRequestError(f"bad sampling options: {exc}", endpoint=self.endpoint) from exc
 
     def _parse_tool_calls(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:

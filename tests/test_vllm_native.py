@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from providers import (
+    BadRequestError,
     EmbeddingShapeError,
     EmbeddingsNotSupportedError,
     MessageFormatError,
@@ -328,3 +329,25 @@ async def test_vllm_native_reads_png_from_url_bytes_and_data_url(native_provider
         assert info.value.status == 404
     finally:
         await runner.cleanup()
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_malformed_options_are_bad_requests(native_provider):
+    # The HTTP providers send these to the server, which answers 400 (BadRequestError); in-process they must
+    # be the same clear error, not a KeyError/TypeError from deep inside.
+    cases = [
+        {"response_format": {"type": "json_schema"}},  # no json_schema
+        {"response_format": "json"},
+        {"structured_outputs": {"jsn": {"type": "object"}}},
+        {"top_p": 5},  # vLLM's own validation errors are no ValueError
+    ]
+    for opts in cases:
+        with pytest.raises(BadRequestError):
+            await native_provider.achat([{"role": "user", "content": "hi"}], **opts)
+    with pytest.raises(BadRequestError, match="refused"):  # longer than max_model_len: refused by the engine
+        await native_provider.achat([{"role": "user", "content": "word " * 2000}])
+    answer = await native_provider.achat(
+        [{"role": "user", "content": "hi"}], max_tokens=2, response_format={"type": "json_object"}
+    )
+    assert answer.usage.completion_tokens >= 1
