@@ -316,6 +316,14 @@ async def test_webrtc_server_drops_peer_whose_video_stops(webrtc_server_factory)
         assert server.get_buffer("frozen").state.value == "ended"
 
 
+async def test_webrtc_server_url_of_an_ipv6_host_is_usable(webrtc_server_factory):
+    server = await webrtc_server_factory(WebRTCConfig(host="::1", port=0, host_candidate_addresses=["127.0.0.1"]))
+    assert server.url == f"http://[::1]:{server.port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/healthz") as r:
+            assert r.status == 200
+
+
 async def test_webrtc_server_close_is_idempotent_and_cancels_everything(webrtc_server_factory):
     before = tasks_now()
     server = await webrtc_server_factory()

@@ -154,8 +154,9 @@ class WebRTCServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the running server."""
-        return f"http://{self.config.host}:{self.port}"
+        """``http://host:port`` of the running server (``http://[::1]:port`` for an IPv6 host)."""
+        host = self.config.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     # --- the daemon's API ----------------------------------------------------------------------
 
