@@ -447,22 +447,33 @@ class VisualAgent:
         self._spawn(self._answer_mqtt(question, reply_to, msg.correlation_data, timing), f"agent-question-{question.id}")
 
     async def _answer_mqtt(self, question: Question, reply_to: str, correlation: bytes | None, timing: QuestionTiming) -> None:
+        async def send_partial(payload: bytes) -> None:
+            await self.messager.publish(self.topics["partial"], payload)
+
+        async def send_answer(answer: Answer) -> None:
+            await self.messager.publish(reply_to, answer.payload(), correlation_data=correlation)
+            timing.published_at = time.monotonic()
+            self.timings.append(timing)
+
+        await self._answer_and_send(question, send_partial, send_answer, timing)
+
+    async def _answer_and_send(self, question: Question, send_partial: Callable[[bytes], Awaitable[None]],
+                               send_answer: Callable[[Answer], Awaitable[None]], timing: QuestionTiming | None = None) -> None:
+        """Answer `question`, streaming partials when it (or the config) asks, and send the answer; when cancelled
+        (shutdown), send a `shutdown` answer instead. MQTT and the data channel differ only in `send_*`."""
         stream = self.config.stream if question.stream is None else question.stream
-        partial_topic = self.topics["partial"]
+        received_at = time.monotonic() if timing is None else timing.received_at
 
         async def on_partial(seq: int, delta: str) -> None:
-            await self.messager.publish(partial_topic, partial_payload(question.id, seq, delta))
+            await send_partial(partial_payload(question.id, seq, delta))
 
         try:
-            answer = await self.ask(question, on_partial=on_partial if stream else None, received_at=timing.received_at, timing=timing)
+            answer = await self.ask(question, on_partial=on_partial if stream else None, received_at=received_at, timing=timing)
         except asyncio.CancelledError:
-            answer = Answer.failed(question, QuestionError(ErrorType.SHUTDOWN, "the daemon stopped before the answer was ready"),
-                                   provider=self.provider_name, latency_s=time.monotonic() - timing.received_at)
-            await self.messager.publish(reply_to, answer.payload(), correlation_data=correlation)
+            await send_answer(Answer.failed(question, QuestionError(ErrorType.SHUTDOWN, "the daemon stopped before the answer was ready"),
+                                            provider=self.provider_name, latency_s=time.monotonic() - received_at))
             raise
-        await self.messager.publish(reply_to, answer.payload(), correlation_data=correlation)
-        timing.published_at = time.monotonic()
-        self.timings.append(timing)
+        await send_answer(answer)
         await self._notify(answer, Trigger.QUESTION)
 
     async def _notify(self, answer: Answer, trigger: Trigger) -> None:
@@ -494,21 +505,15 @@ class VisualAgent:
         self._spawn(self._answer_peer(question, peer_id), f"agent-question-{question.id}")
 
     async def _answer_peer(self, question: Question, peer_id: str) -> None:
-        stream = self.config.stream if question.stream is None else question.stream
+        async def send_partial(payload: bytes) -> None:
+            await self._send_peer(peer_id, payload)
 
-        async def on_partial(seq: int, delta: str) -> None:
-            await self._send_peer(peer_id, partial_payload(question.id, seq, delta))
+        async def send_answer(answer: Answer) -> None:
+            await self._send_peer(peer_id, answer.payload())
+            if self.messager is not None:  # a copy for MQTT listeners (dashboards, Home Assistant)
+                await self.messager.publish(self.topics["answer"], answer.payload())
 
-        try:
-            answer = await self.ask(question, on_partial=on_partial if stream else None)
-        except asyncio.CancelledError:
-            await self._send_peer(peer_id, Answer.failed(question, QuestionError(
-                ErrorType.SHUTDOWN, "the daemon stopped before the answer was ready"), provider=self.provider_name).payload())
-            raise
-        await self._send_peer(peer_id, answer.payload())
-        if self.messager is not None:
-            await self.messager.publish(self.topics["answer"], answer.payload())
-        await self._notify(answer, Trigger.QUESTION)
+        await self._answer_and_send(question, send_partial, send_answer)
 
     async def _send_peer(self, peer_id: str, payload: bytes) -> None:
         try:
