@@ -288,7 +288,8 @@ class MqttMessager:
         response_topic: str | None = None,
         wait: bool = False,
     ) -> None:
-        """Publish, or keep it in the outbox while offline. With `wait`, return once the broker acknowledged it.
+        """Publish, or keep it in the outbox while offline. With `wait` and a connection, return once the broker
+        acknowledged it (while offline, `wait` does not wait: the message goes out after the reconnect).
 
         `correlation_data` and `response_topic` are MQTT 5 properties (dropped on 3.1.1).
         """
