@@ -166,7 +166,7 @@ class VLLMNativeProvider(LLMProvider):
 
     async def achat(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> ChatResponse:
         started = time.perf_counter()
-        tools = opts.get("tools") if opts.get("tool_choice", "auto") != "none" else None
+        tools = self._check_tools(opts)
         text: list[str] = []
         token_ids: list[int] = []
         prompt_tokens = 0
@@ -204,15 +204,16 @@ class VLLMNativeProvider(LLMProvider):
 
     async def _generate(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> AsyncIterator[Any]:
         # Config problems are refused before anything is loaded: they should not cost an engine start.
-        self._check_tools(opts)
-        if not self.config.enable_mm_embeds and has_embeddings(normalize_messages(messages)):
+        tools = self._check_tools(opts)
+        normalized = normalize_messages(messages)
+        if not self.config.enable_mm_embeds and has_embeddings(normalized):
             raise EmbeddingsNotSupportedError(
                 "this VLLMNativeProvider was configured without enable_mm_embeds; set enable_mm_embeds: true "
                 "to pass precomputed image embeddings",
                 endpoint=self.endpoint,
             )
         await self.start()
-        prompt, params = await self._prepare(messages, dict(opts))
+        prompt, params = await self._prepare(normalized, tools, dict(opts))
         request_id = f"va-{self._prefix}-{next(self._ids)}"
         sink = self._worker.submit(request_id, prompt, params)
         done = False
@@ -237,11 +238,11 @@ class VLLMNativeProvider(LLMProvider):
             return BadRequestError(f"the engine refused the request: {exc}", endpoint=self.endpoint)
         return EngineError(f"the engine failed: {type(exc).__name__}: {exc}", endpoint=self.endpoint)
 
-    async def _prepare(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> tuple[dict, Any]:
-        normalized = normalize_messages(messages)
+    async def _prepare(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None, opts: dict[str, Any]
+    ) -> tuple[dict, Any]:
         params = self._sampling_params(opts)
-        tools = self._check_tools(opts)
-        conversation, images, embeddings = self._conversation(normalized)
+        conversation, images, embeddings = self._conversation(messages)
         if images and embeddings:
             raise MessageFormatError(
                 "one request cannot mix raw images and image embeddings (vLLM takes one kind per modality)",
