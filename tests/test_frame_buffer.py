@@ -160,6 +160,17 @@ async def test_frame_buffer_attach_replaces_track_and_clears_old_frames():
     assert buf.drain_task is None and buf.state is BufferState.ENDED
 
 
+async def test_frame_buffer_detach_before_any_frame_ends_the_buffer():
+    """A peer that connected and left without a frame: its buffer says ended, not still waiting for a first frame."""
+    buf = FrameBuffer("cam")
+    buf.attach(QueueTrack())
+    await asyncio.sleep(0)
+    await buf.detach()
+    assert buf.state is BufferState.ENDED and buf.latest() is None
+    with pytest.raises(FrameTimeoutError, match="state: ended"):
+        await buf.wait_for_frame(0.05)
+
+
 async def test_frame_buffer_track_error_is_recorded_not_raised():
     track = QueueTrack()
     buf = FrameBuffer("cam")

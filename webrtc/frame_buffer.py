@@ -224,7 +224,7 @@ class FrameBuffer:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._state is BufferState.LIVE:
+        if task is not None or self._state is BufferState.LIVE:  # a track was attached, or put() fed it
             self._state = BufferState.ENDED
         self._wake()
 
