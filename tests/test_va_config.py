@@ -114,6 +114,13 @@ def test_config_llm_without_provider_is_vllm_everywhere():
     assert type(create_provider(cfg.llm)).__name__ == "VLLMProvider"
 
 
+def test_config_agent_frames_bounded_by_max_frames_not_by_the_default():
+    cfg = parse_config({"agent": {"frames": 12, "max_frames": 16}}, environ={})
+    assert (cfg.agent.frames, cfg.agent.max_frames) == (12, 16)
+    with pytest.raises(ConfigError, match="agent: frames \\(4\\) must be at most max_frames \\(2\\)"):
+        parse_config({"agent": {"frames": 4, "max_frames": 2}}, environ={})
+
+
 def test_config_bad_yaml_and_missing_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("mqtt: [\n")

@@ -131,8 +131,8 @@ class AgentConfig(_Section):
     """System message of every conversation."""
     default_source: str | None = None
     """Source of questions that name none; None: the only source, else the first configured or connected."""
-    frames: int = Field(DEFAULT_FRAMES, ge=1, le=DEFAULT_MAX_FRAMES)
-    """Frames per question when the question does not say: 1 = the newest."""
+    frames: int = Field(DEFAULT_FRAMES, ge=1)
+    """Frames per question when the question does not say: 1 = the newest; at most `max_frames`."""
     max_frames: int = Field(DEFAULT_MAX_FRAMES, ge=1)
     """Most frames a question may ask for."""
     window_s: float = Field(DEFAULT_WINDOW_S, gt=0)
@@ -157,6 +157,12 @@ class AgentConfig(_Section):
     """Scene-change descriptions."""
     shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
     """On SIGTERM, in-flight questions get this long to finish before they are failed."""
+
+    @model_validator(mode="after")
+    def _frames_within_max(self) -> "AgentConfig":
+        if self.frames > self.max_frames:
+            raise ValueError(f"frames ({self.frames}) must be at most max_frames ({self.max_frames})")
+        return self
 
 
 class MqttProtocol(str, enum.Enum):
