@@ -57,7 +57,7 @@ def percentile(values: list[float], q: float) -> float:
 
 # --- sender (child process) ---------------------------------------------------------------------
 
-def record_encoded_frames(path: Path, codec: str) -> list[bytes]:
+def record_encoded_frames(codec: str) -> list[bytes]:
     """Wrap aiortc's encoder so each encoded frame's bitstream is also kept (bench only; private hooks)."""
     frames: list[bytes] = []
     if codec == "VP8":
@@ -88,7 +88,7 @@ def record_encoded_frames(path: Path, codec: str) -> list[bytes]:
 async def run_sender(args: argparse.Namespace) -> None:
     from tests.fixtures.webrtc import CounterVideoTrack, publish
 
-    recorded = record_encoded_frames(Path(args.record), args.codec)
+    recorded = record_encoded_frames(args.codec)
     track = CounterVideoTrack(args.width, args.height, fps=args.fps, moving=args.content == "moving")
     cpu0, t0 = time.process_time(), time.monotonic()
     async with publish(args.url, track, source="bench", codec=args.codec):
