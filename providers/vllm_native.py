@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -66,6 +67,36 @@ OTHER_OPTIONS = frozenset(
     {"tools", "tool_choice", "structured_outputs", "guided_json", "response_format", "max_completion_tokens", "extra_body"}
 )
 FETCH_TIMEOUT_S = 30.0
+
+
+_CPU_THREADS_LOGGER = "vllm.v1.worker.cpu_worker"
+_CPU_THREADS_WARNING = "CPU backend doesn't allow to use `torch.set_num_threads`"
+
+
+class _FirstCpuThreadsWarningOnly(logging.Filter):
+    """Lets vLLM's CPU-worker warning about `torch.set_num_threads` through once, then drops its repeats.
+
+    With the engine in this process, vLLM's CPU worker replaces `torch.set_num_threads` process-wide by a function
+    that only logs this warning, and vLLM's own renderer calls it twice around every multimodal request
+    (`set_default_torch_num_threads` in vllm/renderers/base.py): two warnings per question, about a call that
+    vLLM itself makes and skips. Only this message of this logger is touched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(_CPU_THREADS_WARNING):
+            return True
+        seen, self._seen = self._seen, True
+        return not seen
+
+
+def _quiet_repeated_cpu_threads_warning() -> None:
+    logger = logging.getLogger(_CPU_THREADS_LOGGER)
+    if not any(isinstance(f, _FirstCpuThreadsWarningOnly) for f in logger.filters):
+        logger.addFilter(_FirstCpuThreadsWarningOnly())
 
 
 def _is_vllm_client_error(exc: BaseException) -> bool:
@@ -130,6 +161,7 @@ class VLLMNativeProvider(LLMProvider):
             if self._worker is not None:
                 return
             if self._booting is None:
+                _quiet_repeated_cpu_threads_warning()
                 args = self.engine_args()
 
                 def build():

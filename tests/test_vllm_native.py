@@ -351,3 +351,23 @@ async def test_vllm_native_malformed_options_are_bad_requests(native_provider):
         [{"role": "user", "content": "hi"}], max_tokens=2, response_format={"type": "json_object"}
     )
     assert answer.usage.completion_tokens >= 1
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_cpu_thread_warning_not_repeated_per_image_request(native_provider):
+    # vLLM's CPU worker replaces torch.set_num_threads, process-wide, by a function that logs a warning, and
+    # vLLM's own renderer calls it twice around every multimodal request: two warnings per question.
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("vllm.v1.worker.cpu_worker")
+    logger.addHandler(handler)
+    try:
+        for i in range(3):
+            await native_provider.achat(_ask(_image(40 + i)), max_tokens=1)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "torch.set_num_threads" in r.getMessage()]
