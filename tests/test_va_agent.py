@@ -486,3 +486,38 @@ async def test_agent_answers_busy_for_questions_a_full_inbox_dropped(running_mos
     assert messager.stats.inbox_dropped == 2
     assert sorted(a["id"] for a in busy) == ["q1", "q2"] and {a["error"]["type"] for a in busy} == {"busy"}
     assert last["id"] == "q0" and last["error"]["type"] == "shutdown"
+
+
+async def test_agent_error_answer_masks_a_password_in_the_llm_url():
+    """Error answers go to every MQTT listener: a user:token@ in the LLM's base_url is not in them."""
+    import av
+    import numpy as np
+
+    from visual_agent.messages import Question
+    from webrtc import FrameBuffer
+
+    class OneCamera:
+        def __init__(self):
+            self.buffer = FrameBuffer("desk")
+
+        def source_names(self):
+            return ["desk"]
+
+        def get_buffer(self, name):
+            return self.buffer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    camera = OneCamera()
+    camera.buffer.put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
+    llm = create_provider({"provider": "openai", "base_url": f"http://me:tok-secret@127.0.0.1:{closed}/v1",
+                           "model_name": "m", "max_retries": 0, "timeout": 5})
+    agent = VisualAgent(llm=llm, webrtc_driver=camera)
+    try:
+        answer = await agent.ask(Question(question="anyone?"))
+    finally:
+        await agent.close()
+        await llm.aclose()
+    assert answer.error["type"] == "llm_unreachable", answer.error
+    assert "tok-secret" not in answer.payload().decode() and "127.0.0.1" in answer.error["message"]

@@ -82,3 +82,16 @@ async def test_cli_run_sigint_exits_0_and_never_logs_secrets(tmp_path, stub_llm)
     assert code == 0, log
     assert secret not in log and secret not in out + err
     assert "stopped" in log
+
+
+async def test_cli_check_masks_a_password_in_the_llm_url(tmp_path):
+    closed = free_tcp_port()
+    cfg = write_config(tmp_path / "c.yaml", {
+        "llm": {"provider": "openai", "base_url": f"http://me:tok-secret@127.0.0.1:{closed}/v1", "model_name": "m",
+                "max_retries": 0, "timeout": 2},
+        "mqtt": {"enabled": False},
+        "webrtc": {"port": 0},
+    })
+    rc, out, err = await run_cli("check", "--config", str(cfg), "--timeout", "2")
+    assert rc == 1 and "llm     FAIL" in out, out + err
+    assert "tok-secret" not in out + err and f"127.0.0.1:{closed}" in out

@@ -608,15 +608,22 @@ def _model_name(llm: Any) -> str | None:
 
 
 def _llm_error(exc: Exception, provider: str) -> QuestionError:
-    """Map a provider failure to an answer error (providers' tree, by class name so any provider works)."""
+    """Map a provider failure to an answer error (providers' tree, by class name so any provider works).
+
+    The message goes out to every MQTT listener: a password in the endpoint URL (user:token@) is masked.
+    """
+    from webrtc.config import mask_url_secrets
+
     names = {cls.__name__ for cls in type(exc).__mro__}
     where = getattr(exc, "endpoint", None)
     suffix = f" ({where})" if where else ""
     if "ProviderConnectionError" in names or isinstance(exc, ConnectionError):
-        return QuestionError(ErrorType.LLM_UNREACHABLE, f"the LLM{suffix} cannot be reached: {exc}; is it running? `visual-agent check` says what is wrong")
-    if "ProviderTimeoutError" in names:
-        return QuestionError(ErrorType.TIMEOUT, f"the LLM{suffix} did not answer in time: {exc}")
-    if "ProviderError" in names:
-        return QuestionError(ErrorType.LLM_ERROR, f"{type(exc).__name__}: {exc}")
-    logger.error("agent: unexpected %s: %s", type(exc).__name__, exc, exc_info=exc)
-    return QuestionError(ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}")
+        kind, text = ErrorType.LLM_UNREACHABLE, f"the LLM{suffix} cannot be reached: {exc}; is it running? `visual-agent check` says what is wrong"
+    elif "ProviderTimeoutError" in names:
+        kind, text = ErrorType.TIMEOUT, f"the LLM{suffix} did not answer in time: {exc}"
+    elif "ProviderError" in names:
+        kind, text = ErrorType.LLM_ERROR, f"{type(exc).__name__}: {exc}"
+    else:
+        logger.error("agent: unexpected %s: %s", type(exc).__name__, mask_url_secrets(str(exc)), exc_info=exc)
+        kind, text = ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}"
+    return QuestionError(kind, mask_url_secrets(text))

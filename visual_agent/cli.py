@@ -224,7 +224,9 @@ async def _check_llm(config: Config, timeout: float) -> bool:
             return False
         models = await asyncio.wait_for(llm.list_models(), timeout)
     except Exception as exc:
-        print(f"llm     FAIL  {config.describe_llm()}: {type(exc).__name__}: {exc}")
+        from webrtc.config import mask_url_secrets
+
+        print(f"llm     FAIL  {config.describe_llm()}: {mask_url_secrets(f'{type(exc).__name__}: {exc}')}")
         print("              is the server running? set llm.base_url / llm.api_key (VISUAL_AGENT__LLM__API_KEY)")
         return False
     finally:

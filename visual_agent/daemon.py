@@ -139,9 +139,12 @@ class Daemon:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.llm_state = {"state": "unreachable", "detail": f"{type(exc).__name__}: {exc}"}
+            from webrtc.config import mask_url_secrets
+
+            detail = mask_url_secrets(f"{type(exc).__name__}: {exc}")  # the endpoint may hold user:token@
+            self.llm_state = {"state": "unreachable", "detail": detail}
             logger.warning("LLM %s is not reachable: %s. The page and MQTT work; questions get error answers until it "
-                           "is up (`visual-agent check` says what to fix)", self.config.describe_llm(), exc)
+                           "is up (`visual-agent check` says what to fix)", self.config.describe_llm(), detail)
             return
         self.llm_state = {"state": "ok", "models": models, "probe_s": round(time.monotonic() - started, 3)}
         logger.info("LLM reachable; models: %s", ", ".join(map(str, models)) or "none listed")
