@@ -136,6 +136,23 @@ async def test_webrtc_browser_page_refuses_a_question_over_the_message_limit(web
         await context.close()
 
 
+async def test_webrtc_browser_page_takes_a_resolution_and_rate_missing_from_its_lists(webrtc_server, chromium):
+    """?res=800x600&fps=25 are not among the page's choices: they are added, not turned into a 0x0, 0-fps camera."""
+    context = await chromium.new_context()
+    page = await context.new_page()
+    try:
+        await page.goto(f"{webrtc_server.url}/?source=odd&res=800x600&fps=25&autostart=1")
+        await page.wait_for_function("window.agentPage.state === 'connected'", timeout=20000)
+        settings = await page.evaluate("(() => { const s = window.agentPage.stream.getVideoTracks()[0].getSettings();"
+                                       " return [s.width, s.height, s.frameRate]; })()")
+        assert settings == [800, 600, 25]
+        assert await page.input_value("#resolution") == "800x600" and await page.input_value("#fps") == "25"
+        first = await webrtc_server.get_buffer("odd").wait_for_frame(15)
+        await webrtc_server.get_buffer("odd").wait_for_frame(10, newer_than=first.seq + 10)
+    finally:
+        await context.close()
+
+
 RECORD_MEDIA = """
 window.__streams = []; window.__pcs = [];
 const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);

@@ -209,11 +209,18 @@ window.addEventListener("pagehide", () => { if (page.pc) page.pc.close(); });  /
 $("stop").addEventListener("click", stop);
 $("ask-form").addEventListener("submit", ask);
 
+// a value the list lacks is added to it (setting it alone would leave the list empty: a 0x0, 0-fps camera)
+function choose(select, value, pattern) {
+  if (!pattern.test(value)) { log(`ignored ${select.id}=${value}`); return; }
+  if (![...select.options].some((o) => o.value === value)) select.add(new Option(value.replace("x", "×"), value));
+  select.value = value;
+}
+
 (function applyUrlParameters() {
   const params = new URLSearchParams(location.search);
   if (params.get("source")) $("source").value = params.get("source");
-  if (params.get("res")) $("resolution").value = params.get("res");
-  if (params.get("fps")) $("fps").value = params.get("fps");
+  if (params.get("res")) choose($("resolution"), params.get("res"), /^[1-9]\d{1,4}x[1-9]\d{1,4}$/);
+  if (params.get("fps")) choose($("fps"), params.get("fps"), /^[1-9]\d{0,2}$/);
   updateButtons();
   if (params.get("autostart") === "1") connect();
 })();
