@@ -1,7 +1,7 @@
 """The `visual-agent` command: `run` (the daemon), `ask` (one question over MQTT), `check` (config and reachability).
 
-Exit codes: 0 success; 1 the answer carried an error, or `check` found a problem; 2 bad usage or config;
-3 no answer in time (`ask`) or the broker cannot be reached.
+Exit codes: 0 success; 1 the answer carried an error, or `check` found a problem; 2 bad usage or config, or `run`
+cannot start (the page's port is taken, ...); 3 no answer in time (`ask`) or the broker cannot be reached.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Which frames: the newest (`k == 1`), or `k` spread over the last `window_s` seconds (`FrameBuffer.window`).
 When: on a question; every N seconds (`agent.periodic_interval_s`); on a scene change, measured as the mean
-absolute difference of 32x18 grey thumbnails (0-1) against the frame of the last description, over a threshold
-and no sooner than `min_gap_s` after the last one. The thumbnail is made by libswscale from the sampled frame
+absolute difference of 32x18 grey thumbnails (0-1) against the frame of the last change (at first, the first frame
+seen), over a threshold and no sooner than `min_gap_s` after the last one. The thumbnail is made by libswscale from the sampled frame
 only, in a worker thread.
 """
 
