@@ -20,9 +20,9 @@ Imports nothing else of this project. The daemon uses it like this::
 Sources: each configured `SourceConfig` (file, rtsp, v4l2) gets a buffer at construction. A browser page
 (POST /offer) or WHIP publisher (POST /whip) gets a buffer when its offer with video is answered, named by the
 offer's ``source`` field (``?source=`` for WHIP) or ``browser-<n>`` / ``whip-<n>``; a second peer with the
-same name replaces the first. When a peer leaves, a named source's buffer stays (state ``ended``, last
-frames readable) and the next peer under that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is
-removed. Peers that never connect (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``)
+same name replaces the first. When a peer leaves, a named source's buffer stays (state ``ended``; its frames
+age out after ``buffer_max_seconds`` as in a live buffer, the newest stays readable) and the next peer under
+that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers that never connect (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``)
 are dropped. `WebRTCServer` and `WebRTCDriver` are the same class.
 
 The page (GET /) sends each question as data-channel text ``{"id", "question", "stream": true, "source"}``;

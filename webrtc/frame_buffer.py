@@ -48,7 +48,8 @@ class BufferState(str, enum.Enum):
     LIVE = "live"
     """A track is attached and delivering."""
     ENDED = "ended"
-    """The track ended (peer gone, file finished); the last frames stay readable."""
+    """The track ended (peer gone, file finished); the last frames stay readable, within `max_seconds` like
+    live ones (the newest for good)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ class FrameBuffer:
         self._new_frame: asyncio.Event | None = None
         self._drain: asyncio.Task[None] | None = None
         self._track: Any = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"FrameBuffer({self.name!r}, state={self._state.value}, buffered={len(self._frames)}, received={self._received})"
@@ -207,9 +209,8 @@ class FrameBuffer:
             logger.warning("source %s: track failed: %s", self.name, self._last_error)
         finally:
             if self._track is track:
-                self._state = BufferState.ENDED
                 self._track = None
-                self._wake()
+                self._end()
 
     def _stop_drain(self) -> asyncio.Task[None] | None:
         task, self._drain = self._drain, None
@@ -225,16 +226,32 @@ class FrameBuffer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if task is not None or self._state is BufferState.LIVE:  # a track was attached, or put() fed it
-            self._state = BufferState.ENDED
-        self._wake()
+            self._end()
+        else:
+            self._wake()
 
     close = detach
 
     def mark_ended(self, error: str | None = None) -> None:
         """Record that the source ended (used by sources that feed with `put`)."""
-        self._state = BufferState.ENDED
         self._last_error = error
+        self._end()
+
+    def _end(self) -> None:
+        self._state = BufferState.ENDED
         self._wake()
+        # no new frame will push the old ones out: trim by age once they are all over max_seconds old
+        if self._expiry is not None:
+            self._expiry.cancel()
+        try:
+            self._expiry = asyncio.get_running_loop().call_later(self.max_seconds, self._expire)
+        except RuntimeError:  # fed with put() outside a loop: nothing to schedule on
+            self._expiry = None
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self._state is BufferState.ENDED:
+            self._trim(time.monotonic())
 
     def _wake(self) -> None:
         if self._new_frame is not None:
