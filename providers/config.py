@@ -1,13 +1,15 @@
 """Typed provider configs built from the seed's dict keys (`base_url`, `vllm_base_url`, `model_name`, ...).
 
 Each provider takes a dict (as read from YAML) or its config object. Unknown keys are refused with the list of
-known ones, so a misspelt key fails at start-up instead of being ignored. `api_key` is masked in every repr.
+known ones, so a misspelt key fails at start-up instead of being ignored. `api_key`, header values and secret-looking
+keys of `extra_body`/`engine_args` (`hf_token`, ...) are masked in every repr.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -46,6 +48,23 @@ C = TypeVar("C")
 
 def _mask(secret: str | None) -> str | None:
     return None if secret is None else "***"
+
+
+# Keys whose values are secrets (api_key, password, hf_token; not max_tokens).
+_SECRET_KEY = re.compile(r"(api[_-]?key|password|passwd|secret|authorization|(^|_)token)$", re.IGNORECASE)
+
+
+def _mask_secret_keys(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` for a repr: values of secret-looking keys (vLLM's `hf_token`, ...) masked, at any depth."""
+    shown: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(key, str) and value and _SECRET_KEY.search(key):
+            shown[key] = "***"
+        elif isinstance(value, Mapping):
+            shown[key] = _mask_secret_keys(value)
+        else:
+            shown[key] = value
+    return shown
 
 
 def _check_sampling(temperature: float, max_tokens: int) -> None:
@@ -99,6 +118,7 @@ class OpenAICompatibleConfig:
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
         shown["api_key"] = _mask(self.api_key)
+        shown["extra_body"] = _mask_secret_keys(self.extra_body)
         if self.default_headers:
             shown["default_headers"] = {k: "***" for k in self.default_headers}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
@@ -155,8 +175,9 @@ class VLLMNativeConfig:
             raise ProviderConfigError(f"engine_args must be a mapping, got {type(self.engine_args).__name__}")
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
-        return f"VLLMNativeConfig({shown})"
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["engine_args"] = _mask_secret_keys(self.engine_args)
+        return f"VLLMNativeConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 # The seed's spellings that differ from the field names.

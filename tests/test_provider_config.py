@@ -57,6 +57,16 @@ def test_config_repr_masks_secrets():
     assert "sk-verysecret" not in repr(llm) and "sk-verysecret" not in repr(llm.config)
 
 
+def test_config_repr_masks_secrets_in_engine_args_and_extra_body():
+    # vllm.EngineArgs takes hf_token; a proxy may want a key in the body. Their keys stay visible, values not.
+    native = VLLMNativeConfig(model_name="m", engine_args={"hf_token": "hf_secret123", "max_num_seqs": 4})
+    assert "hf_secret123" not in repr(native)
+    assert "hf_token" in repr(native) and "'max_num_seqs': 4" in repr(native) and "max_tokens=512" in repr(native)
+    server = VLLMServerConfig(extra_body={"api_key": "body-secret", "top_k": 3})
+    assert "body-secret" not in repr(server) and "'top_k': 3" in repr(server)
+    assert native.engine_args["hf_token"] == "hf_secret123"  # masked in the repr only
+
+
 def test_config_native_requires_model_name():
     with pytest.raises(ProviderConfigError, match="model_name"):
         VLLMNativeConfig(model_name="")
