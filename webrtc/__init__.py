@@ -22,8 +22,9 @@ Sources: each configured `SourceConfig` (file, rtsp, v4l2) gets a buffer at cons
 offer's ``source`` field (``?source=`` for WHIP) or ``browser-<n>`` / ``whip-<n>``; a second peer with the
 same name replaces the first. When a peer leaves, a named source's buffer stays (state ``ended``; its frames
 age out after ``buffer_max_seconds`` as in a live buffer, the newest stays readable) and the next peer under
-that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers that never connect (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``)
-are dropped. `WebRTCServer` and `WebRTCDriver` are the same class.
+that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers that never connect
+(``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCServer` and
+`WebRTCDriver` are the same class.
 
 The page (GET /) sends each question as data-channel text ``{"id", "question", "stream": true, "source"}``;
 it renders partials ``{"id", "seq", "delta"}`` in ``seq`` order and replaces them with the final answer

@@ -3,7 +3,7 @@
 Endpoints (ARCHITECTURE.md):
 
 =========================  ===================================================================
-``GET /``                  the browser page (``static/index.html`` + ``app.js``)
+``GET /``                  the browser page (``static/index.html``; its script is ``GET /app.js``)
 ``GET /webrtc-config``     ICE servers and limits for the page (TURN credentials included)
 ``POST /offer``            JSON ``{"sdp", "type": "offer", "source"?}`` -> ``{"sdp", "type": "answer",
                            "peer_id", "source"}``
