@@ -521,3 +521,25 @@ async def test_agent_error_answer_masks_a_password_in_the_llm_url():
         await llm.aclose()
     assert answer.error["type"] == "llm_unreachable", answer.error
     assert "tok-secret" not in answer.payload().decode() and "127.0.0.1" in answer.error["message"]
+
+
+async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(running_mosquitto, paho_peer, topic_prefix,
+                                                                              webrtc_server, stub_llm):
+    """While in-flight questions get their grace period, a question typed on the page is answered `shutdown`."""
+    peer = paho_peer("5")
+    t = topics(topic_prefix)
+    stub_llm.delay_s = 3.0
+    async with streaming_publisher(webrtc_server) as pub:
+        await pub.wait_open()
+        async with running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, shutdown_grace_s=1.5) as agent:
+            peer.publish(t["ask"], json.dumps({"id": "slow", "question": "?"}))
+            for _ in range(100):
+                if agent.in_flight:
+                    break
+                await asyncio.sleep(0.02)
+            closing = asyncio.ensure_future(agent.close())
+            await asyncio.sleep(0.2)
+            pub.channel.send(json.dumps({"id": "late-page", "question": "still there?"}))
+            got = json.loads(await asyncio.wait_for(pub.messages.get(), 5))
+            await closing
+    assert got["id"] == "late-page" and got["error"]["type"] == "shutdown"

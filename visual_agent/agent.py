@@ -186,16 +186,16 @@ class VisualAgent:
         if self._closed:
             return
         self._closing = True
-        if self.driver is not None and getattr(self.driver, "on_data_message", None) == self.handle_data_message:
-            self.driver.on_data_message = None
         consumers = [t for t in self._tasks if t.get_name() == _MQTT_CONSUMER]
         await _cancel_all([t for t in self._tasks if t not in consumers])  # descriptions stop at once
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         pending = set(self._question_tasks)
-        if pending:  # meanwhile the consumer answers new MQTT questions with `shutdown` (`_admit`)
+        if pending:  # meanwhile new questions (MQTT, the page) get `shutdown` answers (`_admit`)
             logger.info("agent: waiting up to %.1f s for %d question(s) in flight", grace, len(pending))
             _, still = await asyncio.wait(pending, timeout=grace)
             await _cancel_all(list(still))
+        if self.driver is not None and getattr(self.driver, "on_data_message", None) == self.handle_data_message:
+            self.driver.on_data_message = None
         await _cancel_all(consumers)
         self._tasks = []
         if getattr(self.messager, "on_inbox_full", None) == self._refuse_overflow:
