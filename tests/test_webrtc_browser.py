@@ -183,6 +183,30 @@ async def test_webrtc_browser_page_connect_twice_at_once_keeps_one_camera_and_co
         await context.close()
 
 
+async def test_webrtc_browser_page_refused_offer_releases_the_camera(webrtc_server_factory, chromium):
+    """A refused offer (here: the peer limit) shows the error and turns the camera off; Connect tries again."""
+    from tests.fixtures.webrtc import CounterVideoTrack, publish
+    from webrtc import WebRTCConfig
+
+    server = await webrtc_server_factory(WebRTCConfig(port=0, max_peers=1, host_candidate_addresses=["127.0.0.1"]))
+    context = await chromium.new_context()
+    await context.add_init_script(RECORD_MEDIA)
+    page = await context.new_page()
+    try:
+        async with publish(server.url, CounterVideoTrack(160, 120), source="first"):
+            await page.goto(f"{server.url}/?source=second&res=640x480&fps=30&autostart=1")
+            await page.wait_for_function("window.agentPage.state === 'error'", timeout=20000)
+            errors = await page.evaluate("window.agentPage.errors")
+            assert len(errors) == 1 and "503" in errors[0] and "peer limit" in errors[0]
+            live = await page.evaluate(
+                "window.__streams.flatMap(s => s.getTracks()).filter(t => t.readyState === 'live').length")
+            open_pcs = await page.evaluate("window.__pcs.filter(pc => pc.signalingState !== 'closed').length")
+            assert (live, open_pcs) == (0, 0)
+            assert await page.inner_text("#pc-state") == "error"
+    finally:
+        await context.close()
+
+
 async def test_webrtc_browser_firefox_page_streams_and_answers(webrtc_server, firefox, artifacts_dir):
     """The same page in headless Firefox ESR (driven over WebDriver BiDi): camera, connect, ask, answer."""
     async def on_message(source: str, peer_id: str, text: str) -> None:

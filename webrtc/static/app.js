@@ -123,6 +123,7 @@ async function connect() {
     updateButtons();
   } catch (err) {
     if (superseded()) return;  // its peer connection was closed under it
+    await stop();  // no camera left on, no half-open connection; Connect tries again
     page.errors.push(String(err));
     log(`error: ${err.message || err}`);
     setPill("pc-state", "error");
