@@ -543,3 +543,19 @@ async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(ru
             got = json.loads(await asyncio.wait_for(pub.messages.get(), 5))
             await closing
     assert got["id"] == "late-page" and got["error"]["type"] == "shutdown"
+
+
+def test_agent_refuses_frames_as_jpeg_with_an_embedding_function():
+    """`frames_as="jpeg"` forces JPEG (the guide): given together with an embedding function, it is an error, not ignored."""
+
+    class TakesEmbeddings:
+        class capabilities:
+            image_embeddings = True
+            streaming = False
+
+    async def embed(frames):
+        raise AssertionError("not called")
+
+    with pytest.raises(ValueError, match="frames_as='jpeg'"):
+        VisualAgent(llm=TakesEmbeddings(), embedding_function=embed, frames_as="jpeg")
+    assert VisualAgent(llm=TakesEmbeddings(), frames_as="jpeg").embedding_function is None

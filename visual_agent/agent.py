@@ -115,6 +115,8 @@ class VisualAgent:
             )
         if frames_as not in ("auto", "jpeg", "embeddings"):
             raise ValueError(f"frames_as must be auto, jpeg or embeddings, got {frames_as!r}")
+        if frames_as == "jpeg" and embedding_function is not None:
+            raise ValueError("frames_as='jpeg' forces JPEG frames: drop the embedding_function, or drop frames_as")
         takes = bool(caps is not None and caps.image_embeddings)
         if frames_as == "embeddings" and not takes:
             raise ValueError(f"{self.provider_name} cannot take image embeddings; use provider vllm_native with enable_mm_embeds")
