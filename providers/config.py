@@ -107,6 +107,13 @@ class OpenAICompatibleConfig:
             raise ProviderConfigError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ProviderConfigError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        # The JPEG encoder is built on the first image; its settings are checked now, by its own rules.
+        from encoders import EncoderConfigError, JpegConfig
+
+        try:
+            JpegConfig(max_side=self.jpeg_max_side, quality=self.jpeg_quality)
+        except EncoderConfigError as exc:
+            raise ProviderConfigError(f"jpeg_{exc}") from None
 
     def resolved_api_key(self) -> str:
         """The key to send: the configured one, else OPENAI_API_KEY, else a placeholder."""

@@ -43,7 +43,15 @@ def test_config_vllm_aliases_map_to_fields():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"temperature": -1}, {"max_tokens": 0}, {"timeout": 0}, {"max_retries": -1}, {"max_tokens": True}],
+    [
+        {"temperature": -1},
+        {"max_tokens": 0},
+        {"timeout": 0},
+        {"max_retries": -1},
+        {"max_tokens": True},
+        {"jpeg_quality": 500},
+        {"jpeg_max_side": 0},
+    ],
 )
 def test_config_out_of_range_refused(bad):
     with pytest.raises(ProviderConfigError):
