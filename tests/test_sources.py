@@ -86,6 +86,8 @@ async def test_sources_file_without_loop_ends_and_keeps_last_frames(tmp_path, we
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     assert buf.stats().received == 15 and buf.latest() is not None  # every frame, then the end
+    # the drain marks the end; the runner wakes after it (a loop turn or more), stops the player, returns
+    await asyncio.wait_for(asyncio.shield(runner.task), 5)
     assert runner.task.done() and runner.player is None
 
 
