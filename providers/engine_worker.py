@@ -78,6 +78,10 @@ class EngineWorker:
             raise EngineError(f"the engine is closed{reason}", endpoint=self._endpoint)
         sink: asyncio.Queue = asyncio.Queue()
         self._commands.put(_Add(request_id, prompt, params, asyncio.get_running_loop(), sink))
+        if self._stopped:
+            # The thread failed between the check above and the put, and may have drained the queue already:
+            # answer what is left here (each command is taken once, by the thread or by us).
+            self._answer_queued(self._failure or EngineError("the engine was closed", endpoint=self._endpoint))
         return sink
 
     def abort(self, request_id: str) -> None:
@@ -140,18 +144,22 @@ class EngineWorker:
             self._failure = exc
         else:
             failure = EngineError("the engine was closed", endpoint=self._endpoint)
-        self._stopped = True
+        self._stopped = True  # before the drain below: a submit() that put after it sees this and drains itself
         for target in sinks.values():
             self._deliver(target, Finished(failure))
         # Anything submitted after the last drain is answered too, so no caller waits forever.
+        self._answer_queued(failure)
+        self._shutdown_engine()
+
+    def _answer_queued(self, failure: BaseException) -> None:
+        """Take every queued command; each request among them gets `Finished(failure)`."""
         while True:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
-                break
+                return
             if isinstance(command, _Add):
                 self._deliver(command, Finished(failure))
-        self._shutdown_engine()
 
     def _shutdown_engine(self) -> None:
         core = getattr(self.engine, "engine_core", None)

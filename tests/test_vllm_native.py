@@ -371,3 +371,64 @@ async def test_vllm_native_cpu_thread_warning_not_repeated_per_image_request(nat
     finally:
         logger.removeHandler(handler)
     assert not [r for r in records if "torch.set_num_threads" in r.getMessage()]
+
+
+_FAILS_DURING_SUBMIT = """
+import asyncio, json, sys
+from providers import EngineError, VLLMNativeProvider
+from providers.engine_worker import _Abort, _Add
+from tests.fixtures.vllm import native_config
+
+async def main():
+    llm = VLLMNativeProvider(native_config(sys.argv[1]))
+    await llm.start()
+    worker, commands = llm._worker, llm._worker._commands
+
+    def engine_dies():
+        raise RuntimeError("engine died")
+
+    class Racing:  # the engine thread fails and drains its queue just after submit() found it running
+        get, get_nowait = commands.get, commands.get_nowait
+
+        @staticmethod
+        def put(command):
+            if isinstance(command, _Add):
+                worker.engine.has_unfinished_requests = engine_dies
+                commands.put(_Abort("wake-up"))
+                worker._thread.join()
+            commands.put(command)
+
+    worker._commands = Racing()
+    try:
+        await asyncio.wait_for(llm.achat([{"role": "user", "content": "hi"}], max_tokens=2), 20)
+        outcome = "answered"
+    except EngineError as exc:
+        outcome = "EngineError: " + str(exc)
+    except asyncio.TimeoutError:
+        outcome = "hung"
+    print(json.dumps({"outcome": outcome}))
+
+asyncio.run(main())
+"""
+
+
+@vllm
+@pytest.mark.timeout(300)
+def test_vllm_native_request_submitted_as_the_engine_fails_gets_an_error_not_silence(tiny_llava_path):
+    """A request put on the engine's queue just after the engine thread failed and drained it was never answered:
+    its caller waited forever. In a child process, because the engine is made to fail."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.fixtures.vllm import vllm_env
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", _FAILS_DURING_SUBMIT, str(tiny_llava_path)],
+        cwd=root, env=vllm_env(), capture_output=True, text=True, timeout=280,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcome = json.loads(run.stdout.strip().splitlines()[-1])["outcome"]
+    assert outcome.startswith("EngineError") and "engine died" in outcome, outcome
