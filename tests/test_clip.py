@@ -24,6 +24,7 @@ from encoders import (  # noqa: E402
     ImageInputError,
     UnsupportedVisionConfigError,
 )
+from tests.loop_probe import loop_gaps
 
 PARITY_ATOL = 1e-4
 pytestmark = pytest.mark.timeout(120)  # the async tests wait on a worker thread: fail rather than hang
@@ -395,26 +396,13 @@ async def test_clip_encoder_async_does_not_block_the_loop():
     started = time.perf_counter()
     enc.embed(images)
     sync_s = time.perf_counter() - started
-    gaps: list[float] = []
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    tick = asyncio.create_task(ticker(), name="test-ticker")
     try:
-        out = await enc.aembed(images)
+        async with loop_gaps(0.005) as probe:
+            out = await enc.aembed(images)
     finally:
-        done.set()
-        await tick
         await enc.aclose()
     assert out.shape == (8, 512)
-    assert len(gaps) >= 5 and max(gaps) < sync_s * 0.5, (max(gaps), sync_s)
+    assert len(probe.gaps) >= 5 and probe.max < sync_s * 0.5, (probe.max, sync_s)
 
 
 async def test_clip_encoder_close_is_idempotent_and_final(tiny_llava_path):

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from encoders import ChannelOrder, EncoderConfigError, ImageInputError, JpegConfig, JpegEncoder
+from tests.loop_probe import loop_gaps
 
 
 def detailed_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -224,26 +225,13 @@ async def test_jpeg_encoder_async_does_not_block_the_loop():
     enc.encode(big)
     sync_s = time.perf_counter() - started
 
-    gaps: list[float] = []
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.002)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    tick = asyncio.create_task(ticker(), name="test-ticker")
-    await asyncio.sleep(0.01)
-    results = await asyncio.gather(*(enc.aencode(big) for _ in range(3)))
-    done.set()
-    await tick
+    async with loop_gaps(0.002) as probe:
+        await asyncio.sleep(0.01)
+        results = await asyncio.gather(*(enc.aencode(big) for _ in range(3)))
     assert all(r[:2] == b"\xff\xd8" for r in results)
     # a blocking encode would stall the loop for a whole encode (sync_s); in a thread the loop keeps ticking
-    assert len(gaps) >= 5
-    assert max(gaps) < max(sync_s * 0.6, 0.02), (max(gaps), sync_s)
+    assert len(probe.gaps) >= 5
+    assert probe.max < max(sync_s * 0.6, 0.02), (probe.max, sync_s)
 
 
 _SHARED_FRAME_SCRIPT = """

@@ -18,6 +18,7 @@ from providers import (
     VLLMNativeProvider,
     create_provider,
 )
+from tests.loop_probe import loop_gaps
 
 IMAGE_TOKENS = 16
 LM_HIDDEN = 64
@@ -220,31 +221,18 @@ async def test_vllm_native_concurrent_calls_each_get_their_own_answer(native_pro
 @vllm
 @pytest.mark.timeout(180)
 async def test_vllm_native_concurrent_calls_batched_off_the_loop(native_provider):
-    gaps = []
-
-    async def ticker():
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(0.005)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-
     long = {"max_tokens": 200, "min_tokens": 200}
     await native_provider.achat(_ask(_image(29)), **long)  # warm-up, so "alone" is not inflated
     started = time.monotonic()
     await native_provider.achat(_ask(_image(30)), **long)
     alone = time.monotonic() - started
-    tick = asyncio.create_task(ticker(), name="loop-ticker")
     started = time.monotonic()
-    try:
+    async with loop_gaps(0.005) as probe:
         await asyncio.gather(*(native_provider.achat(_ask(_image(30 + i)), **long) for i in range(4)))
-    finally:
-        tick.cancel()
     elapsed = time.monotonic() - started
     # The loop kept ticking through the generation: the engine ran beside it, not on it (on the loop, one pause
     # would last the whole generation). Half of it leaves room for a loaded machine's scheduling.
-    assert max(gaps) < elapsed / 2, f"the loop stalled {max(gaps):.3f} s during {elapsed:.2f} s of generation"
+    assert probe.max < elapsed / 2, f"the loop stalled {probe.max:.3f} s during {elapsed:.2f} s of generation"
     # Four requests decoded together, not one after another (that would take about 4x one alone).
     assert elapsed < 2.5 * alone, f"4 concurrent took {elapsed:.2f} s, one alone {alone:.2f} s: not batched"
 
