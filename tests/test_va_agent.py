@@ -378,7 +378,6 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
 
     from encoders import JpegEncoder
     from visual_agent.messages import Question
-    from webrtc import FrameBuffer
 
     class CountingEncoder(JpegEncoder):
         def __init__(self):
@@ -392,18 +391,8 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
             time.sleep(0.2)  # long enough for the second question to arrive while the first encodes
             return super().data_url(frame)
 
-    class OneCamera:
-        def __init__(self):
-            self.buffer = FrameBuffer("desk")
-
-        def source_names(self):
-            return ["desk"]
-
-        def get_buffer(self, name):
-            return self.buffer
-
-    camera = OneCamera()
-    camera.buffer.put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
+    camera = BufferDriver("desk")
+    camera.get_buffer("desk").put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     encoder = CountingEncoder()
     agent = VisualAgent(llm=llm, webrtc_driver=camera, jpeg_encoder=encoder)
@@ -494,23 +483,12 @@ async def test_agent_error_answer_masks_a_password_in_the_llm_url():
     import numpy as np
 
     from visual_agent.messages import Question
-    from webrtc import FrameBuffer
-
-    class OneCamera:
-        def __init__(self):
-            self.buffer = FrameBuffer("desk")
-
-        def source_names(self):
-            return ["desk"]
-
-        def get_buffer(self, name):
-            return self.buffer
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    camera = OneCamera()
-    camera.buffer.put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
+    camera = BufferDriver("desk")
+    camera.get_buffer("desk").put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
     llm = create_provider({"provider": "openai", "base_url": f"http://me:tok-secret@127.0.0.1:{closed}/v1",
                            "model_name": "m", "max_retries": 0, "timeout": 5})
     agent = VisualAgent(llm=llm, webrtc_driver=camera)
