@@ -100,6 +100,7 @@ class FrameEncoding:
         self._model_path = model_path or self.config.clip_checkpoint
         self._clip: ClipEncoder | None = None
         self._clip_lock = asyncio.Lock()
+        self._closed = False
         if embedding_function is None and takes and self.mode is not EmbeddingsMode.OFF:
             embedding_function = self._default_embeddings  # with none given, the CLIP encoder serves
         self.embedding_function = embedding_function
@@ -168,6 +169,8 @@ class FrameEncoding:
                 del self._shared[key]
 
     async def _embedder(self) -> ClipEncoder:
+        if self._closed:
+            raise QuestionError(ErrorType.SHUTDOWN, "the frame encoder is closed")
         if self._clip is None:
             async with self._clip_lock:
                 if self._clip is None:
@@ -183,6 +186,11 @@ class FrameEncoding:
         """CLIP embeddings from the provider's own LLaVA folder, loaded on first use."""
         return await (await self._embedder()).aembed_for_llm(frames)
 
+    @property
+    def embedder(self) -> ClipEncoder | None:
+        """The CLIP encoder once loaded (None: not yet, or frames go as JPEG or through a given function)."""
+        return self._clip
+
     def cache_stats(self) -> Any:
         """The CLIP encoder's `EmbeddingCache` counters (None: no cache, or CLIP not loaded)."""
         cache: EmbeddingCache | None = getattr(self._clip, "cache", None)
@@ -193,10 +201,12 @@ class FrameEncoding:
         running = {b for _, b, _ in self._shared.values() if not b.done()}
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        clip, self._clip = self._clip, None
-        if clip is not None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._clip is not None:
             with contextlib.suppress(Exception):
-                await clip.aclose()
+                await self._clip.aclose()
 
 
 def _model_name(llm: Any) -> str | None:
