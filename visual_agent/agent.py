@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig, EmbeddingsMode
 from .encoding import EmbeddingFunction, FrameEncoding, frames_as_mode
@@ -38,6 +38,9 @@ from .sampling import TakenFrame, Trigger, select_frames
 from .timings import QuestionTiming
 from .topics import Topics, topics
 from .triggers import DescriptionTriggers
+
+if TYPE_CHECKING:
+    from providers import LLMProvider
 
 __all__ = ["EmbeddingFunction", "QuestionTiming", "VisualAgent", "topics"]
 
@@ -57,7 +60,7 @@ class VisualAgent:
 
     def __init__(
         self,
-        llm: Any,
+        llm: LLMProvider,
         messager: MessageTransport | None = None,
         webrtc_driver: FrameSource | None = None,
         embedding_function: EmbeddingFunction | None = None,
