@@ -229,9 +229,10 @@ async def test_jpeg_encoder_async_does_not_block_the_loop():
         await asyncio.sleep(0.01)
         results = await asyncio.gather(*(enc.aencode(big) for _ in range(3)))
     assert all(r[:2] == b"\xff\xd8" for r in results)
-    # a blocking encode would stall the loop for a whole encode (sync_s); in a thread the loop keeps ticking
+    # blocking encodes would stall the loop for all three back to back (~3 x sync_s, one loop turn runs the three
+    # tasks' steps); in threads the loop keeps ticking, its longest gap under one encode even on a loaded machine
     assert len(probe.gaps) >= 5
-    assert probe.max < max(sync_s * 0.6, 0.02), (probe.max, sync_s)
+    assert probe.max < sync_s, (probe.max, sync_s)
 
 
 _SHARED_FRAME_SCRIPT = """
