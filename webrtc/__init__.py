@@ -42,11 +42,13 @@ from .config import (
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PEERS,
+    DEFAULT_MAX_SOURCES,
     DEFAULT_PORT,
     IceServer,
     SourceConfig,
     SourceKind,
     WebRTCConfig,
+    is_loopback_host,
 )
 from .errors import (
     DataChannelClosedError,
@@ -60,10 +62,12 @@ from .errors import (
     WebRTCError,
 )
 from .frame_buffer import BufferedFrame, BufferState, FrameBuffer, FrameBufferStats
+from .http_guard import DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
 from .ice import current_host_addresses, restrict_host_addresses
 from .peers import PeerKind, PeerSession
-from .server import DataMessageCallback, WebRTCDriver, WebRTCServer
+from .server import DataMessageCallback, WebRTCDriver, WebRTCServer, names_preview
 from .sources import SourceRunner
+from .tls import certificate_names, server_ssl_context
 
 __all__ = [
     "DEFAULT_BUFFER_MAX_FRAMES",
@@ -71,14 +75,17 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_PEERS",
+    "DEFAULT_MAX_SOURCES",
     "DEFAULT_PORT",
     "BufferState",
     "BufferedFrame",
     "DataChannelClosedError",
     "DataMessageCallback",
+    "DeadlineSite",
     "FrameBuffer",
     "FrameBufferStats",
     "FrameTimeoutError",
+    "HttpGuard",
     "IceServer",
     "PeerError",
     "PeerKind",
@@ -95,6 +102,13 @@ __all__ = [
     "WebRTCDriver",
     "WebRTCError",
     "WebRTCServer",
+    "bearer_token_ok",
+    "certificate_names",
+    "content_security_policy",
     "current_host_addresses",
+    "inline_styles",
+    "is_loopback_host",
+    "names_preview",
     "restrict_host_addresses",
+    "server_ssl_context",
 ]
