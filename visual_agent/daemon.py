@@ -104,7 +104,11 @@ class Daemon:
             if _is_startup_error(exc):  # a page port in use, a provider that cannot be built: a message, not a traceback
                 raise VisualAgentError(f"cannot start: {exc}") from exc
             raise
-        logger.info("page: %s/", self.driver.url)
+        if cfg.webrtc_config().auth_token:  # the token goes to the terminal only, never into a log line
+            logger.info("page: %s/ (token required; the URL with it is printed on stdout)", self.driver.url)
+            print(f"page: {self.driver.page_url()}", flush=True)
+        else:
+            logger.info("page: %s/", self.driver.url)
         logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "CLIP embeddings" if self._clip else "JPEG")
         if self.messager is not None:
             t = topics(cfg.mqtt.prefix)
