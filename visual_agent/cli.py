@@ -256,7 +256,9 @@ async def _check_llm(config: Config, timeout: float) -> bool:
 def _check_http(config: Config) -> bool:
     web = config.webrtc_config()
     if web.port == 0 or _port_free(web.host, web.port):
-        print(f"page    OK    will be served on http://{web.host}:{web.port}/")
+        scheme = "https" if web.tls_certfile else "http"
+        print(f"page    OK    will be served on {scheme}://{web.host}:{web.port}/"
+              f"{' (token required)' if web.auth_token else ''}")
         return True
     print(f"page    WARN  {web.host}:{web.port} is in use (a running daemon?); `run` would fail to bind it")
     return True

@@ -4,8 +4,8 @@
   then reach a loopback daemon through DNS rebinding: its requests carry the attacker's name as ``Host``.
   When the server binds a wildcard address and `allowed_hosts` is not configured, any IP-address literal is
   accepted too (rebinding needs a name; an address typed into the browser is the user's own choice).
-- **Origin**: a state-changing request (anything but GET/HEAD/OPTIONS) carrying an ``Origin`` other than the
-  server's own gets 403. No CORS headers are ever sent, so other origins cannot read answers either.
+- **Origin**: a state-changing request (anything but GET/HEAD/OPTIONS) carrying an ``Origin`` whose host and
+  port differ from the ``Host`` asked for gets 403. No CORS headers are ever sent, so other origins cannot read answers either.
 - **Token**: with an auth token configured, every route but the page (``/``, ``/app.js``) and ``/healthz``
   needs ``Authorization: Bearer <token>`` (compared in constant time), else 401 with ``WWW-Authenticate``.
   Routes added by the daemon are guarded too (deny by default). ``/healthz`` decides itself what to show.
@@ -115,8 +115,10 @@ class HttpGuard:
         origin = request.headers.get("Origin")
         if origin is None:
             return True  # not sent by a browser page of another site (browsers send Origin on every POST)
-        own = f"{'https' if self.tls else 'http'}://{request.headers.get('Host', '')}".lower()
-        return origin.strip().lower() == own
+        # the authority must be the Host asked for (itself an allowed name); the scheme is not compared, so a
+        # proxy that terminates TLS in front of a plain-HTTP daemon works
+        scheme, sep, authority = origin.strip().lower().partition("://")
+        return bool(sep) and scheme in ("http", "https") and authority == request.headers.get("Host", "").lower()
 
     def authorized(self, request: web.Request) -> bool:
         """True when no token is configured or the request carries it."""

@@ -291,19 +291,22 @@ class WebRTCServer:
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise SignalingError(f"body of {request.content_length} bytes is over the {limit}-byte limit", status=413)
-        chunks: list[bytes] = []
-        size = 0
+
+        async def read_all() -> bytes:
+            chunks: list[bytes] = []
+            size = 0
+            while True:  # read() may return less than asked: loop until EOF or over the limit
+                chunk = await request.content.read(limit + 1 - size)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise SignalingError(f"body is over the {limit}-byte limit", status=413)
+
         try:
-            async with asyncio.timeout(self.config.body_timeout_s):
-                while True:  # read() may return less than asked: loop until EOF or over the limit
-                    chunk = await request.content.read(limit + 1 - size)
-                    if not chunk:
-                        return b"".join(chunks)
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > limit:
-                        raise SignalingError(f"body is over the {limit}-byte limit", status=413)
-        except TimeoutError:
+            return await asyncio.wait_for(read_all(), self.config.body_timeout_s)
+        except asyncio.TimeoutError:
             raise SignalingError(f"body not received within {self.config.body_timeout_s:g} s", status=408) from None
 
     def _source_for_peer(self, requested: object, kind: PeerKind) -> tuple[str, bool]:
