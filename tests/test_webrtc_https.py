@@ -210,3 +210,15 @@ async def test_webrtc_https_page_without_token_says_so(https_server, chromium_tr
         assert https_server.peers() == []
     finally:
         await context.close()
+
+
+async def test_webrtc_https_silent_tls_client_is_cut_off(test_ca):
+    """A client that connects to the HTTPS port and never starts TLS does not hold the connection."""
+    _, chain, key, _ = test_ca
+    config = WebRTCConfig(port=0, auth_token=TOKEN, tls_certfile=str(chain), tls_keyfile=str(key), header_timeout_s=0.5)
+    async with WebRTCServer(config) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        finally:
+            writer.close()
