@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures.webrtc import CounterVideoTrack, offer_sdp, publish
-from webrtc import WebRTCConfig, WebRTCConfigError
+from webrtc import WebRTCConfig, WebRTCConfigError, WebRTCServer
 from webrtc.config import mask_url_secrets
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(90)]
@@ -137,7 +137,7 @@ async def test_webrtc_security_token_publisher_streams(webrtc_server_factory):
         await server.get_buffer("w").wait_for_frame(10)
 
 
-def test_webrtc_security_token_is_masked_and_required_beyond_loopback(caplog):
+async def test_webrtc_security_token_is_masked_and_required_beyond_loopback(caplog):
     cfg = WebRTCConfig(auth_token=TOKEN)
     assert TOKEN not in repr(cfg) and TOKEN not in str(cfg)
     for host in ("0.0.0.0", "192.168.1.20", "::"):
@@ -148,8 +148,9 @@ def test_webrtc_security_token_is_masked_and_required_beyond_loopback(caplog):
     WebRTCConfig(host="::1")
     WebRTCConfig(host="localhost")
     with caplog.at_level("WARNING"):
-        WebRTCConfig(host="0.0.0.0", allow_unauthenticated=True)
-    assert any("allow_unauthenticated" in r.getMessage() for r in caplog.records)
+        async with WebRTCServer(WebRTCConfig(host="0.0.0.0", port=0, allow_unauthenticated=True)):
+            pass
+    assert any("allow_unauthenticated" in r.getMessage() and "ANYONE" in r.getMessage() for r in caplog.records)
 
 
 # --- source ownership ------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ class Daemon:
             if _is_startup_error(exc):  # a page port in use, a provider that cannot be built: a message, not a traceback
                 raise VisualAgentError(f"cannot start: {exc}") from exc
             raise
-        if cfg.webrtc_config().auth_token:  # the token goes to the terminal only, never into a log line
+        if self.driver.config.auth_token:  # the token goes to the terminal only, never into a log line
             logger.info("page: %s/ (token required; the URL with it is printed on stdout)", self.driver.url)
             print(f"page: {self.driver.page_url()}", flush=True)
         else:

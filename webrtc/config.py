@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import logging
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .errors import WebRTCConfigError
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BUFFER_MAX_FRAMES",
@@ -241,17 +238,13 @@ class WebRTCConfig:
             self.allowed_hosts = [self.allowed_hosts]
         if self.allowed_hosts is not None:
             self.allowed_hosts = [h.strip().lower() for h in self.allowed_hosts if h and h.strip()]
-        if not is_loopback_host(self.host) and not self.auth_token:
-            if not self.allow_unauthenticated:
-                raise WebRTCConfigError(
-                    f"webrtc.host {self.host!r} is reachable from other machines but webrtc.auth_token is not set: "
-                    f"set one (e.g. export VISUAL_AGENT__WEBRTC__AUTH_TOKEN=$({_MAKE_TOKEN})) and open the page as "
-                    "http(s)://<host>:<port>/#token=<token>, or set webrtc.allow_unauthenticated: true to let anyone "
-                    "who reaches the port publish video and ask questions"
-                )
-            logger.warning("SECURITY: webrtc.allow_unauthenticated is true and webrtc.host %r is reachable from other "
-                           "machines: ANYONE who reaches port %s can publish video, take source names and ask "
-                           "questions. Set webrtc.auth_token instead.", self.host, self.port)
+        if self.open_to_anyone and not self.allow_unauthenticated:
+            raise WebRTCConfigError(
+                f"webrtc.host {self.host!r} is reachable from other machines but webrtc.auth_token is not set: "
+                f"set one (e.g. export VISUAL_AGENT__WEBRTC__AUTH_TOKEN=$({_MAKE_TOKEN})) and open the page as "
+                "http(s)://<host>:<port>/#token=<token>, or set webrtc.allow_unauthenticated: true to let anyone "
+                "who reaches the port publish video and ask questions"
+            )
         if self.host_candidate_addresses is not None:
             if isinstance(self.host_candidate_addresses, str):
                 self.host_candidate_addresses = [self.host_candidate_addresses]
@@ -263,6 +256,11 @@ class WebRTCConfig:
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
         return f"WebRTCConfig({shown}, auth_token={'***' if self.auth_token else None!r})"
+
+    @property
+    def open_to_anyone(self) -> bool:
+        """True when the server is reachable beyond loopback without a token (`WebRTCServer.start` warns)."""
+        return not is_loopback_host(self.host) and not self.auth_token
 
     @property
     def tls(self) -> bool:

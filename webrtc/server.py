@@ -136,6 +136,10 @@ class WebRTCServer:
             raise WebRTCConfigError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from exc
         self._http = runner
         self._port = runner.addresses[0][1]
+        if c.open_to_anyone:  # allowed by webrtc.allow_unauthenticated; said at every start
+            logger.warning("SECURITY: webrtc.allow_unauthenticated is true and webrtc.host %r is reachable from other "
+                           "machines: ANYONE who reaches port %s can publish video, take source names and ask "
+                           "questions. Set webrtc.auth_token instead.", c.host, self._port)
         self._started_at = time.monotonic()
         for source in self.sources:
             source_runner = SourceRunner(source, self.buffers[source.name])
