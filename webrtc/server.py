@@ -333,9 +333,9 @@ class WebRTCServer:
         if not holders:
             return None
         proof = replaces.encode("utf-8") if isinstance(replaces, str) else b""
-        for peer in holders:
-            if hmac.compare_digest(proof, peer.secret.encode("utf-8")):
-                return peer
+        proven = [p for p in holders if hmac.compare_digest(proof, p.secret.encode("utf-8"))]
+        if len(proven) == len(holders) == 1:
+            return proven[0]
         raise SignalingError(f"source {name!r} is in use by another publisher; pick another name, or end that "
                              "session first (a reconnect sends its old session_secret as \"replaces\")", status=409)
 
@@ -419,7 +419,8 @@ class WebRTCServer:
                 buffer = self.buffers[name] = self._new_buffer(name)
             buffer.attach(peer.video_track)
         peer.spawn(self._watchdog(peer), "watchdog")
-        if old is not None:  # a page reconnecting under the same name: the newest publisher wins
+        if old is not None:  # its own publisher reconnecting: the old session goes (out of the table at once)
+            self._peers.pop(old.id, None)
             self._spawn(self._drop_peer(old, f"replaced by peer {peer.id}"), f"webrtc-drop-peer:{old.id}")
         logger.info("peer %s (%s) connected as source %r", peer.id, kind.value, name)
         return peer
