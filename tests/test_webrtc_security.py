@@ -279,3 +279,25 @@ def test_webrtc_security_rtsp_query_secrets_are_masked():
     assert mask_url_secrets("rtsp://cam/x?access_token=t0k&pwd=p") == "rtsp://cam/x?access_token=***&pwd=***"
     assert mask_url_secrets("rtsp://admin:hunter2@cam/x") == "rtsp://admin:***@cam/x"
     assert mask_url_secrets("rtsp://cam/x?max_tokens=5") == "rtsp://cam/x?max_tokens=5"
+    from webrtc import SourceConfig
+
+    assert "abc123" not in repr(SourceConfig(name="door", kind="rtsp", url="rtsp://cam/live?token=abc123"))
+
+
+def test_webrtc_security_allowed_hosts_rules():
+    from webrtc import HttpGuard
+
+    def guard(bound: str, allowed=None, cert=()):
+        return HttpGuard(token=None, tls=False, bound_host=bound, allowed_hosts=allowed, certificate_names=cert, csp="")
+
+    g = guard("127.0.0.1")
+    assert all(g.host_ok(h) for h in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "LOCALHOST", "localhost.:1"))
+    assert not any(g.host_ok(h) for h in ("evil.example", "192.168.1.5:8080", "", None, "localhost.evil.example"))
+    wildcard = guard("0.0.0.0", cert=["cam.local"])  # any address literal (rebinding needs a name), and the cert's names
+    assert wildcard.host_ok("192.168.1.5:8080") and wildcard.host_ok("[fe80::1]:8080") and wildcard.host_ok("cam.local")
+    assert not wildcard.host_ok("evil.example:8080")
+    listed = guard("0.0.0.0", ["cam.local"])
+    assert listed.host_ok("cam.local:8443") and not listed.host_ok("192.168.1.5") and not listed.host_ok("localhost")
+    assert guard("127.0.0.1", ["*"]).host_ok("anything.example")
+    bound = guard("192.168.1.5")
+    assert bound.host_ok("192.168.1.5:8080") and not bound.host_ok("192.168.1.6:8080")
