@@ -77,14 +77,20 @@ def test_va_security_new_webrtc_keys_take_env_overrides():
 
 
 async def test_va_security_unknown_source_answer_lists_a_few_names(tmp_path):
+    from providers import create_provider
     from visual_agent.agent import VisualAgent
     from visual_agent.messages import Question
     from webrtc import SourceConfig, WebRTCConfig, WebRTCServer
 
     sources = [SourceConfig(name=f"cam{i:02d}", url=str(tmp_path / "none.mp4")) for i in range(40)]
     async with WebRTCServer(WebRTCConfig(port=0), sources) as driver:
-        agent = VisualAgent(llm=None, webrtc_driver=driver)
-        answer = await agent.ask(Question(id="q1", question="what?", source="nope"))
+        # never reached: the source is refused before the LLM is asked (port 9 listens to nobody)
+        llm = create_provider({"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model_name": "m"})
+        agent = VisualAgent(llm=llm, webrtc_driver=driver)
+        try:
+            answer = await agent.ask(Question(id="q1", question="what?", source="nope"))
+        finally:
+            await llm.aclose()
     assert answer.error is not None and answer.error["type"] == "unknown_source"
     message = answer.error["message"]
     assert "cam00" in message and "cam39" not in message and "35 more" in message and len(message) < 200
