@@ -258,10 +258,9 @@ class VisualAgent:
             if name is None:
                 raise QuestionError(ErrorType.NO_FRAME, "no source yet: open the page and connect a camera, or configure a source")
             if name not in known:
-                raise QuestionError(ErrorType.NO_FRAME,
-                                    f"the default source {name!r} is not connected yet; known sources: {known or 'none yet'}")
+                raise QuestionError(ErrorType.NO_FRAME, f"the default source {name!r} is not connected yet; known sources: {_few(known)}")
         if name not in known:
-            raise QuestionError(ErrorType.UNKNOWN_SOURCE, f"no source {name!r}; known sources: {known or 'none yet'}")
+            raise QuestionError(ErrorType.UNKNOWN_SOURCE, f"no source {name!r}; known sources: {_few(known)}")
         return name
 
     async def _take_frames(self, source: str, k: int) -> list[TakenFrame]:
@@ -391,3 +390,11 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """At most `shown` source names for an error answer (a daemon may hold many), then how many more."""
+    if not names:
+        return "none yet"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
