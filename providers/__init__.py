@@ -29,6 +29,7 @@ from .errors import (
 )
 from .factory import create_provider
 from .openai_compatible import OpenAICompatibleProvider
+from .streaming import ToolCallsEvent
 from .vllm_server import VLLMProvider, normalize_vllm_base_url
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ __all__ = [
     "RateLimitedError",
     "ServerError",
     "ToolCall",
+    "ToolCallsEvent",
     "ToolsNotSupportedError",
     "Usage",
     "VLLMNativeConfig",
