@@ -18,8 +18,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .cache import EmbeddingCache
 from .errors import CheckpointError, ImageInputError, MissingDependencyError
-from .frames import ChannelOrder, to_array
+from .frames import ChannelOrder, frame_size, parse_channel_order, to_array
 
 __all__ = ["Qwen2VLEncoder"]
 
@@ -42,7 +43,10 @@ class Qwen2VLEncoder:
 
     family = "qwen2_vl"
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", dtype: Any = None) -> None:
+    def __init__(
+        self, path: str | Path, *, device: str = "cpu", dtype: Any = None, cache: EmbeddingCache | None = None
+    ) -> None:
+        """`cache`: reuse an image's embeddings when the same frame (same size) comes again, e.g. a static scene."""
         torch, transformers = _import_torch_transformers()
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
@@ -63,6 +67,7 @@ class Qwen2VLEncoder:
             )
         self.visual = tower.to(device=device).eval()
         self.device = device
+        self.cache = cache
         self.image_processor = transformers.AutoImageProcessor.from_pretrained(self.path)
         self._lock = threading.Lock()
         """The tower is used by one thread at a time (torch modules are not meant to be run concurrently)."""
@@ -86,6 +91,29 @@ class Qwen2VLEncoder:
     def embed_for_llm(self, images: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB) -> dict[str, Any]:
         """`{"image_embeds": (tokens, lm_hidden) float32, "image_grid_thw": (n_images, 3) int64}` of one image or a
         list: what vLLM's `multi_modal_data={"image": ...}` and `VLLMNativeProvider`'s `image_embeddings` take."""
+        if self.cache is None:
+            return self._forward(images, channel_order)
+        import torch
+
+        frames = list(images) if isinstance(images, (list, tuple)) else [images]
+        order = parse_channel_order(channel_order).value
+        # The cache's fingerprint ignores the aspect ratio, but the grid depends on the size: the size is in the key.
+        keys = [(self.cache.fingerprint(f, channel_order=order), "qwen2vl-llm-%dx%d" % frame_size(f)) for f in frames]
+        found = [self.cache.get(fp, namespace=namespace) for fp, namespace in keys]
+        missing = [i for i, value in enumerate(found) if value is None]
+        if missing:
+            computed = self._forward([frames[i] for i in missing], channel_order)
+            grid = computed["image_grid_thw"]
+            parts = computed["image_embeds"].split(self.tokens_per_image(grid))
+            for j, i in enumerate(missing):
+                found[i] = (parts[j].clone(), grid[j].clone())
+                self.cache.put(keys[i][0], found[i], namespace=keys[i][1])
+        return {
+            "image_embeds": torch.cat([embeds for embeds, _ in found]),
+            "image_grid_thw": torch.stack([grid for _, grid in found]),
+        }
+
+    def _forward(self, images: Any, channel_order: ChannelOrder | str) -> dict[str, Any]:
         import torch
 
         inputs = self.image_inputs(images, channel_order=channel_order)

@@ -44,3 +44,20 @@ def test_encoder_for_qwen2vl_gives_grid_form(tiny_qwen2vl_path):
     assert out["image_grid_thw"].tolist() == [[1, 4, 8], [1, 4, 4]]
     assert tuple(out["image_embeds"].shape) == (8 + 4, 64)
     assert encoder.tokens_per_image(out["image_grid_thw"]) == [8, 4]
+
+
+def test_qwen2vl_encoder_cache_reuses_same_frame_but_not_another_size(tiny_qwen2vl_path):
+    pytest.importorskip("transformers")
+    import torch
+
+    cache = encoders.EmbeddingCache()
+    cached = encoder_for(tiny_qwen2vl_path, cache=cache)
+    plain = encoder_for(tiny_qwen2vl_path)
+    wide, tall = np.zeros((60, 100, 3), np.uint8), np.zeros((300, 90, 3), np.uint8)  # the same grey thumbnail
+    first = cached.embed_for_llm([wide, tall])
+    again = cached.embed_for_llm([tall, wide])
+    assert cache.stats().hits == 2
+    assert again["image_grid_thw"].tolist() == [[1, 14, 4], [1, 4, 8]]
+    expected = plain.embed_for_llm([tall, wide])
+    assert torch.equal(again["image_embeds"], expected["image_embeds"])
+    assert torch.equal(first["image_embeds"], plain.embed_for_llm([wide, tall])["image_embeds"])
