@@ -98,7 +98,7 @@ class Qwen2VLEncoder:
         frames = list(images) if isinstance(images, (list, tuple)) else [images]
         order = parse_channel_order(channel_order).value
         # The cache's fingerprint ignores the aspect ratio, but the grid depends on the size: the size is in the key.
-        keys = [(self.cache.fingerprint(f, channel_order=order), "qwen2vl-llm-%dx%d" % frame_size(f)) for f in frames]
+        keys = [(self.cache.fingerprint(f, channel_order=order), "qwen2vl-llm-{}x{}".format(*frame_size(f))) for f in frames]
         found = [self.cache.get(fp, namespace=namespace) for fp, namespace in keys]
         missing = [i for i, value in enumerate(found) if value is None]
         if missing:
@@ -158,7 +158,7 @@ def _visual_weights(path: Path) -> dict[str, Any]:
     weights = {}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 for prefix in _VISUAL_PREFIXES:
                     if key.startswith(prefix):
                         weights[key[len(prefix) :]] = handle.get_tensor(key)

@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from providers import EmbeddingShapeError  # noqa: E402
-from providers.embeddings import EmbeddingShape, GridImage  # noqa: E402
+from providers import EmbeddingShapeError
+from providers.embeddings import EmbeddingShape, GridImage
 
 QWEN = EmbeddingShape(model="tiny-qwen2vl", lm_hidden=64, image_tokens=None, dtype=torch.float32, merge_size=2)
 LLAVA = EmbeddingShape(model="tiny-llava", lm_hidden=64, image_tokens=16, dtype=torch.float32)
