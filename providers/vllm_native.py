@@ -69,6 +69,8 @@ OTHER_OPTIONS = frozenset(
 )
 FETCH_TIMEOUT_S = 30.0
 
+log = logging.getLogger(__name__)
+
 
 _CPU_THREADS_LOGGER = "vllm.v1.worker.cpu_worker"
 _CPU_THREADS_WARNING = "CPU backend doesn't allow to use `torch.set_num_threads`"
@@ -257,9 +259,19 @@ class VLLMNativeProvider(LLMProvider):
                     continue
                 previous, previous_ids = text, token_ids
                 text, token_ids = text + delta, token_ids + delta_ids
-                message = parser.extract_tool_calls_streaming(
-                    previous, text, delta, previous_ids, token_ids, delta_ids, request
-                )
+                if parser is None:
+                    yield delta
+                    continue
+                try:
+                    message = parser.extract_tool_calls_streaming(
+                        previous, text, delta, previous_ids, token_ids, delta_ids, request
+                    )
+                except Exception:  # a parser bug must not end the answer: stream the plain text from here on
+                    name = self.config.tool_parser
+                    log.warning("vLLM's %s tool parser failed while streaming; plain text from here", name, exc_info=True)
+                    parser = None
+                    yield delta
+                    continue
                 if message is not None and message.content:
                     yield message.content
         _, calls = self._parse_tool_calls(text, tools)
