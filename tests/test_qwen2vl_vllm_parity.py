@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.fixtures.vllm import native_engine_args, vllm_env
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 
@@ -26,31 +25,6 @@ def _gradient(height: int, width: int) -> np.ndarray:
 
 IMAGES = [_noise(60, 100, 0), _noise(300, 90, 1), _gradient(77, 161), _noise(720, 1280, 2)]
 IDS = ["noise-60x100", "noise-300x90", "gradient-77x161", "noise-720x1280"]
-
-
-@pytest.fixture(scope="module")
-async def qwen_provider(tiny_qwen2vl_path):
-    pytest.importorskip("vllm")
-    import os
-
-    for key, value in vllm_env().items():
-        os.environ.setdefault(key, value)
-    from providers import VLLMNativeProvider
-
-    provider = VLLMNativeProvider(
-        {
-            "model_name": str(tiny_qwen2vl_path),
-            "enable_mm_embeds": True,
-            "dtype": "float32",
-            "max_model_len": 512,
-            "temperature": 0.0,
-            "max_tokens": 16,
-            "engine_args": native_engine_args(),
-        }
-    )
-    await provider.start()
-    yield provider
-    await provider.aclose()
 
 
 @pytest.fixture(scope="module")
@@ -87,45 +61,45 @@ def _ask(content: dict) -> list[dict]:
 
 @pytest.mark.parametrize("image", IMAGES, ids=IDS)
 async def test_qwen2vl_embeddings_give_raw_image_answer_through_native_vllm(
-    qwen_provider, qwen_encoder, hf_image_features, image
+    qwen2vl_native_provider, qwen_encoder, hf_image_features, image
 ):
     ours = await qwen_encoder.aembed_for_llm(image)
     hf = hf_image_features([image])
     assert ours["image_grid_thw"].tolist() == hf["image_grid_thw"].tolist()
     assert ours["image_embeds"].shape == hf["image_embeds"].shape and ours["image_embeds"].shape[-1] == 64
-    from_image = await qwen_provider.achat(_ask({"images": [image]}), **FULL)
-    from_hf = await qwen_provider.achat(_ask({"image_embeddings": hf}), **FULL)
-    from_ours = await qwen_provider.achat(_ask({"image_embeddings": ours}), **FULL)
+    from_image = await qwen2vl_native_provider.achat(_ask({"images": [image]}), **FULL)
+    from_hf = await qwen2vl_native_provider.achat(_ask({"image_embeddings": hf}), **FULL)
+    from_ours = await qwen2vl_native_provider.achat(_ask({"image_embeddings": ours}), **FULL)
     assert len(from_image.token_ids) == 16
     assert from_hf.token_ids == from_image.token_ids
     assert from_ours.token_ids == from_image.token_ids
 
 
-async def test_qwen2vl_two_images_of_different_sizes_in_one_request(qwen_provider, qwen_encoder):
+async def test_qwen2vl_two_images_of_different_sizes_in_one_request(qwen2vl_native_provider, qwen_encoder):
     images = [IMAGES[0], IMAGES[1]]
     ours = qwen_encoder.embed_for_llm(images)
     assert ours["image_grid_thw"].shape == (2, 3)
-    from_image = await qwen_provider.achat(_ask({"images": images}), **FULL)
-    from_ours = await qwen_provider.achat(_ask({"image_embeddings": ours}), **FULL)
+    from_image = await qwen2vl_native_provider.achat(_ask({"images": images}), **FULL)
+    from_ours = await qwen2vl_native_provider.achat(_ask({"image_embeddings": ours}), **FULL)
     assert from_ours.token_ids == from_image.token_ids
 
 
-async def test_qwen2vl_embeddings_of_another_image_change_the_answer(qwen_provider, qwen_encoder):
+async def test_qwen2vl_embeddings_of_another_image_change_the_answer(qwen2vl_native_provider, qwen_encoder):
     # The comparisons above could pass if the engine ignored the image; here different pictures must differ.
     answers = [
-        (await qwen_provider.achat(_ask({"image_embeddings": qwen_encoder.embed_for_llm(img)}), **FULL)).token_ids
+        (await qwen2vl_native_provider.achat(_ask({"image_embeddings": qwen_encoder.embed_for_llm(img)}), **FULL)).token_ids
         for img in (_noise(60, 100, 10), _gradient(60, 100))
     ]
     assert answers[0] != answers[1]
 
 
-async def test_qwen2vl_embeddings_refused_clearly_when_grid_and_tokens_disagree(qwen_provider, qwen_encoder):
+async def test_qwen2vl_embeddings_refused_clearly_when_grid_and_tokens_disagree(qwen2vl_native_provider, qwen_encoder):
     from providers import EmbeddingShapeError
 
     ours = qwen_encoder.embed_for_llm(IMAGES[0])
     with pytest.raises(EmbeddingShapeError, match="image_grid_thw"):
-        await qwen_provider.achat(_ask({"image_embeddings": {**ours, "image_embeds": ours["image_embeds"][:-1]}}))
+        await qwen2vl_native_provider.achat(_ask({"image_embeddings": {**ours, "image_embeds": ours["image_embeds"][:-1]}}))
     with pytest.raises(EmbeddingShapeError, match="image_grid_thw"):
-        await qwen_provider.achat(_ask({"image_embeddings": ours["image_embeds"][None]}))  # LLaVA's form
-    still = await qwen_provider.achat(_ask({"image_embeddings": ours}), **FULL)
+        await qwen2vl_native_provider.achat(_ask({"image_embeddings": ours["image_embeds"][None]}))  # LLaVA's form
+    still = await qwen2vl_native_provider.achat(_ask({"image_embeddings": ours}), **FULL)
     assert len(still.token_ids) == 16
