@@ -13,6 +13,7 @@ from .config import OpenAICompatibleConfig, VLLMNativeConfig, VLLMServerConfig
 from .errors import (
     AuthenticationError,
     BadRequestError,
+    ContextLengthError,
     EmbeddingShapeError,
     EmbeddingsNotSupportedError,
     EngineError,
@@ -39,6 +40,7 @@ __all__ = [
     "BadRequestError",
     "Capabilities",
     "ChatResponse",
+    "ContextLengthError",
     "EmbeddingShapeError",
     "EmbeddingsNotSupportedError",
     "EngineError",

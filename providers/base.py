@@ -93,6 +93,14 @@ class LLMProvider(abc.ABC):
     async def list_models(self) -> list[str]:
         """Names of the models the backend serves; a cheap reachability check for `visual-agent check`."""
 
+    async def context_length(self) -> int | None:
+        """The model's context length in tokens, when the config or the backend says it; None: unknown."""
+        return getattr(getattr(self, "config", None), "context_tokens", None)
+
+    def image_tokens(self) -> int | None:
+        """Prompt tokens one image costs, when the config or the model says it; None: unknown."""
+        return getattr(getattr(self, "config", None), "image_tokens", None)
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release connections or the engine; safe to call twice."""
