@@ -15,13 +15,16 @@ high (a margin on top), since too high only trims more, too low costs a refused 
 from __future__ import annotations
 
 import collections
+import logging
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import ErrorType, QuestionError
 
-__all__ = ["Fitted", "TokenCounter", "fit_request"]
+__all__ = ["ContextBudget", "Fitted", "RequestShape", "TokenCounter", "fit_request"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BYTES_PER_TOKEN = 3.0
 """Until learned; English BPE averages about 4, small vocabularies fewer."""
@@ -32,6 +35,8 @@ SAFETY = 1.1
 SAFETY_TOKENS = 8
 """...plus this many tokens."""
 _OBSERVATIONS = 32
+DEFAULT_MAX_TOKENS = 512
+"""The answer's limit when the provider's config does not say (the providers' own default)."""
 
 
 @dataclass(frozen=True)
@@ -170,3 +175,94 @@ class TokenCounter:
         worst = max(p / (per_byte * b + per_image * n) for b, n, p in self._seen)
         scale = max(1.0, worst)
         return per_byte * scale, per_image * scale
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """What one request held, for learning from its reported size."""
+
+    text_bytes: int
+    images: int
+    estimate: int
+
+
+class ContextBudget:
+    """The budget of one model: its context length (asked of the provider once, or learned from a refusal), a
+    `TokenCounter`, and the answer-length settings. `plan` fits a request; `observe` and `refused` teach it."""
+
+    def __init__(self, llm: Any, *, min_answer_tokens: int) -> None:
+        self.llm = llm
+        self.min_answer_tokens = min_answer_tokens
+        self.max_tokens = int(getattr(getattr(llm, "config", None), "max_tokens", None) or DEFAULT_MAX_TOKENS)
+        self.context_tokens: int | None = None
+        self._asked = False
+        image_tokens = getattr(llm, "image_tokens", None)
+        self.counter = TokenCounter(image_tokens=image_tokens() if callable(image_tokens) else None)
+
+    def __repr__(self) -> str:
+        return f"ContextBudget(context_tokens={self.context_tokens}, max_tokens={self.max_tokens}, {self.counter!r})"
+
+    async def _context_tokens(self) -> int | None:
+        if not self._asked:
+            ask = getattr(self.llm, "context_length", None)
+            if ask is not None:
+                try:
+                    known = await ask()
+                except Exception as exc:  # unreachable now: the request itself will say so; ask again next time
+                    logger.info("context budget: the model's context length is unknown yet (%s)", exc)
+                    return self.context_tokens
+                if known:
+                    self.context_tokens = int(known)
+                    logger.info("context budget: the model's context is %d tokens", self.context_tokens)
+            self._asked = True
+            if self.counter.configured_image_tokens is None:
+                image_tokens = getattr(self.llm, "image_tokens", None)
+                known_images = image_tokens() if callable(image_tokens) else None
+                if known_images:
+                    self.counter.configured_image_tokens = self.counter.image_tokens = known_images
+        return self.context_tokens
+
+    async def plan(self, system: str, question: str, frames: int, turns: Sequence[tuple[str, str]]) -> tuple[Fitted, RequestShape]:
+        """Fit a request of `frames` frames (oldest first) and `turns` (oldest first); without a known context
+        length everything goes and `max_tokens` stays the provider's."""
+        context = await self._context_tokens()
+        base_bytes = TokenCounter.text_bytes(system, question)
+        turn_bytes = [TokenCounter.text_bytes(q, a) for q, a in turns]
+        if context is None:
+            fitted = Fitted(history_turns=len(turns), frames=tuple(range(frames)), max_tokens=self.max_tokens,
+                            prompt_tokens=0)
+        else:
+            counter = self.counter
+            fitted = fit_request(
+                context_tokens=context, base_tokens=counter.text(system, question),
+                frame_tokens=[counter.frame(context)] * frames,
+                turn_tokens=[counter._raise(b * counter.tokens_per_byte) for b in turn_bytes],
+                max_tokens=self.max_tokens, min_answer_tokens=self.min_answer_tokens,
+            )
+        kept_bytes = base_bytes + sum(turn_bytes[len(turns) - fitted.history_turns:])
+        return fitted, RequestShape(kept_bytes, len(fitted.frames), fitted.prompt_tokens)
+
+    def observe(self, shape: RequestShape, prompt_tokens: int | None) -> None:
+        """An answer came back: learn from its reported prompt size (when the provider reports usage)."""
+        if prompt_tokens:
+            self.counter.observe(shape.text_bytes, shape.images, prompt_tokens)
+
+    def refused(self, shape: RequestShape, limit: int | None, input_tokens: int | None, at_least: bool) -> bool:
+        """The endpoint refused `shape` for context length: learn its limit and the true size; True when a retry
+        can expect to fit better (something was learned)."""
+        learned = False
+        if limit and limit != self.context_tokens:
+            self.context_tokens, learned = limit, True
+            logger.info("context budget: the endpoint says the model's context is %d tokens", limit)
+        if input_tokens and input_tokens > shape.estimate:
+            # A count the server stopped at ("at least N") is a lower bound: assume half again as many.
+            true = int(input_tokens * 1.5) if at_least else input_tokens
+            self.counter.observe(shape.text_bytes, shape.images, true)
+            learned = True
+        elif shape.estimate and (input_tokens is None or input_tokens <= shape.estimate):
+            # The estimate looked right yet did not fit (the answer's room, a template): err higher from now on.
+            self.counter.tokens_per_byte *= 1.5
+            if self.counter.image_tokens is not None and self.counter.configured_image_tokens is None:
+                self.counter.image_tokens *= 1.5
+            learned = True
+        return learned
