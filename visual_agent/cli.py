@@ -83,18 +83,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _ask(config: Config, args: argparse.Namespace) -> int:
-    from .agent import topics
     from .mqtt import MqttMessager
+    from .topics import Topics
 
     mqtt = config.mqtt
     if not mqtt.enabled:
         print("error: MQTT is disabled in this config (mqtt.enabled: false)", file=sys.stderr)
         return EXIT_USAGE
     cfg = mqtt.for_client()
-    t = topics(mqtt.prefix)
+    t = Topics(mqtt.prefix)
     qid = args.id or uuid.uuid4().hex[:12]
     client_id = f"visual-agent-ask-{uuid.uuid4().hex[:8]}"
-    reply_topic = f"{mqtt.prefix}/reply/{client_id}"
+    reply_topic = t.reply(client_id)
     messager = MqttMessager(cfg, client_id=client_id, persistent_session=False, name="ask")
     deadline = time.monotonic() + args.timeout
     try:
@@ -104,17 +104,17 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
         return EXIT_TIMEOUT
     try:
         v5 = messager.protocol is MqttProtocol.V5
-        answer_topic = reply_topic if v5 else t["answer"]
+        answer_topic = reply_topic if v5 else t.answer
         await messager.subscribe(answer_topic)
         if args.stream:
-            await messager.subscribe(t["partial"])
+            await messager.subscribe(t.partial)
         body: dict[str, Any] = {"id": qid, "question": args.question, "stream": bool(args.stream)}
         if args.source:
             body["source"] = args.source
         if args.frames:
             body["frames"] = args.frames
         correlation = qid.encode() if v5 else None
-        await messager.publish(t["ask"], json.dumps(body), response_topic=reply_topic if v5 else None,
+        await messager.publish(t.ask, json.dumps(body), response_topic=reply_topic if v5 else None,
                                correlation_data=correlation, wait=True)
         streamed = False
         while True:
@@ -128,7 +128,7 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
                 continue
             if not isinstance(data, dict) or data.get("id") != qid:
                 continue
-            if msg.topic == t["partial"]:
+            if msg.topic == t.partial:
                 if not args.json:
                     print(data.get("delta", ""), end="", flush=True)
                     streamed = True
@@ -205,32 +205,27 @@ async def _check_broker(config: Config, timeout: float) -> bool:
 
 async def _check_llm(config: Config, timeout: float) -> bool:
     try:
-        from providers import create_provider
+        from providers import create_provider, provider_kind
 
         llm = create_provider(config.llm)
+        in_process = provider_kind(config.provider_name()).in_process
     except Exception as exc:
         print(f"llm     FAIL  {config.describe_llm()}: {exc}")
         return False
     try:
-        if config.provider_name() == "vllm_native":
-            from pathlib import Path
-
-            model = str(config.llm.get("model_name"))
-            local = Path(model).expanduser()
-            if local.exists() or "/" in model and not model.startswith(("/", ".")):
-                print(f"llm     OK    in-process vLLM will load {model} at start (not loaded by check)")
-                return True
-            print(f"llm     FAIL  vllm_native model_name {model!r} is not a folder here")
-            return False
-        models = await asyncio.wait_for(llm.list_models(), timeout)
+        models = await asyncio.wait_for(llm.preflight(), timeout)
     except Exception as exc:
         from webrtc.config import mask_url_secrets
 
         print(f"llm     FAIL  {config.describe_llm()}: {mask_url_secrets(f'{type(exc).__name__}: {exc}')}")
-        print("              is the server running? set llm.base_url / llm.api_key (VISUAL_AGENT__LLM__API_KEY)")
+        if not in_process:
+            print("              is the server running? set llm.base_url / llm.api_key (VISUAL_AGENT__LLM__API_KEY)")
         return False
     finally:
         await llm.aclose()
+    if in_process:
+        print(f"llm     OK    in-process {config.provider_name()} will load {', '.join(models)} at start (not loaded by check)")
+        return True
     wanted = config.llm.get("model_name")
     if wanted and models and wanted not in models:
         print(f"llm     FAIL  {config.describe_llm()}: model {wanted!r} not served; served: {', '.join(models)}")

@@ -260,6 +260,11 @@ class MqttMessager:
             finally:
                 self._sub_waiters.pop(mid, None)
 
+    @property
+    def shared_group(self) -> str | None:
+        """`mqtt.shared_group`: the agent subscribes to `$share/<group>/<prefix>/ask` when set."""
+        return self.config.shared_group
+
     async def messages(self) -> AsyncIterator[IncomingMessage]:
         """Received messages, oldest first, until the messager closes."""
         while not self._closed:

@@ -1,0 +1,111 @@
+"""`MqttQuestions`: questions from `<prefix>/ask` (or its shared subscription) in, answers out on MQTT.
+
+The MQTT rules live here: a retained question is ignored (it would be re-answered at every start); an MQTT 5
+`response_topic` (a topic name, no wildcards) gets the answer with the asker's `correlation_data`, else
+`<prefix>/answer` does; partials go to `<prefix>/answer/partial`. A question the transport's full inbox dropped
+gets a `busy` answer, and at shutdown those received but not yet taken get a `shutdown` answer: none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import ErrorType, QuestionError
+from .interfaces import MessageTransport
+from .messages import Answer, Question, parse_question
+from .timings import QuestionTiming
+from .topics import valid_reply_topic
+
+if TYPE_CHECKING:
+    from .agent import VisualAgent
+
+__all__ = ["MQTT_CONSUMER_TASK", "MqttQuestions"]
+
+logger = logging.getLogger(__name__)
+
+MQTT_CONSUMER_TASK = "agent-mqtt-questions"
+"""Name of the task that takes questions off the transport (the agent stops it last on close)."""
+
+
+class MqttQuestions:
+    """The agent's MQTT intake: subscribes, takes each message, answers it through the agent's core."""
+
+    def __init__(self, agent: VisualAgent, transport: MessageTransport) -> None:
+        self.agent = agent
+        self.transport = transport
+        self._refusals: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> asyncio.Task[None]:
+        """Subscribe to the questions topic; returns the consumer task (named `MQTT_CONSUMER_TASK`)."""
+        await self.transport.subscribe(self.agent.topics.ask_subscription(self.transport.shared_group))
+        task = asyncio.get_running_loop().create_task(self._consume(), name=MQTT_CONSUMER_TASK)
+        self.transport.on_inbox_full = self._refuse_overflow
+        return task
+
+    async def close(self) -> None:
+        """After the consumer stopped: finish `busy` refusals, answer what was received but not taken (`shutdown`)."""
+        if self.transport.on_inbox_full == self._refuse_overflow:
+            self.transport.on_inbox_full = None
+        if self._refusals:
+            await asyncio.gather(*self._refusals, return_exceptions=True)
+        for msg in self.transport.take_pending():
+            try:
+                await self.handle(msg)  # `admit` refuses: a `shutdown` answer (or the payload's error)
+            except Exception:
+                logger.exception("agent: could not answer a message on %s at shutdown", msg.topic)
+
+    async def _consume(self) -> None:
+        async for msg in self.transport.messages():
+            try:
+                await self.handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("agent: could not handle a message on %s", msg.topic)
+
+    def _refuse_overflow(self, msg: Any) -> None:
+        """A question the transport's full inbox dropped: a `busy` answer, so it is not lost without one."""
+        self.agent.counters["busy"] += 1
+        busy = QuestionError(ErrorType.BUSY, "too many questions waiting (mqtt.inbox_max); ask again shortly")
+        task = asyncio.get_running_loop().create_task(self.handle(msg, refuse=busy), name="agent-refuse-overflow")
+        self._refusals.add(task)
+        task.add_done_callback(self._refusals.discard)
+
+    async def handle(self, msg: Any, *, refuse: QuestionError | None = None) -> None:
+        """Take one `<prefix>/ask` message: answer it in a task, or answer with an error at once (`refuse`: this one)."""
+        agent = self.agent
+        if msg.retain:
+            logger.warning("agent: ignoring a retained question on %s (it would be re-answered at every start)", msg.topic)
+            return
+        timing = QuestionTiming(id=None, received_at=msg.received_at)
+        reply_to = valid_reply_topic(msg.response_topic) or agent.topics.answer
+        try:
+            question = parse_question(msg.payload, max_bytes=agent.max_payload_bytes,
+                                      max_chars=agent.config.max_question_chars, max_frames=agent.config.max_frames)
+        except QuestionError as exc:
+            agent.counters[f"errors.{exc.type.value}"] += 1
+            logger.warning("agent: bad question on %s: %s", msg.topic, exc.message)
+            await self.transport.publish(reply_to, Answer.failed(None, exc, provider=agent.provider_name).payload(),
+                                         correlation_data=msg.correlation_data)
+            return
+        timing.id = question.id
+        refused = refuse or agent.admit(question)
+        if refused is not None:
+            await self.transport.publish(reply_to, Answer.failed(question, refused, provider=agent.provider_name).payload(),
+                                         correlation_data=msg.correlation_data)
+            return
+        agent.spawn(self._answer(question, reply_to, msg.correlation_data, timing), f"agent-question-{question.id}")
+
+    async def _answer(self, question: Question, reply_to: str, correlation: bytes | None, timing: QuestionTiming) -> None:
+        async def send_partial(payload: bytes) -> None:
+            await self.transport.publish(self.agent.topics.partial, payload)
+
+        async def send_answer(answer: Answer) -> None:
+            await self.transport.publish(reply_to, answer.payload(), correlation_data=correlation)
+            timing.published_at = time.monotonic()
+            self.agent.timings.append(timing)
+
+        await self.agent.answer_and_send(question, send_partial, send_answer, timing)
