@@ -102,11 +102,15 @@ def text_of(request: dict) -> str:
     return json.dumps([m["content"] for m in request["messages"]])
 
 
-def make_agent(base_url: str, camera: Camera, **agent) -> VisualAgent:
+def make_agent(base_url: str, camera: Camera, *, max_tokens: int | None = None, **agent) -> VisualAgent:
+    """An agent on the vLLM server behind `base_url`; `max_tokens` None: the provider's default (512)."""
     from providers import VLLMProvider
 
     config = AgentConfig(history_turns=HISTORY_TURNS, window_s=60.0, question_timeout_s=120.0, **agent)
-    return VisualAgent(VLLMProvider({"base_url": base_url, "temperature": 0.0, "max_retries": 0}),
+    llm = {"base_url": base_url, "temperature": 0.0, "max_retries": 0}
+    if max_tokens is not None:
+        llm["max_tokens"] = max_tokens  # short answers: the whole history fits, so what is sent is all there is
+    return VisualAgent(VLLMProvider(llm),
                        webrtc_driver=camera, config=config, provider_name="vllm")
 
 
@@ -167,7 +171,7 @@ async def test_conversations_on_one_source_never_see_each_others_turns(vllm_serv
     camera = Camera("cam")
     secret = "my door code is 4711"
     async with RecordingProxy(vllm_server.base_url) as proxy:
-        agent = make_agent(proxy.base_url, camera)
+        agent = make_agent(proxy.base_url, camera, max_tokens=24)
         try:
             camera.feed("cam", 2)
             seen_by: dict[str, list[dict]] = {"alice": [], "bob": [], None: []}
@@ -189,7 +193,7 @@ async def test_conversations_on_one_source_never_see_each_others_turns(vllm_serv
 async def test_history_source_mode_shares_turns_across_askers(vllm_server):
     camera = Camera("cam")
     async with RecordingProxy(vllm_server.base_url) as proxy:
-        agent = make_agent(proxy.base_url, camera, history="source")
+        agent = make_agent(proxy.base_url, camera, history="source", max_tokens=24)
         try:
             camera.feed("cam", 2)
             assert (await agent.ask(Question(question="first, from alice", source="cam", conversation="alice"))).error is None
@@ -210,7 +214,7 @@ async def wait_for(predicate, timeout_s: float = 60.0):
 async def test_page_conversation_is_per_peer_and_survives_a_reconnect_only_with_its_id(vllm_server):
     camera = Camera("cam")
     async with RecordingProxy(vllm_server.base_url) as proxy:
-        agent = make_agent(proxy.base_url, camera)
+        agent = make_agent(proxy.base_url, camera, max_tokens=24)
         try:
             camera.feed("cam", 2)
 
@@ -236,24 +240,23 @@ async def test_page_conversation_is_per_peer_and_survives_a_reconnect_only_with_
 
 
 async def test_context_refusal_is_retried_once_trimmed(vllm_server_256):
-    """A wrong `llm.context_tokens` (4096 on a 256-token server): the first request is refused for context length,
-    the agent learns the limit from the refusal and the retry fits."""
+    """A wrong `llm.context_tokens` (4096 on a 256-token server): the first request asks for 512 answer tokens and
+    is refused for context length; the agent learns the limit from the refusal and the retry fits."""
     from providers import VLLMProvider
 
     camera = Camera("cam")
     async with RecordingProxy(vllm_server_256.base_url) as proxy:
-        llm = VLLMProvider({"base_url": proxy.base_url, "temperature": 0.0, "max_retries": 0, "context_tokens": 4096,
-                            "max_tokens": 16})
+        llm = VLLMProvider({"base_url": proxy.base_url, "temperature": 0.0, "max_retries": 0, "context_tokens": 4096})
         agent = VisualAgent(llm, webrtc_driver=camera, config=AgentConfig(history_turns=4, window_s=60.0),
                             provider_name="vllm")
         try:
             camera.feed("cam")
-            long_question = "describe every detail of the scene please " * 8
-            answer = await agent.ask(Question(question=long_question, source="cam", frames=4, conversation="c"))
+            answer = await agent.ask(Question(question="what is here?", source="cam", frames=4, conversation="c"))
             assert answer.error is None, answer.error
             assert proxy.statuses[:2] == [400, 200] and len(proxy.requests) == 2
-            assert images_in(proxy.requests[1]) < images_in(proxy.requests[0]) == 4
-            assert answer.trimmed and answer.trimmed["frames"] == 4 - images_in(proxy.requests[1])
+            assert proxy.requests[0]["max_tokens"] == 512 and proxy.requests[1]["max_tokens"] < 256
+            assert images_in(proxy.requests[1]) == 4 - (answer.trimmed or {}).get("frames", 0)
+            assert agent.budget.context_tokens == 256
         finally:
             await agent.close()
             await llm.aclose()

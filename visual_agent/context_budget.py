@@ -156,6 +156,12 @@ class TokenCounter:
             self.image_tokens = 1.0
             self.tokens_per_byte = (prompt_tokens - images) / text_bytes
 
+    def scale(self, factor: float) -> None:
+        """Raise the learned rates by `factor` (a refusal showed them too low; a configured image count stays)."""
+        self.tokens_per_byte *= factor
+        if self.image_tokens is not None and self.configured_image_tokens is None:
+            self.image_tokens *= factor
+
     def _least_squares(self) -> tuple[float, float] | None:
         sxx = sxy = syy = sxp = syp = 0.0
         for b, n, p in self._seen:
@@ -254,15 +260,12 @@ class ContextBudget:
         if limit and limit != self.context_tokens:
             self.context_tokens, learned = limit, True
             logger.info("context budget: the endpoint says the model's context is %d tokens", limit)
-        if input_tokens and input_tokens > shape.estimate:
-            # A count the server stopped at ("at least N") is a lower bound: assume half again as many.
-            true = int(input_tokens * 1.5) if at_least else input_tokens
-            self.counter.observe(shape.text_bytes, shape.images, true)
+        if input_tokens and input_tokens > shape.estimate and not at_least:
+            self.counter.observe(shape.text_bytes, shape.images, input_tokens)  # the true size: learn it as usage
             learned = True
-        elif shape.estimate and (input_tokens is None or input_tokens <= shape.estimate):
-            # The estimate looked right yet did not fit (the answer's room, a template): err higher from now on.
-            self.counter.tokens_per_byte *= 1.5
-            if self.counter.image_tokens is not None and self.counter.configured_image_tokens is None:
-                self.counter.image_tokens *= 1.5
+        elif (limit is None and shape.estimate) or (at_least and input_tokens):
+            # A count the server stopped at ("at least N"), or no numbers at all: err higher by at least a quarter,
+            # without keeping a made-up size among the observations.
+            self.counter.scale(max(1.25, (input_tokens or 0) / max(shape.estimate, 1)))
             learned = True
         return learned
