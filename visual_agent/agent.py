@@ -401,7 +401,8 @@ class VisualAgent:
 
     def describe_state(self) -> dict[str, Any]:
         """State for /healthz."""
-        return {"in_flight": self._in_flight, "counters": dict(self.counters)}
+        return {"in_flight": self._in_flight, "counters": dict(self.counters),
+                "conversations": len(self.conversations), "context_tokens": self.budget.context_tokens}
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
