@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers.errors import ContextLengthError
 
@@ -45,6 +45,9 @@ from .timings import QuestionTiming
 from .topics import Topics, topics
 from .triggers import DescriptionTriggers
 
+if TYPE_CHECKING:
+    from providers import LLMProvider
+
 __all__ = ["EmbeddingFunction", "QuestionTiming", "VisualAgent", "topics"]
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ class VisualAgent:
 
     def __init__(
         self,
-        llm: Any,
+        llm: LLMProvider,
         messager: MessageTransport | None = None,
         webrtc_driver: FrameSource | None = None,
         embedding_function: EmbeddingFunction | None = None,

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .agent import VisualAgent
 from .broker import EmbeddedBroker
@@ -24,6 +24,10 @@ from .homeassistant import HomeAssistantDiscovery
 from .mqtt import MqttMessager
 from .topics import Topics
 
+if TYPE_CHECKING:
+    from providers import LLMProvider
+    from webrtc import WebRTCServer
+
 __all__ = ["Daemon", "build_frame_encoding", "run_daemon"]
 
 logger = logging.getLogger(__name__)
@@ -31,7 +35,7 @@ logger = logging.getLogger(__name__)
 _LLM_PROBE_TIMEOUT_S = 10.0
 
 
-async def build_frame_encoding(config: Config, llm: Any) -> FrameEncoding:
+async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncoding:
     """The `encoder` section applied to this provider, its CLIP encoder loaded now when it will serve.
 
     A mode the provider cannot take, or a checkpoint that cannot be loaded, is a `ConfigError` naming the file.
@@ -54,8 +58,8 @@ class Daemon:
         self.config = config
         self.broker: EmbeddedBroker | None = None
         self.messager: MqttMessager | None = None
-        self.driver: Any = None
-        self.llm: Any = None
+        self.driver: WebRTCServer | None = None
+        self.llm: LLMProvider | None = None
         self.agent: VisualAgent | None = None
         self.homeassistant: HomeAssistantDiscovery | None = None
         self.llm_state: dict[str, Any] = {"state": "unknown", "detail": config.describe_llm()}
@@ -119,10 +123,12 @@ class Daemon:
     async def _probe_llm(self) -> None:
         """Start the LLM (an in-process engine loads here) and ask it for its models once, so the log and /healthz
         say at once whether it is reachable."""
+        llm = self.llm
+        assert llm is not None  # the probe starts after the provider is built
         started = time.monotonic()
         try:
-            await self.llm.start()
-            models = await asyncio.wait_for(self.llm.list_models(), _LLM_PROBE_TIMEOUT_S)
+            await llm.start()
+            models = await asyncio.wait_for(llm.list_models(), _LLM_PROBE_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

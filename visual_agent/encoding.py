@@ -21,11 +21,14 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from providers.registry import embedding_kinds
+
 from .config import DEFAULT_EMBEDDING_CACHE_ENTRIES, EmbeddingsMode, EncoderConfig, embeddings_mode
 from .errors import ErrorType, QuestionError
 
 if TYPE_CHECKING:
     from encoders import ClipEncoder, EmbeddingCache, JpegEncoder
+    from providers import LLMProvider
 
     from .sampling import TakenFrame
 
@@ -51,26 +54,12 @@ def load_embedder(model_path: str, *, cache_entries: int = DEFAULT_EMBEDDING_CAC
     return ClipEncoder.from_llava(model_path, cache=cache)
 
 
-def _takes_embeddings(llm: Any) -> bool:
-    caps = getattr(llm, "capabilities", None)
-    return bool(caps is not None and caps.image_embeddings)
-
-
-def _embedding_kinds() -> str:
-    try:
-        from providers import embedding_kinds
-
-        return " or ".join(embedding_kinds()) or "one that takes image embeddings"
-    except ImportError:  # pragma: no cover - providers is part of the install
-        return "vllm_native"
-
-
 class FrameEncoding:
     """Frames to model input for one provider: JPEG data URLs or embeddings, decided once at construction."""
 
     def __init__(
         self,
-        llm: Any,
+        llm: LLMProvider,
         *,
         mode: EmbeddingsMode | str = EmbeddingsMode.AUTO,
         embedding_function: EmbeddingFunction | None = None,
@@ -84,10 +73,9 @@ class FrameEncoding:
         self.config = config or EncoderConfig()
         self.mode = embeddings_mode(mode)
         name = provider_name or type(llm).__name__
-        takes = _takes_embeddings(llm)
-        kinds = _embedding_kinds()
-        caps = getattr(llm, "capabilities", None)
-        if embedding_function is not None and caps is not None and not takes:
+        takes = llm.capabilities.image_embeddings
+        kinds = " or ".join(embedding_kinds())
+        if embedding_function is not None and not takes:
             raise ValueError(f"{name} cannot take image embeddings; use provider {kinds} with enable_mm_embeds: true, "
                              "or drop the embedding function (frames then go as JPEG)")
         if self.mode is EmbeddingsMode.OFF and embedding_function is not None:
@@ -100,6 +88,7 @@ class FrameEncoding:
         self._model_path = model_path or self.config.clip_checkpoint
         self._clip: ClipEncoder | None = None
         self._clip_lock = asyncio.Lock()
+        self._closed = False
         if embedding_function is None and takes and self.mode is not EmbeddingsMode.OFF:
             embedding_function = self._default_embeddings  # with none given, the CLIP encoder serves
         self.embedding_function = embedding_function
@@ -113,7 +102,7 @@ class FrameEncoding:
         """(source, seq, id(frame)) -> (frame, the JPEG encoding of its batch, its index in the batch)."""
 
     @classmethod
-    def from_config(cls, config: EncoderConfig, llm: Any, *, provider_name: str | None = None,
+    def from_config(cls, config: EncoderConfig, llm: LLMProvider, *, provider_name: str | None = None,
                     model_path: str | None = None) -> FrameEncoding:
         """The daemon's encoding: the `encoder` section applied to this provider."""
         return cls(llm, mode=config.embeddings, config=config, provider_name=provider_name, model_path=model_path)
@@ -168,10 +157,12 @@ class FrameEncoding:
                 del self._shared[key]
 
     async def _embedder(self) -> ClipEncoder:
+        if self._closed:
+            raise QuestionError(ErrorType.SHUTDOWN, "the frame encoder is closed")
         if self._clip is None:
             async with self._clip_lock:
                 if self._clip is None:
-                    path = self._model_path or _model_name(self._llm)
+                    path = self._model_path or self._llm.model
                     if not path:
                         raise QuestionError(ErrorType.INTERNAL, "no LLaVA folder to load the CLIP encoder from "
                                             "(encoder.clip_checkpoint or llm.model_name)")
@@ -183,9 +174,14 @@ class FrameEncoding:
         """CLIP embeddings from the provider's own LLaVA folder, loaded on first use."""
         return await (await self._embedder()).aembed_for_llm(frames)
 
+    @property
+    def embedder(self) -> ClipEncoder | None:
+        """The CLIP encoder once loaded (None: not yet, or frames go as JPEG or through a given function)."""
+        return self._clip
+
     def cache_stats(self) -> Any:
         """The CLIP encoder's `EmbeddingCache` counters (None: no cache, or CLIP not loaded)."""
-        cache: EmbeddingCache | None = getattr(self._clip, "cache", None)
+        cache: EmbeddingCache | None = None if self._clip is None else self._clip.cache
         return None if cache is None else cache.stats()
 
     async def aclose(self) -> None:
@@ -193,15 +189,12 @@ class FrameEncoding:
         running = {b for _, b, _ in self._shared.values() if not b.done()}
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        clip, self._clip = self._clip, None
-        if clip is not None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._clip is not None:
             with contextlib.suppress(Exception):
-                await clip.aclose()
-
-
-def _model_name(llm: Any) -> str | None:
-    """The provider's model (a LLaVA folder for the native engine)."""
-    return getattr(llm, "model", None) or getattr(getattr(llm, "config", None), "model_name", None)
+                await self._clip.aclose()
 
 
 def frames_as_mode(frames_as: str | EmbeddingsMode) -> EmbeddingsMode:

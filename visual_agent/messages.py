@@ -1,4 +1,4 @@
-"""Question and answer payloads of the MQTT and data-channel contracts (ARCHITECTURE.md, "Interfaces").
+"""Question and answer payloads of the MQTT and data-channel contracts (docs/VISUAL_AGENT_GUIDE.md, "MQTT contract").
 
 In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "conversation"?}`` as JSON, or plain UTF-8 text (the whole payload is
 the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.

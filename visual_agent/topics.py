@@ -1,7 +1,7 @@
 """`Topics`: every MQTT topic the daemon uses, built in one place from the prefix (and Home Assistant's settings).
 
 The agent, the Home Assistant discovery and `visual-agent ask` all read their topics here, so a topic is
-renamed or added once (docs/ARCHITECTURE.md, "Interfaces the outside world sees", lists them).
+renamed or added once (docs/VISUAL_AGENT_GUIDE.md, "MQTT contract", lists them; docs/ARCHITECTURE.md says where to add one).
 """
 
 from __future__ import annotations
