@@ -70,3 +70,12 @@ async def test_openai_compatible_context_length_is_the_configured_one():
 def test_token_count_config_is_checked(key, value):
     with pytest.raises(ProviderConfigError, match=key):
         OpenAICompatibleProvider({"base_url": "http://127.0.0.1:9/v1", "model_name": "m", key: value})
+
+
+@pytest.mark.vllm
+async def test_native_engine_knows_its_context_and_refuses_past_it_with_context_length_error(native_provider):
+    assert await native_provider.context_length() == 512
+    assert native_provider.image_tokens() == 16  # the tiny LLaVA's image tokens
+    with pytest.raises(ContextLengthError) as info:
+        await native_provider.achat([{"role": "user", "content": "why " * 600}])
+    assert info.value.limit == 512 and info.value.input_tokens and info.value.input_tokens > 512

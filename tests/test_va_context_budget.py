@@ -90,3 +90,26 @@ def test_token_counter_one_shape_puts_the_rest_on_the_images():
     c2 = TokenCounter()
     c2.observe(300, 2, 60)  # fewer tokens than the default text rate alone: the text rate comes down
     assert c2.image_tokens == 1.0 and c2.tokens_per_byte == pytest.approx(58 / 300)
+
+
+def test_fit_request_any_input_fits_or_says_context_exceeded():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        context = rng.choice([256, 512, 4096])
+        frames = [rng.randint(1, 700)] * rng.randint(1, 8)
+        turns = [rng.randint(1, 900) for _ in range(rng.randint(0, 6))]
+        args = dict(context_tokens=context, base_tokens=rng.randint(1, 600), frame_tokens=frames, turn_tokens=turns,
+                    max_tokens=rng.choice([1, 16, 512, 4096]), min_answer_tokens=rng.choice([1, 16, 64]))
+        try:
+            f = fit_request(**args)
+        except QuestionError as exc:
+            assert exc.type is ErrorType.CONTEXT_EXCEEDED
+            assert args["base_tokens"] + frames[-1] + args["min_answer_tokens"] > context
+            continue
+        assert f.frames[-1] == len(frames) - 1 and f.max_tokens >= args["min_answer_tokens"]
+        assert f.prompt_tokens + min(f.max_tokens, args["max_tokens"]) <= context or f.max_tokens == args["min_answer_tokens"]
+        assert f.prompt_tokens + args["min_answer_tokens"] <= context
+        assert f.trimmed.get("frames", 0) == len(frames) - len(f.frames)
+        assert f.trimmed.get("history_turns", 0) == len(turns) - f.history_turns

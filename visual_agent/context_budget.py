@@ -71,7 +71,7 @@ def fit_request(*, context_tokens: int, base_tokens: int, frame_tokens: Sequence
             f"(agent.min_answer_tokens), more than the model's context of {context_tokens} tokens: ask a shorter "
             "question, shorten agent.system_prompt, lower agent.min_answer_tokens or encoder.jpeg_max_side, or serve "
             "the model with a longer context (vLLM --max-model-len)"))
-    answer_room = min(max_tokens, max(min_answer_tokens, context_tokens // 4))
+    answer_room = max(min_answer_tokens, min(max_tokens, context_tokens // 4))
     budget = max(context_tokens - answer_room, must)
     used = must
     turns = 0
