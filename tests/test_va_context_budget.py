@@ -113,3 +113,28 @@ def test_fit_request_any_input_fits_or_says_context_exceeded():
         assert f.prompt_tokens + args["min_answer_tokens"] <= context
         assert f.trimmed.get("frames", 0) == len(frames) - len(f.frames)
         assert f.trimmed.get("history_turns", 0) == len(turns) - f.history_turns
+
+
+async def test_context_budget_minimal_plan_keeps_only_the_question_and_newest_frame():
+    from visual_agent.context_budget import ContextBudget
+
+    class Model:
+        """A stand-in for a provider that only states its context length (the planner asks nothing else)."""
+        class config:
+            max_tokens = 512
+            context_tokens = 4096
+            image_tokens = None
+
+        async def context_length(self):
+            return 4096
+
+        def image_tokens(self):
+            return None
+
+    budget = ContextBudget(Model(), min_answer_tokens=16)
+    turns = [("q1", "a1"), ("q2", "a2")]
+    full, _ = await budget.plan("system", "question?", 4, turns)
+    assert full.trimmed == {} and full.frames == (0, 1, 2, 3) and full.history_turns == 2
+    least, shape = await budget.plan("system", "question?", 4, turns, minimal=True)
+    assert least.frames == (3,) and least.history_turns == 0 and shape.images == 1
+    assert least.trimmed == {"history_turns": 2, "frames": 3} and least.max_tokens == 512

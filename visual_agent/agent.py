@@ -235,8 +235,10 @@ class VisualAgent:
                          on_partial: PartialCallback | None, timing: QuestionTiming | None) -> tuple[str, str | None, Fitted]:
         """Fit the request into the model's context and ask; a refusal for context length is retried once, with
         what the refusal taught the budget (the true prompt size, the context length)."""
+        minimal = False
         for attempt in (1, 2):
-            fitted, shape = await self.budget.plan(self.config.system_prompt, question, len(taken), turns)
+            fitted, shape = await self.budget.plan(self.config.system_prompt, question, len(taken), turns,
+                                                   minimal=minimal)
             content = await self.encoding.content(question, [taken[i] for i in fitted.frames], source)
             if timing is not None:
                 timing.encoded_at = time.monotonic()
@@ -251,6 +253,8 @@ class VisualAgent:
                 learned = self.budget.refused(shape, exc.limit, exc.input_tokens, exc.input_at_least)
                 if attempt == 2 or streamed[0] or not learned:
                     raise
+                # The refusal did not say the prompt's true size: retry with the question and its newest frame only.
+                minimal = exc.input_at_least or (exc.input_tokens is None and exc.limit is None)
                 logger.info("agent: the model refused %d prompt tokens (estimated %d) for context length; retrying "
                             "trimmed: %s", exc.input_tokens or 0, shape.estimate, exc.message)
                 continue

@@ -228,9 +228,11 @@ class ContextBudget:
                     self.counter.configured_image_tokens = self.counter.image_tokens = known_images
         return self.context_tokens
 
-    async def plan(self, system: str, question: str, frames: int, turns: Sequence[tuple[str, str]]) -> tuple[Fitted, RequestShape]:
+    async def plan(self, system: str, question: str, frames: int, turns: Sequence[tuple[str, str]], *,
+                   minimal: bool = False) -> tuple[Fitted, RequestShape]:
         """Fit a request of `frames` frames (oldest first) and `turns` (oldest first); without a known context
-        length everything goes and `max_tokens` stays the provider's."""
+        length everything goes and `max_tokens` stays the provider's. `minimal`: only the question and its newest
+        frame (a retry after a refusal that did not say how large the prompt was)."""
         context = await self._context_tokens()
         base_bytes = TokenCounter.text_bytes(system, question)
         turn_bytes = [TokenCounter.text_bytes(q, a) for q, a in turns]
@@ -244,9 +246,17 @@ class ContextBudget:
                 frame_tokens=[counter.frame(context)] * frames,
                 turn_tokens=[counter._raise(b * counter.tokens_per_byte) for b in turn_bytes],
                 max_tokens=self.max_tokens, min_answer_tokens=self.min_answer_tokens,
-            )
+            ) if not minimal else self._minimal(context, system, question, frames, len(turns))
         kept_bytes = base_bytes + sum(turn_bytes[len(turns) - fitted.history_turns:])
         return fitted, RequestShape(kept_bytes, len(fitted.frames), fitted.prompt_tokens)
+
+    def _minimal(self, context: int, system: str, question: str, frames: int, turns: int) -> Fitted:
+        alone = fit_request(context_tokens=context, base_tokens=self.counter.text(system, question),
+                            frame_tokens=[self.counter.frame(context)], turn_tokens=[], max_tokens=self.max_tokens,
+                            min_answer_tokens=self.min_answer_tokens)
+        dropped = {"history_turns": turns, "frames": frames - 1}
+        return Fitted(history_turns=0, frames=(frames - 1,), max_tokens=alone.max_tokens,
+                      prompt_tokens=alone.prompt_tokens, trimmed={k: v for k, v in dropped.items() if v})
 
     def observe(self, shape: RequestShape, prompt_tokens: int | None) -> None:
         """An answer came back: learn from its reported prompt size (when the provider reports usage)."""
