@@ -120,8 +120,8 @@ def small_server(request):
 
 
 async def test_context_budget_twenty_questions_in_one_conversation_all_answered(small_server):
-    """20 questions with history on, every third with 4 frames, the provider's default max_tokens (512): each is
-    answered, and `trimmed` says exactly what the model did not receive."""
+    """20 questions with history on, every third with 4 frames, every other streamed, the provider's default
+    max_tokens (512): each is answered, and `trimmed` says exactly what the model did not receive."""
     camera = Camera("cam")
     async with RecordingProxy(small_server.base_url) as proxy:
         agent = make_agent(proxy.base_url, camera)
@@ -131,9 +131,16 @@ async def test_context_budget_twenty_questions_in_one_conversation_all_answered(
                 camera.feed("cam")
                 frames = 4 if i % 3 == 0 else None
                 before = len(proxy.requests)
+                pieces: list[str] = []
+
+                async def on_partial(seq: int, delta: str) -> None:
+                    pieces.append(delta)
+
                 answer = await agent.ask(Question(question=f"question {i}: what is on the table?", source="cam",
-                                                  frames=frames, conversation="one"))
+                                                  frames=frames, conversation="one"),
+                                         on_partial=on_partial if i % 2 else None)  # the page streams: no usage
                 assert answer.error is None, (i, answer.error)
+                assert "".join(pieces) == (answer.text if i % 2 else "")
                 sent = proxy.requests[-1]
                 assert len(proxy.requests) - before in (1, 2)  # a refusal is retried once, trimmed
                 trimmed = answer.trimmed or {}
@@ -143,6 +150,8 @@ async def test_context_budget_twenty_questions_in_one_conversation_all_answered(
                 assert 16 <= sent["max_tokens"] <= 512
                 assert answer.as_dict().get("trimmed") == (trimmed or None)
             assert proxy.statuses[-1] == 200
+            print(f"\n{small_server.max_model_len} tokens: {len(proxy.requests)} requests for 20 questions, "
+                  f"{proxy.statuses.count(400)} refused; {agent.budget!r}")
         finally:
             await agent.close()
             await agent.llm.aclose()
