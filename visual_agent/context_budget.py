@@ -149,9 +149,9 @@ class TokenCounter:
             self.tokens_per_byte, self.image_tokens = solved
             return
         # One shape seen so far: keep the text rate, put the rest on the images (at least 1 token each).
-        rest = prompt_tokens - self.tokens_per_byte * text_bytes
-        if rest >= images:
-            self.image_tokens = rest / images
+        left = prompt_tokens - self.tokens_per_byte * text_bytes
+        if left >= images:
+            self.image_tokens = left / images
         else:  # the text rate was too high: the images take 1 token each until a second shape says better
             self.image_tokens = 1.0
             self.tokens_per_byte = (prompt_tokens - images) / text_bytes
