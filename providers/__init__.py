@@ -15,6 +15,7 @@ from .config import OpenAICompatibleConfig, VLLMNativeConfig, VLLMServerConfig
 from .errors import (
     AuthenticationError,
     BadRequestError,
+    ContextLengthError,
     EmbeddingShapeError,
     EmbeddingsNotSupportedError,
     EngineError,
@@ -44,6 +45,7 @@ __all__ = [
     "BadRequestError",
     "Capabilities",
     "ChatResponse",
+    "ContextLengthError",
     "EmbeddingShapeError",
     "EmbeddingsNotSupportedError",
     "EngineError",

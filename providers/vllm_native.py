@@ -32,6 +32,7 @@ from .errors import (
     ProviderConfigError,
     ProviderConnectionError,
     ToolsNotSupportedError,
+    context_length_error,
 )
 from .messages import (
     EmbeddingsPart,
@@ -132,6 +133,7 @@ class VLLMNativeProvider(LLMProvider):
         self._prefix = uuid.uuid4().hex[:8]
         self._tokenizer: Any = None
         self._shape: EmbeddingShape | None = None
+        self._max_model_len: int | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._worker else "not started")
@@ -184,6 +186,7 @@ class VLLMNativeProvider(LLMProvider):
                 raise
             model_config = engine.model_config
             self._tokenizer = engine.get_tokenizer()
+            self._max_model_len = getattr(model_config, "max_model_len", None)
             self._shape = EmbeddingShape.of_model(model_config, endpoint=self.endpoint)
             self._worker, self._booting = self._booting, None
 
@@ -198,6 +201,17 @@ class VLLMNativeProvider(LLMProvider):
 
     async def list_models(self) -> list[str]:
         return [self.config.model_name]
+
+    async def context_length(self) -> int | None:
+        """The engine's own `max_model_len` (starting the engine if needed)."""
+        await self.start()
+        return int(self._max_model_len) if self._max_model_len else self.config.max_model_len
+
+    def image_tokens(self) -> int | None:
+        """`image_tokens` from the config, else the model's image tokens once the engine runs (LLaVA: fixed)."""
+        if self.config.image_tokens is not None:
+            return self.config.image_tokens
+        return getattr(self._shape, "image_tokens", None) or None
 
     async def preflight(self) -> list[str]:
         """The model, when it is a folder here or looks like a Hugging Face id; nothing is loaded."""
@@ -320,6 +334,9 @@ class VLLMNativeProvider(LLMProvider):
         if isinstance(exc, EngineError):
             return exc
         if isinstance(exc, (ValueError, TypeError)) or _is_vllm_client_error(exc):
+            refused = context_length_error(f"the engine refused the request: {exc}", endpoint=self.endpoint)
+            if refused is not None:
+                return refused
             return BadRequestError(f"the engine refused the request: {exc}", endpoint=self.endpoint)
         return EngineError(f"the engine failed: {type(exc).__name__}: {exc}", endpoint=self.endpoint)
 

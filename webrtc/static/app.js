@@ -220,6 +220,21 @@ function onMessage(data) {
   log(`message: ${data}`);
 }
 
+// One conversation per browser tab: its id lives in sessionStorage, so the history survives a reconnect (and a
+// reload) of this tab, and another tab starts its own.
+function conversationId() {
+  try {
+    let id = sessionStorage.getItem("visual-agent-conversation");
+    if (!id) {
+      id = `tab-${crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`}`.slice(0, 40);
+      sessionStorage.setItem("visual-agent-conversation", id);
+    }
+    return id;
+  } catch (err) {  // storage refused (privacy mode): the server makes the connection the conversation
+    return null;
+  }
+}
+
 function ask(event) {
   event.preventDefault();
   const question = $("question").value.trim();
@@ -227,6 +242,8 @@ function ask(event) {
   const id = (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).slice(0, 12);
   const message = { id, question, stream: true };
   if (page.source) message.source = page.source;
+  const conversation = conversationId();
+  if (conversation) message.conversation = conversation;
   const text = JSON.stringify(message);
   const bytes = new TextEncoder().encode(text).length;
   if (page.maxMessageBytes && bytes > page.maxMessageBytes) {  // the server would drop it: no answer would come
