@@ -430,7 +430,7 @@ class VisualAgent:
             logger.warning("agent: ignoring a retained question on %s (it would be re-answered at every start)", msg.topic)
             return
         timing = QuestionTiming(id=None, received_at=msg.received_at)
-        reply_to = _valid_topic(msg.response_topic) or self.topics["answer"]
+        reply_to, forbidden = self._reply_topic(msg.response_topic)
         try:
             question = parse_question(msg.payload, max_bytes=self.max_payload_bytes,
                                       max_chars=self.config.max_question_chars, max_frames=self.config.max_frames)
@@ -441,18 +441,38 @@ class VisualAgent:
                                         correlation_data=msg.correlation_data)
             return
         timing.id = question.id
-        refused = refuse or self._admit(question)
+        queued_s = _queued_s(question, msg)
+        refused = refuse or forbidden or self._admit(question)
         if refused is not None:
-            await self.messager.publish(reply_to, Answer.failed(question, refused, provider=self.provider_name).payload(),
-                                        correlation_data=msg.correlation_data)
+            failed = Answer.failed(question, refused, provider=self.provider_name)
+            failed.queued_s = queued_s
+            await self.messager.publish(reply_to, failed.payload(), correlation_data=msg.correlation_data)
             return
-        self._spawn(self._answer_mqtt(question, reply_to, msg.correlation_data, timing), f"agent-question-{question.id}")
+        self._spawn(self._answer_mqtt(question, reply_to, msg.correlation_data, timing, queued_s),
+                    f"agent-question-{question.id}")
 
-    async def _answer_mqtt(self, question: Question, reply_to: str, correlation: bytes | None, timing: QuestionTiming) -> None:
+    def _reply_topic(self, response_topic: str | None) -> tuple[str, QuestionError | None]:
+        """Where the answer goes: the MQTT 5 response topic when the messager allows it (`mqtt.response_topic_prefixes`),
+        else `<prefix>/answer`, with a `forbidden_response_topic` error for a topic outside the allowed prefixes."""
+        if not response_topic:
+            return self.topics["answer"], None
+        allowed = getattr(self.messager, "response_topic_allowed", None)
+        if allowed(response_topic) if allowed is not None else _valid_topic(response_topic):
+            return response_topic, None
+        self.counters[f"errors.{ErrorType.FORBIDDEN_RESPONSE_TOPIC.value}"] += 1
+        logger.warning("agent: refused response topic %r (not under mqtt.response_topic_prefixes)", response_topic[:200])
+        return self.topics["answer"], QuestionError(
+            ErrorType.FORBIDDEN_RESPONSE_TOPIC,
+            "the response topic is not under mqtt.response_topic_prefixes; use a topic under "
+            f"{self.topics['answer'].rsplit('/', 1)[0]}/reply/ (this answer went to {self.topics['answer']})")
+
+    async def _answer_mqtt(self, question: Question, reply_to: str, correlation: bytes | None, timing: QuestionTiming,
+                           queued_s: float | None = None) -> None:
         async def send_partial(payload: bytes) -> None:
             await self.messager.publish(self.topics["partial"], payload)
 
         async def send_answer(answer: Answer) -> None:
+            answer.queued_s = queued_s
             await self.messager.publish(reply_to, answer.payload(), correlation_data=correlation)
             timing.published_at = time.monotonic()
             self.timings.append(timing)
@@ -597,6 +617,14 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def _queued_s(question: Question, msg: Any) -> float | None:
+    """How long the question waited before the daemon got it (its `asked_at` to receipt), or None."""
+    received_wall = getattr(msg, "received_wall", 0.0)
+    if question.asked_at is None or not received_wall:
+        return None
+    return max(0.0, received_wall - question.asked_at)
 
 
 def _valid_topic(topic: str | None) -> str | None:

@@ -48,6 +48,8 @@ class ErrorType(str, enum.Enum):
     """The LLM endpoint could not be reached (connection refused, DNS, down)."""
     LLM_ERROR = "llm_error"
     """The LLM answered with an error (auth, bad request, rate limit, server error)."""
+    FORBIDDEN_RESPONSE_TOPIC = "forbidden_response_topic"
+    """The MQTT 5 response topic is outside `mqtt.response_topic_prefixes`; the error answer goes to `<prefix>/answer`."""
     SHUTDOWN = "shutdown"
     """The daemon stopped before the answer was ready."""
     INTERNAL = "internal"

@@ -1,9 +1,9 @@
 """Question and answer payloads of the MQTT and data-channel contracts (ARCHITECTURE.md, "Interfaces").
 
-In: ``{"id"?, "question", "source"?, "frames"?, "stream"?}`` as JSON, or plain UTF-8 text (the whole payload is
+In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "asked_at"?}`` as JSON, or plain UTF-8 text (the whole payload is
 the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.
 Out: the answer ``{"id", "question", "text", "source", "frames": [{"pts", "age_s"}], "model", "provider",
-"latency_s", "error"}`` and partials ``{"id", "seq", "delta"}``.
+"latency_s", "error"}`` (plus ``"queued_s"`` when the question said when it was asked) and partials ``{"id", "seq", "delta"}``.
 
 Parsing never raises anything but `QuestionError`, whose `id` is the question's id when one could be read, so
 the error answer still reaches the asker under its id.
@@ -12,6 +12,7 @@ the error answer still reaches the asker under its id.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from .errors import ErrorType, QuestionError
 
 __all__ = ["Answer", "FrameRef", "Question", "new_id", "parse_question", "partial_payload"]
 
-QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream"})
+QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream", "asked_at"})
 _MAX_ID_CHARS = 128
 
 
@@ -43,6 +44,8 @@ class Question:
     """How many frames to look at; None: the config's."""
     stream: bool | None = None
     """Stream partials; None: the config's."""
+    asked_at: float | None = None
+    """When the asker sent it (Unix seconds): the answer then says how long it waited (`queued_s`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +72,12 @@ class Answer:
     provider: str | None = None
     latency_s: float = 0.0
     error: dict[str, str] | None = None
+    queued_s: float | None = None
+    """Seconds from the question's `asked_at` until the daemon received it (e.g. it was queued at the broker
+    while the daemon was stopped); only when the question carried `asked_at`."""
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {} if self.queued_s is None else {"queued_s": round(self.queued_s, 3)}
         return {
             "id": self.id,
             "question": self.question,
@@ -81,6 +88,7 @@ class Answer:
             "provider": self.provider,
             "latency_s": round(self.latency_s, 4),
             "error": self.error,
+            **extra,
         }
 
     def payload(self) -> bytes:
@@ -179,4 +187,9 @@ def _from_mapping(data: dict[str, Any]) -> Question:
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad(f'"stream" must be true or false, got {stream!r}', qid)
-    return Question(question=question.strip(), id=qid, source=source, frames=frames, stream=stream)
+    asked_at = data.get("asked_at")
+    if asked_at is not None and (isinstance(asked_at, bool) or not isinstance(asked_at, (int, float))
+                                 or not math.isfinite(asked_at) or asked_at < 0):
+        raise _bad(f'"asked_at" must be a Unix time in seconds, got {asked_at!r}', qid)
+    return Question(question=question.strip(), id=qid, source=source, frames=frames, stream=stream,
+                    asked_at=float(asked_at) if asked_at is not None else None)
