@@ -162,6 +162,7 @@ class Daemon:
         """Broker, LLM and agent state for GET /healthz."""
         return {
             "broker": self.messager.describe() if self.messager else {"state": "disabled"},
+            **({"embedded_broker": self.broker.describe()} if self.broker is not None else {}),
             "llm": {"provider": self.config.provider_name(), **self.llm_state},
             "agent": self.agent.describe_state() if self.agent else None,
         }
