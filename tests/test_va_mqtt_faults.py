@@ -316,3 +316,38 @@ async def test_daemon_sigterm_during_llm_call_answers_shutdown_and_says_offline(
     assert code == 0, log
     assert [(a["id"], a["error"]["type"]) for a in final] == [("inflight", "shutdown")], (final, log)
     assert seen[-1].payload == b"offline"
+
+
+
+async def test_messager_refused_subscription_means_no_online():
+    """A broker ACL that refuses the ask subscription (amqtt's own topic ACL plugin; mosquitto 2.0.11 grants a denied
+    subscription and then delivers nothing): the messager does not say `online`, since it cannot take questions,
+    says why in `last_error`, and keeps retrying with backoff."""
+    from amqtt.broker import Broker
+
+    port = free_tcp_port()
+    broker = Broker({
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                    "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {"acl": {"anonymous": ["open/#"]}}},
+    })
+    await broker.start()
+    try:
+        cfg = MqttConfig(host="127.0.0.1", port=port, protocol="3.1.1", reconnect_min_s=0.1, reconnect_max_s=0.2)
+        async with MqttMessager(cfg, subscriptions=["open/status"]) as watcher:
+            m = MqttMessager(cfg, subscriptions=["closed/ask"], status_topic="open/status")
+            with pytest.raises(Exception, match="refused the subscription to closed/ask"):
+                await m.start(timeout=3)
+            assert not m.connected and m.stats.connects >= 2  # it retried
+            await m.close(publish_offline=False)
+            await watcher.publish("open/status", b"marker", wait=True)
+            seen = [(await watcher.next_message(10)).payload]
+            while seen[-1] != b"marker":
+                seen.append((await watcher.next_message(10)).payload)
+            assert b"online" not in seen, seen  # the refused messager never said `online` (its will: offline)
+            ok = MqttMessager(cfg, subscriptions=["open/ask"], status_topic="open/status")
+            await ok.start(timeout=5)
+            assert (await watcher.next_message(10)).payload == b"online"
+            await ok.close()
+    finally:
+        await broker.shutdown()
