@@ -351,3 +351,16 @@ async def test_messager_refused_subscription_means_no_online():
             await ok.close()
     finally:
         await broker.shutdown()
+
+
+def test_question_asked_at_is_checked_and_answers_carry_queued_s():
+    from visual_agent.errors import QuestionError
+    from visual_agent.messages import Answer, parse_question
+
+    q = parse_question(b'{"id": 1, "question": "hi", "asked_at": 1700000000.5}', max_bytes=4096, max_chars=100, max_frames=4)
+    assert q.asked_at == 1700000000.5
+    for bad in ('"yesterday"', "-1", "true", "1e999"):
+        with pytest.raises(QuestionError, match="asked_at"):
+            parse_question(f'{{"id": 2, "question": "hi", "asked_at": {bad}}}', max_bytes=4096, max_chars=100, max_frames=4)
+    assert "queued_s" not in Answer(id=1, question="hi").as_dict()
+    assert Answer(id=1, question="hi", queued_s=2.34567).as_dict()["queued_s"] == 2.346

@@ -461,10 +461,11 @@ class VisualAgent:
             return response_topic, None
         self.counters[f"errors.{ErrorType.FORBIDDEN_RESPONSE_TOPIC.value}"] += 1
         logger.warning("agent: refused response topic %r (not under mqtt.response_topic_prefixes)", response_topic[:200])
+        prefixes = getattr(getattr(self.messager, "config", None), "allowed_response_prefixes", lambda: [])()
         return self.topics["answer"], QuestionError(
             ErrorType.FORBIDDEN_RESPONSE_TOPIC,
-            "the response topic is not under mqtt.response_topic_prefixes; use a topic under "
-            f"{self.topics['answer'].rsplit('/', 1)[0]}/reply/ (this answer went to {self.topics['answer']})")
+            f"the response topic must start with one of {prefixes} (mqtt.response_topic_prefixes); "
+            f"this answer went to {self.topics['answer']}")
 
     async def _answer_mqtt(self, question: Question, reply_to: str, correlation: bytes | None, timing: QuestionTiming,
                            queued_s: float | None = None) -> None:
