@@ -1,5 +1,7 @@
 """LLM providers: OpenAI-compatible HTTP endpoints, a vLLM server, and the in-process vLLM engine.
 
+The kinds (`llm.provider` values) are listed once, in `providers.registry`.
+
 `import providers` needs neither torch nor vllm: `VLLMNativeProvider` and `VLLMNativeConfig`'s engine are
 imported on first access.
 """
@@ -29,6 +31,7 @@ from .errors import (
 )
 from .factory import create_provider
 from .openai_compatible import OpenAICompatibleProvider
+from .registry import DEFAULT_PROVIDER_KIND, ProviderKind, embedding_kinds, provider_kind, provider_kinds, register
 from .vllm_server import VLLMProvider, normalize_vllm_base_url
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "DEFAULT_PROVIDER_KIND",
     "BadRequestError",
     "Capabilities",
     "ChatResponse",
@@ -50,6 +54,7 @@ __all__ = [
     "ProviderConfigError",
     "ProviderConnectionError",
     "ProviderError",
+    "ProviderKind",
     "ProviderStatusError",
     "ProviderTimeoutError",
     "RateLimitedError",
@@ -62,7 +67,11 @@ __all__ = [
     "VLLMProvider",
     "VLLMServerConfig",
     "create_provider",
+    "embedding_kinds",
     "normalize_vllm_base_url",
+    "provider_kind",
+    "provider_kinds",
+    "register",
 ]
 
 

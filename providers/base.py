@@ -1,4 +1,4 @@
-"""What every provider is: `achat`, `astream`, `capabilities`, `aclose`, and the answer type `ChatResponse`."""
+"""What every provider is: `achat`, `astream`, `capabilities`, `start`/`aclose`, and the answer type `ChatResponse`."""
 
 from __future__ import annotations
 
@@ -91,13 +91,22 @@ class LLMProvider(abc.ABC):
 
     @abc.abstractmethod
     async def list_models(self) -> list[str]:
-        """Names of the models the backend serves; a cheap reachability check for `visual-agent check`."""
+        """Names of the models the backend serves; a cheap reachability check."""
 
-    @abc.abstractmethod
+    async def start(self) -> None:
+        """Get ready to answer (an in-process engine loads its model here); HTTP providers have nothing to do.
+
+        The daemon calls it once at start for every provider; the first request does it too. Safe to call again.
+        """
+
+    async def preflight(self) -> list[str]:
+        """What `visual-agent check` asks: the models that would answer, without loading any (default `list_models`)."""
+        return await self.list_models()
+
     async def aclose(self) -> None:
-        """Release connections or the engine; safe to call twice."""
+        """Release connections or the engine; safe to call twice (nothing to release by default)."""
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> LLMProvider:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from encoders.jpeg import DEFAULT_JPEG_QUALITY
+from encoders.jpeg import DEFAULT_MAX_SIDE as DEFAULT_JPEG_MAX_SIDE
+
 from .errors import ProviderConfigError
 
 __all__ = [
@@ -25,10 +28,12 @@ __all__ = [
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_VLLM_BASE_URL",
+    "SECRET_KEY",
     "OpenAICompatibleConfig",
     "VLLMNativeConfig",
     "VLLMServerConfig",
     "config_from",
+    "is_secret_key",
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -37,8 +42,6 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 2
-DEFAULT_JPEG_MAX_SIDE = 768
-DEFAULT_JPEG_QUALITY = 85
 API_KEY_ENV = "OPENAI_API_KEY"
 # Keys a config dict may carry that select the provider rather than configure it.
 SELECTOR_KEYS = frozenset({"provider"})
@@ -50,15 +53,20 @@ def _mask(secret: str | None) -> str | None:
     return None if secret is None else "***"
 
 
-# Keys whose values are secrets (api_key, password, hf_token; not max_tokens).
-_SECRET_KEY = re.compile(r"(api[_-]?key|password|passwd|secret|authorization|(^|_)token)$", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(api[_-]?key|password|passwd|credential|secret|authorization|(^|_)token)$", re.IGNORECASE)
+"""Keys whose values are secrets (api_key, password, hf_token; not max_tokens); the daemon's config masks by it too."""
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a key holding a secret; a dotted key is judged by its last part."""
+    return bool(SECRET_KEY.search(key.split(".")[-1]))
 
 
 def _mask_secret_keys(options: Mapping[str, Any]) -> dict[str, Any]:
     """`options` for a repr: values of secret-looking keys (vLLM's `hf_token`, ...) masked, at any depth."""
     shown: dict[str, Any] = {}
     for key, value in options.items():
-        if isinstance(key, str) and value and _SECRET_KEY.search(key):
+        if isinstance(key, str) and value and is_secret_key(key):
             shown[key] = "***"
         elif isinstance(value, Mapping):
             shown[key] = _mask_secret_keys(value)

@@ -1,4 +1,4 @@
-"""`create_provider(config)`: the provider named by `config["provider"]` (openai | vllm | vllm_native)."""
+"""`create_provider(config)`: the provider named by `config["provider"]`, looked up in `providers.registry`."""
 
 from __future__ import annotations
 
@@ -7,27 +7,13 @@ from typing import Any
 
 from .base import LLMProvider
 from .errors import ProviderConfigError
+from .registry import DEFAULT_PROVIDER_KIND, provider_kind
 
-__all__ = ["PROVIDER_KINDS", "create_provider"]
-
-PROVIDER_KINDS = ("openai", "vllm", "vllm_native")
+__all__ = ["create_provider"]
 
 
 def create_provider(config: Mapping[str, Any]) -> LLMProvider:
-    """A provider built from a config dict (the `llm` section of the daemon's YAML)."""
+    """A provider built from a config dict (the `llm` section of the daemon's YAML); no `provider`: the default kind."""
     if not isinstance(config, Mapping):
         raise ProviderConfigError(f"provider config must be a mapping, got {type(config).__name__}")
-    kind = config.get("provider", "openai")
-    if kind == "openai":
-        from .openai_compatible import OpenAICompatibleProvider
-
-        return OpenAICompatibleProvider(config)
-    if kind == "vllm":
-        from .vllm_server import VLLMProvider
-
-        return VLLMProvider(config)
-    if kind == "vllm_native":
-        from .vllm_native import VLLMNativeProvider
-
-        return VLLMNativeProvider(config)
-    raise ProviderConfigError(f"unknown provider {kind!r}; choose one of {', '.join(PROVIDER_KINDS)}")
+    return provider_kind(config.get("provider", DEFAULT_PROVIDER_KIND)).create(config)

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
@@ -28,6 +29,7 @@ from .errors import (
     EmbeddingsNotSupportedError,
     EngineError,
     MessageFormatError,
+    ProviderConfigError,
     ProviderConnectionError,
     ToolsNotSupportedError,
 )
@@ -193,6 +195,13 @@ class VLLMNativeProvider(LLMProvider):
 
     async def list_models(self) -> list[str]:
         return [self.config.model_name]
+
+    async def preflight(self) -> list[str]:
+        """The model, when it is a folder here or looks like a Hugging Face id; nothing is loaded."""
+        model = self.config.model_name
+        if Path(model).expanduser().exists() or ("/" in model and not model.startswith(("/", "."))):
+            return [model]
+        raise ProviderConfigError(f"vllm_native model_name {model!r} is not a folder here", endpoint=self.endpoint)
 
     # -- requests -----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from visual_agent.agent import VisualAgent
 from visual_agent.config import parse_config
-from visual_agent.daemon import Daemon, build_embedding_function
+from visual_agent.daemon import Daemon, build_frame_encoding
 from visual_agent.messages import Question
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.timeout(240)]
@@ -68,7 +68,8 @@ async def test_e2e_chromium_page_asks_over_data_channel_and_shows_answer(vllm_se
 async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provider, tiny_llava_path, webrtc_server):
     config = parse_config({"llm": {"provider": "vllm_native", "model_name": str(tiny_llava_path), "enable_mm_embeds": True},
                            "encoder": {"embeddings": "auto"}}, environ={})
-    embed, clip = await build_embedding_function(config, native_provider)
+    encoding = await build_frame_encoding(config, native_provider)
+    embed = encoding.embedding_function
     assert embed is not None, "auto mode must pick CLIP embeddings for a provider that takes them"
     calls = []
 
@@ -93,7 +94,7 @@ async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provid
             follow = await agent.ask(Question(question="And now?", source="live"), on_partial=on_partial)
     finally:
         await agent.close()
-        await clip.aclose()
+        await encoding.aclose()
     assert answer.error is None, answer.error
     assert answer.source == "live" and len(answer.frames) == 2 and answer.provider == "vllm_native"
     assert calls[0][0] == 2 and calls[0][1:] == (16, 64)  # (frames, image tokens, LM hidden) of the tiny LLaVA
@@ -115,7 +116,7 @@ async def test_e2e_native_agent_defaults_to_clip_embeddings(native_provider, web
     finally:
         await agent.close()
     assert answer.error is None, answer.error
-    assert agent._clip is not None and agent._clip.lm_hidden_size == 64
+    assert agent.encoding.embedder is not None and agent.encoding.embedder.lm_hidden_size == 64
 
 
 @pytest.mark.webrtc

@@ -37,7 +37,7 @@ class HeldLLM:
         self.base_url = ""
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> "HeldLLM":
+    async def start(self) -> HeldLLM:
         async def models(request: web.Request) -> web.Response:
             return web.json_response({"object": "list", "data": [{"id": "held", "object": "model", "owned_by": "test"}]})
 

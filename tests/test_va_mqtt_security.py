@@ -19,7 +19,7 @@ from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli, write_
 from tests.fixtures.mqtt import PahoPeer
 from visual_agent.broker import EmbeddedBroker
 from visual_agent.config import MqttConfig
-from visual_agent.errors import EmbeddedBrokerError
+from visual_agent.errors import EmbeddedBrokerError, MessagingError
 from visual_agent.mqtt import MqttMessager
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
@@ -256,7 +256,7 @@ async def test_messager_mutual_tls_with_a_client_certificate(mosquitto_factory, 
         await m.publish("mtls/in", b"with a client certificate", wait=True)
         assert (await m.next_message(5)).payload == b"with a client certificate"
     m = MqttMessager(MqttConfig(host="127.0.0.1", port=broker.port, tls=tls, reconnect_min_s=5))
-    with pytest.raises(Exception):
+    with pytest.raises(MessagingError, match="cannot reach the MQTT broker"):
         await m.start(timeout=3)
     assert m.last_error and not m.connected
     await m.close()

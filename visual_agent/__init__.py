@@ -2,11 +2,12 @@
 
 `VisualAgent` answers questions about live video; `MqttMessager` is its MQTT connection; `Daemon` wires
 everything from a `Config` (`load_config`); `visual-agent run / ask / check` is the command line (`cli.main`).
+The modules and the seams between them are drawn in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
-from .agent import QuestionTiming, VisualAgent, topics
+from .agent import QuestionTiming, VisualAgent
 from .broker import EmbeddedBroker
 from .config import (
     AgentConfig,
@@ -22,6 +23,7 @@ from .config import (
     parse_config,
 )
 from .daemon import Daemon, run_daemon
+from .encoding import FrameEncoding
 from .errors import (
     BrokerRefusedError,
     ConfigError,
@@ -32,9 +34,11 @@ from .errors import (
     VisualAgentError,
 )
 from .homeassistant import HomeAssistantDiscovery
+from .interfaces import FrameSource, MessageTransport, PageChannel
 from .messages import Answer, FrameRef, Question, parse_question, partial_payload
 from .mqtt import IncomingMessage, MqttMessager
 from .sampling import SceneChangeDetector, Trigger, select_frames
+from .topics import Topics, topics
 
 __all__ = [
     "AgentConfig",
@@ -48,24 +52,30 @@ __all__ = [
     "EmbeddingsMode",
     "EncoderConfig",
     "ErrorType",
+    "FrameEncoding",
     "FrameRef",
+    "FrameSource",
     "HomeAssistantConfig",
     "HomeAssistantDiscovery",
     "IncomingMessage",
+    "MessageTransport",
     "MessagingError",
     "MqttConfig",
     "MqttMessager",
     "MqttProtocol",
+    "PageChannel",
     "Question",
     "QuestionError",
     "QuestionTiming",
     "SceneChangeConfig",
     "SceneChangeDetector",
     "TlsConfig",
+    "Topics",
     "Trigger",
     "VisualAgent",
     "VisualAgentError",
     "load_config",
+    "parse_config",
     "parse_question",
     "partial_payload",
     "run_daemon",

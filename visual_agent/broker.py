@@ -75,7 +75,7 @@ class EmbeddedBroker:
         self._closed = False
 
     @classmethod
-    def from_config(cls, mqtt: "MqttConfig") -> "EmbeddedBroker":
+    def from_config(cls, mqtt: MqttConfig) -> EmbeddedBroker:
         """The embedded broker `mqtt` asks for (address, credentials, limits)."""
         return cls(
             mqtt.embedded_port,
@@ -92,7 +92,7 @@ class EmbeddedBroker:
         auth = "password" if self.username else "anonymous"
         return f"EmbeddedBroker({self.host}:{self.port or self.requested_port}, {auth}, running={self._broker is not None})"
 
-    def daemon_client_config(self, mqtt: "MqttConfig") -> "MqttConfig":
+    def daemon_client_config(self, mqtt: MqttConfig) -> MqttConfig:
         """`mqtt` with the daemon's own credentials at this broker (the only client that may publish status/answers)."""
         return mqtt.model_copy(update={"username": DAEMON_USERNAME, "password": _secret(self.daemon_password)})
 
@@ -101,7 +101,7 @@ class EmbeddedBroker:
         return {"bind": f"{self.host}:{self.port}", "auth": "password" if self.username else "anonymous",
                 "retained": len(self._broker._retained_messages) if self._broker is not None else 0, **self.counters}
 
-    async def start(self) -> "EmbeddedBroker":
+    async def start(self) -> EmbeddedBroker:
         if not _is_loopback(self.host) and not (self.username and self._password):
             raise EmbeddedBrokerError(
                 f"the embedded MQTT broker would listen on {self.host}, beyond this machine, without a password: set "
@@ -136,7 +136,7 @@ class EmbeddedBroker:
                     "password required" if self.username else "anonymous clients allowed (loopback only)")
         return self
 
-    async def __aenter__(self) -> "EmbeddedBroker":
+    async def __aenter__(self) -> EmbeddedBroker:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -197,7 +197,7 @@ def _guarded_broker_class(base: type) -> type:
     from amqtt.contexts import Action
     from amqtt.errors import AMQTTError
 
-    class _GuardedBroker(base):  # type: ignore[misc, valid-type]
+    class _GuardedBroker(base):
         def __init__(self, config: dict[str, Any], *, guard: EmbeddedBroker) -> None:
             super().__init__(config)
             self._guard = guard
@@ -206,7 +206,7 @@ def _guarded_broker_class(base: type) -> type:
             try:
                 return await asyncio.wait_for(super()._initialize_client_session(reader, writer, *args),
                                               self._guard.connect_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._guard.counters["connect_timeouts"] += 1
                 with contextlib.suppress(Exception):
                     await writer.close()

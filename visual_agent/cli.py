@@ -16,7 +16,8 @@ import socket
 import sys
 import time
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .config import Config, MqttProtocol, load_config
 from .errors import ConfigError, MessagingError, VisualAgentError
@@ -96,18 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _ask(config: Config, args: argparse.Namespace) -> int:
-    from .agent import topics
     from .mqtt import MqttMessager
+    from .topics import Topics
 
     mqtt = config.mqtt
     if not mqtt.enabled:
         print("error: MQTT is disabled in this config (mqtt.enabled: false)", file=sys.stderr)
         return EXIT_USAGE
     cfg = mqtt.for_client()
-    t = topics(mqtt.prefix)
+    t = Topics(mqtt.prefix)
     qid = args.id or uuid.uuid4().hex[:12]
     client_id = f"visual-agent-ask-{uuid.uuid4().hex[:8]}"
-    reply_topic = f"{mqtt.prefix}/reply/{client_id}"
+    reply_topic = t.reply(client_id)
     messager = MqttMessager(cfg, client_id=client_id, persistent_session=False, name="ask")
     deadline = time.monotonic() + args.timeout
     try:
@@ -117,23 +118,23 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
         return EXIT_TIMEOUT
     try:
         v5 = messager.protocol is MqttProtocol.V5
-        answer_topic = reply_topic if v5 else t["answer"]
+        answer_topic = reply_topic if v5 else t.answer
         await messager.subscribe(answer_topic)
         if args.stream:
-            await messager.subscribe(t["partial"])
+            await messager.subscribe(t.partial)
         body: dict[str, Any] = {"id": qid, "question": args.question, "stream": bool(args.stream), "asked_at": time.time()}
         if args.source:
             body["source"] = args.source
         if args.frames:
             body["frames"] = args.frames
         correlation = secrets.token_bytes(16) if v5 else None  # unguessable: only the daemon's answer carries it
-        await messager.publish(t["ask"], json.dumps(body), response_topic=reply_topic if v5 else None,
+        await messager.publish(t.ask, json.dumps(body), response_topic=reply_topic if v5 else None,
                                correlation_data=correlation, wait=True)
         streamed = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             msg = await messager.next_message(remaining)
             try:
                 data = json.loads(msg.payload)
@@ -141,7 +142,7 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
                 continue
             if not isinstance(data, dict) or data.get("id") != qid:
                 continue
-            if msg.topic == t["partial"]:
+            if msg.topic == t.partial:
                 if not args.json:
                     print(printable(str(data.get("delta", ""))), end="", flush=True)
                     streamed = True
@@ -151,7 +152,7 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
             if msg.topic != answer_topic or (v5 and msg.correlation_data != correlation):
                 continue  # not the daemon's answer to this question: someone else's, or forged
             return _print_answer(data, args.json, streamed)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print(f"\nerror: no answer within {args.timeout:g} s (is `visual-agent run` running and connected to "
               f"{messager.host}:{messager.port}?)", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -221,32 +222,27 @@ async def _check_broker(config: Config, timeout: float) -> bool:
 
 async def _check_llm(config: Config, timeout: float) -> bool:
     try:
-        from providers import create_provider
+        from providers import create_provider, provider_kind
 
         llm = create_provider(config.llm)
+        in_process = provider_kind(config.provider_name()).in_process
     except Exception as exc:
         print(f"llm     FAIL  {config.describe_llm()}: {exc}")
         return False
     try:
-        if config.provider_name() == "vllm_native":
-            from pathlib import Path
-
-            model = str(config.llm.get("model_name"))
-            local = Path(model).expanduser()
-            if local.exists() or "/" in model and not model.startswith(("/", ".")):
-                print(f"llm     OK    in-process vLLM will load {model} at start (not loaded by check)")
-                return True
-            print(f"llm     FAIL  vllm_native model_name {model!r} is not a folder here")
-            return False
-        models = await asyncio.wait_for(llm.list_models(), timeout)
+        models = await asyncio.wait_for(llm.preflight(), timeout)
     except Exception as exc:
         from webrtc.config import mask_url_secrets
 
         print(f"llm     FAIL  {config.describe_llm()}: {mask_url_secrets(f'{type(exc).__name__}: {exc}')}")
-        print("              is the server running? set llm.base_url / llm.api_key (VISUAL_AGENT__LLM__API_KEY)")
+        if not in_process:
+            print("              is the server running? set llm.base_url / llm.api_key (VISUAL_AGENT__LLM__API_KEY)")
         return False
     finally:
         await llm.aclose()
+    if in_process:
+        print(f"llm     OK    in-process {config.provider_name()} will load {', '.join(models)} at start (not loaded by check)")
+        return True
     wanted = config.llm.get("model_name")
     if wanted and models and wanted not in models:
         print(f"llm     FAIL  {config.describe_llm()}: model {wanted!r} not served; served: {', '.join(models)}")

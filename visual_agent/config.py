@@ -10,15 +10,22 @@ and config error.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
-import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from encoders.jpeg import DEFAULT_JPEG_QUALITY
+from encoders.jpeg import DEFAULT_MAX_SIDE as DEFAULT_JPEG_MAX_SIDE
+from providers.config import is_secret_key
+from providers.registry import DEFAULT_PROVIDER_KIND as DEFAULT_PROVIDER
+from providers.registry import provider_kind, provider_kinds
 
 from .errors import ConfigError
 
@@ -26,6 +33,7 @@ __all__ = [
     "AgentConfig",
     "Config",
     "DEFAULT_PREFIX",
+    "DEFAULT_PROVIDER",
     "EncoderConfig",
     "EmbeddingsMode",
     "ENV_PREFIX",
@@ -35,6 +43,7 @@ __all__ = [
     "PACKAGED_DEFAULT",
     "SceneChangeConfig",
     "TlsConfig",
+    "embeddings_mode",
     "load_config",
     "parse_config",
 ]
@@ -61,11 +70,8 @@ DEFAULT_SCENE_MIN_GAP_S = 10.0
 DEFAULT_SCENE_CHECK_S = 0.5
 DEFAULT_SCENE_PROMPT = "The scene just changed. Describe what you see now in one sentence."
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
-# llm
-DEFAULT_PROVIDER = "vllm"
 # encoder
-DEFAULT_JPEG_MAX_SIDE = 512
-DEFAULT_JPEG_QUALITY = 85
+DEFAULT_EMBEDDING_CACHE_ENTRIES = 32
 # mqtt
 DEFAULT_PREFIX = "visual_agent"
 DEFAULT_MQTT_PORT = 1883
@@ -90,14 +96,32 @@ class _Section(BaseModel):
 
 
 class EmbeddingsMode(str, enum.Enum):
-    """How frames reach the LLM."""
+    """How frames reach the LLM (`encoder.embeddings`, and `VisualAgent(frames_as=...)`)."""
 
     AUTO = "auto"
     """CLIP embeddings when the provider takes them (native vLLM with enable_mm_embeds), else JPEG."""
     CLIP = "clip"
-    """Always CLIP embeddings (fails at start if the provider cannot take them)."""
+    """Always embeddings (the CLIP encoder, or the agent's `embedding_function`); fails at start if the provider
+    cannot take them."""
     OFF = "off"
     """Always JPEG data URLs."""
+
+
+_MODE_SPELLINGS = {"jpeg": EmbeddingsMode.OFF, "embeddings": EmbeddingsMode.CLIP, "none": EmbeddingsMode.OFF}
+"""Older spellings (the agent's `frames_as` of round 1) read as the config's values."""
+
+
+def embeddings_mode(value: EmbeddingsMode | str) -> EmbeddingsMode:
+    """`value` as an EmbeddingsMode: auto, clip, off, or an older spelling (jpeg = off, embeddings = clip)."""
+    if isinstance(value, EmbeddingsMode):
+        return value
+    if isinstance(value, str):
+        spelled = _MODE_SPELLINGS.get(value.lower())
+        if spelled is not None:
+            return spelled
+        with contextlib.suppress(ValueError):
+            return EmbeddingsMode(value.lower())
+    raise ValueError(f"must be auto, clip or off, got {value!r}")
 
 
 class EncoderConfig(_Section):
@@ -108,9 +132,18 @@ class EncoderConfig(_Section):
     jpeg_quality: int = Field(DEFAULT_JPEG_QUALITY, ge=1, le=100)
     """JPEG quality, 1-100."""
     embeddings: EmbeddingsMode = EmbeddingsMode.AUTO
-    """auto, clip or off (see `EmbeddingsMode`)."""
+    """auto, clip or off (see `EmbeddingsMode`; jpeg and embeddings are read as off and clip)."""
     clip_checkpoint: str | None = None
     """LLaVA folder whose vision tower and projector make the embeddings; None: `llm.model_name`."""
+    cache_entries: int = Field(DEFAULT_EMBEDDING_CACHE_ENTRIES, ge=0)
+    """Frames whose CLIP embeddings are kept, so a static scene is not encoded again; 0: no cache."""
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _older_spellings(cls, value: Any) -> Any:
+        with contextlib.suppress(ValueError):
+            return embeddings_mode(value)
+        return value
 
 
 class SceneChangeConfig(_Section):
@@ -163,7 +196,7 @@ class AgentConfig(_Section):
     """On SIGTERM, in-flight questions get this long to finish before they are failed."""
 
     @model_validator(mode="after")
-    def _frames_within_max(self) -> "AgentConfig":
+    def _frames_within_max(self) -> AgentConfig:
         if self.frames > self.max_frames:
             raise ValueError(f"frames ({self.frames}) must be at most max_frames ({self.max_frames})")
         return self
@@ -283,7 +316,7 @@ class MqttConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _backoff_ok(self) -> "MqttConfig":
+    def _backoff_ok(self) -> MqttConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         return self
@@ -293,7 +326,7 @@ class MqttConfig(_Section):
         """True when no broker is configured (the daemon starts one)."""
         return self.host is None
 
-    def for_client(self) -> "MqttConfig":
+    def for_client(self) -> MqttConfig:
         """The settings a client connects with: the embedded broker (amqtt) speaks only MQTT 3.1.1, so ask for that
         at once instead of waiting for MQTT 5 to time out."""
         return self.model_copy(update={"protocol": MqttProtocol.V311}) if self.embedded else self
@@ -314,8 +347,8 @@ class Config(_Section):
     """The whole daemon config."""
 
     llm: dict[str, Any] = Field(default_factory=lambda: {"provider": DEFAULT_PROVIDER, "base_url": "http://127.0.0.1:8000/v1"})
-    """Provider config: `provider` (openai, vllm, vllm_native; vllm when absent) and that provider's keys (see
-    providers/config.py)."""
+    """Provider config: `provider` (a kind of providers/registry.py: openai, vllm, vllm_native; vllm when absent) and
+    that provider's keys (see providers/config.py)."""
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     """Frame encoding."""
     webrtc: dict[str, Any] = Field(default_factory=dict)
@@ -329,7 +362,7 @@ class Config(_Section):
     path: str | None = Field(None, exclude=True)
     """The file this came from (for messages); not a YAML key."""
 
-    def __repr_args__(self):  # type: ignore[override]
+    def __repr_args__(self):
         for key, value in super().__repr_args__():
             yield key, (_masked(value) if key in ("llm", "webrtc", "sources") else value)
 
@@ -365,16 +398,12 @@ class Config(_Section):
     def describe_llm(self) -> str:
         """One line for logs: provider, endpoint, model."""
         llm = self.llm
-        where = llm.get("base_url") or llm.get("vllm_base_url") or ("in-process" if self.provider_name() == "vllm_native" else "")
+        in_process = self.provider_name() in provider_kinds() and provider_kind(self.provider_name()).in_process
+        where = llm.get("base_url") or llm.get("vllm_base_url") or ("in-process" if in_process else "")
         return f"{self.provider_name()} {_masked(where)} model={llm.get('model_name') or 'auto'}".strip()
 
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|password|passwd|credential|secret|authorization|(^|_)token)$", re.IGNORECASE)
-
-
-def _is_secret(key: str) -> bool:
-    """True for keys holding secrets (api_key, password, ..._token; not max_tokens)."""
-    return bool(_SECRET_KEY.search(key.split(".")[-1]))
+_is_secret = is_secret_key  # one rule for secret keys, shared with the providers' reprs
 
 
 def _validate_owned_sections(cfg: Config) -> None:
@@ -387,30 +416,16 @@ def _validate_owned_sections(cfg: Config) -> None:
         cfg.source_configs()
     except Exception as exc:
         raise ValueError(f"sources: {exc}") from exc
-    try:
-        from providers.config import config_from  # noqa: F401
-
-        _check_llm(cfg.llm)
-    except ImportError:  # providers not importable: checked when the provider is created
-        pass
+    _check_llm(cfg.llm)
 
 
 def _check_llm(llm: Mapping[str, Any]) -> None:
-    from providers import config as pc
-
-    kind = llm.get("provider", DEFAULT_PROVIDER)
-    classes = {
-        "openai": getattr(pc, "OpenAICompatibleConfig", None),
-        "vllm": getattr(pc, "VLLMServerConfig", None),
-        "vllm_native": getattr(pc, "VLLMNativeConfig", None),
-    }
-    if kind not in classes:
-        raise ValueError(f"llm.provider must be one of {sorted(classes)}, got {kind!r}")
-    cls = classes[kind]
-    if cls is None:
-        return
+    """`llm.provider` must be a registered kind (providers.registry) and the rest its config class's keys."""
+    name = llm.get("provider", DEFAULT_PROVIDER)
+    if name not in provider_kinds():
+        raise ValueError(f"llm.provider must be one of {sorted(provider_kinds())}, got {name!r}")
     try:
-        pc.config_from(cls, dict(llm))
+        provider_kind(name).check_config(llm)
     except Exception as exc:
         raise ValueError(f"llm: {exc}") from exc
 

@@ -13,44 +13,42 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .agent import VisualAgent, topics
+from .agent import VisualAgent
 from .broker import EmbeddedBroker
-from .config import Config, EmbeddingsMode
-from .errors import ConfigError, VisualAgentError
+from .config import Config
+from .encoding import FrameEncoding
+from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
 from .mqtt import MqttMessager
+from .topics import Topics
 
-__all__ = ["Daemon", "build_embedding_function", "run_daemon"]
+if TYPE_CHECKING:
+    from providers import LLMProvider
+    from webrtc import WebRTCServer
+
+__all__ = ["Daemon", "build_frame_encoding", "run_daemon"]
 
 logger = logging.getLogger(__name__)
 
 _LLM_PROBE_TIMEOUT_S = 10.0
 
 
-async def build_embedding_function(config: Config, llm: Any) -> tuple[Any, Any]:
-    """(embedding_function, encoder to close) for the config and provider; (None, None) means JPEG frames.
+async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncoding:
+    """The `encoder` section applied to this provider, its CLIP encoder loaded now when it will serve.
 
-    With `encoder.embeddings: auto` the CLIP encoder serves when the provider takes embeddings.
+    A mode the provider cannot take, or a checkpoint that cannot be loaded, is a `ConfigError` naming the file.
     """
-    mode = config.encoder.embeddings
-    takes = bool(getattr(getattr(llm, "capabilities", None), "image_embeddings", False))
-    if mode is EmbeddingsMode.OFF or (mode is EmbeddingsMode.AUTO and not takes):
-        return None, None
-    if not takes:
-        raise ConfigError(
-            f"{config.path}: encoder.embeddings is 'clip' but provider {config.provider_name()!r} cannot take image "
-            "embeddings; use provider vllm_native with enable_mm_embeds: true, or set encoder.embeddings: auto"
-        )
-    checkpoint = config.encoder.clip_checkpoint or config.llm.get("model_name")
-    if not checkpoint:
-        raise ConfigError(f"{config.path}: encoder.clip_checkpoint (a LLaVA folder) is needed for CLIP embeddings")
-    from encoders import ClipEncoder
-
-    encoder = await asyncio.to_thread(ClipEncoder.from_llava, checkpoint)
-    logger.info("frames go to the LLM as CLIP embeddings from %s", checkpoint)
-    return encoder.aembed_for_llm, encoder
+    try:
+        encoding = FrameEncoding.from_config(config.encoder, llm, provider_name=config.provider_name())
+    except ValueError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
+    try:
+        await encoding.start()
+    except QuestionError as exc:
+        raise ConfigError(f"{config.path}: {exc.message}") from None
+    return encoding
 
 
 class Daemon:
@@ -60,12 +58,12 @@ class Daemon:
         self.config = config
         self.broker: EmbeddedBroker | None = None
         self.messager: MqttMessager | None = None
-        self.driver: Any = None
-        self.llm: Any = None
+        self.driver: WebRTCServer | None = None
+        self.llm: LLMProvider | None = None
         self.agent: VisualAgent | None = None
         self.homeassistant: HomeAssistantDiscovery | None = None
         self.llm_state: dict[str, Any] = {"state": "unknown", "detail": config.describe_llm()}
-        self._clip: Any = None
+        self.encoding: FrameEncoding | None = None
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -81,16 +79,10 @@ class Daemon:
             from providers import create_provider
 
             self.llm = create_provider(cfg.llm)
-            embedding_function, self._clip = await build_embedding_function(cfg, self.llm)
-            jpeg_encoder = None
-            if embedding_function is None:
-                from encoders import JpegEncoder
-
-                jpeg_encoder = JpegEncoder(max_side=cfg.encoder.jpeg_max_side, quality=cfg.encoder.jpeg_quality)
+            self.encoding = await build_frame_encoding(cfg, self.llm)
             self.agent = VisualAgent(
-                llm=self.llm, messager=self.messager, webrtc_driver=self.driver, embedding_function=embedding_function,
-                config=cfg.agent, prefix=cfg.mqtt.prefix, provider_name=cfg.provider_name(), jpeg_encoder=jpeg_encoder,
-                frames_as="embeddings" if embedding_function is not None else "jpeg",
+                llm=self.llm, messager=self.messager, webrtc_driver=self.driver, encoding=self.encoding,
+                config=cfg.agent, prefix=cfg.mqtt.prefix, provider_name=cfg.provider_name(),
                 max_payload_bytes=cfg.mqtt.max_payload_bytes,
             )
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
@@ -106,11 +98,12 @@ class Daemon:
                 raise VisualAgentError(f"cannot start: {exc}") from exc
             raise
         logger.info("page: %s/", self.driver.url)
-        logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "CLIP embeddings" if self._clip else "JPEG")
+        uses_embeddings = self.encoding is not None and self.encoding.uses_embeddings
+        logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "CLIP embeddings" if uses_embeddings else "JPEG")
         if self.messager is not None:
-            t = topics(cfg.mqtt.prefix)
+            t = Topics(cfg.mqtt.prefix)
             logger.info("MQTT: %s%s; ask on %s, answers on %s", f"{self.messager.host}:{self.messager.port}",
-                        " (embedded)" if self.broker else "", t["ask"], t["answer"])
+                        " (embedded)" if self.broker else "", t.ask, t.answer)
 
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
@@ -120,8 +113,8 @@ class Daemon:
             self.broker = await EmbeddedBroker.from_config(mqtt).start()
             port = self.broker.port or port
             client_config = self.broker.daemon_client_config(client_config)  # its own credentials: may publish status
-        t = topics(mqtt.prefix)
-        self.messager = MqttMessager(client_config, host=host, port=port, status_topic=t["status"], name="mqtt")
+        self.messager = MqttMessager(client_config, host=host, port=port, status_topic=Topics(mqtt.prefix).status,
+                                     name="mqtt")
 
     async def _connect_mqtt(self) -> None:
         """Start the messager once its subscriptions are known; the page comes up even while the broker is away."""
@@ -137,14 +130,14 @@ class Daemon:
                            host, port, self.messager.last_error)
 
     async def _probe_llm(self) -> None:
-        """Ask the LLM for its models once, so the log and /healthz say at once whether it is reachable."""
+        """Start the LLM (an in-process engine loads here) and ask it for its models once, so the log and /healthz
+        say at once whether it is reachable."""
+        llm = self.llm
+        assert llm is not None  # the probe starts after the provider is built
         started = time.monotonic()
         try:
-            if hasattr(self.llm, "start") and self.config.provider_name() == "vllm_native":
-                await self.llm.start()
-                models = [self.config.llm.get("model_name")]
-            else:
-                models = await asyncio.wait_for(self.llm.list_models(), _LLM_PROBE_TIMEOUT_S)
+            await llm.start()
+            models = await asyncio.wait_for(llm.list_models(), _LLM_PROBE_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -185,9 +178,8 @@ class Daemon:
         if self.llm is not None:
             with contextlib.suppress(Exception):
                 await self.llm.aclose()
-        if self._clip is not None:
-            with contextlib.suppress(Exception):
-                await self._clip.aclose()
+        if self.encoding is not None:
+            await self.encoding.aclose()  # the agent closed it too (safe twice): also when the agent was never built
         if self.broker is not None:
             await self.broker.close()
         logger.info("stopped")

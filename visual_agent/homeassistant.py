@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import HomeAssistantConfig
 from .messages import Answer
+from .topics import Topics, ha_object_id
+
+if TYPE_CHECKING:
+    from .mqtt import MqttMessager
 
 __all__ = ["HomeAssistantDiscovery", "state_topic"]
 
@@ -26,32 +29,33 @@ _HA_STATE_MAX = 250
 
 def state_topic(prefix: str, source: str) -> str:
     """Where the sensor of `source` reads its state."""
-    return f"{prefix}/{source}/state"
+    return Topics(prefix).state(source)
 
 
 class HomeAssistantDiscovery:
     """Publishes discovery configs and sensor states through a messager."""
 
-    def __init__(self, messager: Any, prefix: str, config: HomeAssistantConfig, *, version: str = "0.1.0") -> None:
+    def __init__(self, messager: MqttMessager, prefix: str, config: HomeAssistantConfig, *, version: str = "0.1.0") -> None:
         self.messager = messager
         self.prefix = prefix
         self.config = config
-        self.node_id = re.sub(r"[^A-Za-z0-9_-]", "_", config.node_id or prefix)
+        self.topics = Topics(prefix)
+        self.node_id = ha_object_id(config.node_id or prefix)
         self.version = version
         self._announced: set[str] = set()
         messager.on_connected.append(self._reannounce)
 
     def discovery_topic(self, source: str) -> str:
-        return f"{self.config.discovery_prefix}/sensor/{self.node_id}/{_object_id(source)}/config"
+        return self.topics.ha_discovery(self.config.discovery_prefix, self.node_id, source)
 
     def discovery_payload(self, source: str) -> dict[str, Any]:
         return {
             "name": f"{source} view",
-            "unique_id": f"{self.node_id}_{_object_id(source)}_view",
-            "state_topic": state_topic(self.prefix, source),
+            "unique_id": f"{self.node_id}_{ha_object_id(source)}_view",
+            "state_topic": self.topics.state(source),
             "value_template": "{{ (value_json.text or (value_json.error.message if value_json.error else ''))[:%d] }}" % _HA_STATE_MAX,
-            "json_attributes_topic": state_topic(self.prefix, source),
-            "availability_topic": f"{self.prefix}/status",
+            "json_attributes_topic": self.topics.state(source),
+            "availability_topic": self.topics.status,
             "payload_available": "online",
             "payload_not_available": "offline",
             "icon": "mdi:cctv",
@@ -74,8 +78,4 @@ class HomeAssistantDiscovery:
             return
         if answer.source not in self._announced:
             await self.announce(answer.source)
-        await self.messager.publish(state_topic(self.prefix, answer.source), answer.payload(), retain=True)
-
-
-def _object_id(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", source)
+        await self.messager.publish(self.topics.state(answer.source), answer.payload(), retain=True)

@@ -1,4 +1,4 @@
-"""Question and answer payloads of the MQTT and data-channel contracts (ARCHITECTURE.md, "Interfaces").
+"""Question and answer payloads of the MQTT and data-channel contracts (docs/VISUAL_AGENT_GUIDE.md, "MQTT contract").
 
 In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "asked_at"?}`` as JSON, or plain UTF-8 text (the whole payload is
 the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.
@@ -96,7 +96,7 @@ class Answer:
         return json.dumps(self.as_dict(), ensure_ascii=False).encode("utf-8")
 
     @classmethod
-    def failed(cls, question: Question | None, error: QuestionError, *, latency_s: float = 0.0, provider: str | None = None) -> "Answer":
+    def failed(cls, question: Question | None, error: QuestionError, *, latency_s: float = 0.0, provider: str | None = None) -> Answer:
         """An error answer carrying the question's id (or the id the error could read)."""
         qid = question.id if question is not None else (error.id if error.id is not None else new_id())
         return cls(

@@ -3,9 +3,9 @@
 paho's socket is read and written from the event loop (`add_reader`/`add_writer` call `loop_read`/`loop_write`),
 so every paho callback runs on the loop's thread; only the blocking TCP/TLS connect runs in an executor.
 A named task owns the connection: connect, wait for CONNACK, subscribe and wait for every SUBACK, and only then
-publish the retained ``online`` status (``online`` means "questions are taken now"), flush the outbox, then wait for
-the disconnect and reconnect with exponential backoff. A refused or unacknowledged subscription is a failed attempt. Another named task calls
-`loop_misc` (keep-alive pings). Both are cancelled and awaited by `close()`, which is idempotent.
+publish the retained ``online`` status (``online`` means "questions are taken now"), flush the outbox, then wait
+for the disconnect and reconnect with exponential backoff. A refused or unacknowledged subscription is a failed
+attempt. Another named task calls `loop_misc` (keep-alive pings). Both are cancelled and awaited by `close()`, which is idempotent.
 
 - MQTT 5 by default; a broker that refuses 5 (amqtt speaks only 3.1.1) is retried with 3.1.1 on the same attempt.
 - QoS 1. Sessions: with a fixed client id (`mqtt.client_id`) the session outlives a clean stop (MQTT 5 session
@@ -32,8 +32,9 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -202,13 +203,13 @@ class MqttMessager:
     async def wait_connected(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise MessagingError(
                 f"cannot reach the MQTT broker at {self.host}:{self.port} within {timeout:g} s"
                 + (f": {self.last_error}" if self.last_error else "")
             ) from None
 
-    async def __aenter__(self) -> "MqttMessager":
+    async def __aenter__(self) -> MqttMessager:
         await self.start()
         return self
 
@@ -279,10 +280,15 @@ class MqttMessager:
             self._sub_waiters[mid] = fut
             try:
                 await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("mqtt: no SUBACK for %s within %.1f s", topic, timeout)
             finally:
                 self._sub_waiters.pop(mid, None)
+
+    @property
+    def shared_group(self) -> str | None:
+        """`mqtt.shared_group`: the agent subscribes to `$share/<group>/<prefix>/ask` when set."""
+        return self.config.shared_group
 
     async def messages(self) -> AsyncIterator[IncomingMessage]:
         """Received messages, oldest first, until the messager closes."""
@@ -441,12 +447,12 @@ class MqttMessager:
                 connack_wait = min(self.config.connect_timeout_s, _V5_CONNACK_WAIT_S) if v5_first else self.config.connect_timeout_s
                 try:
                     reason = await asyncio.wait_for(asyncio.shield(self._connack), connack_wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if v5_first:
                         self._fallback()
                         continue
                     raise
-            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            except (TimeoutError, OSError, ssl.SSLError) as exc:
                 if attempt == 0 and self.protocol is MqttProtocol.V5 and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
                     self._fallback()
                     continue
@@ -466,9 +472,9 @@ class MqttMessager:
         self.last_error = None
         self.stats.connects += 1
         acked: set[str] = set()
-        while pending := [t for t in self._subscriptions if t not in acked]:  # `subscribe()` may add one meanwhile
-            await self._subscribe_all(client, pending)
-            acked.update(pending)
+        while unacked := [t for t in self._subscriptions if t not in acked]:  # `subscribe()` may add one meanwhile
+            await self._subscribe_all(client, unacked)
+            acked.update(unacked)
         if self.status_topic:
             self._send(_Outgoing(self.status_topic, STATUS_ONLINE, 1, True, None))
         pending, self._outbox = self._outbox, collections.deque()

@@ -1,0 +1,36 @@
+"""`llm_error`: a provider's failure as the error of an answer, by the providers' exception tree.
+
+The message goes out to every MQTT listener, so a password in an endpoint URL (user:token@) is masked.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from providers.errors import ProviderConnectionError, ProviderError, ProviderTimeoutError
+
+from .errors import ErrorType, QuestionError
+
+__all__ = ["llm_error"]
+
+logger = logging.getLogger(__name__)
+
+
+def llm_error(exc: Exception, provider: str) -> QuestionError:
+    """Map a failure while answering to an answer error: unreachable, timeout, LLM error, or internal."""
+    from webrtc.config import mask_url_secrets  # here: `import visual_agent` does not load the WebRTC stack
+
+    where = exc.endpoint if isinstance(exc, ProviderError) else None
+    suffix = f" ({where})" if where else ""
+    if isinstance(exc, (ProviderConnectionError, ConnectionError)):
+        kind = ErrorType.LLM_UNREACHABLE
+        text = f"the LLM{suffix} cannot be reached: {exc}; is it running? `visual-agent check` says what is wrong"
+    elif isinstance(exc, ProviderTimeoutError):
+        kind, text = ErrorType.TIMEOUT, f"the LLM{suffix} did not answer in time: {exc}"
+    elif isinstance(exc, ProviderError):
+        kind, text = ErrorType.LLM_ERROR, f"{type(exc).__name__}: {exc}"
+    else:
+        logger.error("agent: unexpected %s from %s: %s", type(exc).__name__, provider, mask_url_secrets(str(exc)),
+                     exc_info=exc)
+        kind, text = ErrorType.INTERNAL, f"{type(exc).__name__}: {exc}"
+    return QuestionError(kind, mask_url_secrets(text))

@@ -1,0 +1,82 @@
+"""`Topics`: every MQTT topic the daemon uses, built in one place from the prefix (and Home Assistant's settings).
+
+The agent, the Home Assistant discovery and `visual-agent ask` all read their topics here, so a topic is
+renamed or added once (docs/VISUAL_AGENT_GUIDE.md, "MQTT contract", lists them; docs/ARCHITECTURE.md says where to add one).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Topics", "ha_object_id", "topics", "valid_reply_topic"]
+
+_WILDCARDS = "+#\0"
+
+
+def ha_object_id(name: str) -> str:
+    """`name` with what Home Assistant refuses in an object or node id replaced by `_`."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def valid_reply_topic(topic: str | None) -> str | None:
+    """`topic` when an answer may be published there (a topic name, no wildcards), else None."""
+    if not topic or any(c in topic for c in _WILDCARDS):
+        return None
+    return topic
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics under one prefix (`mqtt.prefix`)."""
+
+    prefix: str
+
+    @property
+    def ask(self) -> str:
+        """Questions in."""
+        return f"{self.prefix}/ask"
+
+    @property
+    def answer(self) -> str:
+        """Answers out (and the page's answers, copied for MQTT listeners)."""
+        return f"{self.prefix}/answer"
+
+    @property
+    def partial(self) -> str:
+        """Streamed pieces of answers."""
+        return f"{self.prefix}/answer/partial"
+
+    @property
+    def status(self) -> str:
+        """Retained online/offline (the last will)."""
+        return f"{self.prefix}/status"
+
+    def ask_subscription(self, shared_group: str | None = None) -> str:
+        """What the agent subscribes to: `ask`, or its MQTT 5 shared subscription when daemons split questions."""
+        return f"$share/{shared_group}/{self.ask}" if shared_group else self.ask
+
+    def reply(self, client_id: str) -> str:
+        """The response topic of an MQTT 5 asker (`visual-agent ask`)."""
+        return f"{self.prefix}/reply/{client_id}"
+
+    def description(self, source: str) -> str:
+        """Periodic and scene-change descriptions of `source`."""
+        return f"{self.prefix}/{source}/description"
+
+    def state(self, source: str) -> str:
+        """Retained last answer of `source` (the Home Assistant sensor's state)."""
+        return f"{self.prefix}/{source}/state"
+
+    def ha_discovery(self, discovery_prefix: str, node_id: str, source: str) -> str:
+        """Home Assistant's discovery config topic of the sensor of `source`."""
+        return f"{discovery_prefix}/sensor/{node_id}/{ha_object_id(source)}/config"
+
+    def as_dict(self) -> dict[str, str]:
+        """The fixed topics by name (`ask`, `answer`, `partial`, `status`)."""
+        return {"ask": self.ask, "answer": self.answer, "partial": self.partial, "status": self.status}
+
+
+def topics(prefix: str) -> dict[str, str]:
+    """The fixed topics under `prefix` as a dict (the round-1 helper; `Topics(prefix)` has them all)."""
+    return Topics(prefix).as_dict()
