@@ -89,6 +89,7 @@ class Daemon:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.on_answer = self.homeassistant.on_answer
             await self.agent.start()
+            await self._connect_mqtt()  # after the agent subscribed: `online` means questions are taken
             self.driver.healthz_extra = self.health
             self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
         except BaseException as exc:
@@ -111,13 +112,21 @@ class Daemon:
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
         host, port = mqtt.broker_address()
+        client_config = mqtt.for_client()
         if mqtt.embedded:
-            self.broker = await EmbeddedBroker(mqtt.embedded_port).start()
+            self.broker = await EmbeddedBroker.from_config(mqtt).start()
             port = self.broker.port or port
-        self.messager = MqttMessager(mqtt.for_client(), host=host, port=port, status_topic=Topics(mqtt.prefix).status,
+            client_config = self.broker.daemon_client_config(client_config)  # its own credentials: may publish status
+        self.messager = MqttMessager(client_config, host=host, port=port, status_topic=Topics(mqtt.prefix).status,
                                      name="mqtt")
-        # Do not wait: the page must come up even while the broker is away; the messager keeps trying.
-        await self.messager.start(wait=False)
+
+    async def _connect_mqtt(self) -> None:
+        """Start the messager once its subscriptions are known; the page comes up even while the broker is away."""
+        if self.messager is None:
+            return
+        mqtt = self.config.mqtt
+        host, port = self.messager.host, self.messager.port
+        await self.messager.start(wait=False)  # do not wait: the messager keeps trying in the background
         with contextlib.suppress(Exception):
             await self.messager.wait_connected(min(3.0, mqtt.connect_timeout_s))
         if not self.messager.connected:
@@ -150,6 +159,7 @@ class Daemon:
         """Broker, LLM and agent state for GET /healthz."""
         return {
             "broker": self.messager.describe() if self.messager else {"state": "disabled"},
+            **({"embedded_broker": self.broker.describe()} if self.broker is not None else {}),
             "llm": {"provider": self.config.provider_name(), **self.llm_state},
             "agent": self.agent.describe_state() if self.agent else None,
         }
