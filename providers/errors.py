@@ -206,14 +206,17 @@ def _retry_after(response) -> float | None:
     return None
 
 
-def translate_openai_error(exc: BaseException, *, endpoint: str, secrets: Iterable[str | None] = ()) -> ProviderError:
-    """The `ProviderError` for an exception of the `openai` package (raise it `from exc`)."""
+def translate_openai_error(exc: BaseException, *, endpoint: str, secrets: Iterable[str | None] = (),
+                           timeout_s: float | None = None) -> ProviderError:
+    """The `ProviderError` for an exception of the `openai` package (raise it `from exc`); `timeout_s`, the
+    provider's own `timeout`, is named in a timeout's message so it is not mistaken for the caller's."""
     import openai
 
     secrets = list(secrets)
     detail = scrub(str(exc), secrets)
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeoutError(f"no answer within the timeout: {detail}", endpoint=endpoint)
+        which = f"llm.timeout = {timeout_s:g} s" if timeout_s is not None else "the timeout"
+        return ProviderTimeoutError(f"no answer within {which} (one HTTP attempt): {detail}", endpoint=endpoint)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
         reason = scrub(f"{type(cause).__name__}: {cause}", secrets) if cause else detail

@@ -1,13 +1,17 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, vLLM serve, OpenRouter, Together, Ollama, ...) over one pooled client.
 
-Built on the `openai` package's async client: its connection pool, its retries (which honour `Retry-After`), its
-streaming. Its exceptions are translated into `providers.errors` in one place; the API key never leaves the client
+Built on the `openai` package's async client: its connection pool and its streaming. Retries are ours
+(`max_retries`, on connection errors, timeouts, 408/409/429/5xx), so a wait (a 429's `Retry-After`, a backoff)
+that would pass the caller's deadline (`providers.deadline`, the agent's `question_timeout_s`) is not slept: the
+error comes back at once, saying so. Its exceptions are translated into `providers.errors` in one place; the API key never leaves the client
 (it is masked in reprs and scrubbed from error messages).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -16,13 +20,29 @@ import openai
 
 from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
 from .config import OpenAICompatibleConfig, config_from
-from .errors import BadRequestError, EngineError, ProviderConfigError, translate_openai_error
+from .deadline import time_left
+from .errors import (
+    BadRequestError,
+    EngineError,
+    ProviderConfigError,
+    ProviderError,
+    ProviderStatusError,
+    RateLimitedError,
+    translate_openai_error,
+)
 from .messages import normalize_messages, to_openai_messages
 from .streaming import ToolCallAssembler, ToolCallsEvent, tools_requested
 
 __all__ = ["OpenAICompatibleProvider"]
 
 log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 409, 429})
+"""Statuses retried (with every 5xx), as the openai client does."""
+MAX_RETRY_AFTER_S = 120.0
+"""A longer `Retry-After` is not waited for (the openai client's limit too)."""
+INITIAL_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 8.0
 
 # Per-call options handed to `chat.completions.create` as they are.
 REQUEST_OPTIONS = frozenset(
@@ -71,7 +91,7 @@ class OpenAICompatibleProvider(LLMProvider):
             api_key=self._api_key,
             base_url=self.base_url,
             timeout=self.config.timeout,
-            max_retries=self.config.max_retries,
+            max_retries=0,  # ours: `_create`
             default_headers=dict(self.config.default_headers) or None,
         )
 
@@ -138,17 +158,46 @@ class OpenAICompatibleProvider(LLMProvider):
             request["extra_body"] = extra_body
         return request
 
-    def _error(self, exc: BaseException):
+    def _error(self, exc: BaseException) -> ProviderError:
         secrets = [self._api_key, *self.config.default_headers.values()]
-        return translate_openai_error(exc, endpoint=self.base_url, secrets=secrets)
+        return translate_openai_error(exc, endpoint=self.base_url, secrets=secrets, timeout_s=self.config.timeout)
+
+    async def _create(self, request: dict[str, Any], **kw: Any) -> Any:
+        """`chat.completions.create`, retried up to `max_retries` times on what a retry may fix; a wait that would
+        pass the caller's deadline is not slept (the error is raised at once, saying so)."""
+        attempt = 0
+        while True:
+            try:
+                return await self._client.chat.completions.create(**request, **kw)
+            except openai.OpenAIError as exc:
+                error = self._error(exc)
+                wait = self._retry_wait(error, attempt)
+                if wait is None:
+                    raise error from exc
+                left = time_left()
+                if left is not None and wait >= left:
+                    error.message += f" (not retried: waiting {wait:.3g} s would pass the answer's deadline, {max(left, 0):.3g} s away)"
+                    raise error from exc
+                attempt += 1
+                log.info("%s: %s; retry %d of %d in %.3g s", self.base_url, error, attempt, self.config.max_retries, wait)
+                await asyncio.sleep(wait)
+
+    def _retry_wait(self, error: ProviderError, attempt: int) -> float | None:
+        """Seconds to wait before retrying after `error`, or None when it is not retried."""
+        if attempt >= self.config.max_retries:
+            return None
+        if isinstance(error, ProviderStatusError) and not (error.status in RETRY_STATUSES or (error.status or 0) >= 500):
+            return None
+        if type(error) is ProviderError:  # not a connection, timeout or status error: nothing a retry fixes
+            return None
+        if isinstance(error, RateLimitedError) and error.retry_after is not None and error.retry_after > 0:
+            return error.retry_after if error.retry_after <= MAX_RETRY_AFTER_S else None
+        return min(INITIAL_BACKOFF_S * 2.0**attempt, MAX_BACKOFF_S) * (1 - 0.25 * random.random())
 
     async def achat(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> ChatResponse:
         request = await self._request(messages, opts)
         started = time.perf_counter()
-        try:
-            completion = await self._client.chat.completions.create(**request)
-        except openai.OpenAIError as exc:
-            raise self._error(exc) from exc
+        completion = await self._create(request)
         latency = time.perf_counter() - started
         log.debug("chat answered by %s (%s) in %.3f s", self.base_url, completion.model, latency)
         if not completion.choices:
@@ -174,10 +223,7 @@ class OpenAICompatibleProvider(LLMProvider):
         """Text deltas; with `tools`, then one ToolCallsEvent holding the calls the model made (if any)."""
         with_tools = tools_requested(opts)
         request = await self._request(messages, opts)
-        try:
-            stream = await self._client.chat.completions.create(**request, stream=True)
-        except openai.OpenAIError as exc:
-            raise self._error(exc) from exc
+        stream = await self._create(request, stream=True)
         calls = ToolCallAssembler()
         try:
             async for chunk in stream:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from providers.deadline import answer_by
 from providers.errors import ContextLengthError
 
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig, EmbeddingsMode
@@ -188,15 +189,20 @@ class VisualAgent:
         """The answer to `question`; never raises (failures come back as an answer with `error`)."""
         start = time.monotonic() if received_at is None else received_at
         source: str | None = question.source
+        deadline = asyncio.timeout(self.config.question_timeout_s)
         try:
-            async with asyncio.timeout(self.config.question_timeout_s):
-                answer = await self._answer(question, on_partial, trigger, timing)
+            with answer_by(time.monotonic() + self.config.question_timeout_s):  # retries never sleep past it
+                async with deadline:
+                    answer = await self._answer(question, on_partial, trigger, timing)
         except QuestionError as exc:
             answer = Answer.failed(question, exc, provider=self.provider_name)
-        except TimeoutError:
-            answer = Answer.failed(question, QuestionError(
-                ErrorType.TIMEOUT, f"no answer within agent.question_timeout_s = {self.config.question_timeout_s:g} s"
-            ), provider=self.provider_name)
+        except TimeoutError as exc:
+            if not deadline.expired():  # another timeout (the provider's own `llm.timeout`): say which one fired
+                answer = Answer.failed(question, llm_error(exc, self.provider_name), provider=self.provider_name)
+            else:
+                answer = Answer.failed(question, QuestionError(
+                    ErrorType.TIMEOUT, f"no answer within agent.question_timeout_s = {self.config.question_timeout_s:g} s"
+                ), provider=self.provider_name)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a provider or encoder failure becomes an error answer
