@@ -481,12 +481,18 @@ class WebRTCServer:
             peer.spawn(_await_logged(result, peer.id), "message")
 
     async def _watchdog(self, peer: PeerSession) -> None:
-        """Drop a peer that never connects, or whose video stops (a tab closed without a goodbye)."""
-        await asyncio.sleep(self.config.connect_timeout_s)
-        why = None
-        if peer.pc.connectionState != "connected":
-            why = f"not connected after {self.config.connect_timeout_s:g} s"
+        """Drop a peer that never connects, or whose video stops (a tab closed without a goodbye). The idle check
+        starts at the connection, not after `connect_timeout_s`, so a publisher that vanishes just after connecting
+        is freed within `peer_idle_timeout_s` too."""
+        connect_by = time.monotonic() + self.config.connect_timeout_s
         idle = self.config.peer_idle_timeout_s
+        why = None
+        while not peer.ever_connected and self._peers.get(peer.id) is peer:
+            left = connect_by - time.monotonic()
+            if left <= 0:
+                why = f"not connected after {self.config.connect_timeout_s:g} s"
+                break
+            await asyncio.sleep(min(left, 0.25))
         while why is None and idle is not None and self._peers.get(peer.id) is peer:
             await asyncio.sleep(min(1.0, idle / 4))
             buffer = self.buffers.get(peer.source)
