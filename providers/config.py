@@ -105,7 +105,8 @@ class OpenAICompatibleConfig:
     timeout: float = DEFAULT_TIMEOUT_S
     """Seconds one HTTP attempt may take before ProviderTimeoutError."""
     max_retries: int = DEFAULT_MAX_RETRIES
-    """Retries on connection errors, 408/409/429/5xx (honouring Retry-After), by the openai client."""
+    """Retries on connection errors, timeouts, 408/409/429/5xx (honouring Retry-After); never past the caller's
+    deadline (`providers.deadline`)."""
     extra_body: dict[str, Any] = field(default_factory=dict)
     """Extra JSON fields merged into every request body (server-specific options)."""
     default_headers: dict[str, str] = field(default_factory=dict, repr=False)

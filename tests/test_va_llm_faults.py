@@ -100,11 +100,14 @@ async def _fault_then_recovery(mosquitto, paho_peer, prefix, faulty: FaultyLLM, 
     asker = Asker(paho_peer("5"), prefix)
     async with agent_on(mosquitto, prefix, faulty.base_url, llm=llm, question_timeout_s=question_timeout_s) as agent:
         failed = await asker.ask({"stream": stream}, question_timeout_s + SLACK_S + 5)
+        assert agent.describe_state()["last_error"]["type"] == failed["error"]["type"]  # /healthz shows it
         faulty.fault = None
         if faulty.port and faulty._site is None:
             await faulty.up()
         recovered = await asker.ask({"stream": stream}, question_timeout_s + SLACK_S + 5)
         counters = dict(agent.counters)
+        state = agent.describe_state()
+    assert state["last_answer_at"] >= state["last_error"]["at"]  # /healthz: answering again since the fault
     asker.assert_each_answered_once()
     assert failed["latency_s"] <= question_timeout_s + 0.2, failed  # within the question's deadline
     assert recovered["error"] is None and recovered["text"] == REPLY, recovered  # same agent, answering again

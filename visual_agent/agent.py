@@ -106,6 +106,9 @@ class VisualAgent:
         """Histories per conversation (`agent.history`)."""
         self.budget = ContextBudget(llm, min_answer_tokens=cfg.min_answer_tokens)
         """What of a question fits the model's context."""
+        self.last_error: dict[str, Any] | None = None
+        """The newest error answer (type, message, when): /healthz shows what is failing now, the counters how often."""
+        self.last_answer_at: float | None = None
         self._in_flight = 0
         self._question_tasks: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -211,6 +214,10 @@ class VisualAgent:
             answer.source = source
         answer.latency_s = time.monotonic() - start
         self.counters["answers" if answer.error is None else f"errors.{answer.error['type']}"] += 1
+        if answer.error is None:
+            self.last_answer_at = time.time()
+        else:
+            self.last_error = {**answer.error, "at": time.time()}
         if answer.error is None:
             logger.info("%s %s on %s answered in %.3f s", trigger.value, question.id, answer.source, answer.latency_s)
         else:
@@ -416,7 +423,8 @@ class VisualAgent:
     def describe_state(self) -> dict[str, Any]:
         """State for /healthz."""
         return {"in_flight": self._in_flight, "counters": dict(self.counters),
-                "conversations": len(self.conversations), "context_tokens": self.budget.context_tokens}
+                "conversations": len(self.conversations), "context_tokens": self.budget.context_tokens,
+                "last_answer_at": self.last_answer_at, "last_error": self.last_error}
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
