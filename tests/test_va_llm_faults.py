@@ -194,3 +194,28 @@ async def test_llm_that_hangs_past_the_question_timeout(running_mosquitto, paho_
     failed, _, _ = await _fault_then_recovery(running_mosquitto, paho_peer, topic_prefix, faulty_llm,
                                               llm={"max_retries": 2, "timeout": 60}, question_timeout_s=1.5, stream=True)
     assert failed["error"]["type"] == "timeout" and "question_timeout_s" in failed["error"]["message"]
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(300)
+async def test_llm_recovers_with_real_vllm_server(running_mosquitto, paho_peer, topic_prefix, tiny_llava_path, tmp_path):
+    """The real vLLM server, absent when the agent starts, then started on the agent's configured port, then
+    stopped: unreachable, answered, unreachable; the same agent throughout."""
+    from tests.fixtures.vllm import SERVED_MODEL_NAME, _free_port, start_vllm_server, stop_vllm_server
+
+    port = _free_port()
+    asker = Asker(paho_peer("5"), topic_prefix)
+    async with agent_on(running_mosquitto, topic_prefix, f"http://127.0.0.1:{port}/v1",
+                        llm={"model_name": SERVED_MODEL_NAME, "max_retries": 1, "timeout": 30, "temperature": 0,
+                             "max_tokens": 8}, question_timeout_s=60):
+        before = await asker.ask({}, 70)
+        server = await asyncio.to_thread(start_vllm_server, tiny_llava_path, tmp_path / "vllm.log", port=port)
+        try:
+            during = await asker.ask({}, 70)
+        finally:
+            await asyncio.to_thread(stop_vllm_server, server.process)
+        after = await asker.ask({}, 70)
+    asker.assert_each_answered_once()
+    assert before["error"]["type"] == "llm_unreachable", before
+    assert during["error"] is None and during["model"] == SERVED_MODEL_NAME, during
+    assert after["error"]["type"] == "llm_unreachable", after
