@@ -13,8 +13,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import openai
 
@@ -36,6 +36,8 @@ from .streaming import ToolCallAssembler, ToolCallsEvent, tools_requested
 __all__ = ["OpenAICompatibleProvider"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 """Statuses retried (with every 5xx), as the openai client does."""
@@ -163,12 +165,16 @@ class OpenAICompatibleProvider(LLMProvider):
         return translate_openai_error(exc, endpoint=self.base_url, secrets=secrets, timeout_s=self.config.timeout)
 
     async def _create(self, request: dict[str, Any], **kw: Any) -> Any:
-        """`chat.completions.create`, retried up to `max_retries` times on what a retry may fix; a wait that would
-        pass the caller's deadline is not slept (the error is raised at once, saying so)."""
+        """`chat.completions.create`, retried (see `_retrying`)."""
+        return await self._retrying(lambda: self._client.chat.completions.create(**request, **kw))
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`await call()`, retried up to `max_retries` times on what a retry may fix; a wait that would pass the
+        caller's deadline is not slept (the error is raised at once, saying so). Errors come out translated."""
         attempt = 0
         while True:
             try:
-                return await self._client.chat.completions.create(**request, **kw)
+                return await call()
             except openai.OpenAIError as exc:
                 error = self._error(exc)
                 wait = self._retry_wait(error, attempt)
@@ -247,10 +253,7 @@ class OpenAICompatibleProvider(LLMProvider):
     async def list_models(self) -> list[str]:
         if self._closed:
             raise EngineError(f"{type(self).__name__} is closed", endpoint=self.base_url)
-        try:
-            page = await self._client.models.list()
-        except openai.OpenAIError as exc:
-            raise self._error(exc) from exc
+        page = await self._retrying(self._client.models.list)
         return [model.id for model in page.data]
 
     async def aclose(self) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import openai
-
 from .config import VLLMServerConfig
 from .errors import ModelNotFoundError, ProviderConfigError
 from .openai_compatible import OpenAICompatibleProvider
@@ -82,10 +80,7 @@ class VLLMProvider(OpenAICompatibleProvider):
         if self.config.context_tokens is not None:
             return self.config.context_tokens
         if self._context_length is None:
-            try:
-                page = await self._client.models.list()
-            except openai.OpenAIError as exc:
-                raise self._error(exc) from exc
+            page = await self._retrying(self._client.models.list)
             wanted = self.config.model_name or self._detected_model
             for entry in page.data:
                 length = (entry.model_extra or {}).get("max_model_len")

@@ -33,6 +33,7 @@ async def test_soak_short_counts_return_to_baseline(running_mosquitto):
     assert report.reconnects >= 3 and report.questions >= 60
     assert report.unanswered == 0
     end = report.snapshot("end")
-    assert end.errors == {}, end.errors
+    # a starved machine may make a question wait past max_in_flight (a `busy` answer, still one answer); nothing else
+    assert set(end.errors) <= {"busy"}, end.errors
     assert end.answers == report.questions + 3  # the three warm-up questions, then one answer per question
     assert report.grown() == {}, report.table()
