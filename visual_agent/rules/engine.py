@@ -34,7 +34,7 @@ from ..topics import Topics
 from .answer import RULE_SYSTEM_PROMPT, parse_answer, structured_options
 from .budget import CallBudget
 from .config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_RULES, RuleConfig, RuleSetError, check_rule_set
-from .lookback import Lookback, Thumbnail, contact_sheet, make_thumbnail
+from .lookback import LOOKBACK_FPS, Lookback, Thumbnail, contact_sheet, make_thumbnail
 from .state import OnOff, RuleState, Transition
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ class RuleEngine:
             next_due = min((r.last_check_at + r.config.check_every_s for r in self.rules(source)), default=now + 1)
             pause = next_due - time.monotonic()
             if lookback is not None and lookback.seconds > 0:
-                pause = min(pause, 1.0 / 4.0)
+                pause = min(pause, 1.0 / LOOKBACK_FPS)
             if pause > 0:
                 await asyncio.sleep(pause)
 
@@ -335,7 +335,7 @@ class RuleEngine:
         event = {
             "rule": cfg.name, "source": cfg.source, "state": change.state.value, "previous": change.previous.value,
             "since": round(rule.since_wall, 3), "answer": rule.answer, "reason": rule.reason, "frames": rule.frames,
-            "model": rule.model, "model_s": None if rule.last_model_s is None else round(rule.last_model_s, 4),
+            "model": rule.model, "checks": rule.checks, "model_s": None if rule.last_model_s is None else round(rule.last_model_s, 4),
             "lookback": [{"pts": t.pts, "age_s": round(max(0.0, time.monotonic() - t.received_at), 3)} for t in before],
         }
         if self.publisher is None:

@@ -51,7 +51,7 @@ class Lookback:
 
     @staticmethod
     def capacity(seconds: float) -> int:
-        return int(seconds * LOOKBACK_FPS) + 2
+        return int(seconds * LOOKBACK_FPS / 0.8) + 2
 
     def resize(self, seconds: float) -> None:
         """Keep `seconds` from now on (the longest look-back of the source's rules)."""
@@ -61,7 +61,8 @@ class Lookback:
 
     def wants(self, now: float) -> bool:
         """True when a thumbnail taken now would be kept (one per 1/LOOKBACK_FPS s)."""
-        return self.seconds > 0 and (not self._thumbs or now - self._thumbs[-1].received_at >= 1.0 / LOOKBACK_FPS)
+        # a little slack: frames arrive with jitter, and the watcher wakes every 1/LOOKBACK_FPS s
+        return self.seconds > 0 and (not self._thumbs or now - self._thumbs[-1].received_at >= 0.8 / LOOKBACK_FPS)
 
     def add(self, thumb: Thumbnail) -> None:
         self._thumbs.append(thumb)
