@@ -22,6 +22,7 @@ from visual_agent.rules import (
     parse_rule_set,
     structured_options,
 )
+from visual_agent.rules.answer import ANSWER_REGEX
 from visual_agent.rules.lookback import LOOKBACK_FPS, Thumbnail
 
 RULE = {"name": "person_at_door", "source": "door", "question": "Is a person standing at the door?"}
@@ -116,7 +117,9 @@ def test_rules_state_settled_only_when_an_answer_agrees_with_the_state():
     ('{"answer": "yes", "reason": "x"}', (True, "x")),
     ('{"answer": "No", "reason": 5}', (False, "")),
     ('{"answer": "maybe", "reason": "x"}', (None, "x")),
-    ('{"answer": true, "reas', (None, '{"answer": true, "reas')),
+    ('{"answer": true, "reas', (True, "")),  # cut off (max_tokens) after the verdict
+    ('{"answer": tru', (None, '{"answer": tru')),
+    ('{"reason": "x", "answer": true', (None, '{"reason": "x", "answer": true')),
     ("yes", (None, "yes")),
     ("", (None, "")),
     ("[true]", (None, "[true]")),
@@ -130,7 +133,7 @@ def test_rules_structured_options_per_provider():
 
     vllm = VLLMProvider({"vllm_base_url": "http://127.0.0.1:9/v1", "model_name": "m"})
     openai = OpenAICompatibleProvider({"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "model_name": "m"})
-    assert structured_options(vllm) == {"structured_outputs": {"json": ANSWER_SCHEMA}}
+    assert structured_options(vllm) == {"structured_outputs": {"regex": ANSWER_REGEX}}
     assert structured_options(openai)["response_format"]["json_schema"]["schema"] == ANSWER_SCHEMA
 
 

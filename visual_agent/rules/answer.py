@@ -2,8 +2,10 @@
 defensive parser.
 
 Each check asks for `{"answer": true|false, "reason": "..."}` through the provider's own structured output:
-- a vLLM server (`VLLMProvider`): `structured_outputs: {"json": schema}` in `extra_body` (what vLLM 0.32's chat
-  completions read; the older `guided_json` is gone there);
+- a vLLM server (`VLLMProvider`): `structured_outputs` in `extra_body` (what vLLM 0.32's chat completions read; the
+  older `guided_json` is gone there), as `ANSWER_REGEX`, the schema's JSON spelled without free whitespace: with
+  `{"json": schema}` vLLM 0.32's grammar lets a weak model pad with whitespace until `max_tokens` (measured with
+  the tiny LLaVA at temperature 0; `disable_any_whitespace` did not stop it), and the regex also bounds the length;
 - the in-process engine (`VLLMNativeProvider`): the same `structured_outputs`, as its `SamplingParams`;
 - any other OpenAI-compatible endpoint: `response_format` `{"type": "json_schema", ...}`.
 Models and servers still misbehave (a cut-off answer, prose around the JSON, "yes" as a string), so `parse_answer`
@@ -16,9 +18,9 @@ import json
 import re
 from typing import Any
 
-__all__ = ["ANSWER_SCHEMA", "RULE_SYSTEM_PROMPT", "parse_answer", "structured_options"]
+__all__ = ["ANSWER_REGEX", "ANSWER_SCHEMA", "RULE_SYSTEM_PROMPT", "parse_answer", "structured_options"]
 
-REASON_MAX_CHARS = 200
+REASON_MAX_CHARS = 120
 """Longest reason kept (and asked for)."""
 
 ANSWER_SCHEMA: dict[str, Any] = {
@@ -32,6 +34,9 @@ ANSWER_SCHEMA: dict[str, Any] = {
 }
 """What a check asks the model for."""
 
+ANSWER_REGEX = r'\{"answer": ?(true|false), ?"reason": ?"[^"\\\x00-\x1f]{0,%d}"\}' % REASON_MAX_CHARS
+"""`ANSWER_SCHEMA`'s JSON as vLLM's structured-output regex (no free whitespace, bounded length)."""
+
 RULE_SYSTEM_PROMPT = (
     "You watch a live camera and answer one yes/no question about the current frame. Reply only with JSON: "
     '{"answer": true or false, "reason": "a few words on what you see"}.'
@@ -40,6 +45,8 @@ RULE_SYSTEM_PROMPT = (
 _YES = {"yes", "true", "y", "1"}
 _NO = {"no", "false", "n", "0"}
 _OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
+_CUT_OFF = re.compile(r'\s*\{\s*"answer"\s*:\s*(true|false)\b')
+"""An answer cut off after its verdict (max_tokens): the verdict is still clear."""
 
 
 def structured_options(llm: Any) -> dict[str, Any]:
@@ -47,7 +54,7 @@ def structured_options(llm: Any) -> dict[str, Any]:
     from providers import OpenAICompatibleProvider, VLLMProvider
 
     if isinstance(llm, VLLMProvider) or not isinstance(llm, OpenAICompatibleProvider):
-        return {"structured_outputs": {"json": ANSWER_SCHEMA}}  # vLLM server, native engine
+        return {"structured_outputs": {"regex": ANSWER_REGEX}}  # vLLM server, native engine
     return {"response_format": {"type": "json_schema",
                                 "json_schema": {"name": "rule_answer", "schema": ANSWER_SCHEMA, "strict": True}}}
 
@@ -57,14 +64,16 @@ def parse_answer(text: str) -> tuple[bool | None, str]:
     text = (text or "").strip()
     data: Any = None
     try:
-        data = json.loads(text)
+        data = json.loads(text, strict=False)  # strict=False: a control character in the reason is no reason to fail
     except (json.JSONDecodeError, ValueError):
         for candidate in _OBJECT.findall(text):  # JSON inside prose or a code fence
             try:
-                data = json.loads(candidate)
+                data = json.loads(candidate, strict=False)
                 break
             except (json.JSONDecodeError, ValueError):
                 continue
+    if data is None and (cut := _CUT_OFF.match(text)):
+        return cut.group(1) == "true", ""
     if not isinstance(data, dict):
         return None, _short(text)
     answer = data.get("answer")

@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 _FRAME_WAIT_S = 1.0
 _NO_SOURCE_RETRY_S = 1.0
 _EVIDENCE_MAX_SIDE = 640
-_CHECK_MAX_TOKENS = 96
+_CHECK_MAX_TOKENS = 192
+"""Room for the JSON with a reason of `REASON_MAX_CHARS` (a weak model spends a token per character)."""
 
 
 @dataclass
