@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import shutil
 import statistics
 import sys
@@ -240,7 +241,10 @@ def main() -> int:
     p.add_argument("--flip-s", type=float, default=1.2, help="seconds in each phase")
     p.add_argument("--static-s", type=float, default=60, help="length of the mostly static clip")
     p.add_argument("--static-change-s", type=float, default=20, help="a change every this many seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the rule engine's decisions")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(relativeCreated)8.0f %(name)s %(message)s")
     print("indicative figures: the machine is shared while engineers work")
     asyncio.run(main_async(args))
     return 0

@@ -47,7 +47,8 @@ MAX_COOLDOWN_S = 7 * 24 * 3600.0
 """Longest cooldown (a week)."""
 
 _NAME = re.compile(r"[a-z0-9_]{1,64}")
-_SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_SOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""webrtc's source names (`webrtc.config.validate_source_name`), and a safe MQTT topic level."""
 
 
 class RuleSetError(ValueError):
@@ -89,7 +90,8 @@ class RuleConfig(BaseModel):
     @classmethod
     def _source_ok(cls, value: str) -> str:
         if not _SOURCE.fullmatch(value):
-            raise ValueError("must be 1-64 characters of A-Z, a-z, 0-9, _, . and - (it becomes an MQTT topic level)")
+            raise ValueError("must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+                             "(a source name; it becomes an MQTT topic level)")
         return value
 
 

@@ -202,7 +202,7 @@ class RuleEngine:
 
     async def _watch(self, source: str) -> None:
         last_seq = 0
-        last_thumb_at = float("-inf")
+        last_buffer: Any = None
         while True:
             driver = self.agent.driver
             try:
@@ -212,12 +212,11 @@ class RuleEngine:
             except KeyError:
                 await asyncio.sleep(_NO_SOURCE_RETRY_S)
                 continue
+            if buffer is not last_buffer:  # a new buffer under the same name (a page came back): its seq restarts
+                last_buffer, last_seq = buffer, 0
             try:
                 entry = await buffer.wait_for_frame(_FRAME_WAIT_S, newer_than=last_seq)
             except TimeoutError:
-                continue
-            if entry.seq < last_seq:  # a new buffer under the same name (a page reconnected)
-                last_seq = 0
                 continue
             last_seq = entry.seq
             now = time.monotonic()
