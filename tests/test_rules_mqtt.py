@@ -139,3 +139,49 @@ async def test_rules_home_assistant_discovery_per_rule(running_mosquitto, paho_p
         cleared = await asyncio.to_thread(get, peer, f"{topic_prefix}/ha/binary_sensor/va_test/door_person_at_door/config")
         assert cleared.payload == b""
         await wait_for(lambda: not engine.rules(), 5, "the rule to go")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_rules_daemon_restart_keeps_config_and_retained_rules_and_republishes(
+        tmp_path, running_mosquitto, paho_peer, topic_prefix, stub_llm):
+    from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
+
+    page_port = free_tcp_port()
+    config = write_config(tmp_path / "rules.yaml", {
+        "llm": {"provider": "vllm", "base_url": stub_llm.base_url, "model_name": stub_llm.model},
+        "webrtc": {"host": "127.0.0.1", "port": page_port, "host_candidate_addresses": ["127.0.0.1"]},
+        "mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port, "prefix": topic_prefix,
+                 "homeassistant": {"enabled": True, "discovery_prefix": f"{topic_prefix}/ha", "node_id": "va"}},
+        "rules": [{**RULE, "name": "from_config"}],
+    })
+    peer = paho_peer("5")
+    peer.subscribe(f"{topic_prefix}/door/rules/+")
+    peer.subscribe(f"{topic_prefix}/ha/binary_sensor/#")
+    admin = paho_peer("5")
+
+    def states_and_sensors(wanted: set[str]) -> set[str]:
+        seen: set[str] = set()
+        while not wanted <= seen:
+            msg = peer.get(30)
+            if msg.payload:
+                seen.add(msg.topic)
+        return seen
+
+    wanted = {f"{topic_prefix}/door/rules/from_config", f"{topic_prefix}/door/rules/person_at_door",
+              f"{topic_prefix}/ha/binary_sensor/va/door_from_config/config",
+              f"{topic_prefix}/ha/binary_sensor/va/door_person_at_door/config"}
+    try:
+        async with daemon_process(config, page_port=page_port, log_path=tmp_path / "first.log"):
+            admin.publish(f"{topic_prefix}/rules/set", json.dumps([RULE]), retain=True).wait_for_publish(5)
+            await asyncio.to_thread(states_and_sensors, wanted)
+        while not peer.messages.empty():
+            peer.messages.get_nowait()
+        async with daemon_process(config, page_port=page_port, log_path=tmp_path / "second.log") as second:
+            await asyncio.to_thread(states_and_sensors, wanted)  # config and retained rules, published again
+            from tests.fixtures.daemon import _get
+
+            health = json.loads(await asyncio.to_thread(_get, second.page_url + "/healthz"))
+            assert health["rules"]["counters"]["rules"] == 2  # no auth token set: /healthz shows the detail
+    finally:
+        admin.publish(f"{topic_prefix}/rules/set", b"", retain=True).wait_for_publish(5)
