@@ -185,3 +185,33 @@ async def test_rules_daemon_restart_keeps_config_and_retained_rules_and_republis
             assert health["rules"]["counters"]["rules"] == 2  # no auth token set: /healthz shows the detail
     finally:
         admin.publish(f"{topic_prefix}/rules/set", b"", retain=True).wait_for_publish(5)
+
+
+@pytest.mark.e2e
+@pytest.mark.webrtc
+@pytest.mark.timeout(120)
+async def test_rules_page_gets_its_sources_rule_states_on_its_data_channel(tmp_path, running_mosquitto, topic_prefix, stub_llm):
+    from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
+    from tests.fixtures.webrtc import CounterVideoTrack, publish
+
+    stub_llm.reply = json.dumps({"answer": True, "reason": "a stand-in yes"})
+    page_port = free_tcp_port()
+    config = write_config(tmp_path / "page.yaml", {
+        "llm": {"provider": "vllm", "base_url": stub_llm.base_url, "model_name": stub_llm.model},
+        "webrtc": {"host": "127.0.0.1", "port": page_port, "host_candidate_addresses": ["127.0.0.1"]},
+        "mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port, "prefix": topic_prefix},
+        "rules": [{"name": "anyone", "source": "cam", "question": "Anyone there?", "check_every_s": 0.5,
+                   "on_after": 1},
+                  {"name": "elsewhere", "source": "other", "question": "Anyone there?"}],
+    })
+    async with daemon_process(config, page_port=page_port, log_path=tmp_path / "daemon.log") as daemon:
+        async with publish(daemon.page_url, CounterVideoTrack(320, 240, 15), source="cam") as pub:
+            await pub.wait_open()
+            seen = []
+            while not any(m.get("state") == "on" for m in seen):
+                text = await asyncio.wait_for(pub.messages.get(), 30)
+                msg = json.loads(text)
+                assert msg["type"] == "rule"
+                seen.append(msg)
+    assert {m["rule"] for m in seen} == {"anyone"}  # only the rules of the page's own source
+    assert seen[-1]["reason"] == "a stand-in yes" and seen[-1]["checks"] >= 1
