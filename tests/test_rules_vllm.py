@@ -82,3 +82,17 @@ async def test_rules_structured_output_request_gives_schema_json(vllm_server):
             assert isinstance(reason, str)
     finally:
         await llm.aclose()
+
+
+async def test_rules_structured_output_from_the_native_engine(native_provider):
+    """The in-process engine takes the same `structured_outputs` as its own SamplingParams."""
+    frame = np.zeros((64, 64, 3), np.uint8)
+    messages = [{"role": "system", "content": RULE_SYSTEM_PROMPT},
+                {"role": "user", "content": {"text": "Is the picture dark?", "images": [frame]}}]
+    options = structured_options(native_provider)
+    assert "structured_outputs" in options
+    for _ in range(2):
+        response = await native_provider.achat(messages, max_tokens=192, temperature=1.0, **options)
+        data = json.loads(response.text, strict=False)
+        assert set(data) == {"answer", "reason"} and data["answer"] in (True, False), response.text
+        assert parse_answer(response.text)[0] is data["answer"]
