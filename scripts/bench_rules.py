@@ -32,7 +32,6 @@ import asyncio
 import json
 import logging
 import shutil
-import statistics
 import sys
 import tempfile
 import time

@@ -154,3 +154,9 @@ def test_rules_lookback_keeps_its_seconds_at_a_bounded_rate():
     assert len(lookback) <= 2 * LOOKBACK_FPS / 0.8 + 2
     assert all(t.received_at >= 8 - 1e-9 for t in lookback.before(10, 2))
     assert lookback.nbytes() == 100 * len(lookback)
+
+
+def test_rules_parse_rule_set_error_does_not_echo_long_input():
+    with pytest.raises(RuleSetError) as caught:
+        parse_rule_set(json.dumps([{**RULE, "name": "n" * 5000}]))
+    assert len(str(caught.value)) < 300

@@ -134,7 +134,8 @@ def parse_rule_set(payload: bytes | str, *, max_rules: int = MAX_RULES,
             rules.append(RuleConfig.model_validate(item))
         except ValidationError as exc:
             name = item.get("name") if isinstance(item, dict) else None
-            raise RuleSetError(f"rule {i}{f' ({name!r})' if isinstance(name, str) else ''}: {describe_errors(exc)}") from None
+            shown = f" ({name[:64]!r})" if isinstance(name, str) else ""  # the error never echoes much of the input
+            raise RuleSetError(f"rule {i}{shown}: {describe_errors(exc)}") from None
     return check_rule_set(rules, max_rules=max_rules)
 
 
