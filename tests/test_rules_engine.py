@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 
 import av
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from encoders import JpegEncoder
 from providers import create_provider
 from tests.rules_scene import BRIGHT, DARK, BrightnessJudge, counter_of_gray, decode_gray, write_scene_clip
+from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import MqttConfig
 from visual_agent.encoding import FrameEncoding
@@ -74,13 +74,6 @@ async def engine_for(mosquitto, driver, stub, prefix, rules, *, encoding_jpeg=No
         await llm.aclose()
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
 
 def expected_transitions(answers: list[bool], on_after: int, off_after: int) -> list[tuple[int, str]]:
     """(request index, new state) of the hysteresis over the model's answers, as the issue defines it."""
@@ -112,7 +105,7 @@ async def test_rules_engine_turns_on_and_off_at_the_expected_frames_with_the_rig
     async with engine_for(running_mosquitto, server, stub_llm, topic_prefix, [rule]) as engine:
         messages = await asyncio.to_thread(peer.until, f"{base}/event", 30)  # the on event
         messages += await asyncio.to_thread(peer.until, f"{base}/event", 30)  # the off event
-        await wait_for(lambda: server.get_buffer("door").stats().state == "ended", 30, "the clip's end")
+        await wait_until(lambda: server.get_buffer("door").stats().state == "ended", 30, "the clip's end")
         stats = engine.stats()
     events = [json.loads(m.payload) for m in messages if m.topic == f"{base}/event"]
     evidence = [m.payload for m in messages if m.topic == f"{base}/evidence"]
@@ -156,10 +149,10 @@ async def test_rules_engine_change_gate_skips_the_model_until_the_picture_change
     try:
         async with engine_for(running_mosquitto, driver, stub_llm, topic_prefix, [rule]) as engine:
             runtime = engine.rules()[0]
-            await wait_for(lambda: runtime.skipped_unchanged >= 3, 20, "skipped checks on a static picture")
+            await wait_until(lambda: runtime.skipped_unchanged >= 3, 20, "skipped checks on a static picture")
             assert len(stub_llm.requests) == 1 and runtime.checks == 1  # one question, then the gate held
             level = BRIGHT
-            await wait_for(lambda: runtime.state.state.value == "on", 20, "the rule to turn on after the change")
+            await wait_until(lambda: runtime.state.state.value == "on", 20, "the rule to turn on after the change")
             assert runtime.checks == 2 and engine.stats()["skipped_unchanged"] >= 3
     finally:
         feeding = False
@@ -190,7 +183,7 @@ async def test_rules_engine_rules_on_one_frame_share_one_encoding_and_the_budget
     try:
         async with engine_for(running_mosquitto, driver, stub_llm, topic_prefix, rules, encoding_jpeg=jpeg,
                               calls_per_minute=6) as engine:
-            await wait_for(lambda: engine.stats()["budget_degraded"] >= 3, 30, "checks slowed by the budget")
+            await wait_until(lambda: engine.stats()["budget_degraded"] >= 3, 30, "checks slowed by the budget")
             requests = list(stub_llm.requests)
             assert len(requests) == 6  # the budget: no more calls this minute
             urls = [r["messages"][-1]["content"][1]["image_url"]["url"] for r in requests]

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 
 import pytest
 
 from providers import create_provider
+from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import HomeAssistantConfig, MqttConfig
 from visual_agent.mqtt import MqttMessager
@@ -57,13 +57,6 @@ async def daemon_like(mosquitto, stub, prefix, *, config_rules=(), homeassistant
         await llm.aclose()
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
 
 def get(peer, topic, timeout=10.0):
     return peer.get(timeout, topic=topic)
@@ -79,7 +72,7 @@ async def test_rules_set_over_mqtt_is_validated_and_survives_a_restart(running_m
         first = json.loads((await asyncio.to_thread(get, watcher, f"{topic_prefix}/door/rules/from_config")).payload)
         assert first["state"] == "off" and first["checks"] == 0 and first["origin"] == "config"
         admin.publish(f"{topic_prefix}/rules/set", json.dumps([RULE]), retain=True).wait_for_publish(5)
-        await wait_for(lambda: len(engine.rules()) == 2, 10, "the MQTT rule")
+        await wait_until(lambda: len(engine.rules()) == 2, 10, "the MQTT rule")
         state = json.loads((await asyncio.to_thread(get, watcher, f"{topic_prefix}/door/rules/person_at_door")).payload)
         assert state["state"] == "off" and state["origin"] == "mqtt" and state["question"] == RULE["question"]
         # bad sets: answered on rules/error, and the rules stay as they were
@@ -94,7 +87,7 @@ async def test_rules_set_over_mqtt_is_validated_and_survives_a_restart(running_m
     while not watcher.messages.empty():
         watcher.messages.get_nowait()
     async with daemon_like(running_mosquitto, stub_llm, topic_prefix, config_rules=[config_rule]) as engine:
-        await wait_for(lambda: len(engine.rules()) == 2, 10, "the retained MQTT rule after the restart")
+        await wait_until(lambda: len(engine.rules()) == 2, 10, "the retained MQTT rule after the restart")
         seen = set()
 
         def republished():
@@ -106,7 +99,7 @@ async def test_rules_set_over_mqtt_is_validated_and_survives_a_restart(running_m
         await asyncio.to_thread(republished)
         # clearing the set removes the rule and its retained state
         admin.publish(f"{topic_prefix}/rules/set", b"", retain=True).wait_for_publish(5)
-        await wait_for(lambda: [r.config.name for r in engine.rules()] == ["from_config"], 10, "the MQTT rule to go")
+        await wait_until(lambda: [r.config.name for r in engine.rules()] == ["from_config"], 10, "the MQTT rule to go")
     late = paho_peer("5")
     late.subscribe(f"{topic_prefix}/door/rules/#")
     retained = []
@@ -138,7 +131,7 @@ async def test_rules_home_assistant_discovery_per_rule(running_mosquitto, paho_p
         admin.publish(f"{topic_prefix}/rules/set", b"[]").wait_for_publish(5)
         cleared = await asyncio.to_thread(get, peer, f"{topic_prefix}/ha/binary_sensor/va_test/door_person_at_door/config")
         assert cleared.payload == b""
-        await wait_for(lambda: not engine.rules(), 5, "the rule to go")
+        await wait_until(lambda: not engine.rules(), 5, "the rule to go")
 
 
 @pytest.mark.e2e

@@ -34,7 +34,7 @@ ANSWER_SCHEMA: dict[str, Any] = {
 }
 """What a check asks the model for."""
 
-ANSWER_REGEX = r'\{"answer": ?(true|false), ?"reason": ?"[^"\\\x00-\x1f]{0,%d}"\}' % REASON_MAX_CHARS
+ANSWER_REGEX = r'\{"answer": ?(true|false), ?"reason": ?"[^"\\\x00-\x1f]{0,' + str(REASON_MAX_CHARS) + r'}"\}'
 """`ANSWER_SCHEMA`'s JSON as vLLM's structured-output regex (no free whitespace, bounded length)."""
 
 RULE_SYSTEM_PROMPT = (

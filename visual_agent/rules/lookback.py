@@ -87,8 +87,8 @@ def contact_sheet(thumbs: list[Thumbnail]) -> bytes | None:
         return None
     import cv2
 
-    images = [cv2.imdecode(np.frombuffer(t.jpeg, np.uint8), cv2.IMREAD_COLOR) for t in thumbs]
-    images = [i for i in images if i is not None]
+    decoded = [cv2.imdecode(np.frombuffer(t.jpeg, np.uint8), cv2.IMREAD_COLOR) for t in thumbs]
+    images = [i for i in decoded if i is not None]
     if not images:
         return None
     height = min(i.shape[0] for i in images)
