@@ -131,7 +131,7 @@ async def test_rules_engine_turns_on_and_off_at_the_expected_frames_with_the_rig
 
 
 async def test_rules_engine_change_gate_skips_the_model_until_the_picture_changes(
-        running_mosquitto, topic_prefix, stub_llm):
+        running_mosquitto, paho_peer, topic_prefix, stub_llm):
     judge = BrightnessJudge()
     stub_llm.reply_fn = judge
     driver = Buffers("desk")
@@ -145,12 +145,22 @@ async def test_rules_engine_change_gate_skips_the_model_until_the_picture_change
             driver.buffers["desk"].put(solid(level))
             await asyncio.sleep(0.05)
 
+    peer = paho_peer("5")
+    peer.subscribe(f"{topic_prefix}/desk/rules/lamp")
     feeder = asyncio.create_task(feed())
     try:
-        async with engine_for(running_mosquitto, driver, stub_llm, topic_prefix, [rule]) as engine:
+        async with engine_for(running_mosquitto, driver, stub_llm, topic_prefix, [rule], state_refresh_s=1.0) as engine:
             runtime = engine.rules()[0]
             await wait_until(lambda: runtime.skipped_unchanged >= 3, 20, "skipped checks on a static picture")
             assert len(stub_llm.requests) == 1 and runtime.checks == 1  # one question, then the gate held
+
+            def refreshed() -> dict:
+                while True:  # skipped checks still publish the state now and then (its counters, the page's list)
+                    state = json.loads(peer.get(10, topic=f"{topic_prefix}/desk/rules/lamp").payload)
+                    if state["skipped_unchanged"] >= 1:
+                        return state
+
+            assert (await asyncio.to_thread(refreshed))["checks"] == 1
             level = BRIGHT
             await wait_until(lambda: runtime.state.state.value == "on", 20, "the rule to turn on after the change")
             assert runtime.checks == 2 and engine.stats()["skipped_unchanged"] >= 3

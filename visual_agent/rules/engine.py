@@ -6,7 +6,7 @@ One task per watched source (`rules-watch:<source>`): it waits for a new frame, 
 frame once for all questions on it). Per due rule:
 1. `only_on_change`: when the picture's grey thumbnail is within `agent.scene_change.threshold` of the frame of the
    rule's last model check and the rule is settled (its last answer agrees with its state), the model is skipped
-   (`skipped_unchanged`);
+   (`skipped_unchanged`; the state is still published every `state_refresh_s`, for its counters and the page);
 2. the source's `CallBudget` (`agent.rule_calls_per_minute`): when spent, the check waits for its next turn
    (`budget_degraded`; the state JSON says `degraded: true`);
 3. the model is asked for a structured answer (`answer.py`); an unparsable one counts as neither (`unparsable`);
@@ -41,13 +41,15 @@ if TYPE_CHECKING:
     from ..agent import VisualAgent
     from .homeassistant import RuleDiscovery
 
-__all__ = ["DEFAULT_RULE_CALLS_PER_MINUTE", "RuleEngine", "RuleRuntime"]
+__all__ = ["DEFAULT_RULE_CALLS_PER_MINUTE", "STATE_REFRESH_S", "RuleEngine", "RuleRuntime"]
 
 logger = logging.getLogger(__name__)
 
 _FRAME_WAIT_S = 1.0
 _NO_SOURCE_RETRY_S = 1.0
 _EVIDENCE_MAX_SIDE = 640
+STATE_REFRESH_S = 10.0
+"""A rule whose checks are skipped publishes its state (counters, the page's list) at least this often."""
 _CHECK_MAX_TOKENS = 192
 """Room for the JSON with a reason of `REASON_MAX_CHARS` (a weak model spends a token per character)."""
 
@@ -76,6 +78,7 @@ class RuleRuntime:
     frames: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
     last_model_s: float | None = None
+    published_at: float = float("-inf")
 
     def payload(self, budget: CallBudget | None, now: float) -> dict[str, Any]:
         """The retained state JSON."""
@@ -105,6 +108,7 @@ class RuleEngine:
         change_threshold: float | None = None,
         discovery: RuleDiscovery | None = None,
         max_rules: int = MAX_RULES,
+        state_refresh_s: float = STATE_REFRESH_S,
     ) -> None:
         self.agent = agent
         self.publisher = agent.messager
@@ -113,6 +117,7 @@ class RuleEngine:
         self.change_threshold = agent.config.scene_change.threshold if change_threshold is None else change_threshold
         self.discovery = discovery
         self.max_rules = max_rules
+        self.state_refresh_s = state_refresh_s
         self.counters: dict[str, int] = {"checks": 0, "skipped_unchanged": 0, "unparsable": 0, "budget_degraded": 0,
                                          "errors": 0, "events": 0, "rule_sets": 0, "rule_sets_refused": 0}
         self.on_state: list[Any] = []
@@ -255,6 +260,8 @@ class RuleEngine:
                     and thumbnail_distance(rule.reference, grey) < self.change_threshold):
                 rule.skipped_unchanged += 1
                 self.counters["skipped_unchanged"] += 1
+                if now - rule.published_at >= self.state_refresh_s:
+                    await self._publish_state(rule)
                 continue
             if not budget.take(now):
                 rule.budget_degraded += 1
@@ -315,7 +322,7 @@ class RuleEngine:
     # --- publishing -----------------------------------------------------------------------------------
 
     async def _publish_state(self, rule: RuleRuntime) -> None:
-        now = time.monotonic()
+        now = rule.published_at = time.monotonic()
         payload = rule.payload(self._budgets.get(rule.config.source), now)
         if self.publisher is not None:
             await self.publisher.publish(self.topics.rule(rule.config.source, rule.config.name),
