@@ -28,6 +28,7 @@ from providers.registry import DEFAULT_PROVIDER_KIND as DEFAULT_PROVIDER
 from providers.registry import provider_kind, provider_kinds
 
 from .errors import ConfigError
+from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, RuleConfig, check_rule_set
 
 __all__ = [
     "AgentConfig",
@@ -221,6 +222,8 @@ class AgentConfig(_Section):
     """Scene-change descriptions."""
     shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
     """On SIGTERM, in-flight questions get this long to finish before they are failed."""
+    rule_calls_per_minute: int = Field(DEFAULT_RULE_CALLS_PER_MINUTE, ge=1, le=6000)
+    """Model calls the rules of one source may make per minute; over it their checks slow down (`degraded`)."""
 
     @model_validator(mode="after")
     def _frames_within_max(self) -> AgentConfig:
@@ -386,12 +389,19 @@ class Config(_Section):
     """The agent."""
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     """MQTT."""
+    rules: list[RuleConfig] = Field(default_factory=list)
+    """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)
     """The file this came from (for messages); not a YAML key."""
 
     def __repr_args__(self):
         for key, value in super().__repr_args__():
             yield key, (_masked(value) if key in ("llm", "webrtc", "sources") else value)
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_ok(cls, value: list[RuleConfig]) -> list[RuleConfig]:
+        return check_rule_set(value)
 
     @field_validator("llm", mode="before")
     @classmethod
