@@ -23,8 +23,10 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from providers.streaming import ToolCallsEvent
 
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig, EmbeddingsMode
 from .encoding import EmbeddingFunction, FrameEncoding, frames_as_mode
@@ -40,7 +42,7 @@ from .topics import Topics, topics
 from .triggers import DescriptionTriggers
 
 if TYPE_CHECKING:
-    from providers import LLMProvider
+    from providers import LLMProvider, ToolCall
 
 __all__ = ["EmbeddingFunction", "QuestionTiming", "VisualAgent", "topics"]
 
@@ -73,10 +75,14 @@ class VisualAgent:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         on_answer: AnswerHook | None = None,
         encoding: FrameEncoding | None = None,
+        llm_options: Mapping[str, Any] | None = None,
     ) -> None:
         """`llm`: an `LLMProvider`. `encoding` (the daemon builds it from `encoder`) replaces `embedding_function`,
-        `jpeg_encoder` and `frames_as`, which build one here (`frames_as`: auto, clip or off)."""
+        `jpeg_encoder` and `frames_as`, which build one here (`frames_as`: auto, clip or off). `llm_options`: keyword
+        options for every `achat`/`astream` call, e.g. `tools` (the calls the model makes land in `Answer.tool_calls`,
+        streamed or not)."""
         self.llm = llm
+        self.llm_options: dict[str, Any] = dict(llm_options or {})
         self.messager = messager
         self.driver = webrtc_driver
         self.config = config or AgentConfig()
@@ -217,20 +223,24 @@ class VisualAgent:
         if timing is not None:
             timing.llm_request_at = time.monotonic()
         model = self.llm.model
+        calls: Sequence[ToolCall] = ()
         if on_partial is not None and self.llm.capabilities.streaming:
             parts: list[str] = []
             seq = 0
-            async for delta in self.llm.astream(messages):
-                if not delta:
+            async for item in self.llm.astream(messages, **self.llm_options):
+                if isinstance(item, ToolCallsEvent):  # after the text, when tools were passed: never streamed as text
+                    calls = item.tool_calls
                     continue
-                parts.append(delta)
+                if not isinstance(item, str) or not item:
+                    continue
+                parts.append(item)
                 seq += 1
-                await on_partial(seq, delta)
+                await on_partial(seq, item)
             text = "".join(parts)
             model = self.llm.model or model
         else:
-            response = await self.llm.achat(messages)
-            text, model = response.text, response.model or model
+            response = await self.llm.achat(messages, **self.llm_options)
+            text, model, calls = response.text, response.model or model, response.tool_calls
         if timing is not None:
             timing.llm_response_at = time.monotonic()
         if trigger is Trigger.QUESTION:
@@ -238,6 +248,7 @@ class VisualAgent:
         return Answer(
             id=question.id, question=question.question, text=text, source=source,
             frames=[FrameRef(f.pts, f.age_s) for f in frames], model=model, provider=self.provider_name,
+            tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
         )
 
     def build_messages(self, content: Any, history: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -69,9 +69,13 @@ class Answer:
     provider: str | None = None
     latency_s: float = 0.0
     error: dict[str, str] | None = None
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    """The tool calls the model made, `{"id", "name", "arguments"}` (`arguments`: the JSON text the model wrote),
+    the same whether the answer was streamed or not; only when the agent was given tools (`llm_options`)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        """The payload's fields; `tool_calls` only when there are some (answers without tools keep their shape)."""
+        out = {
             "id": self.id,
             "question": self.question,
             "text": self.text,
@@ -82,6 +86,9 @@ class Answer:
             "latency_s": round(self.latency_s, 4),
             "error": self.error,
         }
+        if self.tool_calls:
+            out["tool_calls"] = [dict(call) for call in self.tool_calls]
+        return out
 
     def payload(self) -> bytes:
         """The JSON bytes published on MQTT and sent on the data channel."""
