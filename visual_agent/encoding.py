@@ -60,7 +60,7 @@ def load_embedder(model_path: str, *, cache_entries: int = DEFAULT_EMBEDDING_CAC
     return encoder_for(model_path, cache=cache)
 
 
-def check_embeddable(model_path: str | None) -> None:
+def _refuse_unsupported_family(model_path: str | None) -> None:
     """Refuse now (ValueError naming the supported families) a local model folder whose family has no encoder.
 
     Reads only `config.json`, so construction stays cheap; a path that is not a readable local folder (a Hugging
@@ -121,7 +121,7 @@ class FrameEncoding:
         self._closed = False
         if embedding_function is None and takes and self.mode is not EmbeddingsMode.OFF:
             # With none given, the encoder of the model's family serves; a family without one is refused now.
-            check_embeddable(self._model_path or llm.model)
+            _refuse_unsupported_family(self._model_path or llm.model)
             embedding_function = self._default_embeddings
         self.embedding_function = embedding_function
         if jpeg_encoder is None and embedding_function is None:
