@@ -26,6 +26,11 @@ IMAGE_SIZE = 56
 PATCH_SIZE = 14
 VISION_HIDDEN = 32
 TEXT_HIDDEN = 64
+TINY_VISION = {"hidden_size": VISION_HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "projection_dim": 32}
+BASE_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "image_size": 224, "patch_size": 16, "projection_dim": 512}
+"""`--vision base`: a ViT-B/16-sized tower (196 image tokens), for benchmarks that need a realistic encoder cost."""
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 # A chat template in the LLaVA style: images become one `<image>` placeholder each,
@@ -81,7 +86,10 @@ def build_tokenizer(tmp: Path):
     return fast
 
 
-def build(out: Path, seed: int = 0) -> Path:
+def build(out: Path, seed: int = 0, vision: dict | None = None) -> Path:
+    """`vision`: CLIPVisionConfig fields over the tiny tower's (`BASE_VISION` for a realistic cost)."""
+    vision = {**TINY_VISION, **(vision or {})}
+    image_size, patch_size = vision["image_size"], vision["patch_size"]
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import (
@@ -99,15 +107,7 @@ def build(out: Path, seed: int = 0) -> Path:
         tokenizer = build_tokenizer(tmp)
         image_token_id = tokenizer.convert_tokens_to_ids("<image>")
         config = LlavaConfig(
-            vision_config=CLIPVisionConfig(
-                hidden_size=VISION_HIDDEN,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=IMAGE_SIZE,
-                patch_size=PATCH_SIZE,
-                projection_dim=32,
-            ),
+            vision_config=CLIPVisionConfig(**vision),
             text_config=LlamaConfig(
                 hidden_size=TEXT_HIDDEN,
                 intermediate_size=128,
@@ -140,8 +140,8 @@ def build(out: Path, seed: int = 0) -> Path:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
         image_processor = CLIPImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE},
-            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
             do_center_crop=True,
             do_resize=True,
             do_normalize=True,
@@ -152,7 +152,7 @@ def build(out: Path, seed: int = 0) -> Path:
         processor = LlavaProcessor(
             image_processor=image_processor,
             tokenizer=tokenizer,
-            patch_size=PATCH_SIZE,
+            patch_size=patch_size,
             vision_feature_select_strategy="default",
             chat_template=CHAT_TEMPLATE,
             image_token="<image>",
@@ -219,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vision", choices=("tiny", "base"), default="tiny", help="base: a ViT-B/16-sized tower")
     args = parser.parse_args(argv)
-    path = build(args.out.expanduser(), seed=args.seed)
+    path = build(args.out.expanduser(), seed=args.seed, vision=BASE_VISION if args.vision == "base" else None)
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
     print(f"tiny LLaVA written to {path} ({size / 1e6:.2f} MB)")
     return 0

@@ -25,10 +25,11 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from providers.errors import ContextLengthError
+from providers.streaming import ToolCallsEvent
 
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig, EmbeddingsMode
 from .context_budget import ContextBudget, Fitted
@@ -46,7 +47,7 @@ from .topics import Topics, topics
 from .triggers import DescriptionTriggers
 
 if TYPE_CHECKING:
-    from providers import LLMProvider
+    from providers import LLMProvider, ToolCall
 
 __all__ = ["EmbeddingFunction", "QuestionTiming", "VisualAgent", "topics"]
 
@@ -78,10 +79,14 @@ class VisualAgent:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         on_answer: AnswerHook | None = None,
         encoding: FrameEncoding | None = None,
+        llm_options: Mapping[str, Any] | None = None,
     ) -> None:
         """`llm`: an `LLMProvider`. `encoding` (the daemon builds it from `encoder`) replaces `embedding_function`,
-        `jpeg_encoder` and `frames_as`, which build one here (`frames_as`: auto, clip or off)."""
+        `jpeg_encoder` and `frames_as`, which build one here (`frames_as`: auto, clip or off). `llm_options`: keyword
+        options for every `achat`/`astream` call, e.g. `tools` (the calls the model makes land in `Answer.tool_calls`,
+        streamed or not)."""
         self.llm = llm
+        self.llm_options: dict[str, Any] = dict(llm_options or {})
         self.messager = messager
         self.driver = webrtc_driver
         self.config = config or AgentConfig()
@@ -221,7 +226,7 @@ class VisualAgent:
         taken = await self._take_frames(source, question.frames or self.config.frames)
         key = self.conversations.key(source, question.conversation) if trigger is Trigger.QUESTION else None
         turns = self.conversations.turns(key)
-        text, model, fitted = await self._ask_model(question.question, taken, source, turns, on_partial, timing)
+        text, model, fitted, calls = await self._ask_model(question.question, taken, source, turns, on_partial, timing)
         if timing is not None:
             timing.llm_response_at = time.monotonic()
         self.conversations.remember(key, question.question, text)
@@ -229,10 +234,12 @@ class VisualAgent:
             id=question.id, question=question.question, text=text, source=source,
             frames=[FrameRef(taken[i].pts, taken[i].age_s) for i in fitted.frames], model=model,
             provider=self.provider_name, trimmed=fitted.trimmed or None,
+            tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
         )
 
     async def _ask_model(self, question: str, taken: list[TakenFrame], source: str, turns: list[Turn],
-                         on_partial: PartialCallback | None, timing: QuestionTiming | None) -> tuple[str, str | None, Fitted]:
+                         on_partial: PartialCallback | None, timing: QuestionTiming | None,
+                         ) -> tuple[str, str | None, Fitted, list[ToolCall]]:
         """Fit the request into the model's context and ask; a refusal for context length is retried once, with
         what the refusal taught the budget (the true prompt size, the context length)."""
         minimal = False
@@ -243,12 +250,14 @@ class VisualAgent:
             if timing is not None:
                 timing.encoded_at = time.monotonic()
             messages = self.build_messages(content, turns[len(turns) - fitted.history_turns:])
-            opts = {"max_tokens": fitted.max_tokens} if self.budget.context_tokens is not None else {}
+            opts = dict(self.llm_options)
+            if self.budget.context_tokens is not None:
+                opts["max_tokens"] = min(fitted.max_tokens, opts.get("max_tokens") or fitted.max_tokens)
             if timing is not None:
                 timing.llm_request_at = time.monotonic()
             streamed = [0]
             try:
-                text, model, prompt_tokens = await self._complete(messages, opts, on_partial, streamed)
+                text, model, prompt_tokens, calls = await self._complete(messages, opts, on_partial, streamed)
             except ContextLengthError as exc:
                 learned = self.budget.refused(shape, exc.limit, exc.input_tokens, exc.input_at_least)
                 if attempt == 2 or streamed[0] or not learned:
@@ -259,25 +268,32 @@ class VisualAgent:
                             "trimmed: %s", exc.input_tokens or 0, shape.estimate, exc.message)
                 continue
             self.budget.observe(shape, prompt_tokens)
-            return text, model, fitted
+            return text, model, fitted, calls
         raise AssertionError("unreachable")
 
     async def _complete(self, messages: list[dict[str, Any]], opts: dict[str, Any], on_partial: PartialCallback | None,
-                        streamed: list[int]) -> tuple[str, str | None, int | None]:
-        """(text, model, prompt tokens when reported); `streamed[0]` counts the partials already sent."""
+                        streamed: list[int]) -> tuple[str, str | None, int | None, list[ToolCall]]:
+        """(text, model, prompt tokens when reported, tool calls); `streamed[0]` counts the partials already sent.
+
+        Tool calls come the same way from `achat` and `astream` (there as one `ToolCallsEvent` after the text)."""
         model = self.llm.model
         if on_partial is not None and self.llm.capabilities.streaming:
             parts: list[str] = []
-            async for delta in self.llm.astream(messages, **opts):
-                if not delta:
+            calls: list[ToolCall] = []
+            async for item in self.llm.astream(messages, **opts):
+                if isinstance(item, ToolCallsEvent):  # after the text, when tools were passed: never streamed as text
+                    calls = list(item.tool_calls)
                     continue
-                parts.append(delta)
+                if not isinstance(item, str) or not item:
+                    continue
+                parts.append(item)
                 streamed[0] += 1
-                await on_partial(streamed[0], delta)
-            return "".join(parts), self.llm.model or model, None
+                await on_partial(streamed[0], item)
+            return "".join(parts), self.llm.model or model, None, calls
         response = await self.llm.achat(messages, **opts)
         usage = response.usage
-        return response.text, response.model or model, usage.prompt_tokens if usage is not None else None
+        return (response.text, response.model or model, usage.prompt_tokens if usage is not None else None,
+                list(response.tool_calls))
 
     def build_messages(self, content: Any, history: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         """The chat request: the system prompt, the earlier (question, answer) turns, then this question's content.

@@ -104,10 +104,10 @@ class EmbeddingsMode(str, enum.Enum):
     """How frames reach the LLM (`encoder.embeddings`, and `VisualAgent(frames_as=...)`)."""
 
     AUTO = "auto"
-    """CLIP embeddings when the provider takes them (native vLLM with enable_mm_embeds), else JPEG."""
+    """Embeddings when the provider takes them (native vLLM with enable_mm_embeds), else JPEG."""
     CLIP = "clip"
-    """Always embeddings (the CLIP encoder, or the agent's `embedding_function`); fails at start if the provider
-    cannot take them."""
+    """Always embeddings (the model family's encoder, or the agent's `embedding_function`); fails at start if the
+    provider cannot take them."""
     OFF = "off"
     """Always JPEG data URLs."""
 
@@ -139,9 +139,10 @@ class EncoderConfig(_Section):
     embeddings: EmbeddingsMode = EmbeddingsMode.AUTO
     """auto, clip or off (see `EmbeddingsMode`; jpeg and embeddings are read as off and clip)."""
     clip_checkpoint: str | None = None
-    """LLaVA folder whose vision tower and projector make the embeddings; None: `llm.model_name`."""
+    """Model folder (LLaVA-1.5 or Qwen2-VL) whose vision tower and projector/merger make the embeddings; None:
+    `llm.model_name`. The key keeps its first name; any supported family's folder goes here."""
     cache_entries: int = Field(DEFAULT_EMBEDDING_CACHE_ENTRIES, ge=0)
-    """Frames whose CLIP embeddings are kept, so a static scene is not encoded again; 0: no cache."""
+    """Frames whose embeddings are kept, so a static scene is not encoded again; 0: no cache."""
 
     @field_validator("embeddings", mode="before")
     @classmethod

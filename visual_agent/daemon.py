@@ -38,18 +38,25 @@ _LLM_PROBE_TIMEOUT_S = 10.0
 
 
 async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncoding:
-    """The `encoder` section applied to this provider, its CLIP encoder loaded now when it will serve.
+    """The `encoder` section applied to this provider, its embedding encoder (picked by the model folder's family)
+    loaded now when it will serve.
 
-    A mode the provider cannot take, or a checkpoint that cannot be loaded, is a `ConfigError` naming the file.
+    A mode the provider cannot take, a model family no encoder computes, or a checkpoint that cannot be loaded is a
+    `ConfigError` naming the file.
     """
     try:
         encoding = FrameEncoding.from_config(config.encoder, llm, provider_name=config.provider_name())
     except ValueError as exc:
         raise ConfigError(f"{config.path}: {exc}") from None
+    from encoders import EncoderError
+
     try:
         await encoding.start()
     except QuestionError as exc:
         raise ConfigError(f"{config.path}: {exc.message}") from None
+    except EncoderError as exc:  # a model folder the encoder cannot read, torch/open_clip missing
+        await encoding.aclose()
+        raise ConfigError(f"{config.path}: cannot load the embedding encoder: {exc}") from None
     return encoding
 
 
@@ -109,7 +116,7 @@ class Daemon:
         else:
             logger.info("page: %s/", self.driver.url)
         uses_embeddings = self.encoding is not None and self.encoding.uses_embeddings
-        logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "CLIP embeddings" if uses_embeddings else "JPEG")
+        logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "embeddings" if uses_embeddings else "JPEG")
         if self.messager is not None:
             t = Topics(cfg.mqtt.prefix)
             logger.info("MQTT: %s%s; ask on %s, answers on %s", f"{self.messager.host}:{self.messager.port}",

@@ -88,8 +88,12 @@ class Answer:
     queued_s: float | None = None
     """Seconds from the question's `asked_at` until the daemon received it (e.g. it was queued at the broker
     while the daemon was stopped); only when the question carried `asked_at`."""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    """The tool calls the model made, `{"id", "name", "arguments"}` (`arguments`: the JSON text the model wrote),
+    the same whether the answer was streamed or not; only when the agent was given tools (`llm_options`)."""
 
     def as_dict(self) -> dict[str, Any]:
+        """The payload's fields; `tool_calls`, `trimmed` and `queued_s` only when there are some."""
         extra = {} if self.queued_s is None else {"queued_s": round(self.queued_s, 3)}
         out = {
             "id": self.id,
@@ -105,6 +109,8 @@ class Answer:
         }
         if self.trimmed:
             out["trimmed"] = dict(self.trimmed)
+        if self.tool_calls:
+            out["tool_calls"] = [dict(call) for call in self.tool_calls]
         return out
 
     def payload(self) -> bytes:
@@ -153,8 +159,8 @@ def _number(kind: type) -> Any:
     return parse
 
 
-_LEADING_ID = re.compile(r'\{\s*"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,%d}"|-?[0-9]{1,%d})\s*[,}]'
-                         % (_MAX_ID_CHARS, _MAX_ID_CHARS))
+_LEADING_ID = re.compile(
+    r'\{\s*"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,' + str(_MAX_ID_CHARS) + r'}"|-?[0-9]{1,' + str(_MAX_ID_CHARS) + r'})\s*[,}]')
 
 
 def _leading_id(text: str) -> Any:
