@@ -164,7 +164,8 @@ async def chromium_trusting(test_ca):
 
 
 @pytest.mark.browser
-async def test_webrtc_https_page_publishes_with_token_from_fragment(https_server, chromium_trusting):
+async def test_webrtc_https_page_publishes_with_token_from_fragment(https_server, chromium_trusting, caplog):
+    caplog.set_level("DEBUG")  # every server log line must be free of the token (there is no access log)
     seen: list[str] = []
     https_server.on_data_message = lambda source, peer_id, text: seen.append(text)
     context = await chromium_trusting.new_context()
@@ -196,6 +197,8 @@ async def test_webrtc_https_page_publishes_with_token_from_fragment(https_server
         assert await page.evaluate("window.agentPage.errors") == []
     finally:
         await context.close()
+    assert any("connected as source 'secure'" in r.getMessage() for r in caplog.records)
+    assert not [r.getMessage() for r in caplog.records if TOKEN in r.getMessage()]
 
 
 @pytest.mark.browser
