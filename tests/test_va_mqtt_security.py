@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -260,3 +262,62 @@ async def test_messager_mutual_tls_with_a_client_certificate(mosquitto_factory, 
         await m.start(timeout=3)
     assert m.last_error and not m.connected
     await m.close()
+
+
+# --- the mosquitto ACL that docs/SECURITY.md recommends -----------------------------------------------------------
+
+NOT_AUTHORIZED = 0x87
+
+
+def _documented_acl(prefix: str) -> str:
+    """The `# /etc/mosquitto/acl` block of docs/SECURITY.md, for `prefix`: the test runs what the docs say."""
+    doc = (Path(__file__).parent.parent / "docs" / "SECURITY.md").read_text()
+    block = re.search(r"```\n(# /etc/mosquitto/acl\n.*?)```", doc, re.S)
+    assert block, "docs/SECURITY.md has no mosquitto ACL block"
+    return block.group(1).replace("visual_agent/", f"{prefix}/")
+
+
+async def test_documented_mosquitto_acl_keeps_answers_to_their_askers(tmp_path, mosquitto_factory, broker_files,
+                                                                       stub_llm, topic_prefix):
+    """With the ACL from docs/SECURITY.md the daemon and `visual-agent ask` work, and another user of the same
+    broker reads neither the status nor anyone's answers but its own, and cannot publish an answer or the status."""
+    d = broker_files
+    (d / "acl").write_text(_documented_acl(topic_prefix))
+    users = {"visual-agent": "daemon-pw-1", "alice": "alice-pw-1", "mallory": "mallory-pw-1"}
+    for i, (user, password) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(d / "passwd"), user, password],
+                       check=True, capture_output=True)
+    for f in d.iterdir():
+        f.chmod(0o644)
+    broker = mosquitto_factory(listener_extra=f"password_file {d}/passwd\nacl_file {d}/acl\n", anonymous=False)
+    mqtt = {"host": broker.host, "port": broker.port, "prefix": topic_prefix}
+    page_port = free_tcp_port()
+    daemon_cfg = write_config(tmp_path / "d.yaml", {
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0},
+        "webrtc": {"port": page_port}, "agent": {"frame_wait_s": 0.2}, "mqtt": {**mqtt, "username": "visual-agent"}})
+    alice_cfg = write_config(tmp_path / "a.yaml", {"mqtt": {**mqtt, "username": "alice"}})
+    mallory = PahoPeer(broker.host, broker.port, username="mallory", password=users["mallory"])
+    mine = f"{topic_prefix}/reply/{mallory.client._client_id.decode()}"
+    try:
+        mallory.subscribe("#")
+        mallory.subscribe(f"{topic_prefix}/reply/#")
+        async with daemon_process(daemon_cfg, page_port=page_port, log_path=tmp_path / "d.log",
+                                  env={"VISUAL_AGENT__MQTT__PASSWORD": users["visual-agent"]}):
+            deadline = time.monotonic() + 40
+            while True:  # until the daemon has subscribed: a question before that is not kept
+                rc, out, err = await run_cli("ask", "who is there?", "--config", str(alice_cfg), "--timeout", "5",
+                                             "--json", env={"VISUAL_AGENT__MQTT__PASSWORD": users["alice"]})
+                if rc != 3 or time.monotonic() > deadline:  # 3: no answer in time
+                    break
+            assert json.loads(out)["question"] == "who is there?", (rc, out, err)  # an answer (no_frame: no camera)
+            # alice's answer went out before mallory's question: had mallory been able to read it, it came first
+            mallory.publish(f"{topic_prefix}/ask", json.dumps({"id": "m", "question": "mine?"}), response_topic=mine,
+                            correlation_data=b"m")
+            seen = await asyncio.to_thread(mallory.until, mine, 30)
+            assert [m.topic for m in seen if m.topic.startswith(f"{topic_prefix}/")] == [mine], [m.topic for m in seen]
+            for topic, payload, retain in ((f"{topic_prefix}/status", b"offline", True),
+                                           (f"{topic_prefix}/answer", b'{"id":"x","question":"q","text":"fake"}', False),
+                                           (f"{topic_prefix}/reply/visual-agent-ask-00000000", b"fake", False)):
+                assert mallory.puback(mallory.publish(topic, payload, retain=retain)) == NOT_AUTHORIZED, topic
+    finally:
+        mallory.close()

@@ -193,7 +193,7 @@ class EmbeddedBroker:
 
 
 def _guarded_broker_class(base: type) -> type:
-    """amqtt's `Broker` with `EmbeddedBroker`'s rules (amqtt 0.11-0.12 internals; tests/test_va_broker.py checks each)."""
+    """amqtt's `Broker` with `EmbeddedBroker`'s rules (amqtt 0.11-0.12 internals; tests/test_va_mqtt_security.py checks each)."""
     from amqtt.contexts import Action
     from amqtt.errors import AMQTTError
 
