@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli, write_config
 from tests.fixtures.mqtt import PahoPeer
+from tests.fixtures.pki import TestCA
 from visual_agent.broker import EmbeddedBroker
 from visual_agent.config import MqttConfig
 from visual_agent.errors import EmbeddedBrokerError, MessagingError
@@ -230,30 +231,35 @@ async def test_embedded_broker_bounds_retained_messages():
             assert broker.describe()["retain_refused"] == 6
 
 
+async def test_embedded_broker_default_caps_keep_no_megabyte_retains():
+    """The finding: 100 retained 1 MB messages grew the daemon by 106 MB. With the defaults (64 KiB each, 1000
+    topics: 64 MB at most) a 1 MB retained message is delivered and not kept."""
+    async with EmbeddedBroker.from_config(MqttConfig(prefix=PREFIX, embedded_port=0)) as broker:
+        client = MqttConfig(host="127.0.0.1", port=broker.port, protocol="3.1.1", max_payload_bytes=2 * 1024 * 1024)
+        async with MqttMessager(client, subscriptions=["big/#"]) as m:
+            for i in range(3):
+                await m.publish(f"big/{i}", b"z" * (1024 * 1024), retain=True, wait=True)
+            assert [len((await m.next_message(10)).payload) for _ in range(3)] == [1024 * 1024] * 3
+        await _until(lambda: broker.describe()["retain_refused"] == 3, "3 refused retains")
+        assert broker.describe()["retained"] == 0
+
+
 # --- mutual TLS ---------------------------------------------------------------------------------------------------
 
 
 async def test_messager_mutual_tls_with_a_client_certificate(mosquitto_factory, broker_files):
-    """mosquitto with `require_certificate true`: our client certificate (signed by a CA made here) gets in; the
-    same client without one is refused."""
+    """mosquitto with `require_certificate true`: our client certificate (signed by a CA made here with
+    `cryptography`) gets in; the same client without one is refused."""
     d = broker_files
-
-    def ssl(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, cn, ext in (("server", "127.0.0.1", ["-extfile", "san.ext"]), ("client", "visual-agent", [])):
-        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
-        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
-            *ext, "-out", f"{name}.crt")
+    ca = TestCA(d)
+    server_cert, server_key = ca.issue("server", ["127.0.0.1"])
+    client_cert, client_key = ca.issue("client", ["visual-agent"], client=True)
     for f in d.iterdir():
         f.chmod(0o644)
-    broker = mosquitto_factory(listener_extra=f"cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"
+    broker = mosquitto_factory(listener_extra=f"cafile {ca.pem}\ncertfile {server_cert}\nkeyfile {server_key}\n"
                                               "require_certificate true\n")
-    tls = {"enabled": True, "ca_certs": str(d / "ca.crt")}
-    cfg = MqttConfig(host="127.0.0.1", port=broker.port,
-                     tls={**tls, "certfile": str(d / "client.crt"), "keyfile": str(d / "client.key")})
+    tls = {"enabled": True, "ca_certs": str(ca.pem)}
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, tls={**tls, "certfile": str(client_cert), "keyfile": str(client_key)})
     async with MqttMessager(cfg, subscriptions=["mtls/in"]) as m:
         await m.publish("mtls/in", b"with a client certificate", wait=True)
         assert (await m.next_message(5)).payload == b"with a client certificate"
