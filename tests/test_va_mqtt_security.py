@@ -109,9 +109,10 @@ async def test_cli_ask_takes_only_its_own_answer_and_strips_terminal_escapes(tmp
 # --- the embedded broker -----------------------------------------------------------------------------------------
 
 
-def _client(port: int, *, username=None, password=None, will=None) -> tuple[paho.Client, int]:
+def _client(port: int, *, username=None, password=None, will=None, client_id=None, clean=True) -> tuple[paho.Client, int]:
     """A 3.1.1 paho client (amqtt speaks 3.1.1); returns it and its CONNACK code (0 accepted)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
+                         protocol=paho.MQTTv311, clean_session=clean)
     if username is not None:
         client.username_pw_set(username, password)
     if will:
@@ -168,6 +169,25 @@ async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
         await _until(lambda: bool(got_status), "the retained status")
         assert got_status == [b"offline"]  # the daemon's own, published at its close
         await asyncio.to_thread(_stop, late)
+
+
+async def test_embedded_broker_daemon_client_id_cannot_be_taken_over():
+    """amqtt takes a client id over before it checks the newcomer's credentials, and copies them onto the existing
+    session: anyone who knew the daemon's client id (/healthz shows it) could disconnect the daemon, or leave its
+    session with credentials that may not publish its answers. A newcomer with the daemon's id is refused and
+    changes nothing, with a clean session or not."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        daemon_cfg = broker.daemon_client_config(MqttConfig(host="127.0.0.1", port=broker.port, prefix=PREFIX,
+                                                             client_id="va-daemon-known"))
+        async with MqttMessager(daemon_cfg, subscriptions=[f"{PREFIX}/answer"]) as daemon:
+            for clean in (True, False):
+                intruder, code = await asyncio.to_thread(_client, broker.port, client_id="va-daemon-known", clean=clean)
+                await asyncio.to_thread(_stop, intruder)
+                assert code != 0, clean
+            await daemon.publish(f"{PREFIX}/answer", b"still the daemon's", wait=True)
+            assert (await daemon.next_message(5)).payload == b"still the daemon's"  # its subscription and rights kept
+            assert daemon.stats.connects == 1 and broker.describe()["publish_denied"] == 0
 
 
 async def test_embedded_broker_credentials():
