@@ -142,23 +142,27 @@ async def _until(pred, what: str, timeout: float = 10.0) -> None:
 
 
 async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
-    """Anyone local may connect (loopback, no password set) but not publish under status/answer/reply, nor leave a
-    last will there; the daemon's own client (its per-start credential) may."""
+    """Anyone local may connect (loopback, no password set) and ask, but publish nothing else under the prefix
+    (answers, replies, status, Home Assistant's state topics), nor leave a last will there; the daemon's own client
+    (its per-start credential) may."""
     cfg = MqttConfig(prefix=PREFIX, embedded_port=0)
     async with EmbeddedBroker.from_config(cfg) as broker:
         daemon_cfg = broker.daemon_client_config(MqttConfig(host="127.0.0.1", port=broker.port, prefix=PREFIX))
         async with MqttMessager(daemon_cfg, status_topic=f"{PREFIX}/status",
-                                subscriptions=[f"{PREFIX}/status", f"{PREFIX}/answer/#", f"{PREFIX}/reply/#", f"{PREFIX}/probe"]) as daemon:
+                                subscriptions=[f"{PREFIX}/status", f"{PREFIX}/answer/#", f"{PREFIX}/reply/#", f"{PREFIX}/door/#",
+                                               f"{PREFIX}/probe", f"{PREFIX}/ask"]) as daemon:
             assert (await daemon.next_message(5)).payload == b"online"  # its own status: allowed
             intruder, code = await asyncio.to_thread(_client, broker.port)
             assert code == 0
             for topic, payload in ((f"{PREFIX}/status", b"offline"), (f"{PREFIX}/answer", b'{"id":"x","text":"fake"}'),
-                                   (f"{PREFIX}/reply/cli", b"fake"), (f"{PREFIX}/answer/partial", b"fake")):
+                                   (f"{PREFIX}/reply/cli", b"fake"), (f"{PREFIX}/answer/partial", b"fake"),
+                                   (f"{PREFIX}/door/state", b'{"text":"nobody there"}'),  # Home Assistant's sensor
+                                   (f"{PREFIX}/door/description", b"fake"), (f"{PREFIX}/probe", b"fake")):
                 intruder.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-            intruder.publish(f"{PREFIX}/probe", b"allowed", qos=1).wait_for_publish(5)
+            intruder.publish(f"{PREFIX}/ask", b"allowed", qos=1).wait_for_publish(5)
             got = await daemon.next_message(5)
-            assert (got.topic, got.payload) == (f"{PREFIX}/probe", b"allowed")  # nothing forged came before it
-            assert broker.describe()["publish_denied"] == 4
+            assert (got.topic, got.payload) == (f"{PREFIX}/ask", b"allowed")  # nothing forged came before it
+            assert broker.describe()["publish_denied"] == 7
             await asyncio.to_thread(_stop, intruder)
             _, code = await asyncio.to_thread(_client, broker.port, will=f"{PREFIX}/status")
             assert code != 0  # a last will on our status topic is refused at CONNECT

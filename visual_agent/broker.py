@@ -6,8 +6,9 @@ on its socket (a QoS-1 round trip to amqtt takes ~44 ms without it). The broker 
 What it adds to amqtt (each found missing by trying it as an attacker would):
 - Credentials: with `mqtt.username`/`mqtt.password` set, clients must present them (compared in constant time);
   bound beyond loopback they are required (`EmbeddedBrokerError` otherwise).
-- The daemon's own client logs in with a random per-start credential; only it may publish under
-  `<prefix>/status`, `<prefix>/answer` and `<prefix>/reply` (no fake answers, no fake ``offline``).
+- The daemon's own client logs in with a random per-start credential; only it may publish under `<prefix>/`
+  (status, answers, replies, descriptions, Home Assistant's state topics); other clients there only ask, on
+  `<prefix>/ask` (no fake answers, no fake ``offline``, no fake sensor state).
 - The daemon's client id is its own: amqtt takes a client id over (disconnecting its holder) and copies the
   newcomer's credentials onto the existing session before it checks them; here a newcomer is checked first, and one
   that is not the daemon may not use an id the daemon holds (else anyone who read the id in /healthz could
@@ -45,7 +46,6 @@ DEFAULT_MAX_RETAINED_BYTES = 64 * 1024
 MAX_CONNECTIONS = 256
 DAEMON_USERNAME = "visual-agent-daemon"
 """The user name of the daemon's own client at its embedded broker (its password is random per start)."""
-_PROTECTED = ("status", "answer", "reply")
 _SESSION_FIELDS = ("username", "password", "will_flag", "will_message", "will_topic", "will_qos", "keep_alive")
 """What amqtt copies from a reconnecting client onto the existing session of its id (amqtt 0.12)."""
 _CONNACK_NOT_AUTHORIZED = b"\x20\x02\x00\x05"
@@ -202,16 +202,14 @@ class EmbeddedBroker:
                 setattr(session, field, value)
 
     def may_publish(self, username: str | None, topic: str) -> bool:
-        """Only the daemon's own client publishes under `<prefix>/status`, `<prefix>/answer`, `<prefix>/reply`."""
+        """Under `<prefix>/` only the daemon's own client publishes, except questions on `<prefix>/ask`."""
         if username == DAEMON_USERNAME or self.prefix is None:
             return True
-        for part in _PROTECTED:
-            base = f"{self.prefix}/{part}"
-            if topic == base or topic.startswith(base + "/"):
-                self.counters["publish_denied"] += 1
-                logger.warning("embedded broker: a client (user %r) may not publish to %s; dropped", username, topic)
-                return False
-        return True
+        if not topic.startswith(self.prefix + "/") or topic == f"{self.prefix}/ask":
+            return True
+        self.counters["publish_denied"] += 1
+        logger.warning("embedded broker: a client (user %r) may not publish to %s; dropped", username, topic[:200])
+        return False
 
     def may_retain(self, topic: str, size: int, retained: dict[str, Any]) -> bool:
         if size > self.max_retained_bytes:
