@@ -154,15 +154,15 @@ async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
             assert (await daemon.next_message(5)).payload == b"online"  # its own status: allowed
             intruder, code = await asyncio.to_thread(_client, broker.port)
             assert code == 0
-            for topic, payload in ((f"{PREFIX}/status", b"offline"), (f"{PREFIX}/answer", b'{"id":"x","text":"fake"}'),
+            for topic, payload in ((f"{PREFIX}/status", b"forged offline"), (f"{PREFIX}/answer", b'{"id":"x","text":"fake"}'),
                                    (f"{PREFIX}/reply/cli", b"fake"), (f"{PREFIX}/answer/partial", b"fake"),
                                    (f"{PREFIX}/door/state", b'{"text":"nobody there"}'),  # Home Assistant's sensor
                                    (f"{PREFIX}/door/description", b"fake"), (f"{PREFIX}/probe", b"fake")):
-                intruder.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+                intruder.publish(topic, payload, qos=1, retain=True)  # amqtt sends no PUBACK for a refused one
             intruder.publish(f"{PREFIX}/ask", b"allowed", qos=1).wait_for_publish(5)
             got = await daemon.next_message(5)
             assert (got.topic, got.payload) == (f"{PREFIX}/ask", b"allowed")  # nothing forged came before it
-            assert broker.describe()["publish_denied"] == 7
+            await _until(lambda: broker.describe()["publish_denied"] == 7, "7 refused publishes")
             await asyncio.to_thread(_stop, intruder)
             _, code = await asyncio.to_thread(_client, broker.port, will=f"{PREFIX}/status")
             assert code != 0  # a last will on our status topic is refused at CONNECT
@@ -171,7 +171,7 @@ async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
         late.on_message = lambda c, u, m: got_status.append(m.payload)
         late.subscribe(f"{PREFIX}/status", 1)
         await _until(lambda: bool(got_status), "the retained status")
-        assert got_status == [b"offline"]  # the daemon's own, published at its close
+        assert set(got_status) == {b"offline"}  # the daemon's own (at its close, maybe its will too), not the forged one
         await asyncio.to_thread(_stop, late)
 
 
