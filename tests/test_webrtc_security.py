@@ -284,6 +284,25 @@ def test_webrtc_security_rtsp_query_secrets_are_masked():
     assert "abc123" not in repr(SourceConfig(name="door", kind="rtsp", url="rtsp://cam/live?token=abc123"))
 
 
+async def test_webrtc_security_source_url_secrets_stay_out_of_every_log_line(webrtc_server_factory, tmp_path, caplog):
+    """Our own lines and aiortc's (its `MediaPlayer` logs the URL it plays, at DEBUG and in one WARNING) show a URL's
+    `?token=` and `user:pass@` masked. A file whose name carries `?token=` makes aiortc log a real line with it."""
+    from tests.test_sources import write_video
+    from webrtc import SourceConfig
+
+    clip = write_video(tmp_path / "clip.mp4", 0.5).rename(tmp_path / "clip.mp4?token=filesecret1")
+    rtsp = SourceConfig(name="door", kind="rtsp", url="rtsp://admin:hunter2@127.0.0.1:9/live?token=abc123&channel=1",
+                        reconnect=False, open_timeout_s=3, options={"rtsp_transport": "tcp"})
+    with caplog.at_level("DEBUG"):
+        server = await webrtc_server_factory(sources=[rtsp, SourceConfig(name="clip", url=str(clip))])
+        await server.get_buffer("clip").wait_for_frame(10)
+        await wait_until(lambda: server.get_buffer("door").state.value == "ended")
+        await wait_until(lambda: any("Starting worker thread" in r.getMessage() for r in caplog.records))
+    text = "\n".join(r.getMessage() for r in caplog.records) + repr(server.health())
+    assert "token=***" in text and "admin:***@" in text
+    assert not [s for s in ("filesecret1", "hunter2", "abc123") if s in text], text
+
+
 def test_webrtc_security_allowed_hosts_rules():
     from webrtc import HttpGuard
 

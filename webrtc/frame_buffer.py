@@ -29,7 +29,7 @@ from typing import Any
 
 import av
 
-from .config import DEFAULT_BUFFER_MAX_FRAMES, DEFAULT_BUFFER_MAX_SECONDS, DEFAULT_FIRST_FRAME_TIMEOUT_S
+from .config import DEFAULT_BUFFER_MAX_FRAMES, DEFAULT_BUFFER_MAX_SECONDS, DEFAULT_FIRST_FRAME_TIMEOUT_S, mask_url_secrets
 from .errors import FrameTimeoutError, WebRTCConfigError
 
 __all__ = ["BufferState", "BufferedFrame", "FrameBuffer", "FrameBufferStats"]
@@ -208,7 +208,7 @@ class FrameBuffer:
         except MediaStreamError:
             logger.info("source %s: track ended", self.name)
         except Exception as exc:  # a decoder or player failure ends this track, not the process
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._last_error = mask_url_secrets(f"{type(exc).__name__}: {exc}")  # av's errors name the player's URL
             logger.warning("source %s: track failed: %s", self.name, self._last_error)
         finally:
             if self._track is track:
