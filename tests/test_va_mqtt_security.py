@@ -150,19 +150,23 @@ async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
         daemon_cfg = broker.daemon_client_config(MqttConfig(host="127.0.0.1", port=broker.port, prefix=PREFIX))
         async with MqttMessager(daemon_cfg, status_topic=f"{PREFIX}/status",
                                 subscriptions=[f"{PREFIX}/status", f"{PREFIX}/answer/#", f"{PREFIX}/reply/#", f"{PREFIX}/door/#",
-                                               f"{PREFIX}/probe", f"{PREFIX}/ask"]) as daemon:
+                                               f"{PREFIX}/probe", f"{PREFIX}/ask", f"{PREFIX}/rules/#"]) as daemon:
             assert (await daemon.next_message(5)).payload == b"online"  # its own status: allowed
             intruder, code = await asyncio.to_thread(_client, broker.port)
             assert code == 0
             for topic, payload in ((f"{PREFIX}/status", b"forged offline"), (f"{PREFIX}/answer", b'{"id":"x","text":"fake"}'),
                                    (f"{PREFIX}/reply/cli", b"fake"), (f"{PREFIX}/answer/partial", b"fake"),
                                    (f"{PREFIX}/door/state", b'{"text":"nobody there"}'),  # Home Assistant's sensor
-                                   (f"{PREFIX}/door/description", b"fake"), (f"{PREFIX}/probe", b"fake")):
+                                   (f"{PREFIX}/door/description", b"fake"), (f"{PREFIX}/probe", b"fake"),
+                                   (f"{PREFIX}/door/rules/person/event", b'{"state":"on"}'),  # a rule's state
+                                   (f"{PREFIX}/rules/error", b"fake")):
                 intruder.publish(topic, payload, qos=1, retain=True)  # amqtt sends no PUBACK for a refused one
-            intruder.publish(f"{PREFIX}/ask", b"allowed", qos=1).wait_for_publish(5)
-            got = await daemon.next_message(5)
-            assert (got.topic, got.payload) == (f"{PREFIX}/ask", b"allowed")  # nothing forged came before it
-            await _until(lambda: broker.describe()["publish_denied"] == 7, "7 refused publishes")
+            # What others are meant to send: questions (also per source) and the rule set.
+            for topic in (f"{PREFIX}/ask", f"{PREFIX}/door/ask", f"{PREFIX}/rules/set"):
+                intruder.publish(topic, b"allowed", qos=1).wait_for_publish(5)
+                got = await daemon.next_message(5)
+                assert (got.topic, got.payload) == (topic, b"allowed")  # nothing forged came before it
+            await _until(lambda: broker.describe()["publish_denied"] == 9, "9 refused publishes")
             await asyncio.to_thread(_stop, intruder)
             _, code = await asyncio.to_thread(_client, broker.port, will=f"{PREFIX}/status")
             assert code != 0  # a last will on our status topic is refused at CONNECT

@@ -7,8 +7,9 @@ What it adds to amqtt (each found missing by trying it as an attacker would):
 - Credentials: with `mqtt.username`/`mqtt.password` set, clients must present them (compared in constant time);
   bound beyond loopback they are required (`EmbeddedBrokerError` otherwise).
 - The daemon's own client logs in with a random per-start credential; only it may publish under `<prefix>/`
-  (status, answers, replies, descriptions, Home Assistant's state topics); other clients there only ask, on
-  `<prefix>/ask` (no fake answers, no fake ``offline``, no fake sensor state).
+  (status, answers, replies, descriptions, Home Assistant's state topics, rule states); other clients there only
+  ask, on `<prefix>/ask` or `<prefix>/<source>/ask`, and set the rules on `<prefix>/rules/set` (no fake answers,
+  no fake ``offline``, no fake sensor or rule state).
 - The daemon's client id is its own: amqtt takes a client id over (disconnecting its holder) and copies the
   newcomer's credentials onto the existing session before it checks them; here a newcomer is checked first, and one
   that is not the daemon may not use an id the daemon holds (else anyone who read the id in /healthz could
@@ -202,14 +203,21 @@ class EmbeddedBroker:
                 setattr(session, field, value)
 
     def may_publish(self, username: str | None, topic: str) -> bool:
-        """Under `<prefix>/` only the daemon's own client publishes, except questions on `<prefix>/ask`."""
+        """Under `<prefix>/` only the daemon's own client publishes, except what others are meant to send: questions
+        (`<prefix>/ask`, `<prefix>/<source>/ask`) and the rule set (`<prefix>/rules/set`)."""
         if username == DAEMON_USERNAME or self.prefix is None:
             return True
-        if not topic.startswith(self.prefix + "/") or topic == f"{self.prefix}/ask":
+        if not topic.startswith(self.prefix + "/") or self._is_inbound(topic[len(self.prefix) + 1:]):
             return True
         self.counters["publish_denied"] += 1
         logger.warning("embedded broker: a client (user %r) may not publish to %s; dropped", username, topic[:200])
         return False
+
+    @staticmethod
+    def _is_inbound(rest: str) -> bool:
+        """`rest` (the topic after `<prefix>/`) is one the daemon takes from other clients."""
+        parts = rest.split("/")
+        return rest in ("ask", "rules/set") or (len(parts) == 2 and parts[1] == "ask" and parts[0] not in ("", "rules"))
 
     def may_retain(self, topic: str, size: int, retained: dict[str, Any]) -> bool:
         if size > self.max_retained_bytes:

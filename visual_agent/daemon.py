@@ -164,7 +164,8 @@ class Daemon:
         await self.rules.start()
         if self.messager is not None:
             host, port = self.messager.host, self.messager.port
-            self.rules_messager = MqttMessager(cfg.mqtt.for_client(), host=host, port=port, persistent_session=False,
+            # The daemon's own client settings (at the embedded broker: its credentials, so `rules/error` may be published).
+            self.rules_messager = MqttMessager(self.messager.config, host=host, port=port, persistent_session=False,
                                                client_id=f"{self.messager.client_id}-rules", name="mqtt-rules")
             await self.rules_messager.start(wait=False)
             self.rules_control = RuleControl(self.rules, self.rules_messager)
