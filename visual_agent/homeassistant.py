@@ -25,6 +25,10 @@ __all__ = ["HomeAssistantDiscovery", "state_topic"]
 logger = logging.getLogger(__name__)
 
 _HA_STATE_MAX = 250
+# Home Assistant's Jinja (braces literal, not Python formatting): the answer's text, else its error, cut to fit.
+_HA_VALUE_TEMPLATE = (
+    "{{ (value_json.text or (value_json.error.message if value_json.error else ''))[:" + str(_HA_STATE_MAX) + "] }}"
+)
 
 
 def state_topic(prefix: str, source: str) -> str:
@@ -53,7 +57,7 @@ class HomeAssistantDiscovery:
             "name": f"{source} view",
             "unique_id": f"{self.node_id}_{ha_object_id(source)}_view",
             "state_topic": self.topics.state(source),
-            "value_template": "{{ (value_json.text or (value_json.error.message if value_json.error else ''))[:%d] }}" % _HA_STATE_MAX,
+            "value_template": _HA_VALUE_TEMPLATE,
             "json_attributes_topic": self.topics.state(source),
             "availability_topic": self.topics.status,
             "payload_available": "online",

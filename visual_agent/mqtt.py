@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -439,7 +440,7 @@ class MqttMessager:
                 kwargs.update(clean_start=not self.persistent_session, properties=props)
             try:
                 await asyncio.wait_for(
-                    self._loop.run_in_executor(None, lambda: client.connect(self.host, self.port, **kwargs)),
+                    self._loop.run_in_executor(None, functools.partial(client.connect, self.host, self.port, **kwargs)),
                     self.config.connect_timeout_s,
                 )
                 v5_first = attempt == 0 and self.protocol is MqttProtocol.V5
