@@ -260,6 +260,17 @@ class MqttMessager:
             finally:
                 self._sub_waiters.pop(mid, None)
 
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving `topic`: now (if connected) and after reconnects. Unknown topics are ignored."""
+        if topic not in self._subscriptions:
+            return
+        self._subscriptions.remove(topic)
+        if self.connected and self._client is not None:
+            rc, _ = self._client.unsubscribe(topic)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                logger.info("mqtt: could not unsubscribe from %s now (%s); the reconnect leaves it out", topic,
+                            paho.error_string(rc))
+
     @property
     def shared_group(self) -> str | None:
         """`mqtt.shared_group`: the agent subscribes to `$share/<group>/<prefix>/ask` when set."""

@@ -11,6 +11,7 @@ Endpoints (ARCHITECTURE.md):
                            ``201 Created``, ``Location: /whip/<id>``, answer SDP
 ``DELETE /whip/<id>``      ends that WHIP session (``PATCH`` and other methods: 405)
 ``GET /healthz``           JSON: sources with buffer stats, peers, plus ``healthz_extra()``
+``GET /metrics``           whatever ``metrics_exposition()`` returns (the daemon's Prometheus text); 404 unset
 =========================  ===================================================================
 
 Refusals carry a one-line reason (JSON ``{"error": ...}`` for /offer, text for /whip): 400 malformed or
@@ -70,6 +71,8 @@ class WebRTCServer:
         """Called with (source, peer_id, text) for each data-channel text message."""
         self.healthz_extra: Callable[[], dict[str, Any]] | None = None
         """Returns extra fields merged into GET /healthz (the daemon adds broker and LLM state)."""
+        self.metrics_exposition: Callable[[], tuple[bytes, str]] | None = None
+        """Returns (body, content type) for GET /metrics (the daemon's Prometheus registry); None: 404."""
         self.buffers: dict[str, FrameBuffer] = {}
         """One `FrameBuffer` per source name (configured sources and peers)."""
         self.app = web.Application(client_max_size=self.config.max_body_bytes)
@@ -245,6 +248,7 @@ class WebRTCServer:
         r.add_post("/whip", self._handle_whip)
         r.add_delete("/whip/{peer_id}", self._handle_whip_delete)
         r.add_get("/healthz", self._handle_healthz)
+        r.add_get("/metrics", self._handle_metrics)
 
     async def _read_body(self, request: web.Request, content_type: str) -> bytes:
         if request.content_type != content_type:
@@ -432,6 +436,12 @@ class WebRTCServer:
 
     async def _handle_healthz(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.health())
+
+    async def _handle_metrics(self, request: web.Request) -> web.StreamResponse:
+        if self.metrics_exposition is None:
+            return web.Response(status=404, text="no metrics here\n")
+        body, content_type = self.metrics_exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _handle_offer(self, request: web.Request) -> web.StreamResponse:
         try:
