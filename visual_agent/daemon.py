@@ -53,6 +53,17 @@ async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncodin
     return encoding
 
 
+def ingest_config(config: Config) -> Any:
+    """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
+    frame and `agent.max_frames + 1` spread over at least `agent.window_s` (not 32 consecutive decoded frames)."""
+    webrtc = config.webrtc_config()
+    if "buffer_spread_frames" not in config.webrtc:
+        webrtc.buffer_spread_frames = config.agent.max_frames + 1
+        if "buffer_max_seconds" not in config.webrtc:
+            webrtc.buffer_max_seconds = max(webrtc.buffer_max_seconds, config.agent.window_s)
+    return webrtc
+
+
 class Daemon:
     """The running product: `await start()`, then `await close()` (idempotent); or `await run_daemon(config)`."""
 
@@ -80,7 +91,7 @@ class Daemon:
                 await self._start_mqtt()
             from webrtc import WebRTCServer
 
-            self.driver = WebRTCServer(cfg.webrtc_config(), cfg.source_configs())
+            self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
             telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider

@@ -230,6 +230,7 @@ class WebRTCServer:
     def _new_buffer(self, name: str) -> FrameBuffer:
         c = self.config
         return FrameBuffer(name, max_frames=c.buffer_max_frames, max_seconds=c.buffer_max_seconds,
+                           spread_frames=c.buffer_spread_frames,
                            first_frame_timeout_s=c.first_frame_timeout_s)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
