@@ -74,7 +74,8 @@ def __getattr__(name: str) -> Any:
         if isinstance(exc, MissingDependencyError):
             raise
         raise MissingDependencyError(
-            f"encoders.{name} needs torch and open_clip ({exc.name or exc} is missing): pip install 'visual-agent[clip]'"
+            f"encoders.{name} needs torch and open_clip ({exc.name or exc} is missing): "
+            "pip install 'visual-agent[clip]'"
         ) from exc
     globals()[name] = value
     return value

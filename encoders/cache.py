@@ -85,7 +85,8 @@ class CacheConfig:
     max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     """Most bytes of values kept; a single value larger than this is not stored."""
     tolerance: float = DEFAULT_CACHE_TOLERANCE
-    """Largest difference of any thumbnail cell (grey levels, 0-255) that still counts as the same scene; 0: identical only."""
+    """Largest difference of any thumbnail cell (grey levels, 0-255) that still counts as the same scene;
+    0: identical only."""
     thumbnail_side: int = DEFAULT_THUMBNAIL_SIDE
     """Side of the grey thumbnail the fingerprint is made from."""
 
@@ -154,16 +155,22 @@ class EmbeddingCache:
         """The fingerprint this cache keys `frame` by."""
         return fingerprint(frame, side=self.config.thumbnail_side, channel_order=channel_order)
 
+    def _fingerprint_of(self, frame_or_fp: Any, channel_order: str) -> Fingerprint:
+        if isinstance(frame_or_fp, Fingerprint):
+            return frame_or_fp
+        return self.fingerprint(frame_or_fp, channel_order=channel_order)
+
     def get(self, frame_or_fp: Any, *, namespace: str = "", channel_order: str = "rgb") -> Any | None:
         """The stored value for this frame (or fingerprint) in `namespace`, or None; counts a hit or a miss."""
-        fp = frame_or_fp if isinstance(frame_or_fp, Fingerprint) else self.fingerprint(frame_or_fp, channel_order=channel_order)
+        fp = self._fingerprint_of(frame_or_fp, channel_order)
         key = _key(namespace, fp)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None and self.config.tolerance > 0 and self._entries:
-                key = self._nearest(fp.thumbnail, namespace)
-                entry = self._entries.get(key) if key is not None else None
-                if entry is not None:
+                near = self._nearest(fp.thumbnail, namespace)
+                entry = self._entries.get(near) if near is not None else None
+                if near is not None and entry is not None:
+                    key = near
                     self._near_hits += 1
             if entry is None:
                 self._misses += 1
@@ -174,7 +181,7 @@ class EmbeddingCache:
 
     def put(self, frame_or_fp: Any, value: Any, *, namespace: str = "", channel_order: str = "rgb") -> Fingerprint:
         """Store `value` for this frame (or fingerprint) in `namespace`, evicting least recently used entries to fit."""
-        fp = frame_or_fp if isinstance(frame_or_fp, Fingerprint) else self.fingerprint(frame_or_fp, channel_order=channel_order)
+        fp = self._fingerprint_of(frame_or_fp, channel_order)
         size = _nbytes(value)
         key = _key(namespace, fp)
         with self._lock:
@@ -218,7 +225,9 @@ class EmbeddingCache:
             )
 
     def _nearest(self, thumb: np.ndarray, namespace: str) -> tuple[str, bytes] | None:
-        """Key of the stored thumbnail in `namespace` closest to `thumb`, if within tolerance (caller holds the lock)."""
+        """Key of the stored thumbnail in `namespace` closest to `thumb`, if within tolerance.
+
+        The caller holds the lock."""
         keys = [k for k, e in self._entries.items() if e.namespace == namespace and e.thumbnail.shape == thumb.shape]
         if not keys:
             return None

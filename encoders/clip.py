@@ -26,7 +26,13 @@ from torch.nn import functional as F
 from .cache import EmbeddingCache
 from .errors import EncoderConfigError, EncoderError, ImageInputError, MissingDependencyError
 from .frames import ChannelOrder, frame_size, parse_channel_order
-from .llava_checkpoint import LlavaCheckpoint, LlavaProjector, build_open_clip_vision, load_weights, read_llava_checkpoint
+from .llava_checkpoint import (
+    LlavaCheckpoint,
+    LlavaProjector,
+    build_open_clip_vision,
+    load_weights,
+    read_llava_checkpoint,
+)
 from .preprocess import PreprocessConfig, Preprocessor
 
 __all__ = ["DEFAULT_MAX_BATCH", "ClipEncoder", "ClipEncoderConfig"]
@@ -73,7 +79,8 @@ def _as_list(images: Any) -> list[Any]:
 
 
 class ClipEncoder:
-    """CLIP vision encoder on open_clip: `embed` (pooled, L2-normalised) and, from a LLaVA checkpoint, `embed_for_llm`."""
+    """CLIP vision encoder on open_clip: `embed` (pooled, L2-normalised) and, from a LLaVA checkpoint,
+    `embed_for_llm`."""
 
     def __init__(
         self,
@@ -99,7 +106,8 @@ class ClipEncoder:
         except (RuntimeError, ValueError, FileNotFoundError) as exc:
             raise EncoderError(f"open_clip cannot create {model_name!r} (pretrained={pretrained!r}): {exc}") from exc
         visual = model.visual
-        preprocess = PreprocessConfig.from_open_clip(getattr(visual, "preprocess_cfg", None) or {"size": visual.image_size})
+        preprocess_cfg = getattr(visual, "preprocess_cfg", None) or {"size": visual.image_size}
+        preprocess = PreprocessConfig.from_open_clip(preprocess_cfg)
         self._setup(config, visual, Preprocessor(preprocess), cache, name=model_name)
         self.checkpoint: LlavaCheckpoint | None = None
         self.projector: LlavaProjector | None = None
@@ -135,10 +143,13 @@ class ClipEncoder:
         self.output_dtype = output_dtype or ckpt.dtype
         return self
 
-    def _setup(self, config: ClipEncoderConfig, visual: nn.Module, pre: Preprocessor, cache: EmbeddingCache | None, name: str) -> None:
+    def _setup(
+        self, config: ClipEncoderConfig, visual: nn.Module, pre: Preprocessor, cache: EmbeddingCache | None, name: str
+    ) -> None:
         self.config = config
         self.name = name
-        self.visual = visual.to(device=config.device, dtype=config.resolved_dtype()).eval()
+        # open_clip's VisionTransformer: `hidden_states` reads its parts by name, which nn.Module's types cannot say.
+        self.visual: Any = visual.to(device=config.device, dtype=config.resolved_dtype()).eval()
         self.preprocessor = pre
         self.cache = cache
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
@@ -169,7 +180,8 @@ class ClipEncoder:
     def _llava(self) -> LlavaCheckpoint:
         if self.checkpoint is None:
             raise EncoderError(
-                f"{self.name!r} is a plain open_clip model with no LLM projector; build with ClipEncoder.from_llava(path)"
+                f"{self.name!r} is a plain open_clip model with no LLM projector; "
+                "build with ClipEncoder.from_llava(path)"
             )
         return self.checkpoint
 
@@ -200,7 +212,7 @@ class ClipEncoder:
             for j, i in enumerate(missing):
                 found[i] = computed[j].clone()
                 self.cache.put(fps[i], found[i], namespace=kind)
-        return torch.stack(found)
+        return torch.stack([t for t in found if t is not None])  # every slot is filled by now
 
     @torch.inference_mode()
     def _forward(self, kind: str, frames: list[Any], channel_order: ChannelOrder | str) -> torch.Tensor:
@@ -221,6 +233,7 @@ class ClipEncoder:
         feats = [states[i] for i in ckpt.feature_layers]
         if ckpt.select_strategy == "default":
             feats = [f[:, 1:] for f in feats]
+        assert self.projector is not None  # set with the checkpoint
         out = self.projector(torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0])
         expected = (pixels.shape[0], ckpt.image_tokens, ckpt.text_hidden_size)
         if tuple(out.shape) != expected:  # a broken invariant, not a user error
@@ -253,7 +266,9 @@ class ClipEncoder:
         """`embed` in the encoder's worker thread, batched with other requests waiting at the same time."""
         return await self._submit(_POOLED, _as_list(images), channel_order)
 
-    async def aembed_for_llm(self, images: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB) -> torch.Tensor:
+    async def aembed_for_llm(
+        self, images: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB
+    ) -> torch.Tensor:
         """`embed_for_llm` in the encoder's worker thread, batched with other requests waiting at the same time."""
         self._llava()
         return await self._submit(_LLM, _as_list(images), channel_order)

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - av is installed with the project
 try:
     from PIL import Image as _PILImage
 except ImportError:  # pragma: no cover - pillow is installed with the project
-    _PILImage = None
+    _PILImage = None  # type: ignore[assignment]
 
 
 class ChannelOrder(str, enum.Enum):

@@ -31,12 +31,14 @@ class JpegConfig:
     """How frames become JPEG."""
 
     max_side: int | None = DEFAULT_MAX_SIDE
-    """Longest side of the output in pixels; larger frames are shrunk (aspect kept), smaller ones kept. None: never resize."""
+    """Longest side of the output in pixels; larger frames are shrunk (aspect kept), smaller ones kept.
+    None: never resize."""
     quality: int = DEFAULT_JPEG_QUALITY
     """libjpeg quality, 1 (smallest) to 100 (best)."""
 
     def __post_init__(self) -> None:
-        if self.max_side is not None and (isinstance(self.max_side, bool) or not isinstance(self.max_side, int) or self.max_side < 1):
+        side = self.max_side
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 1):
             raise EncoderConfigError(f"max_side must be a positive int or None, got {self.max_side!r}")
         if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise EncoderConfigError(f"quality must be an int from 1 to 100, got {self.quality!r}")
@@ -70,7 +72,8 @@ class JpegEncoder:
 
     def data_url(self, frame: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB) -> str:
         """`data:image/jpeg;base64,...` of the frame, what OpenAI-compatible `image_url` parts take."""
-        return f"data:{JPEG_MIME};base64," + base64.b64encode(self.encode(frame, channel_order=channel_order)).decode("ascii")
+        jpeg = self.encode(frame, channel_order=channel_order)
+        return f"data:{JPEG_MIME};base64," + base64.b64encode(jpeg).decode("ascii")
 
     async def aencode(self, frame: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB) -> bytes:
         """`encode` in a worker thread."""

@@ -129,7 +129,9 @@ def read_llava_checkpoint(path: str | Path) -> LlavaCheckpoint:
     act = config.get("projector_hidden_act", "gelu")
     if act not in _PROJECTOR_ACTS:
         raise UnsupportedVisionConfigError(f"projector_hidden_act={act!r} (supported: {', '.join(_PROJECTOR_ACTS)})")
-    dtype_name = config.get("dtype") or config.get("torch_dtype") or tcfg.get("dtype") or tcfg.get("torch_dtype") or "float32"
+    dtype_name = (
+        config.get("dtype") or config.get("torch_dtype") or tcfg.get("dtype") or tcfg.get("torch_dtype") or "float32"
+    )
     if dtype_name not in _DTYPES:
         raise CheckpointError(f"config.json dtype={dtype_name!r} is not one of {sorted(_DTYPES)}")
     return LlavaCheckpoint(
@@ -164,7 +166,9 @@ def _vision_spec(vcfg: dict[str, Any]) -> VisionSpec:
             f"vision_config.image_size={image_size!r} / patch_size={patch!r}: only square int sizes are supported"
         )
     if image_size % patch:
-        raise UnsupportedVisionConfigError(f"vision_config.image_size={image_size} is not a multiple of patch_size={patch}")
+        raise UnsupportedVisionConfigError(
+            f"vision_config.image_size={image_size} is not a multiple of patch_size={patch}"
+        )
     return VisionSpec(
         hidden_size=hidden,
         intermediate_size=int(vcfg.get("intermediate_size", 3072)),
@@ -248,7 +252,9 @@ def _vision_prefix(keys: list[str]) -> str:
 def _projector_prefix(keys: list[str]) -> str:
     hits = [k[: -len("linear_1.weight")] for k in keys if k.endswith("multi_modal_projector.linear_1.weight")]
     if len(hits) != 1:
-        raise CheckpointError("cannot find multi_modal_projector.linear_1.weight in the weights: not a LLaVA checkpoint")
+        raise CheckpointError(
+            "cannot find multi_modal_projector.linear_1.weight in the weights: not a LLaVA checkpoint"
+        )
     return hits[0]
 
 
@@ -259,7 +265,9 @@ def _read_weights(root: Path, wanted: tuple[str, ...]) -> dict[str, torch.Tensor
     except ImportError as exc:  # pragma: no cover - installed with the clip extra
         from .errors import MissingDependencyError
 
-        raise MissingDependencyError("reading a LLaVA checkpoint needs safetensors: pip install 'visual-agent[clip]'") from exc
+        raise MissingDependencyError(
+            "reading a LLaVA checkpoint needs safetensors: pip install 'visual-agent[clip]'"
+        ) from exc
     files = sorted(root.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{root} has no *.safetensors weights (only safetensors checkpoints are read)")

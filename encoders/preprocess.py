@@ -41,7 +41,8 @@ class PreprocessConfig:
     """Resize, crop and normalisation of a vision model's input, in the order CLIPImageProcessor applies them."""
 
     shortest_edge: int | None = 224
-    """Resize so the shorter side has this length (aspect kept, longer side truncated like HF); None: see `resize_to`."""
+    """Resize so the shorter side has this length (aspect kept, longer side truncated like HF);
+    None: see `resize_to`."""
     resize_to: tuple[int, int] | None = None
     """(height, width) to resize to, ignoring aspect; used when `shortest_edge` is None."""
     resample: int = 3
@@ -57,7 +58,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.resample not in _RESAMPLE:
-            raise UnsupportedVisionConfigError(f"preprocessor resample={self.resample} is not supported (use 0, 2 or 3)")
+            raise UnsupportedVisionConfigError(
+                f"preprocessor resample={self.resample} is not supported (use 0, 2 or 3)"
+            )
         if self.shortest_edge is None and self.resize_to is None and self.crop_size is None:
             raise UnsupportedVisionConfigError("preprocessor config gives no size: neither resize nor crop")
 
@@ -71,7 +74,9 @@ class PreprocessConfig:
         """From a Hugging Face image-processor config (`preprocessor_config.json` or `processor_config.json`'s part)."""
         for key in _UNSUPPORTED_TRUE_KEYS:
             if cfg.get(key):
-                raise UnsupportedVisionConfigError(f"preprocessor config sets {key}={cfg[key]!r}, which is not supported")
+                raise UnsupportedVisionConfigError(
+                    f"preprocessor config sets {key}={cfg[key]!r}, which is not supported"
+                )
         shortest_edge = resize_to = crop = None
         if cfg.get("do_resize", True):
             size = cfg.get("size", {"shortest_edge": 224})
@@ -82,7 +87,9 @@ class PreprocessConfig:
             elif "height" in size and "width" in size:
                 resize_to = (int(size["height"]), int(size["width"]))
             else:
-                raise UnsupportedVisionConfigError(f"preprocessor size={size!r} is not supported (shortest_edge or height/width)")
+                raise UnsupportedVisionConfigError(
+                    f"preprocessor size={size!r} is not supported (shortest_edge or height/width)"
+                )
         if cfg.get("do_center_crop", True):
             c = cfg.get("crop_size", {"height": 224, "width": 224})
             crop = (int(c), int(c)) if isinstance(c, int) else (int(c["height"]), int(c["width"]))
@@ -96,7 +103,9 @@ class PreprocessConfig:
             resize_to=resize_to,
             resample=int(cfg.get("resample", 3)),
             crop_size=crop,
-            rescale_factor=float(cfg.get("rescale_factor", DEFAULT_RESCALE_FACTOR)) if cfg.get("do_rescale", True) else None,
+            rescale_factor=(
+                float(cfg.get("rescale_factor", DEFAULT_RESCALE_FACTOR)) if cfg.get("do_rescale", True) else None
+            ),
             image_mean=mean,
             image_std=std if std is not None else OPENAI_CLIP_STD,
         )
@@ -110,7 +119,7 @@ class PreprocessConfig:
         if interpolation not in _OPEN_CLIP_INTERPOLATION:
             raise UnsupportedVisionConfigError(f"open_clip interpolation={interpolation!r} is not supported")
         mode = cfg.get("resize_mode", "shortest")
-        common = dict(
+        common: dict[str, Any] = dict(
             resample=_OPEN_CLIP_INTERPOLATION[interpolation],
             image_mean=_triple(cfg.get("mean", OPENAI_CLIP_MEAN)),
             image_std=_triple(cfg.get("std", OPENAI_CLIP_STD)),
@@ -126,7 +135,7 @@ def _triple(values: Any) -> tuple[float, float, float]:
     values = (values,) * 3 if isinstance(values, (int, float)) else tuple(float(v) for v in values)
     if len(values) != 3:
         raise UnsupportedVisionConfigError(f"image mean/std must have 3 values, got {values!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _resize_shape(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
@@ -179,7 +188,9 @@ class Preprocessor:
         images = [self.one(self.to_uint8_chw(f, channel_order)) for f in frames]
         shapes = {tuple(i.shape) for i in images}
         if len(shapes) > 1:
-            raise ImageInputError(f"preprocessing gave images of different sizes {sorted(shapes)}; the config has no crop")
+            raise ImageInputError(
+                f"preprocessing gave images of different sizes {sorted(shapes)}; the config has no crop"
+            )
         batch = torch.stack(images)
         if self.config.image_mean is not None:
             batch = tvF.normalize(batch.to(torch.float32), self._mean.tolist(), self._std.tolist(), inplace=True)

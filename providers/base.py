@@ -106,7 +106,7 @@ class LLMProvider(abc.ABC):
     async def aclose(self) -> None:
         """Release connections or the engine; safe to call twice (nothing to release by default)."""
 
-    async def __aenter__(self) -> "LLMProvider":
+    async def __aenter__(self) -> LLMProvider:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

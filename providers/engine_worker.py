@@ -119,6 +119,7 @@ class EngineWorker:
                 if None in commands:
                     break
                 for command in commands:
+                    assert command is not None  # the stop sentinel was handled above
                     if isinstance(command, _Abort):
                         if sinks.pop(command.request_id, None) is not None:
                             self.engine.abort_request([command.request_id])

@@ -217,7 +217,7 @@ async def to_openai_messages(messages: Sequence[Message], *, encoder: Any, provi
         else:
             images = [p.source for p in message.parts if isinstance(p, ImagePart)]
             urls = iter(await asyncio.gather(*(_image_url(s, encoder) for s in images)))
-            content = []
+            content: list[dict[str, Any]] = []
             for part in message.parts:
                 if isinstance(part, TextPart):
                     content.append({"type": "text", "text": part.text})

@@ -53,7 +53,8 @@ REQUEST_OPTIONS = frozenset(
 
 
 class OpenAICompatibleProvider(LLMProvider):
-    """Chat with any OpenAI-compatible endpoint; `config` is a dict with the seed's keys or an OpenAICompatibleConfig."""
+    """Chat with any OpenAI-compatible endpoint; `config` is a dict with the seed's keys or an
+    OpenAICompatibleConfig."""
 
     config_class: type[OpenAICompatibleConfig] = OpenAICompatibleConfig
     capabilities = Capabilities(images=True, image_embeddings=False, streaming=True, tools=True)

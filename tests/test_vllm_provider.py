@@ -15,6 +15,7 @@ from providers import (
     create_provider,
     normalize_vllm_base_url,
 )
+from tests.waiting import wait_until
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -60,16 +61,22 @@ def _models_requests(log_path) -> int:
     return log_path.read_text(errors="replace").count('"GET /v1/models HTTP')
 
 
+def _chat_requests(log_path) -> int:
+    return log_path.read_text(errors="replace").count('"POST /v1/chat/completions HTTP')
+
+
 @pytest.mark.vllm
 @pytest.mark.timeout(120)
 async def test_vllm_provider_detects_model_once(vllm_server):
     llm = create_provider({"provider": "vllm", "vllm_base_url": vllm_server.base_url, "max_tokens": 4})
     assert isinstance(llm, VLLMProvider) and llm.model is None
     before = _models_requests(vllm_server.log_path)
+    chats_before = _chat_requests(vllm_server.log_path)
     responses = await asyncio.gather(*(llm.achat(HELLO) for _ in range(3)))
     await llm.achat(HELLO)
     await llm.aclose()
-    await asyncio.sleep(0.2)  # let the server flush its access log
+    # the access log has all four chats: every request made before them is logged too
+    await wait_until(lambda: _chat_requests(vllm_server.log_path) - chats_before >= 4, what="four chats in the log")
     assert llm.model == vllm_server.model and {r.model for r in responses} == {vllm_server.model}
     assert _models_requests(vllm_server.log_path) - before == 1
 

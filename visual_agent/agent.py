@@ -272,7 +272,8 @@ class VisualAgent:
             if name is None:
                 raise QuestionError(ErrorType.NO_FRAME, "no source yet: open the page and connect a camera, or configure a source")
             if name not in known:
-                raise QuestionError(ErrorType.NO_FRAME, f"the default source {name!r} is not connected yet; known sources: {known or 'none yet'}")
+                raise QuestionError(ErrorType.NO_FRAME,
+                                    f"the default source {name!r} is not connected yet; known sources: {known or 'none yet'}")
         if name not in known:
             raise QuestionError(ErrorType.UNKNOWN_SOURCE, f"no source {name!r}; known sources: {known or 'none yet'}")
         return name
@@ -315,7 +316,8 @@ class VisualAgent:
             return QuestionError(ErrorType.SHUTDOWN, "the agent is shutting down", id=question.id)
         if self._in_flight >= self.config.max_in_flight:
             self.counters["busy"] += 1
-            return QuestionError(ErrorType.BUSY, f"{self._in_flight} questions in flight (agent.max_in_flight); ask again shortly", id=question.id)
+            return QuestionError(ErrorType.BUSY, f"{self._in_flight} questions in flight (agent.max_in_flight); ask again shortly",
+                                 id=question.id)
         return None
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

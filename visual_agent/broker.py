@@ -33,7 +33,7 @@ class EmbeddedBroker:
     def __repr__(self) -> str:
         return f"EmbeddedBroker({self.host}:{self.port or self.requested_port}, running={self._broker is not None})"
 
-    async def start(self) -> "EmbeddedBroker":
+    async def start(self) -> EmbeddedBroker:
         try:
             from amqtt.broker import Broker
         except ImportError as exc:  # pragma: no cover - amqtt is a core dependency
@@ -59,7 +59,7 @@ class EmbeddedBroker:
         logger.info("embedded MQTT broker (amqtt, MQTT 3.1.1) on %s:%d", self.host, port)
         return self
 
-    async def __aenter__(self) -> "EmbeddedBroker":
+    async def __aenter__(self) -> EmbeddedBroker:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

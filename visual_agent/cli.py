@@ -14,7 +14,8 @@ import socket
 import sys
 import time
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .config import Config, MqttProtocol, load_config
 from .errors import ConfigError, MessagingError, VisualAgentError
@@ -120,7 +121,7 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             msg = await messager.next_message(remaining)
             try:
                 data = json.loads(msg.payload)
@@ -136,7 +137,7 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
             if "question" not in data:
                 continue
             return _print_answer(data, args.json, streamed)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print(f"\nerror: no answer within {args.timeout:g} s (is `visual-agent run` running and connected to "
               f"{messager.host}:{messager.port}?)", file=sys.stderr)
         return EXIT_TIMEOUT

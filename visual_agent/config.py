@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -192,7 +193,7 @@ class AgentConfig(_Section):
     """On SIGTERM, in-flight questions get this long to finish before they are failed."""
 
     @model_validator(mode="after")
-    def _frames_within_max(self) -> "AgentConfig":
+    def _frames_within_max(self) -> AgentConfig:
         if self.frames > self.max_frames:
             raise ValueError(f"frames ({self.frames}) must be at most max_frames ({self.max_frames})")
         return self
@@ -295,7 +296,7 @@ class MqttConfig(_Section):
         return {5: "5", 3.1: "3.1.1", 311: "3.1.1", "311": "3.1.1", "v5": "5"}.get(value, value)
 
     @model_validator(mode="after")
-    def _backoff_ok(self) -> "MqttConfig":
+    def _backoff_ok(self) -> MqttConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         return self
@@ -305,7 +306,7 @@ class MqttConfig(_Section):
         """True when no broker is configured (the daemon starts one)."""
         return self.host is None
 
-    def for_client(self) -> "MqttConfig":
+    def for_client(self) -> MqttConfig:
         """The settings a client connects with: the embedded broker (amqtt) speaks only MQTT 3.1.1, so ask for that
         at once instead of waiting for MQTT 5 to time out."""
         update: dict[str, Any] = {"protocol": MqttProtocol.V311} if self.embedded else {}
@@ -351,7 +352,7 @@ class Config(_Section):
     path: str | None = Field(None, exclude=True)
     """The file this came from (for messages); not a YAML key."""
 
-    def __repr_args__(self):  # type: ignore[override]
+    def __repr_args__(self):
         for key, value in super().__repr_args__():
             yield key, (_masked(value) if key in ("llm", "webrtc", "sources") else value)
 

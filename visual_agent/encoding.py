@@ -132,7 +132,7 @@ class FrameEncoding:
         # encoding task (shielded, so a question that times out does not cancel it for the others). An entry holds the
         # frame itself, so its id() cannot be reused while cached.
         keys = [(source, f.seq, id(f.frame)) for f in frames]
-        missing = [(k, f.frame) for k, f in zip(keys, frames) if k not in self._shared]
+        missing = [(k, f.frame) for k, f in zip(keys, frames, strict=True) if k not in self._shared]
         if missing:
             encoder = self.jpeg_encoder
             assert encoder is not None

@@ -88,7 +88,7 @@ class Answer:
         return json.dumps(self.as_dict(), ensure_ascii=False).encode("utf-8")
 
     @classmethod
-    def failed(cls, question: Question | None, error: QuestionError, *, latency_s: float = 0.0, provider: str | None = None) -> "Answer":
+    def failed(cls, question: Question | None, error: QuestionError, *, latency_s: float = 0.0, provider: str | None = None) -> Answer:
         """An error answer carrying the question's id (or the id the error could read)."""
         qid = question.id if question is not None else (error.id if error.id is not None else new_id())
         return cls(

@@ -28,8 +28,9 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -179,13 +180,13 @@ class MqttMessager:
     async def wait_connected(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise MessagingError(
                 f"cannot reach the MQTT broker at {self.host}:{self.port} within {timeout:g} s"
                 + (f": {self.last_error}" if self.last_error else "")
             ) from None
 
-    async def __aenter__(self) -> "MqttMessager":
+    async def __aenter__(self) -> MqttMessager:
         await self.start()
         return self
 
@@ -255,7 +256,7 @@ class MqttMessager:
             self._sub_waiters[mid] = fut
             try:
                 await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("mqtt: no SUBACK for %s within %.1f s", topic, timeout)
             finally:
                 self._sub_waiters.pop(mid, None)
@@ -431,12 +432,12 @@ class MqttMessager:
                 connack_wait = min(self.config.connect_timeout_s, _V5_CONNACK_WAIT_S) if v5_first else self.config.connect_timeout_s
                 try:
                     reason = await asyncio.wait_for(asyncio.shield(self._connack), connack_wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if v5_first:
                         self._fallback()
                         continue
                     raise
-            except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            except (TimeoutError, OSError, ssl.SSLError) as exc:
                 if attempt == 0 and self.protocol is MqttProtocol.V5 and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
                     self._fallback()
                     continue

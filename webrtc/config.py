@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import WebRTCConfigError
 
@@ -76,7 +77,8 @@ class IceServer:
 
     def __post_init__(self) -> None:
         urls = (self.urls,) if isinstance(self.urls, str) else tuple(self.urls)
-        if not urls or not all(isinstance(u, str) and u.split(":", 1)[0] in ("stun", "stuns", "turn", "turns") for u in urls):
+        schemes = ("stun", "stuns", "turn", "turns")
+        if not urls or not all(isinstance(u, str) and u.split(":", 1)[0] in schemes for u in urls):
             raise WebRTCConfigError(f"ice_servers: urls must be stun:/turn: URLs, got {self.urls!r}")
         object.__setattr__(self, "urls", urls)
 
@@ -94,7 +96,7 @@ class IceServer:
         return out
 
     @classmethod
-    def coerce(cls, value: "IceServer | str | Mapping[str, Any]") -> "IceServer":
+    def coerce(cls, value: IceServer | str | Mapping[str, Any]) -> IceServer:
         """Build from an `IceServer`, a URL string, or a mapping with urls/username/credential."""
         if isinstance(value, IceServer):
             return value
@@ -144,10 +146,11 @@ class SourceConfig:
         self.options = {str(k): str(v) for k, v in (self.options or {}).items()}
 
     def __repr__(self) -> str:
-        return f"SourceConfig(name={self.name!r}, kind={self.kind.value!r}, url={mask_url_secrets(self.url)!r}, loop={self.loop})"
+        url = mask_url_secrets(self.url)
+        return f"SourceConfig(name={self.name!r}, kind={self.kind.value!r}, url={url!r}, loop={self.loop})"
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "SourceConfig":
+    def from_mapping(cls, data: Mapping[str, Any]) -> SourceConfig:
         """Build from a config mapping; unknown keys are an error naming them."""
         return cls(**_known(cls, data, "sources[]"))
 
@@ -182,9 +185,11 @@ class WebRTCConfig:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     """A peer not connected this long after its answer is dropped (frees its slot)."""
     peer_idle_timeout_s: float | None = DEFAULT_PEER_IDLE_TIMEOUT_S
-    """A connected peer whose video sent no frame this long is dropped (a tab closed without goodbye); None = wait for ICE consent to fail (~30 s)."""
+    """A connected peer whose video sent no frame this long is dropped (a tab closed without goodbye);
+    None = wait for ICE consent to fail (~30 s)."""
     video_bitrate_hint_kbps: int | None = DEFAULT_VIDEO_BITRATE_HINT_KBPS
-    """Start/min bitrate asked of Chromium senders (x-google-* in the answer) so 720p is not scaled down; None = leave."""
+    """Start/min bitrate asked of Chromium senders (x-google-* in the answer) so 720p is not scaled down;
+    None = leave."""
     serve_page: bool = True
     """Serve the browser page at GET /."""
 
@@ -198,7 +203,9 @@ class WebRTCConfig:
         if self.buffer_spread_frames is not None and int(self.buffer_spread_frames) < 1:
             raise WebRTCConfigError(f"webrtc.buffer_spread_frames must be >= 1 or None, got {self.buffer_spread_frames!r}")
         if self.buffer_max_seconds <= 0 or self.first_frame_timeout_s <= 0 or self.connect_timeout_s <= 0:
-            raise WebRTCConfigError("webrtc.buffer_max_seconds, first_frame_timeout_s and connect_timeout_s must be > 0")
+            raise WebRTCConfigError(
+                "webrtc.buffer_max_seconds, first_frame_timeout_s and connect_timeout_s must be > 0"
+            )
         if self.peer_idle_timeout_s is not None and self.peer_idle_timeout_s <= 0:
             raise WebRTCConfigError(f"webrtc.peer_idle_timeout_s must be > 0 or None, got {self.peer_idle_timeout_s!r}")
         if self.host_candidate_addresses is not None:
@@ -210,7 +217,7 @@ class WebRTCConfig:
                 raise WebRTCConfigError(f"webrtc.host_candidate_addresses: {exc} (give IP addresses)") from None
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "WebRTCConfig":
+    def from_mapping(cls, data: Mapping[str, Any]) -> WebRTCConfig:
         """Build from a config mapping (the YAML ``webrtc`` section); unknown keys are an error naming them."""
         return cls(**_known(cls, data, "webrtc"))
 

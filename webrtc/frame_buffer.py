@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Any, Deque
+from typing import Any
 
 import av
 
@@ -142,8 +142,8 @@ class FrameBuffer:
         self.first_frame_timeout_s = float(first_frame_timeout_s)
         self.slot_s = None if spread_frames is None else self.max_seconds / spread_frames
         """With `spread_frames`: frames older than the newest are kept one per this many seconds."""
-        self._frames: Deque[BufferedFrame] = collections.deque()
-        self._arrivals: Deque[float] = collections.deque(maxlen=_ARRIVALS_KEPT)
+        self._frames: collections.deque[BufferedFrame] = collections.deque()
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=_ARRIVALS_KEPT)
         self._received = 0
         self._dropped = 0
         self._tracks = 0
@@ -155,7 +155,10 @@ class FrameBuffer:
         self._expiry: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
-        return f"FrameBuffer({self.name!r}, state={self._state.value}, buffered={len(self._frames)}, received={self._received})"
+        return (
+            f"FrameBuffer({self.name!r}, state={self._state.value}, buffered={len(self._frames)}, "
+            f"received={self._received})"
+        )
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -335,7 +338,7 @@ class FrameBuffer:
             event = self._new_frame
             try:
                 await asyncio.wait_for(event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise FrameTimeoutError(self.name, timeout, self._state.value, self._last_error) from None
 
     def fps(self) -> float:

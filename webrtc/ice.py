@@ -13,13 +13,13 @@ restores aioice's own function.
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, Sequence
+from collections.abc import Sequence
 
 import aioice.ice
 
 __all__ = ["current_host_addresses", "restrict_host_addresses"]
 
-_ORIGINAL: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+_ORIGINAL = aioice.ice.get_host_addresses
 _restricted: list[str] | None = None
 
 

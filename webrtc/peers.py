@@ -7,7 +7,8 @@ import contextlib
 import enum
 import logging
 import time
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 from .errors import DataChannelClosedError
 

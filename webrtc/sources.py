@@ -96,7 +96,7 @@ class SourceRunner:
         while not self._closing:
             try:
                 self.player = await self._open()
-            except (SourceError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, SourceError) as exc:
                 self.last_error = str(exc) or f"opening took longer than {cfg.open_timeout_s:g} s"
                 logger.warning("source %s: %s", cfg.name, self.last_error)
                 if cfg.kind is SourceKind.FILE or not cfg.reconnect:
@@ -110,8 +110,10 @@ class SourceRunner:
             # audio is never used, but aiortc queues it without bound unless someone reads it
             audio = start_discarding(self.player.audio, cfg.name) if self.player.audio is not None else None
             self.buffer.attach(self.player.video, clear=self.opens == 1)
+            drain = self.buffer.drain_task
+            assert drain is not None  # attach() just started it
             try:
-                await asyncio.shield(self.buffer.drain_task)
+                await asyncio.shield(drain)
             finally:
                 if audio is not None:
                     audio.cancel()
@@ -137,7 +139,7 @@ class SourceRunner:
         opening = loop.run_in_executor(None, open_player, self.config)
         try:
             return await asyncio.wait_for(asyncio.shield(opening), self.config.open_timeout_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             def stop_late(done: asyncio.Future[Any]) -> None:
                 if not done.cancelled() and done.exception() is None:
                     loop.run_in_executor(None, _stop_player, done.result())
