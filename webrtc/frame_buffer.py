@@ -6,8 +6,9 @@ Here a named task (`attach`) pulls every frame from the track as soon as it is d
 stays empty, and the buffer keeps only the last `max_frames` frames, none older than `max_seconds`
 (the newest is always kept). With `spread_frames` it keeps only what sampling can use: the newest frame and one
 frame per `max_seconds / spread_frames` slot before it (a 640x480 frame is 0.46 MB: 32 of them were 15 MB per
-stream, about 10 are 5 MB, and `window(max_seconds, k)` still finds k frames spread over the whole window). Frames stay `av.VideoFrame`: converting them is the consumer's business,
-done on the few frames it samples, in a worker thread.
+stream, about 10 are 5 MB, and `window(max_seconds, k)` still finds k frames spread over the whole window).
+Frames stay `av.VideoFrame`: converting them is the consumer's business, done on the few frames it samples, in a
+worker thread.
 
 Everything here runs on the event loop's thread; none of it blocks.
 
