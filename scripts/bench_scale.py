@@ -64,6 +64,27 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def rss_by_mapping(pid: int) -> dict[str, float]:
+    """Resident MB of the process by kind of mapping: [heap], thread arenas and stacks (anonymous), other anonymous
+    memory (mmapped buffers: frames, libvpx), and file-backed (code)."""
+    out = {"heap": 0.0, "anon <= 1 MB": 0.0, "anon > 1 MB": 0.0, "file": 0.0}
+    kind = "file"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's header line
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            name = head[5] if len(head) > 5 else ""
+            if name == "[heap]":
+                kind = "heap"
+            elif name and not name.startswith("["):
+                kind = "file"
+            else:
+                kind = "anon > 1 MB" if end - start > (1 << 20) else "anon <= 1 MB"
+        elif head[0] == "Rss:":
+            out[kind] += int(head[1]) / 1024
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def proc_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -213,6 +234,7 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         wall = time.monotonic() - t0
         cpu = proc_cpu_s(daemon.pid) - cpu0
         rss = proc_rss_mb(daemon.pid)
+        mappings = rss_by_mapping(daemon.pid)
         fps = [(last[("visual_agent_frames_received_total", s)] - first[("visual_agent_frames_received_total", s)]) / wall
                for s in names]
         senders.send_signal(signal.SIGTERM)
@@ -224,6 +246,7 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
             "fps_min": round(min(fps), 1), "fps_median": round(statistics.median(fps), 1),
             "age_p50_ms": round(1000 * percentile(ages, 50), 1), "age_p99_ms": round(1000 * percentile(ages, 99), 1),
             "age_probes": len(ages), "sender_cpu_pct": round(sender.get("sender_cpu_pct", float("nan")), 1),
+            "rss_by_mapping_mb": mappings, "threads": len(list(Path(f"/proc/{daemon.pid}/task").iterdir())),
         }
     finally:
         for proc in (senders, daemon):
