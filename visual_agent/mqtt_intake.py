@@ -65,16 +65,18 @@ class MqttQuestions:
         return tasks
 
     async def sync_source_topics(self) -> None:
-        """Subscribe `<prefix>/<source>/ask` for each source held now, unsubscribe those of sources gone."""
+        """Subscribe `<prefix>/<source>/ask` for each source held now, unsubscribe those of sources gone; `source_topics`
+        changes once the broker acknowledged."""
         driver = self.agent.driver
         held = set(driver.source_names()) if driver is not None else set()
         for source in [s for s in self.source_topics if s not in held]:
-            await self.transport.unsubscribe(self.source_topics.pop(source))
+            await self.transport.unsubscribe(self.source_topics[source])
+            del self.source_topics[source]
             logger.info("agent: source %s gone; no longer taking %s", source, self.agent.topics.source_ask(source))
         for source in sorted(held - set(self.source_topics)):
             topic = self.agent.topics.source_ask_subscription(source, self.transport.shared_group)
+            await self.transport.subscribe(topic)  # returns after the broker's SUBACK (when connected)
             self.source_topics[source] = topic
-            await self.transport.subscribe(topic)
             logger.info("agent: taking questions about %s on %s", source, topic)
 
     async def _follow_sources(self) -> None:
