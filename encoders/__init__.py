@@ -1,4 +1,7 @@
-"""Frames to model input: JPEG/base64 for HTTP providers, CLIP embeddings for the native vLLM provider.
+"""Frames to model input: JPEG/base64 for HTTP providers, image embeddings for the native vLLM provider.
+
+`encoder_for(model_folder)` picks the embeddings encoder of a model's family (LLaVA: `ClipEncoder`, Qwen2-VL:
+`Qwen2VLEncoder`).
 
 Imports nothing of ours. The CLIP names need torch and open_clip (the `clip` extra) and are imported lazily,
 so `import encoders` works on the light install.
@@ -16,8 +19,10 @@ from .errors import (
     EncodingError,
     ImageInputError,
     MissingDependencyError,
+    UnsupportedModelFamilyError,
     UnsupportedVisionConfigError,
 )
+from .family import SUPPORTED_FAMILIES, encoder_for, model_family
 from .frames import ChannelOrder, to_array
 from .jpeg import JpegConfig, JpegEncoder
 
@@ -25,6 +30,7 @@ _LAZY = {
     "ClipEncoder": ".clip",
     "ClipEncoderConfig": ".clip",
     "PreprocessConfig": ".preprocess",
+    "Qwen2VLEncoder": ".qwen2_vl",
     "Preprocessor": ".preprocess",
     "LlavaCheckpoint": ".llava_checkpoint",
     "read_llava_checkpoint": ".llava_checkpoint",
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from .clip import ClipEncoder, ClipEncoderConfig
     from .llava_checkpoint import LlavaCheckpoint, read_llava_checkpoint
     from .preprocess import PreprocessConfig, Preprocessor
+    from .qwen2_vl import Qwen2VLEncoder
 
 __all__ = [
     "CacheConfig",
@@ -54,8 +61,13 @@ __all__ = [
     "MissingDependencyError",
     "PreprocessConfig",
     "Preprocessor",
+    "Qwen2VLEncoder",
+    "SUPPORTED_FAMILIES",
+    "UnsupportedModelFamilyError",
     "UnsupportedVisionConfigError",
+    "encoder_for",
     "fingerprint",
+    "model_family",
     "read_llava_checkpoint",
     "to_array",
 ]

@@ -6,7 +6,8 @@ EncoderError
  ├── EncoderConfigError (also ValueError)    a bad setting (quality out of 1..100, max_side < 1, ...)
  ├── EncodingError                           the JPEG library refused the image
  ├── CheckpointError                         a checkpoint folder that is missing files or is not LLaVA-shaped
- │    └── UnsupportedVisionConfigError       a vision config open_clip cannot express (names the field)
+ │    ├── UnsupportedVisionConfigError       a vision config open_clip cannot express (names the field)
+ │    └── UnsupportedModelFamilyError (also ValueError)  a model family we cannot make embeddings for
  └── MissingDependencyError (also ImportError)  torch / open_clip / safetensors not installed
 ```
 """
@@ -20,6 +21,7 @@ __all__ = [
     "EncodingError",
     "ImageInputError",
     "MissingDependencyError",
+    "UnsupportedModelFamilyError",
     "UnsupportedVisionConfigError",
 ]
 
@@ -46,6 +48,10 @@ class CheckpointError(EncoderError):
 
 class UnsupportedVisionConfigError(CheckpointError):
     """The checkpoint's vision config has a field open_clip's VisionTransformer cannot express."""
+
+
+class UnsupportedModelFamilyError(CheckpointError, ValueError):
+    """A model whose image embeddings no encoder here computes; the message names the supported families."""
 
 
 class MissingDependencyError(EncoderError, ImportError):

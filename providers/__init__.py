@@ -15,6 +15,7 @@ from .config import OpenAICompatibleConfig, VLLMNativeConfig, VLLMServerConfig
 from .errors import (
     AuthenticationError,
     BadRequestError,
+    ContextLengthError,
     EmbeddingShapeError,
     EmbeddingsNotSupportedError,
     EngineError,
@@ -32,6 +33,7 @@ from .errors import (
 from .factory import create_provider
 from .openai_compatible import OpenAICompatibleProvider
 from .registry import DEFAULT_PROVIDER_KIND, ProviderKind, embedding_kinds, provider_kind, provider_kinds, register
+from .streaming import ToolCallsEvent
 from .vllm_server import VLLMProvider, normalize_vllm_base_url
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ __all__ = [
     "BadRequestError",
     "Capabilities",
     "ChatResponse",
+    "ContextLengthError",
     "EmbeddingShapeError",
     "EmbeddingsNotSupportedError",
     "EngineError",
@@ -60,6 +63,7 @@ __all__ = [
     "RateLimitedError",
     "ServerError",
     "ToolCall",
+    "ToolCallsEvent",
     "ToolsNotSupportedError",
     "Usage",
     "VLLMNativeConfig",

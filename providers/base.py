@@ -103,6 +103,14 @@ class LLMProvider(abc.ABC):
         """What `visual-agent check` asks: the models that would answer, without loading any (default `list_models`)."""
         return await self.list_models()
 
+    async def context_length(self) -> int | None:
+        """The model's context length in tokens, when the config or the backend says it; None: unknown."""
+        return getattr(getattr(self, "config", None), "context_tokens", None)
+
+    def image_tokens(self) -> int | None:
+        """Prompt tokens one image costs, when the config or the model says it; None: unknown."""
+        return getattr(getattr(self, "config", None), "image_tokens", None)
+
     async def aclose(self) -> None:
         """Release connections or the engine; safe to call twice (nothing to release by default)."""
 

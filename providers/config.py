@@ -82,6 +82,12 @@ def _check_sampling(temperature: float, max_tokens: int) -> None:
         raise ProviderConfigError(f"max_tokens must be a positive int, got {max_tokens!r}")
 
 
+def _check_token_counts(context_tokens: Any, image_tokens: Any) -> None:
+    for name, value in (("context_tokens", context_tokens), ("image_tokens", image_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ProviderConfigError(f"{name} must be a positive int or null, got {value!r}")
+
+
 @dataclass(kw_only=True)
 class OpenAICompatibleConfig:
     """Any OpenAI-compatible chat endpoint: OpenAI, a vLLM server, OpenRouter, Together, Ollama, ..."""
@@ -108,9 +114,15 @@ class OpenAICompatibleConfig:
     """Raw images are shrunk to this longest side before JPEG encoding."""
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     """JPEG quality for raw images, 1-100."""
+    context_tokens: int | None = None
+    """The model's context length in tokens; None: asked of the server where it says (vLLM's /v1/models), else
+    learned from its first context-length refusal."""
+    image_tokens: int | None = None
+    """Prompt tokens one image costs this model; None: learned from the answers' reported usage."""
 
     def __post_init__(self) -> None:
         _check_sampling(self.temperature, self.max_tokens)
+        _check_token_counts(self.context_tokens, self.image_tokens)
         if not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
             raise ProviderConfigError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
@@ -181,8 +193,11 @@ class VLLMNativeConfig:
     """vLLM tool-call parser name for this model (e.g. `hermes`, `llama3_json`); None: tools are refused."""
     engine_args: dict[str, Any] = field(default_factory=dict)
     """Any other vLLM engine option, passed unchanged (wins over the keys above)."""
+    image_tokens: int | None = None
+    """Prompt tokens one image costs this model; None: the model's own count (embeddings) or learned."""
 
     def __post_init__(self) -> None:
+        _check_token_counts(None, self.image_tokens)
         if not self.model_name or not isinstance(self.model_name, str):
             raise ProviderConfigError("model_name is required for vllm_native (a Hugging Face id or a local folder)")
         _check_sampling(self.temperature, self.max_tokens)

@@ -13,21 +13,25 @@
     └── ProviderStatusError                 the endpoint answered with an error status
         ├── AuthenticationError             401 / 403: the key is missing, wrong or not allowed
         ├── BadRequestError                 400 / 404 / 409 / 413 / 422: the request (or model name) is wrong
+        │   └── ContextLengthError          the prompt (plus the answer) does not fit the model's context
         ├── RateLimitedError                429, `retry_after` seconds when the server said so
         └── ServerError                     5xx
 
 Every error carries `endpoint` (the base URL, or the model path for the native engine) and `status`
 (the upstream HTTP status, or None). Errors of the `openai` package are translated in one place,
 `translate_openai_error`, with `raise ... from exc`; secrets passed to it are scrubbed from messages.
+A refusal for context length is recognised by its message (`context_length_error`), whichever server wrote it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "ContextLengthError",
     "EmbeddingShapeError",
     "EmbeddingsNotSupportedError",
     "EngineError",
@@ -42,6 +46,7 @@ __all__ = [
     "ServerError",
     "ToolsNotSupportedError",
     "scrub",
+    "context_length_error",
     "translate_openai_error",
 ]
 
@@ -117,6 +122,53 @@ class BadRequestError(ProviderStatusError):
     """The endpoint refused the request itself (bad parameters, unknown model, too long)."""
 
 
+class ContextLengthError(BadRequestError):
+    """The prompt (plus the answer's tokens) does not fit the model's context; `limit` is the context length and
+    `input_tokens` the prompt's length when the message said them (`input_at_least`: the server counted only
+    that far)."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None, status: int | None = None,
+                 limit: int | None = None, input_tokens: int | None = None, input_at_least: bool = False) -> None:
+        super().__init__(message, endpoint=endpoint, status=status)
+        self.limit = limit
+        self.input_tokens = input_tokens
+        self.input_at_least = input_at_least
+
+
+# How servers word a context-length refusal (vLLM's OpenAI server and engine, OpenAI, older vLLM).
+_LIMIT_PATTERNS = (
+    re.compile(r"maximum context length (?:is |of )?\(?(\d+)\)?", re.I),
+    re.compile(r"maximum model length (?:is |of )?\(?(\d+)\)?", re.I),
+    re.compile(r"max_model_len\s*=?\s*\(?(\d+)\)?", re.I),
+    re.compile(r"context (?:length|window) (?:is |of )?\(?(\d+)\)?", re.I),
+)
+_INPUT_PATTERNS = (
+    re.compile(r"input length \(?(\d+)\)?", re.I),
+    re.compile(r"prompt contains (at least )?(\d+) input tokens", re.I),
+    re.compile(r"prompt \(length (\d+)\)", re.I),
+    re.compile(r"messages resulted in (\d+) tokens", re.I),
+    re.compile(r"\((\d+) in the messages", re.I),
+)
+_CONTEXT_WORDS = re.compile(r"context length|model length|max_model_len|context window|max_tokens must be at least 1", re.I)
+
+
+def context_length_error(message: str, *, endpoint: str | None = None, status: int | None = None) -> ContextLengthError | None:
+    """A `ContextLengthError` when `message` is a context-length refusal (with the numbers it names), else None."""
+    if not _CONTEXT_WORDS.search(message):
+        return None
+    limit = next((int(m.group(1)) for p in _LIMIT_PATTERNS if (m := p.search(message))), None)
+    input_tokens, at_least = None, False
+    for pattern in _INPUT_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            groups = [g for g in match.groups()]
+            at_least = len(groups) == 2 and groups[0] is not None
+            input_tokens = int(groups[-1])
+            break
+    return ContextLengthError(message, endpoint=endpoint, status=status, limit=limit, input_tokens=input_tokens,
+                              input_at_least=at_least)
+
+
 class RateLimitedError(ProviderStatusError):
     """429: too many requests; `retry_after` is the server's hint in seconds, or None."""
 
@@ -182,5 +234,7 @@ def translate_openai_error(exc: BaseException, *, endpoint: str, secrets: Iterab
             )
         if status >= 500:
             return ServerError(f"the endpoint failed: {detail}", endpoint=endpoint, status=status)
-        return BadRequestError(f"the endpoint refused the request: {detail}", endpoint=endpoint, status=status)
+        message = f"the endpoint refused the request: {detail}"
+        return (context_length_error(message, endpoint=endpoint, status=status)
+                or BadRequestError(message, endpoint=endpoint, status=status))
     return ProviderError(f"{type(exc).__name__}: {detail}", endpoint=endpoint)

@@ -18,6 +18,7 @@ from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
 from .config import OpenAICompatibleConfig, config_from
 from .errors import BadRequestError, EngineError, ProviderConfigError, translate_openai_error
 from .messages import normalize_messages, to_openai_messages
+from .streaming import ToolCallAssembler, ToolCallsEvent, tools_requested
 
 __all__ = ["OpenAICompatibleProvider"]
 
@@ -169,23 +170,33 @@ class OpenAICompatibleProvider(LLMProvider):
             finish_reason=choice.finish_reason,
         )
 
-    async def astream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> AsyncIterator[str]:
+    async def astream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> AsyncIterator[str | ToolCallsEvent]:
+        """Text deltas; with `tools`, then one ToolCallsEvent holding the calls the model made (if any)."""
+        with_tools = tools_requested(opts)
         request = await self._request(messages, opts)
         try:
             stream = await self._client.chat.completions.create(**request, stream=True)
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
+        calls = ToolCallAssembler()
         try:
             async for chunk in stream:
                 for choice in chunk.choices[:1]:
-                    delta = choice.delta.content if choice.delta else None
-                    if delta:
-                        yield delta
+                    delta = choice.delta
+                    if delta is None:
+                        continue
+                    if delta.content:
+                        yield delta.content
+                    if delta.tool_calls:
+                        calls.add(delta.tool_calls)
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
         finally:
             # Ends the HTTP response when the consumer stops early, so the server stops generating.
             await stream.close()
+        assembled = calls.calls()
+        if with_tools and assembled:
+            yield ToolCallsEvent(assembled)
 
     async def list_models(self) -> list[str]:
         if self._closed:

@@ -32,6 +32,7 @@ from .errors import (
     ProviderConfigError,
     ProviderConnectionError,
     ToolsNotSupportedError,
+    context_length_error,
 )
 from .messages import (
     EmbeddingsPart,
@@ -43,6 +44,7 @@ from .messages import (
     load_image,
     normalize_messages,
 )
+from .streaming import ToolCallsEvent
 
 __all__ = ["SAMPLING_OPTIONS", "VLLMNativeProvider"]
 
@@ -69,6 +71,8 @@ OTHER_OPTIONS = frozenset(
     {"tools", "tool_choice", "structured_outputs", "guided_json", "response_format", "max_completion_tokens", "extra_body"}
 )
 FETCH_TIMEOUT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 _CPU_THREADS_LOGGER = "vllm.v1.worker.cpu_worker"
@@ -129,6 +133,7 @@ class VLLMNativeProvider(LLMProvider):
         self._prefix = uuid.uuid4().hex[:8]
         self._tokenizer: Any = None
         self._shape: EmbeddingShape | None = None
+        self._max_model_len: int | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._worker else "not started")
@@ -181,6 +186,7 @@ class VLLMNativeProvider(LLMProvider):
                 raise
             model_config = engine.model_config
             self._tokenizer = engine.get_tokenizer()
+            self._max_model_len = getattr(model_config, "max_model_len", None)
             self._shape = EmbeddingShape.of_model(model_config, endpoint=self.endpoint)
             self._worker, self._booting = self._booting, None
 
@@ -195,6 +201,17 @@ class VLLMNativeProvider(LLMProvider):
 
     async def list_models(self) -> list[str]:
         return [self.config.model_name]
+
+    async def context_length(self) -> int | None:
+        """The engine's own `max_model_len` (starting the engine if needed)."""
+        await self.start()
+        return int(self._max_model_len) if self._max_model_len else self.config.max_model_len
+
+    def image_tokens(self) -> int | None:
+        """`image_tokens` from the config, else the model's image tokens once the engine runs (LLaVA: fixed)."""
+        if self.config.image_tokens is not None:
+            return self.config.image_tokens
+        return getattr(self._shape, "image_tokens", None) or None
 
     async def preflight(self) -> list[str]:
         """The model, when it is a folder here or looks like a Hugging Face id; nothing is loaded."""
@@ -236,12 +253,53 @@ class VLLMNativeProvider(LLMProvider):
             token_ids=tuple(token_ids),
         )
 
-    async def astream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> AsyncIterator[str]:
+    async def astream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> AsyncIterator[str | ToolCallsEvent]:
+        """Text deltas; with `tools`, the text outside tool calls, then one ToolCallsEvent (as `achat` parses them)."""
+        tools = self._check_tools(opts)
+        if tools:
+            async with contextlib.aclosing(self._stream_with_tools(messages, opts, tools)) as items:
+                async for item in items:
+                    yield item
+            return
         async with contextlib.aclosing(self._generate(messages, opts)) as outputs:
             async for output in outputs:
                 delta = output.outputs[0].text
                 if delta:
                     yield delta
+
+    async def _stream_with_tools(
+        self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[str | ToolCallsEvent]:
+        """vLLM's streaming tool parser keeps call syntax out of the text deltas; the calls themselves are parsed
+        from the whole answer at the end by the same parser `achat` uses, so both modes give the same calls."""
+        parser, request = self._tool_parser(tools)
+        text, token_ids = "", []
+        async with contextlib.aclosing(self._generate(messages, opts)) as outputs:
+            async for output in outputs:
+                completion = output.outputs[0]
+                delta, delta_ids = completion.text, list(completion.token_ids)
+                if not delta and not delta_ids:
+                    continue
+                previous, previous_ids = text, token_ids
+                text, token_ids = text + delta, token_ids + delta_ids
+                if parser is None:
+                    yield delta
+                    continue
+                try:
+                    message = parser.extract_tool_calls_streaming(
+                        previous, text, delta, previous_ids, token_ids, delta_ids, request
+                    )
+                except Exception:  # a parser bug must not end the answer: stream the plain text from here on
+                    name = self.config.tool_parser
+                    log.warning("vLLM's %s tool parser failed while streaming; plain text from here", name, exc_info=True)
+                    parser = None
+                    yield delta
+                    continue
+                if message is not None and message.content:
+                    yield message.content
+        _, calls = self._parse_tool_calls(text, tools)
+        if calls:
+            yield ToolCallsEvent(tuple(calls))
 
     async def _generate(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> AsyncIterator[Any]:
         # Config problems are refused before anything is loaded: they should not cost an engine start.
@@ -276,6 +334,9 @@ class VLLMNativeProvider(LLMProvider):
         if isinstance(exc, EngineError):
             return exc
         if isinstance(exc, (ValueError, TypeError)) or _is_vllm_client_error(exc):
+            refused = context_length_error(f"the engine refused the request: {exc}", endpoint=self.endpoint)
+            if refused is not None:
+                return refused
             return BadRequestError(f"the engine refused the request: {exc}", endpoint=self.endpoint)
         return EngineError(f"the engine failed: {type(exc).__name__}: {exc}", endpoint=self.endpoint)
 
@@ -406,7 +467,8 @@ class VLLMNativeProvider(LLMProvider):
         except (TypeError, ValueError, VLLMClientError) as exc:
             raise BadRequestError(f"bad sampling options: {exc}", endpoint=self.endpoint) from exc
 
-    def _parse_tool_calls(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
+    def _tool_parser(self, tools: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """A fresh vLLM tool parser (it keeps per-answer state while streaming) and the request it reads tools from."""
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.tool_parsers import ToolParserManager
 
@@ -420,7 +482,10 @@ class VLLMNativeProvider(LLMProvider):
         request = ChatCompletionRequest(
             model=self.config.model_name, messages=[{"role": "user", "content": ""}], tools=tools, tool_choice="auto"
         )
-        parser = parser_class(self._tokenizer, request.tools)
+        return parser_class(self._tokenizer, request.tools), request
+
+    def _parse_tool_calls(self, text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
+        parser, request = self._tool_parser(tools)
         info = parser.extract_tool_calls(text, request)
         if not info.tools_called:
             return text, []

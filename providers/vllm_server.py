@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import openai
+
 from .config import VLLMServerConfig
 from .errors import ModelNotFoundError, ProviderConfigError
 from .openai_compatible import OpenAICompatibleProvider
@@ -53,6 +55,7 @@ class VLLMProvider(OpenAICompatibleProvider):
         super().__init__(config, **overrides)
         self._detected_model: str | None = None
         self._detect_lock = asyncio.Lock()
+        self._context_length: int | None = None
 
     def _base_url(self, config) -> str:
         return normalize_vllm_base_url(config.base_url)
@@ -73,6 +76,23 @@ class VLLMProvider(OpenAICompatibleProvider):
                         raise ModelNotFoundError("the server lists no models; set model_name", endpoint=self.base_url)
                     self._detected_model = models[0]
         return self._detected_model
+
+    async def context_length(self) -> int | None:
+        """`context_tokens` from the config, else the served model's `max_model_len` from `/v1/models` (asked once)."""
+        if self.config.context_tokens is not None:
+            return self.config.context_tokens
+        if self._context_length is None:
+            try:
+                page = await self._client.models.list()
+            except openai.OpenAIError as exc:
+                raise self._error(exc) from exc
+            wanted = self.config.model_name or self._detected_model
+            for entry in page.data:
+                length = (entry.model_extra or {}).get("max_model_len")
+                if isinstance(length, int) and length > 0 and (wanted is None or entry.id == wanted):
+                    self._context_length = length
+                    break
+        return self._context_length
 
     def _extra_body(self, opts: dict[str, Any]) -> dict[str, Any]:
         extra = {}

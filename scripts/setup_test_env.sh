@@ -60,8 +60,8 @@ fi
 # the project itself, editable, reinstalled when pyproject.toml changes
 PROJECT_STAMP="$VENV/.project-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
 if [ ! -f "$PROJECT_STAMP" ]; then
-  log "installing the project with extras dev,clip"
-  "$PY" -m pip install -q -e "$ROOT[dev,clip]"
+  log "installing the project with extras dev,clip,llamaindex"
+  "$PY" -m pip install -q -e "$ROOT[dev,clip,llamaindex]"
   "$PY" -c 'import torch; assert torch.__version__.endswith("+cpu"), "pip replaced the CPU torch: " + torch.__version__'
   rm -f "$VENV"/.project-*
   touch "$PROJECT_STAMP" "$VENV/.project-1"
@@ -73,4 +73,10 @@ if [ ! -f "$TINY/.complete" ]; then
   log "building the tiny random LLaVA in $TINY"
   HF_HUB_OFFLINE=1 "$PY" "$ROOT/scripts/build_tiny_llava.py" --out "$TINY"
 fi
-log "ready: $VENV, $TINY"
+# a tiny Qwen2-VL with random weights: the second model family of the embeddings path
+TINY_QWEN="$CACHE/tiny-qwen2vl"
+if [ ! -f "$TINY_QWEN/.complete" ]; then
+  log "building the tiny random Qwen2-VL in $TINY_QWEN"
+  HF_HUB_OFFLINE=1 "$PY" "$ROOT/scripts/build_tiny_qwen2vl.py" --out "$TINY_QWEN"
+fi
+log "ready: $VENV, $TINY, $TINY_QWEN"

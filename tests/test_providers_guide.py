@@ -33,8 +33,8 @@ def runnable_blocks() -> list[tuple[str, str]]:
 
 
 BLOCKS = runnable_blocks()
-NEEDS_SERVER = {"a-vllm-server"}
-NEEDS_ENGINE = {"the-in-process-engine-vllmnativeprovider-with-image-embeddings"}
+NEEDS_SERVER = {"a-vllm-server", "llamaindex-providers-llamaindex-providerllm"}
+NEEDS_ENGINE = {"the-in-process-engine-vllmnativeprovider-with-image-embeddings", "your-own-embedding_function"}
 # Marks at collection, so `-m "not vllm"` leaves out the examples that need the vLLM tier.
 PARAMS = [
     pytest.param(name, code, id=name, marks=[pytest.mark.vllm] if name in NEEDS_SERVER | NEEDS_ENGINE else [])

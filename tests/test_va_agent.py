@@ -105,14 +105,14 @@ async def test_agent_streams_partials_before_the_answer_and_remembers(running_mo
     peer.subscribe(f"{topic_prefix}/answer/#")  # answers and partials (and `answer` itself), in arrival order
     stub_llm.reply = "one two three four"
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix) as agent:
-        peer.publish(t["ask"], json.dumps({"id": "s1", "question": "count", "stream": True}))
+        peer.publish(t["ask"], json.dumps({"id": "s1", "question": "count", "stream": True, "conversation": "c"}))
         seen = []
         while not seen or seen[-1][0] != t["answer"]:
             m = await asyncio.to_thread(peer.get, 10)
             seen.append((m.topic, json.loads(m.payload)))
-        peer.publish(t["ask"], json.dumps({"id": "s2", "question": "and then?"}))
+        peer.publish(t["ask"], json.dumps({"id": "s2", "question": "and then?", "conversation": "c"}))
         assert json.loads((await asyncio.to_thread(peer.get, 10, t["answer"])).payload)["id"] == "s2"
-        assert agent.history("cam")[-2:] == [("count", "one two three four"), ("and then?", "one two three four")]
+        assert agent.history("cam", "c")[-2:] == [("count", "one two three four"), ("and then?", "one two three four")]
     partials = [p for topic, p in seen if topic == t["partial"]]
     assert [p["seq"] for p in partials] == list(range(1, len(partials) + 1)) and len(partials) == 4
     assert "".join(p["delta"] for p in partials) == seen[-1][1]["text"] == "one two three four"

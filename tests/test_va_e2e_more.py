@@ -85,13 +85,13 @@ async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provid
             while "live" not in webrtc_server.source_names():
                 await asyncio.sleep(0.05)
             await webrtc_server.get_buffer("live").wait_for_frame(15)
-            answer = await agent.ask(Question(question="What is moving?", source="live", frames=2))
+            answer = await agent.ask(Question(question="What is moving?", source="live", frames=2, conversation="c"))
             streamed = []
 
             async def on_partial(seq, delta):
                 streamed.append((seq, delta))
 
-            follow = await agent.ask(Question(question="And now?", source="live"), on_partial=on_partial)
+            follow = await agent.ask(Question(question="And now?", source="live", conversation="c"), on_partial=on_partial)
     finally:
         await agent.close()
         await encoding.aclose()
@@ -99,7 +99,7 @@ async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provid
     assert answer.source == "live" and len(answer.frames) == 2 and answer.provider == "vllm_native"
     assert calls[0][0] == 2 and calls[0][1:] == (16, 64)  # (frames, image tokens, LM hidden) of the tiny LLaVA
     assert follow.error is None and "".join(d for _, d in streamed) == follow.text
-    assert agent.history("live")[0][0] == "What is moving?"
+    assert agent.history("live", "c")[0][0] == "What is moving?"
 
 
 @pytest.mark.webrtc

@@ -32,7 +32,7 @@ def test_parse_question_json_full():
     [
         (b"\xff\xfe\x00bad", ErrorType.BAD_PAYLOAD, False),
         (b"x" * 2000, ErrorType.BAD_PAYLOAD, False),
-        (b'{"id": "a1", "question": ', ErrorType.BAD_PAYLOAD, False),
+        (b'{"id": "a1", "question": ', ErrorType.BAD_PAYLOAD, True),  # the leading id is read
         (b'{"id": "a1", "question": 5}', ErrorType.BAD_PAYLOAD, True),
         (b'{"id": "a1", "question": "x", "colour": 1}', ErrorType.BAD_PAYLOAD, True),
         (b'{"id": "a1", "question": "x", "frames": 99}', ErrorType.BAD_PAYLOAD, True),
@@ -74,3 +74,75 @@ def test_answer_payload_shape():
     failed = json.loads(Answer.failed(q, QuestionError(ErrorType.NO_FRAME, "no frame yet")).payload())
     assert failed["id"] == "x1" and failed["error"] == {"type": "no_frame", "message": "no frame yet"} and failed["text"] == ""
     assert json.loads(partial_payload("x1", 2, "ca")) == {"id": "x1", "seq": 2, "delta": "ca"}
+
+
+HUGE_INT = "9" * 5000  # past Python's int-digit limit (4300): json.loads raises ValueError, not JSONDecodeError
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"id": "a1", "question": "x", "frames": ' + HUGE_INT + "}",
+        '{"id": "a1", "question": ' + HUGE_INT + "}",
+        '{"id": "a1", "question": "x", "frames": NaN}',
+        '{"id": "a1", "question": "x", "frames": Infinity}',
+        '{"id": "a1", "question": "x", "frames": -Infinity}',
+        '{"id": "a1", "question": "x", "frames": 2.0}',
+        '{"id": "a1", "question": "x", "frames": 1e999}',
+        '{"id": "a1", "question": 1.5}',
+        '{"id": "a1", "question": NaN}',
+        '{"id": "a1", "question": ["what", "is", "this"]}',
+        '{"id": "a1", "question": {"text": "x"}}',
+        '{"id": "a1", "question": "x", "source": ["cam"]}',
+        '{"id": "a1", "question": "x", "source": 5}',
+        '{"id": "a1", "question": "x", "source": "' + "s" * 5000 + '"}',
+        '{"id": "a1", "question": "x", "conversation": 7}',
+        '{"id": "a1", "question": "x", "conversation": ""}',
+        '{"id": "a1", "question": "x", "conversation": "' + "c" * 5000 + '"}',
+        '{"id": "a1", "question": "x", "conversation": {"id": "c"}}',
+        '{"id": "a1", "question": "x", "conversation": "a\\u0000b"}',
+        '{"id": "a1", "question": "x", "stream": NaN}',
+        '{"id": "a1", "question": "' + "q" * 9000 + '"}',
+        '{"id": "a1", "question": "x", "frames": ' + "[" * 3000 + "]" * 3000 + "}",
+    ],
+)
+def test_parse_question_malformed_payload_is_one_bad_payload_with_the_id(payload):
+    """Whatever json or a check raises inside, the asker gets a `bad_payload` under its id, with a short message."""
+    with pytest.raises(QuestionError) as info:
+        parse_question(payload.encode(), max_bytes=DEFAULT_MAX_PAYLOAD_BYTES, max_chars=2000, max_frames=8)
+    assert info.value.type is ErrorType.BAD_PAYLOAD
+    assert info.value.id == "a1"
+    assert 0 < len(info.value.message) <= 400
+    assert json.loads(Answer.failed(None, info.value).payload())["id"] == "a1"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"id": ' + HUGE_INT + ', "question": "x"}',
+        '{"id": NaN, "question": "x"}',
+        '{"id": 1.5, "question": "x"}',
+        '{"id": {"a": 1}, "question": "x"}',
+        "{" * 3000 + "}" * 3000,
+        '{"question": "x", "id": "a1"',
+    ],
+)
+def test_parse_question_malformed_payload_without_a_readable_id_is_still_one_bad_payload(payload):
+    with pytest.raises(QuestionError) as info:
+        parse_question(payload.encode(), max_bytes=DEFAULT_MAX_PAYLOAD_BYTES, max_chars=2000, max_frames=8)
+    assert info.value.type is ErrorType.BAD_PAYLOAD and 0 < len(info.value.message) <= 400
+    assert json.loads(Answer.failed(None, info.value).payload())["error"]["type"] == "bad_payload"
+
+
+def test_parse_question_conversation_is_read():
+    q = parse_question(b'{"id": 1, "question": "x", "conversation": "tab-1f2e"}', **LIMITS)
+    assert q.conversation == "tab-1f2e"
+    assert parse_question(b'{"question": "x"}', **LIMITS).conversation is None
+    assert parse_question(b"plain text", **LIMITS).conversation is None
+
+
+@pytest.mark.parametrize("payload", ['{"id": "a1", "question": "x", "frames": ', '{"id":"a1","question":' + "[" * 3000])
+def test_parse_question_unreadable_json_keeps_a_leading_id(payload):
+    with pytest.raises(QuestionError) as info:
+        parse_question(payload.encode(), max_bytes=DEFAULT_MAX_PAYLOAD_BYTES, max_chars=2000, max_frames=8)
+    assert info.value.type is ErrorType.BAD_PAYLOAD and info.value.id == "a1"

@@ -244,3 +244,40 @@ async def test_webrtc_browser_firefox_page_streams_and_answers(webrtc_server, fi
     while webrtc_server.peers():
         assert time.monotonic() < deadline, "peer still listed after Firefox stopped"
         await asyncio.sleep(0.1)
+
+
+async def test_webrtc_browser_page_sends_one_conversation_id_per_tab_across_a_reconnect(webrtc_server, chromium):
+    """The page keeps its conversation id in sessionStorage: the same after a reconnect, another in another tab."""
+    got: list[tuple[str, dict]] = []
+    webrtc_server.on_data_message = lambda source, peer_id, text: got.append((peer_id, json.loads(text)))
+
+    async def ask(page, text: str) -> dict:
+        n = len(got)
+        await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", timeout=20000)
+        await page.fill("#question", text)
+        await page.click("#ask-button")
+        deadline = time.monotonic() + 10
+        while len(got) == n:
+            assert time.monotonic() < deadline, f"{text!r} never arrived"
+            await asyncio.sleep(0.05)
+        return got[-1][1]
+
+    context = await chromium.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{webrtc_server.url}/?source=conv&res=640x480&fps=30&autostart=1")
+        await page.wait_for_function("window.agentPage.state === 'connected'", timeout=20000)
+        first_peer = await page.evaluate("window.agentPage.peerId")
+        before = await ask(page, "first?")
+        await page.click("#connect")  # Reconnect: a new peer connection
+        await page.wait_for_function(f"window.agentPage.peerId && window.agentPage.peerId !== '{first_peer}' "
+                                     "&& window.agentPage.state === 'connected'", timeout=20000)
+        after = await ask(page, "second?")
+        other = await context.new_page()  # another tab: its own sessionStorage
+        await other.goto(f"{webrtc_server.url}/?source=conv2&res=640x480&fps=30&autostart=1")
+        elsewhere = await ask(other, "third?")
+    finally:
+        await context.close()
+    assert before["conversation"].startswith("tab-") and len(before["conversation"]) <= 128
+    assert after["conversation"] == before["conversation"] and got[0][0] != got[1][0]
+    assert elsewhere["conversation"] != before["conversation"]

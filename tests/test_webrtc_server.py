@@ -160,7 +160,8 @@ async def test_webrtc_server_peer_going_away_is_cleaned_up(webrtc_server):
 async def test_webrtc_server_same_source_reconnect_replaces_old_peer(webrtc_server):
     async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="door") as first:
         await webrtc_server.get_buffer("door").wait_for_frame(10)
-        async with publish(webrtc_server.url, CounterVideoTrack(320, 240), source="door") as second:
+        async with publish(webrtc_server.url, CounterVideoTrack(320, 240), source="door",
+                           replaces=first.secret) as second:  # the page's reconnect proves it owns "door"
             await wait_until(lambda: [p.id for p in webrtc_server.peers()] == [second.peer_id])
             newest = await webrtc_server.get_buffer("door").wait_for_frame(10)
             assert newest.width == 320  # only the new connection's frames
@@ -253,7 +254,8 @@ async def test_webrtc_server_offer_failing_after_its_track_leaves_sources_alone(
         live_track = buf.track
         async with aiohttp.ClientSession() as http:
             for name in ("door", "ghost"):
-                body = {"sdp": unanswerable(await offer_sdp()), "type": "offer", "source": name}
+                body = {"sdp": unanswerable(await offer_sdp()), "type": "offer", "source": name,
+                        "replaces": pub.secret}  # its own publisher's retry: past the ownership check
                 async with http.post(webrtc_server.url + "/offer", json=body) as r:
                     assert r.status == 400 and "cannot answer" in (await r.json())["error"]
         assert [p.id for p in webrtc_server.peers()] == [pub.peer_id]
@@ -265,7 +267,7 @@ async def test_webrtc_server_offer_failing_after_its_track_leaves_sources_alone(
 async def test_webrtc_server_too_many_peers_gets_503(webrtc_server_factory):
     server = await webrtc_server_factory(WebRTCConfig(port=0, max_peers=2, host_candidate_addresses=["127.0.0.1"]))
     before = tasks_now()
-    async with publish(server.url, CounterVideoTrack(160, 120), source="a"):
+    async with publish(server.url, CounterVideoTrack(160, 120), source="a") as first:
         async with publish(server.url, CounterVideoTrack(160, 120), via="whip", source="b"):
             await server.get_buffer("a").wait_for_frame(10)
             await server.get_buffer("b").wait_for_frame(10)
@@ -278,7 +280,7 @@ async def test_webrtc_server_too_many_peers_gets_503(webrtc_server_factory):
                     assert r.status == 503
             assert len(server.peers()) == 2
             # a page reconnecting under its own name is let in: it replaces its old session
-            async with publish(server.url, CounterVideoTrack(160, 120), source="a") as again:
+            async with publish(server.url, CounterVideoTrack(160, 120), source="a", replaces=first.secret) as again:
                 await server.get_buffer("a").wait_for_frame(10)  # cleared at re-attach: the new peer's frames
                 await wait_until(lambda: sorted(p.id for p in server.peers()) ==
                                  sorted([again.peer_id, next(p.id for p in server.peers() if p.source == "b")]))

@@ -1,10 +1,12 @@
 """`VisualAgent`: the core that answers a question about live video, and decides whether to take one at all.
 
 Every question gets exactly one answer with its `id`, also when something failed (then `error` says what:
-bad payload, unknown source, no frame yet, busy, timeout, LLM unreachable, LLM error, shutdown). Questions run as
-named tasks, at most `agent.max_in_flight` at once; more get a `busy` answer at once instead of a queue that
-grows (`admit`). Each has a deadline (`agent.question_timeout_s`). A short text-only history per source
-(`agent.history_turns` question/answer pairs) makes follow-ups work.
+bad payload, unknown source, no frame yet, busy, timeout, context exceeded, LLM unreachable, LLM error, shutdown).
+Questions run as named tasks, at most `agent.max_in_flight` at once; more get a `busy` answer at once instead of a
+queue that grows (`admit`). Each has a deadline (`agent.question_timeout_s`). A short text-only history per
+conversation (`conversations.ConversationStore`, `agent.history`) makes follow-ups work; each request is fitted
+into the model's context (`context_budget.ContextBudget`), and a request the endpoint refuses for context length is
+retried once, trimmed further. An answer's `trimmed` says what was left out.
 
 The seams around this core, one module each (docs/ARCHITECTURE.md):
 - questions in: `mqtt_intake.MqttQuestions` (`<prefix>/ask`) and `page_intake.PageQuestions` (the data channel);
@@ -27,7 +29,11 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from providers.errors import ContextLengthError
+
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig, EmbeddingsMode
+from .context_budget import ContextBudget, Fitted
+from .conversations import ConversationStore, Turn
 from .encoding import EmbeddingFunction, FrameEncoding, frames_as_mode
 from .errors import ErrorType, QuestionError
 from .interfaces import FrameSource, MessageTransport, PageChannel
@@ -53,7 +59,6 @@ PartialCallback = Callable[[int, str], Awaitable[None]]
 AnswerHook = Callable[[Answer, Trigger], Awaitable[None] | None]
 """Called with every final answer and description (Home Assistant state uses it)."""
 
-_MAX_HISTORY_SOURCES = 64
 _TIMINGS_KEPT = 4096
 
 
@@ -99,7 +104,12 @@ class VisualAgent:
         """Told of every question and answer (metrics, traces)."""
         self.timings: collections.deque[QuestionTiming] = collections.deque(maxlen=_TIMINGS_KEPT)
         self.counters: collections.Counter[str] = collections.Counter()
-        self._history: collections.OrderedDict[str, collections.deque[tuple[str, str]]] = collections.OrderedDict()
+        cfg = self.config
+        self.conversations = ConversationStore(mode=cfg.history, max_turns=cfg.history_turns,
+                                               max_conversations=cfg.max_conversations, ttl_s=cfg.conversation_ttl_s)
+        """Histories per conversation (`agent.history`)."""
+        self.budget = ContextBudget(llm, min_answer_tokens=cfg.min_answer_tokens)
+        """What of a question fits the model's context."""
         self._in_flight = 0
         self._question_tasks: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -215,44 +225,73 @@ class VisualAgent:
             timing.started_at = time.monotonic()
         source = self._resolve_source(question.source)
         question.source = source
-        frames = await self._take_frames(source, question.frames or self.config.frames)
+        taken = await self._take_frames(source, question.frames or self.config.frames)
         if timing is not None:
             timing.frames_at = time.monotonic()
-        content = await self.encoding.content(question.question, frames, source)
+        key = self.conversations.key(source, question.conversation) if trigger is Trigger.QUESTION else None
+        turns = self.conversations.turns(key)
+        text, model, fitted = await self._ask_model(question.question, taken, source, turns, on_partial, timing)
         if timing is not None:
-            timing.encoded_at = time.monotonic()
-        history = self.history(source) if trigger is Trigger.QUESTION else []
-        messages = self.build_messages(content, history)
-        if timing is not None:
-            timing.llm_request_at = time.monotonic()
+            timing.llm_response_at = time.monotonic()
+        self.conversations.remember(key, question.question, text)
+        return Answer(
+            id=question.id, question=question.question, text=text, source=source,
+            frames=[FrameRef(taken[i].pts, taken[i].age_s) for i in fitted.frames], model=model,
+            provider=self.provider_name, trimmed=fitted.trimmed or None,
+        )
+
+    async def _ask_model(self, question: str, taken: list[TakenFrame], source: str, turns: list[Turn],
+                         on_partial: PartialCallback | None, timing: QuestionTiming | None) -> tuple[str, str | None, Fitted]:
+        """Fit the request into the model's context and ask; a refusal for context length is retried once, with
+        what the refusal taught the budget (the true prompt size, the context length)."""
+        minimal = False
+        for attempt in (1, 2):
+            fitted, shape = await self.budget.plan(self.config.system_prompt, question, len(taken), turns,
+                                                   minimal=minimal)
+            content = await self.encoding.content(question, [taken[i] for i in fitted.frames], source)
+            if timing is not None:
+                timing.encoded_at = time.monotonic()
+            messages = self.build_messages(content, turns[len(turns) - fitted.history_turns:])
+            opts = {"max_tokens": fitted.max_tokens} if self.budget.context_tokens is not None else {}
+            if timing is not None:
+                timing.llm_request_at = time.monotonic()
+            streamed = [0]
+            try:
+                text, model, prompt_tokens = await self._complete(messages, opts, on_partial, streamed, timing)
+            except ContextLengthError as exc:
+                learned = self.budget.refused(shape, exc.limit, exc.input_tokens, exc.input_at_least)
+                if attempt == 2 or streamed[0] or not learned:
+                    raise
+                # The refusal did not say the prompt's true size: retry with the question and its newest frame only.
+                minimal = exc.input_at_least or (exc.input_tokens is None and exc.limit is None)
+                logger.info("agent: the model refused %d prompt tokens (estimated %d) for context length; retrying "
+                            "trimmed: %s", exc.input_tokens or 0, shape.estimate, exc.message)
+                continue
+            self.budget.observe(shape, prompt_tokens)
+            return text, model, fitted
+        raise AssertionError("unreachable")
+
+    async def _complete(self, messages: list[dict[str, Any]], opts: dict[str, Any], on_partial: PartialCallback | None,
+                        streamed: list[int], timing: QuestionTiming | None = None) -> tuple[str, str | None, int | None]:
+        """(text, model, prompt tokens when reported); `streamed[0]` counts the partials already sent; `timing` gets
+        the first streamed piece's time and the reported usage."""
         model = self.llm.model
         if on_partial is not None and self.llm.capabilities.streaming:
             parts: list[str] = []
-            seq = 0
-            async for delta in self.llm.astream(messages):
+            async for delta in self.llm.astream(messages, **opts):
                 if not delta:
                     continue
                 parts.append(delta)
                 if timing is not None and timing.first_token_at is None:
                     timing.first_token_at = time.monotonic()
-                seq += 1
-                await on_partial(seq, delta)
-            text = "".join(parts)
-            model = self.llm.model or model
-        else:
-            response = await self.llm.achat(messages)
-            text, model = response.text, response.model or model
-            if timing is not None and response.usage is not None:
-                timing.prompt_tokens = response.usage.prompt_tokens
-                timing.completion_tokens = response.usage.completion_tokens
-        if timing is not None:
-            timing.llm_response_at = time.monotonic()
-        if trigger is Trigger.QUESTION:
-            self._remember(source, question.question, text)
-        return Answer(
-            id=question.id, question=question.question, text=text, source=source,
-            frames=[FrameRef(f.pts, f.age_s) for f in frames], model=model, provider=self.provider_name,
-        )
+                streamed[0] += 1
+                await on_partial(streamed[0], delta)
+            return "".join(parts), self.llm.model or model, None
+        response = await self.llm.achat(messages, **opts)
+        usage = response.usage
+        if timing is not None and usage is not None:
+            timing.prompt_tokens, timing.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        return response.text, response.model or model, usage.prompt_tokens if usage is not None else None
 
     def build_messages(self, content: Any, history: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         """The chat request: the system prompt, the earlier (question, answer) turns, then this question's content.
@@ -272,10 +311,9 @@ class VisualAgent:
             if name is None:
                 raise QuestionError(ErrorType.NO_FRAME, "no source yet: open the page and connect a camera, or configure a source")
             if name not in known:
-                raise QuestionError(ErrorType.NO_FRAME,
-                                    f"the default source {name!r} is not connected yet; known sources: {known or 'none yet'}")
+                raise QuestionError(ErrorType.NO_FRAME, f"the default source {name!r} is not connected yet; known sources: {_few(known)}")
         if name not in known:
-            raise QuestionError(ErrorType.UNKNOWN_SOURCE, f"no source {name!r}; known sources: {known or 'none yet'}")
+            raise QuestionError(ErrorType.UNKNOWN_SOURCE, f"no source {name!r}; known sources: {_few(known)}")
         return name
 
     async def _take_frames(self, source: str, k: int) -> list[TakenFrame]:
@@ -293,20 +331,9 @@ class VisualAgent:
             frames = select_frames(buffer, k, self.config.window_s)
         return frames
 
-    def _remember(self, source: str, asked: str, said: str) -> None:
-        if self.config.history_turns <= 0:
-            return
-        turns = self._history.get(source)
-        if turns is None:
-            turns = self._history[source] = collections.deque(maxlen=self.config.history_turns)
-            while len(self._history) > _MAX_HISTORY_SOURCES:
-                self._history.popitem(last=False)
-        self._history.move_to_end(source)
-        turns.append((asked, said))
-
-    def history(self, source: str) -> list[tuple[str, str]]:
-        """The (question, answer) pairs kept for `source`."""
-        return list(self._history.get(source, ()))
+    def history(self, source: str, conversation: str | None = None) -> list[Turn]:
+        """The (question, answer) pairs kept for a question on `source` in `conversation` (see `agent.history`)."""
+        return self.conversations.turns(self.conversations.key(source, conversation))
 
     # --- admission: one place decides between answering and a busy/shutdown error ----------------
 
@@ -411,7 +438,8 @@ class VisualAgent:
 
     def describe_state(self) -> dict[str, Any]:
         """State for /healthz."""
-        return {"in_flight": self._in_flight, "counters": dict(self.counters)}
+        return {"in_flight": self._in_flight, "counters": dict(self.counters),
+                "conversations": len(self.conversations), "context_tokens": self.budget.context_tokens}
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
@@ -420,3 +448,11 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """At most `shown` source names for an error answer (a daemon may hold many), then how many more."""
+    if not names:
+        return "none yet"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -48,7 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config, then reach the broker and the LLM")
     check.add_argument("--config", "-c", help="YAML config (default: the packaged default.yaml)")
     check.add_argument("--timeout", "-t", type=float, default=DEFAULT_CHECK_TIMEOUT_S, help="seconds per check (default 10)")
-    for sp in (run, ask, check):  # also accepted after the subcommand
+    cert = sub.add_parser("cert", help="make a self-signed HTTPS certificate for the page; prints its SHA-256 fingerprint")
+    cert.add_argument("names", nargs="+", help="host names and IP addresses the page will be opened by")
+    cert.add_argument("--cert", default="visual-agent-cert.pem", help="certificate file (default visual-agent-cert.pem)")
+    cert.add_argument("--key", default="visual-agent-key.pem", help="key file, made owner-only (default visual-agent-key.pem)")
+    cert.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    cert.add_argument("--force", action="store_true", help="overwrite existing files")
+    for sp in (run, ask, check, cert):  # also accepted after the subcommand
         sp.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
@@ -60,6 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "run":
         for name in ("visual_agent.mqtt", "amqtt", "httpx"):
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.command == "cert":
+        from .cert import cert_command
+
+        try:
+            return cert_command(args.names, args.cert, args.key, args.days, args.force)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -238,7 +252,9 @@ async def _check_llm(config: Config, timeout: float) -> bool:
 def _check_http(config: Config) -> bool:
     web = config.webrtc_config()
     if web.port == 0 or _port_free(web.host, web.port):
-        print(f"page    OK    will be served on http://{web.host}:{web.port}/")
+        scheme = "https" if web.tls_certfile else "http"
+        print(f"page    OK    will be served on {scheme}://{web.host}:{web.port}/"
+              f"{' (token required)' if web.auth_token else ''}")
         return True
     print(f"page    WARN  {web.host}:{web.port} is in use (a running daemon?); `run` would fail to bind it")
     return True

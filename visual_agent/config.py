@@ -37,6 +37,7 @@ __all__ = [
     "EncoderConfig",
     "EmbeddingsMode",
     "ENV_PREFIX",
+    "HistoryMode",
     "HomeAssistantConfig",
     "MqttConfig",
     "MqttProtocol",
@@ -71,6 +72,9 @@ DEFAULT_SCENE_MIN_GAP_S = 10.0
 DEFAULT_SCENE_CHECK_S = 0.5
 DEFAULT_SCENE_PROMPT = "The scene just changed. Describe what you see now in one sentence."
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
+DEFAULT_CONVERSATION_TTL_S = 1800.0
+DEFAULT_MAX_CONVERSATIONS = 256
+DEFAULT_MIN_ANSWER_TOKENS = 16
 # encoder
 DEFAULT_EMBEDDING_CACHE_ENTRIES = 32
 # mqtt
@@ -143,6 +147,19 @@ class EncoderConfig(_Section):
         return value
 
 
+class HistoryMode(str, enum.Enum):
+    """Whose earlier questions and answers the model sees with a new question."""
+
+    CONVERSATION = "conversation"
+    """The turns of the question's own conversation (its `conversation` id; the page: one per tab). Questions
+    without one get no history."""
+    SOURCE = "source"
+    """Every asker's turns on the same source: one shared history (single-user setups only: what one asker says
+    reaches the model with everyone else's questions)."""
+    OFF = "off"
+    """No history at all."""
+
+
 class SceneChangeConfig(_Section):
     """Describe a source when its picture changes (grey-thumbnail difference)."""
 
@@ -172,7 +189,17 @@ class AgentConfig(_Section):
     window_s: float = Field(DEFAULT_WINDOW_S, gt=0)
     """With frames > 1, they are spread over the last this many seconds."""
     history_turns: int = Field(DEFAULT_HISTORY_TURNS, ge=0)
-    """Question/answer pairs kept per source so follow-up questions work (text only)."""
+    """Question/answer pairs kept per conversation (see `history`) so follow-up questions work (text only)."""
+    history: HistoryMode = HistoryMode.CONVERSATION
+    """Whose turns a question sees: conversation (its own; the default), source (shared by every asker of a
+    source: single-user setups only) or off."""
+    conversation_ttl_s: float = Field(DEFAULT_CONVERSATION_TTL_S, gt=0)
+    """A conversation silent this long is forgotten."""
+    max_conversations: int = Field(DEFAULT_MAX_CONVERSATIONS, ge=1)
+    """Conversations kept at once; the least recently used is forgotten beyond it."""
+    min_answer_tokens: int = Field(DEFAULT_MIN_ANSWER_TOKENS, ge=1)
+    """The context budget never lowers `max_tokens` below this; a question that leaves less room gets a
+    `context_exceeded` error."""
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
     """Questions answered at once; more get a `busy` error answer."""
     question_timeout_s: float = Field(DEFAULT_QUESTION_TIMEOUT_S, gt=0)

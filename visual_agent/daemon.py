@@ -114,7 +114,11 @@ class Daemon:
             if _is_startup_error(exc):  # a page port in use, a provider that cannot be built: a message, not a traceback
                 raise VisualAgentError(f"cannot start: {exc}") from exc
             raise
-        logger.info("page: %s/", self.driver.url)
+        if self.driver.config.auth_token:  # the token goes to the terminal only, never into a log line
+            logger.info("page: %s/ (token required; the URL with it is printed on stdout)", self.driver.url)
+            print(f"page: {self.driver.page_url()}", flush=True)
+        else:
+            logger.info("page: %s/", self.driver.url)
         uses_embeddings = self.encoding is not None and self.encoding.uses_embeddings
         logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "CLIP embeddings" if uses_embeddings else "JPEG")
         if self.messager is not None:

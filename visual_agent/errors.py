@@ -48,6 +48,9 @@ class ErrorType(str, enum.Enum):
     """The LLM endpoint could not be reached (connection refused, DNS, down)."""
     LLM_ERROR = "llm_error"
     """The LLM answered with an error (auth, bad request, rate limit, server error)."""
+    CONTEXT_EXCEEDED = "context_exceeded"
+    """The question and one frame do not fit the model's context with room for an answer (the message says what
+    to change)."""
     SHUTDOWN = "shutdown"
     """The daemon stopped before the answer was ready."""
     INTERNAL = "internal"

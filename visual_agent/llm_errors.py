@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from providers.errors import ProviderConnectionError, ProviderError, ProviderTimeoutError
+from providers.errors import ContextLengthError, ProviderConnectionError, ProviderError, ProviderTimeoutError
 
 from .errors import ErrorType, QuestionError
 
@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def llm_error(exc: Exception, provider: str) -> QuestionError:
-    """Map a failure while answering to an answer error: unreachable, timeout, LLM error, or internal."""
+    """Map a failure while answering to an answer error: unreachable, timeout, context exceeded, LLM error, or
+    internal."""
     from webrtc.config import mask_url_secrets  # here: `import visual_agent` does not load the WebRTC stack
 
     where = exc.endpoint if isinstance(exc, ProviderError) else None
@@ -25,6 +26,10 @@ def llm_error(exc: Exception, provider: str) -> QuestionError:
     if isinstance(exc, (ProviderConnectionError, ConnectionError)):
         kind = ErrorType.LLM_UNREACHABLE
         text = f"the LLM{suffix} cannot be reached: {exc}; is it running? `visual-agent check` says what is wrong"
+    elif isinstance(exc, ContextLengthError):
+        kind = ErrorType.CONTEXT_EXCEEDED
+        text = (f"the model{suffix} refused the request for context length even trimmed: {exc.message}; set "
+                "llm.context_tokens (and llm.image_tokens) to the model's, or serve it with a longer context")
     elif isinstance(exc, ProviderTimeoutError):
         kind, text = ErrorType.TIMEOUT, f"the LLM{suffix} did not answer in time: {exc}"
     elif isinstance(exc, ProviderError):

@@ -1,17 +1,20 @@
 """Question and answer payloads of the MQTT and data-channel contracts (docs/VISUAL_AGENT_GUIDE.md, "MQTT contract").
 
-In: ``{"id"?, "question", "source"?, "frames"?, "stream"?}`` as JSON, or plain UTF-8 text (the whole payload is
+In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "conversation"?}`` as JSON, or plain UTF-8 text (the whole payload is
 the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.
 Out: the answer ``{"id", "question", "text", "source", "frames": [{"pts", "age_s"}], "model", "provider",
-"latency_s", "error"}`` and partials ``{"id", "seq", "delta"}``.
+"latency_s", "error"}`` (plus ``"trimmed"`` when the context budget dropped history or frames) and partials
+``{"id", "seq", "delta"}``.
 
 Parsing never raises anything but `QuestionError`, whose `id` is the question's id when one could be read, so
-the error answer still reaches the asker under its id.
+the error answer still reaches the asker under its id: numbers too long for Python's int-digit limit, NaN and
+Infinity are read as markers (never raised on), and whatever else json or a check raises becomes `bad_payload`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +23,14 @@ from .errors import ErrorType, QuestionError
 
 __all__ = ["Answer", "FrameRef", "Question", "new_id", "parse_question", "partial_payload"]
 
-QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream"})
+QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream", "conversation"})
 _MAX_ID_CHARS = 128
+_MAX_NAME_CHARS = 128
+"""Longest `source` or `conversation` name."""
+_MAX_NUMBER_DIGITS = 64
+"""Longer JSON numbers are kept as text markers: no field needs them, and Python refuses past 4300 digits."""
+_SHOWN_CHARS = 40
+"""A bad value is quoted in the error message up to this many characters."""
 
 
 def new_id() -> str:
@@ -43,6 +52,8 @@ class Question:
     """How many frames to look at; None: the config's."""
     stream: bool | None = None
     """Stream partials; None: the config's."""
+    conversation: str | None = None
+    """The conversation this question continues (its history); None: see `agent.history`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +80,11 @@ class Answer:
     provider: str | None = None
     latency_s: float = 0.0
     error: dict[str, str] | None = None
+    trimmed: dict[str, int] | None = None
+    """What the context budget left out to fit the model (``{"history_turns": n, "frames": n}``); None: nothing."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "question": self.question,
             "text": self.text,
@@ -82,6 +95,9 @@ class Answer:
             "latency_s": round(self.latency_s, 4),
             "error": self.error,
         }
+        if self.trimmed:
+            out["trimmed"] = dict(self.trimmed)
+        return out
 
     def payload(self) -> bytes:
         """The JSON bytes published on MQTT and sent on the data channel."""
@@ -110,9 +126,76 @@ def _bad(message: str, qid: Any = None, kind: ErrorType = ErrorType.BAD_PAYLOAD)
     return QuestionError(kind, message, id=qid)
 
 
+class _Unreadable:
+    """A JSON value kept as a marker instead of a Python value: a number past `_MAX_NUMBER_DIGITS` digits, or
+    NaN/Infinity. Never a valid field; its repr quotes it shortly for the error message."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text if len(self.text) <= 16 else f"a number of {len(self.text)} digits"
+
+
+def _number(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return _Unreadable(text) if len(text) > _MAX_NUMBER_DIGITS else kind(text)
+    return parse
+
+
+_LEADING_ID = re.compile(r'\{\s*"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,%d}"|-?[0-9]{1,%d})\s*[,}]'
+                         % (_MAX_ID_CHARS, _MAX_ID_CHARS))
+
+
+def _leading_id(text: str) -> Any:
+    """The id of a payload json cannot read, when it is the object's first key (so it is surely the question's)."""
+    match = _LEADING_ID.match(text)
+    if match is None:
+        return None
+    try:
+        qid = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return qid if isinstance(qid, int) or (isinstance(qid, str) and qid and _encodable(qid)) else None
+
+
+def _shown(value: Any) -> str:
+    """`value` quoted for an error message, cut short (it came from the asker and may be huge)."""
+    if isinstance(value, (list, dict)):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+
+
+def _name(data: dict[str, Any], key: str, qid: Any) -> str | None:
+    """A `source` or `conversation` name: None, or short printable UTF-8 text."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not value or len(value) > _MAX_NAME_CHARS or not _encodable(value)
+            or any(ord(c) < 32 for c in value)):
+        raise _bad(f'"{key}" must be a non-empty string of at most {_MAX_NAME_CHARS} printable characters, '
+                   f"got {_shown(value)}", qid)
+    return value
+
+
 def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_frames: int) -> Question:
-    """Read a question payload; `QuestionError` (bad_payload / empty_question) says what is wrong."""
-    raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    """Read a question payload; `QuestionError` (bad_payload / empty_question) says what is wrong, and nothing else
+    escapes: an unforeseen failure of json or a check is a `bad_payload` too (with the id when it was read)."""
+    read: dict[str, Any] = {}
+    try:
+        return _parse(payload, max_bytes, max_chars, max_frames, read)
+    except QuestionError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, AttributeError, KeyError) as exc:
+        detail = str(exc)[:_SHOWN_CHARS * 2]
+        raise _bad(f"payload could not be read ({type(exc).__name__}: {detail})", read.get("id")) from None
+
+
+def _parse(payload: bytes | str, max_bytes: int, max_chars: int, max_frames: int, read: dict[str, Any]) -> Question:
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
     if len(raw) > max_bytes:
         raise _bad(f"payload is {len(raw)} bytes; the limit is {max_bytes}")
     try:
@@ -124,14 +207,16 @@ def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_
         q = Question(question=stripped)
     else:
         try:
-            data = json.loads(stripped)
+            data = json.loads(stripped, parse_int=_number(int), parse_float=_number(float),
+                              parse_constant=_Unreadable)
         except json.JSONDecodeError as exc:
-            raise _bad(f"payload starts with '{{' but is not valid JSON: {exc.msg} at char {exc.pos}") from None
+            raise _bad(f"payload starts with '{{' but is not valid JSON: {exc.msg} at char {exc.pos}",
+                       _leading_id(stripped)) from None
         except RecursionError:
-            raise _bad("payload is JSON nested too deeply") from None
+            raise _bad("payload is JSON nested too deeply", _leading_id(stripped)) from None
         if not isinstance(data, dict):
             raise _bad("payload must be a JSON object")
-        q = _from_mapping(data)
+        q = _from_mapping(data, read)
     if not q.question:
         raise _bad("the question is empty", q.id, ErrorType.EMPTY_QUESTION)
     if any(ord(c) < 32 and c not in "\t\n\r" for c in q.question):
@@ -139,7 +224,7 @@ def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_
     if len(q.question) > max_chars:
         raise _bad(f"the question is {len(q.question)} characters; the limit is {max_chars}", q.id)
     if q.frames is not None and not 1 <= q.frames <= max_frames:
-        raise _bad(f"frames must be 1 to {max_frames}, got {q.frames}", q.id)
+        raise _bad(f"frames must be 1 to {max_frames}, got {_shown(q.frames)}", q.id)
     return q
 
 
@@ -153,30 +238,31 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _from_mapping(data: dict[str, Any]) -> Question:
+def _from_mapping(data: dict[str, Any], read: dict[str, Any]) -> Question:
     qid = data.get("id")
     if qid is None:
         qid = new_id()
     elif (isinstance(qid, bool) or not isinstance(qid, (str, int)) or len(str(qid)) > _MAX_ID_CHARS
           or not _encodable(str(qid))):
         raise _bad(f"id must be a string (UTF-8 text) or an integer of at most {_MAX_ID_CHARS} characters")
-    unknown = sorted(set(data) - QUESTION_KEYS)
+    read["id"] = qid
+    unknown = sorted(str(k)[:_SHOWN_CHARS] for k in set(data) - QUESTION_KEYS)
     if unknown:
-        raise _bad(f"unknown keys {unknown}; a question has {sorted(QUESTION_KEYS)}", qid)
+        raise _bad(f"unknown keys {unknown[:5]}; a question has {sorted(QUESTION_KEYS)}", qid)
     question = data.get("question")
     if question is None:
         raise _bad('missing "question" (the text to ask)', qid, ErrorType.EMPTY_QUESTION)
     if not isinstance(question, str):
-        raise _bad(f'"question" must be a string, got {type(question).__name__}', qid)
+        raise _bad(f'"question" must be a string, got {_shown(question)}', qid)
     if not _encodable(question):
         raise _bad('"question" holds a lone surrogate escape (\\ud800-\\udfff): not UTF-8 text', qid)
-    source = data.get("source")
-    if source is not None and (not isinstance(source, str) or not source or not _encodable(source)):
-        raise _bad('"source" must be a non-empty string', qid)
+    source = _name(data, "source", qid)
+    conversation = _name(data, "conversation", qid)
     frames = data.get("frames")
     if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)):
-        raise _bad(f'"frames" must be an integer, got {frames!r}', qid)
+        raise _bad(f'"frames" must be an integer, got {_shown(frames)}', qid)
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _bad(f'"stream" must be true or false, got {stream!r}', qid)
-    return Question(question=question.strip(), id=qid, source=source, frames=frames, stream=stream)
+        raise _bad(f'"stream" must be true or false, got {_shown(stream)}', qid)
+    return Question(question=question.strip(), id=qid, source=source, frames=frames, stream=stream,
+                    conversation=conversation)

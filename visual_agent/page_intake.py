@@ -2,6 +2,8 @@
 
 Answers and partials go back on the same peer's channel; a copy of each answer goes to `<prefix>/answer` for
 MQTT listeners (dashboards, Home Assistant). A question that names no source is about the peer's own camera.
+Each peer connection is one conversation (its history is its own), unless the page sends its own `conversation`
+id: the page keeps one per browser tab, so its conversation survives a reconnect.
 A peer that left gets nothing (there is no one to answer).
 """
 
@@ -51,6 +53,8 @@ class PageQuestions:
             return
         if question.source is None:
             question.source = source
+        if question.conversation is None:
+            question.conversation = f"peer:{peer_id}"
         refused = agent.admit(question)
         if refused is not None:
             await self._refuse(peer_id, Answer.failed(question, refused, provider=agent.provider_name))

@@ -20,7 +20,8 @@ Imports nothing else of this project. The daemon uses it like this::
 Sources: each configured `SourceConfig` (file, rtsp, v4l2) gets a buffer at construction. A browser page
 (POST /offer) or WHIP publisher (POST /whip) gets a buffer when its offer with video is answered, named by the
 offer's ``source`` field (``?source=`` for WHIP) or ``browser-<n>`` / ``whip-<n>``; a second peer with the
-same name replaces the first. When a peer leaves, a named source's buffer stays (state ``ended``; its frames
+same name gets 409 unless its offer's ``replaces`` is the first one's ``session_secret`` (the page's reconnect),
+and then replaces it. When a peer leaves, a named source's buffer stays (state ``ended``; its frames
 age out after ``buffer_max_seconds`` as in a live buffer, the newest stays readable) and the next peer under
 that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers that never connect
 (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCServer` and
@@ -30,6 +31,12 @@ The page (GET /) sends each question as data-channel text ``{"id", "question", "
 it renders partials ``{"id", "seq", "delta"}`` in ``seq`` order and replaces them with the final answer
 ``{"id", "question", "text", ..., "error": null | {"type", "message"}}`` (ARCHITECTURE.md); any other text
 is shown as it is. Browsers allow the camera only on https:// or http://localhost / 127.0.0.1 pages.
+
+Security (docs/SECURITY.md): `WebRTCConfig.tls_certfile`/``tls_keyfile`` serve HTTPS; ``auth_token`` makes
+signaling, ``/webrtc-config``, the /healthz detail and added routes take ``Authorization: Bearer`` (the page
+reads it from ``/#token=``); every request passes the Host/Origin checks of `HttpGuard`; sources made by peers
+(``max_sources``), pending sessions per address (``max_pending_per_client``) and slow requests
+(``header_timeout_s``, ``body_timeout_s``) are bounded.
 
 ICE: `WebRTCConfig.ice_servers` (STUN/TURN, credentials masked in reprs) are used by the server's peers and
 handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"]``) restricts the host
@@ -42,11 +49,13 @@ from .config import (
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PEERS,
+    DEFAULT_MAX_SOURCES,
     DEFAULT_PORT,
     IceServer,
     SourceConfig,
     SourceKind,
     WebRTCConfig,
+    is_loopback_host,
 )
 from .errors import (
     DataChannelClosedError,
@@ -60,10 +69,12 @@ from .errors import (
     WebRTCError,
 )
 from .frame_buffer import BufferedFrame, BufferState, FrameBuffer, FrameBufferStats
+from .http_guard import DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
 from .ice import current_host_addresses, restrict_host_addresses
 from .peers import PeerKind, PeerSession
-from .server import DataMessageCallback, WebRTCDriver, WebRTCServer
+from .server import DataMessageCallback, WebRTCDriver, WebRTCServer, names_preview
 from .sources import SourceRunner
+from .tls import certificate_names, server_ssl_context
 
 __all__ = [
     "DEFAULT_BUFFER_MAX_FRAMES",
@@ -71,14 +82,17 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_PEERS",
+    "DEFAULT_MAX_SOURCES",
     "DEFAULT_PORT",
     "BufferState",
     "BufferedFrame",
     "DataChannelClosedError",
     "DataMessageCallback",
+    "DeadlineSite",
     "FrameBuffer",
     "FrameBufferStats",
     "FrameTimeoutError",
+    "HttpGuard",
     "IceServer",
     "PeerError",
     "PeerKind",
@@ -95,6 +109,13 @@ __all__ = [
     "WebRTCDriver",
     "WebRTCError",
     "WebRTCServer",
+    "bearer_token_ok",
+    "certificate_names",
+    "content_security_policy",
     "current_host_addresses",
+    "inline_styles",
+    "is_loopback_host",
+    "names_preview",
     "restrict_host_addresses",
+    "server_ssl_context",
 ]

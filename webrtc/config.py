@@ -17,11 +17,13 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_PEERS",
+    "DEFAULT_MAX_SOURCES",
     "DEFAULT_PORT",
     "IceServer",
     "SourceConfig",
     "SourceKind",
     "WebRTCConfig",
+    "is_loopback_host",
     "mask_url_secrets",
     "validate_source_name",
 ]
@@ -37,8 +39,13 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 DEFAULT_SOURCE_OPEN_TIMEOUT_S = 10.0
 DEFAULT_SOURCE_RETRY_S = 2.0
 DEFAULT_VIDEO_BITRATE_HINT_KBPS = 2000
-DEFAULT_CONNECT_TIMEOUT_S = 20.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_PEER_IDLE_TIMEOUT_S = 10.0
+DEFAULT_MAX_SOURCES = 32
+DEFAULT_MAX_PENDING_PER_CLIENT = 2
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 10.0
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -183,7 +190,25 @@ class WebRTCConfig:
     first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S
     """Default timeout of `FrameBuffer.wait_for_frame`."""
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
-    """A peer not connected this long after its answer is dropped (frees its slot)."""
+    """A pending peer (answered, not connected) is dropped after this many seconds (frees its slot)."""
+    max_pending_per_client: int = DEFAULT_MAX_PENDING_PER_CLIENT
+    """Most pending (not yet connected) peers per client IP address; more get HTTP 429."""
+    max_sources: int = DEFAULT_MAX_SOURCES
+    """Most sources made by peers (configured ones not counted); ended ones are freed oldest first, else HTTP 503."""
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    """A connection must send a whole request head (and finish TLS) this many seconds after connecting or its last answer."""
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    """An /offer or /whip body must arrive whole within this many seconds (else HTTP 408)."""
+    auth_token: str | None = field(default=None, repr=False)
+    """Bearer token for signaling, /webrtc-config and the /healthz detail (secret; VISUAL_AGENT__WEBRTC__AUTH_TOKEN)."""
+    allow_unauthenticated: bool = False
+    """Let a host beyond loopback serve without auth_token (anyone who reaches the port may publish; logged loudly)."""
+    allowed_hosts: list[str] | None = None
+    """Host header names accepted (others get HTTP 421); None = the bound address, localhost, 127.0.0.1, [::1], the certificate's names."""
+    tls_certfile: str | None = None
+    """PEM certificate (chain) to serve HTTPS; `visual-agent cert` makes a self-signed one."""
+    tls_keyfile: str | None = None
+    """PEM private key of tls_certfile."""
     peer_idle_timeout_s: float | None = DEFAULT_PEER_IDLE_TIMEOUT_S
     """A connected peer whose video sent no frame this long is dropped (a tab closed without goodbye);
     None = wait for ICE consent to fail (~30 s)."""
@@ -208,6 +233,30 @@ class WebRTCConfig:
             )
         if self.peer_idle_timeout_s is not None and self.peer_idle_timeout_s <= 0:
             raise WebRTCConfigError(f"webrtc.peer_idle_timeout_s must be > 0 or None, got {self.peer_idle_timeout_s!r}")
+        for name in ("max_pending_per_client", "max_sources"):
+            if int(getattr(self, name)) < 1:
+                raise WebRTCConfigError(f"webrtc.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise WebRTCConfigError("webrtc.header_timeout_s and body_timeout_s must be > 0")
+        if self.auth_token is not None:
+            self.auth_token = str(self.auth_token)
+            if len(self.auth_token) < 16 or any(c.isspace() for c in self.auth_token):
+                raise WebRTCConfigError("webrtc.auth_token must be at least 16 characters without spaces "
+                                        f"(make one with: {_MAKE_TOKEN})")
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise WebRTCConfigError("webrtc.tls_certfile and webrtc.tls_keyfile go together: set both or neither "
+                                    "(`visual-agent cert` makes a pair)")
+        if isinstance(self.allowed_hosts, str):
+            self.allowed_hosts = [self.allowed_hosts]
+        if self.allowed_hosts is not None:
+            self.allowed_hosts = [h.strip().lower() for h in self.allowed_hosts if h and h.strip()]
+        if self.open_to_anyone and not self.allow_unauthenticated:
+            raise WebRTCConfigError(
+                f"webrtc.host {self.host!r} is reachable from other machines but webrtc.auth_token is not set: "
+                f"set one (e.g. export VISUAL_AGENT__WEBRTC__AUTH_TOKEN=$({_MAKE_TOKEN})) and open the page as "
+                "http(s)://<host>:<port>/#token=<token>, or set webrtc.allow_unauthenticated: true to let anyone "
+                "who reaches the port publish video and ask questions"
+            )
         if self.host_candidate_addresses is not None:
             if isinstance(self.host_candidate_addresses, str):
                 self.host_candidate_addresses = [self.host_candidate_addresses]
@@ -215,6 +264,20 @@ class WebRTCConfig:
                 self.host_candidate_addresses = [str(ipaddress.ip_address(a)) for a in self.host_candidate_addresses]
             except ValueError as exc:
                 raise WebRTCConfigError(f"webrtc.host_candidate_addresses: {exc} (give IP addresses)") from None
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return f"WebRTCConfig({shown}, auth_token={'***' if self.auth_token else None!r})"
+
+    @property
+    def open_to_anyone(self) -> bool:
+        """True when the server is reachable beyond loopback without a token (`WebRTCServer.start` warns)."""
+        return not is_loopback_host(self.host) and not self.auth_token
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks HTTPS."""
+        return bool(self.tls_certfile)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> WebRTCConfig:
@@ -230,9 +293,28 @@ def _known(cls: type, data: Mapping[str, Any], section: str) -> dict[str, Any]:
     return dict(data)
 
 
+_MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+_SECRET_QUERY = re.compile(
+    r"([?&;](?:[A-Za-z0-9_.-]*[_.-])?(?:token|password|passwd|pwd|pass|secret|key|auth|signature|sig)=)[^&#;\s]*",
+    re.IGNORECASE,
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1): reachable from this machine only."""
+    if host.lower() in LOOPBACK_NAMES or host.lower() == "localhost.":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def mask_url_secrets(text: str) -> str:
-    """Hide passwords in ``scheme://user:password@host`` URLs anywhere in `text`.
+    """Hide passwords in ``scheme://user:password@host`` URLs and secret query values (``?token=``,
+    ``password=``, ``api_key=``, ...) anywhere in `text`.
 
     Like FFmpeg, the password runs to the last ``@`` before the path, so one holding ``@`` is hidden whole.
     """
-    return re.sub(r"(://[^:/@\s]+:)[^/?#\s]*@", r"\1***@", text)
+    text = re.sub(r"(://[^:/@\s]+:)[^/?#\s]*@", r"\1***@", text)
+    return _SECRET_QUERY.sub(r"\1***", text)

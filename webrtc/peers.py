@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import secrets
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -32,8 +33,16 @@ class PeerSession:
     Tasks started for the peer (`spawn`) are cancelled when it closes; `close()` is safe to call twice.
     """
 
-    def __init__(self, peer_id: str, source: str, kind: PeerKind, pc: Any, *, auto_named: bool) -> None:
+    def __init__(self, peer_id: str, source: str, kind: PeerKind, pc: Any, *, auto_named: bool,
+                 remote: str = "") -> None:
         self.id = peer_id
+        """Public id (shown in /healthz, used by the daemon to answer on the data channel)."""
+        self.secret = secrets.token_urlsafe(32)
+        """Known only to the publisher: its WHIP resource URL, or the proof a reconnecting page sends (never shown)."""
+        self.remote = remote
+        """The client's IP address (pending sessions are limited per address)."""
+        self.ever_connected = False
+        """True once the connection reached "connected" (until then the session is pending)."""
         self.source = source
         self.kind = kind
         self.pc = pc

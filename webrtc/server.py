@@ -5,24 +5,33 @@ Endpoints (ARCHITECTURE.md):
 =========================  ===================================================================
 ``GET /``                  the browser page (``static/index.html``; its script is ``GET /app.js``)
 ``GET /webrtc-config``     ICE servers and limits for the page (TURN credentials included)
-``POST /offer``            JSON ``{"sdp", "type": "offer", "source"?}`` -> ``{"sdp", "type": "answer",
-                           "peer_id", "source"}``
+``POST /offer``            JSON ``{"sdp", "type": "offer", "source"?, "replaces"?}`` -> ``{"sdp", "type":
+                           "answer", "peer_id", "source", "session_secret"}``
 ``POST /whip``             RFC 9725: ``application/sdp`` offer (``?source=name`` optional) ->
-                           ``201 Created``, ``Location: /whip/<id>``, answer SDP
-``DELETE /whip/<id>``      ends that WHIP session (``PATCH`` and other methods: 405)
-``GET /healthz``           JSON: sources with buffer stats, peers, plus ``healthz_extra()``
-``GET /metrics``           whatever ``metrics_exposition()`` returns (the daemon's Prometheus text); 404 unset
+                           ``201 Created``, ``Location: /whip/<secret>``, ``X-Peer-Id``, answer SDP
+``DELETE /whip/<secret>``  ends that WHIP session (``PATCH`` and other methods: 405)
+``GET /healthz``           JSON ``{"status"}``; with the token (or none configured) also sources with buffer
+                           stats, peers, and ``healthz_extra()``
+``GET /metrics``           whatever ``metrics_exposition()`` returns (the daemon's Prometheus text; token when set);
+                           404 when unset
 =========================  ===================================================================
 
+Every request first passes `webrtc.http_guard.HttpGuard` (Host, Origin, ``Authorization: Bearer`` when
+``auth_token`` is set, policy headers) and `DeadlineSite` (request-head timeout). A source name held by a
+peer is not given to another (409) unless the offer's ``replaces`` is that session's ``session_secret``
+(the page's reconnect); WHIP resources are secrets, not the peer ids shown in /healthz.
+
 Refusals carry a one-line reason (JSON ``{"error": ...}`` for /offer, text for /whip): 400 malformed or
-non-offer SDP, 404 unknown WHIP resource, 409 source name owned by a configured source, 413 body over
-``max_body_bytes``, 415 wrong content type, 503 peer limit reached.
+non-offer SDP, 401 missing token, 403 cross-origin, 404 unknown WHIP resource, 408 body too slow, 409
+source name owned by a configured source or a live peer, 413 body over ``max_body_bytes``, 415 wrong content
+type, 421 unknown Host, 429 too many pending sessions from one address, 503 peer or source limit reached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import inspect
 import itertools
 import json
@@ -37,13 +46,14 @@ from aiohttp import web
 from .config import SourceConfig, WebRTCConfig, validate_source_name
 from .errors import PeerNotFoundError, SignalingError, TooManyPeersError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
+from .http_guard import DeadlineSite, HttpGuard, content_security_policy, inline_styles
 from .ice import restrict_host_addresses
 from .peers import PeerKind, PeerSession
 from .sdp import add_bitrate_hint, check_offer_sdp
 from .sources import SourceRunner
 from .tracks import start_discarding
 
-__all__ = ["DataMessageCallback", "WebRTCDriver", "WebRTCServer"]
+__all__ = ["DataMessageCallback", "WebRTCDriver", "WebRTCServer", "names_preview"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +61,7 @@ DataMessageCallback = Callable[[str, str, str], "Awaitable[Any] | Any"]
 """``callback(source_name, peer_id, text)``; may be a coroutine function."""
 
 MAX_MESSAGES_IN_FLIGHT_PER_PEER = 8
+NAMES_SHOWN_IN_ERRORS = 5
 _STATIC = "static"
 
 
@@ -75,9 +86,14 @@ class WebRTCServer:
         """Returns (body, content type) for GET /metrics (the daemon's Prometheus registry); None: 404."""
         self.buffers: dict[str, FrameBuffer] = {}
         """One `FrameBuffer` per source name (configured sources and peers)."""
-        self.app = web.Application(client_max_size=self.config.max_body_bytes)
+        self.guard: HttpGuard | None = None
+        """The Host/Origin/token checks (made at start, when the certificate's names are known)."""
+        self.app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._guarded])
+        self.app.on_response_prepare.append(self._add_headers)
         self._peers: dict[str, PeerSession] = {}
         self._pending = 0
+        self._negotiating: dict[str, int] = {}
+        self._site: DeadlineSite | None = None
         self._runners: dict[str, SourceRunner] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._counter = itertools.count(1)
@@ -100,11 +116,23 @@ class WebRTCServer:
             return
         if self._closed:
             raise RuntimeError("WebRTCServer was closed; make a new one")
-        if self.config.host_candidate_addresses is not None:
-            restrict_host_addresses(self.config.host_candidate_addresses)
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        c = self.config
+        ssl_context, cert_names = None, []
+        if c.tls:
+            from .tls import certificate_names, server_ssl_context
+
+            ssl_context = server_ssl_context(c.tls_certfile, c.tls_keyfile)
+            cert_names = certificate_names(c.tls_certfile)
+        self.guard = HttpGuard(token=c.auth_token, tls=c.tls, bound_host=c.host, allowed_hosts=c.allowed_hosts,
+                               certificate_names=cert_names,
+                               csp=content_security_policy(inline_styles(_static_text("index.html"))))
+        if c.host_candidate_addresses is not None:
+            restrict_host_addresses(c.host_candidate_addresses)
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0,
+                               keepalive_timeout=c.header_timeout_s, lingering_time=c.body_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
+        site = DeadlineSite(runner, c.host, c.port, header_timeout_s=c.header_timeout_s, ssl_context=ssl_context)
+        self.guard.deadlines = self._site = site
         try:
             await site.start()
         except OSError as exc:
@@ -112,12 +140,18 @@ class WebRTCServer:
             raise WebRTCConfigError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from exc
         self._http = runner
         self._port = runner.addresses[0][1]
+        if c.open_to_anyone:  # allowed by webrtc.allow_unauthenticated; said at every start
+            logger.warning("SECURITY: webrtc.allow_unauthenticated is true and webrtc.host %r is reachable from other "
+                           "machines: ANYONE who reaches port %s can publish video, take source names and ask "
+                           "questions. Set webrtc.auth_token instead.", c.host, self._port)
         self._started_at = time.monotonic()
         for source in self.sources:
             source_runner = SourceRunner(source, self.buffers[source.name])
             self._runners[source.name] = source_runner
             source_runner.start()
-        logger.info("webrtc ingest listening on %s (sources: %s)", self.url, ", ".join(self.source_names()) or "none")
+        logger.info("webrtc ingest listening on %s (sources: %s; %s)", self.url,
+                    ", ".join(self.source_names()) or "none",
+                    "token required" if c.auth_token else "no token: anyone who reaches the port may publish")
 
     async def close(self) -> None:
         """Close peers, sources, buffers and the HTTP server; cancel every task. Safe to call twice."""
@@ -157,9 +191,14 @@ class WebRTCServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the running server (``http://[::1]:port`` for an IPv6 host)."""
+        """``http(s)://host:port`` of the running server (``http://[::1]:port`` for an IPv6 host)."""
         host = self.config.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return f"{'https' if self.config.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    def page_url(self, host: str | None = None) -> str:
+        """The page's URL with the token in its fragment (``/#token=...``): for the user's terminal, never a log."""
+        base = self.url if host is None else f"{'https' if self.config.tls else 'http'}://{host}:{self.port}"
+        return f"{base}/#token={self.config.auth_token}" if self.config.auth_token else f"{base}/"
 
     # --- the daemon's API ----------------------------------------------------------------------
 
@@ -172,7 +211,7 @@ class WebRTCServer:
         try:
             return self.buffers[name]
         except KeyError:
-            raise KeyError(f"no source {name!r}; known: {self.source_names()}") from None
+            raise KeyError(f"no source {name!r}; known: {names_preview(self.source_names())}") from None
 
     def peers(self) -> list[PeerSession]:
         """The open peer sessions."""
@@ -201,8 +240,11 @@ class WebRTCServer:
         """End one peer session (its buffer stays, state ended)."""
         await self._drop_peer(self.get_peer(peer_id), "closed by the server")
 
-    def health(self) -> dict[str, Any]:
-        """The /healthz document."""
+    def health(self, detail: bool = True) -> dict[str, Any]:
+        """The /healthz document; with ``detail=False`` only ``{"status"}`` (what callers without the token see)."""
+        status = "ok" if self._http is not None and not self._closed else "stopped"
+        if not detail:
+            return {"status": status}
         sources = {}
         for name, buffer in self.buffers.items():
             entry = buffer.stats().as_dict()
@@ -212,7 +254,7 @@ class WebRTCServer:
                 entry["kind"] = "peer"
             sources[name] = entry
         doc: dict[str, Any] = {
-            "status": "ok" if self._http is not None and not self._closed else "stopped",
+            "status": status,
             "uptime_s": None if self._started_at is None else round(time.monotonic() - self._started_at, 1),
             "sources": sources,
             "peers": [p.info() for p in self._peers.values()],
@@ -247,7 +289,7 @@ class WebRTCServer:
         r.add_get("/webrtc-config", self._handle_page_config)
         r.add_post("/offer", self._handle_offer)
         r.add_post("/whip", self._handle_whip)
-        r.add_delete("/whip/{peer_id}", self._handle_whip_delete)
+        r.add_delete("/whip/{resource}", self._handle_whip_delete)
         r.add_get("/healthz", self._handle_healthz)
         r.add_get("/metrics", self._handle_metrics)
 
@@ -259,16 +301,23 @@ class WebRTCServer:
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise SignalingError(f"body of {request.content_length} bytes is over the {limit}-byte limit", status=413)
-        chunks: list[bytes] = []
-        size = 0
-        while True:  # read() may return less than asked: loop until EOF or over the limit
-            chunk = await request.content.read(limit + 1 - size)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise SignalingError(f"body is over the {limit}-byte limit", status=413)
+
+        async def read_all() -> bytes:
+            chunks: list[bytes] = []
+            size = 0
+            while True:  # read() may return less than asked: loop until EOF or over the limit
+                chunk = await request.content.read(limit + 1 - size)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise SignalingError(f"body is over the {limit}-byte limit", status=413)
+
+        try:
+            return await asyncio.wait_for(read_all(), self.config.body_timeout_s)
+        except TimeoutError:
+            raise SignalingError(f"body not received within {self.config.body_timeout_s:g} s", status=408) from None
 
     def _source_for_peer(self, requested: object, kind: PeerKind) -> tuple[str, bool]:
         if requested is None or requested == "":  # browser-<n>/whip-<n>, skipping names a publisher chose
@@ -284,23 +333,62 @@ class WebRTCServer:
             raise SignalingError(f"source {name!r} is a configured source; pick another name", status=409)
         return name, False
 
-    async def _answer(self, sdp: object, source: object, kind: PeerKind) -> PeerSession:
-        """Negotiate one peer: checks, limit, setRemoteDescription, answer. Raises `SignalingError`."""
+    def _holder(self, name: str, replaces: object) -> PeerSession | None:
+        """The peer holding source `name` that this offer may replace; 409 when one holds it without proof."""
+        holders = [p for p in self._peers.values() if p.source == name]
+        if not holders:
+            return None
+        proof = replaces.encode("utf-8") if isinstance(replaces, str) else b""
+        proven = [p for p in holders if hmac.compare_digest(proof, p.secret.encode("utf-8"))]
+        if len(proven) == len(holders) == 1:
+            return proven[0]
+        raise SignalingError(f"source {name!r} is in use by another publisher; pick another name, or end that "
+                             "session first (a reconnect sends its old session_secret as \"replaces\")", status=409)
+
+    def _pending_from(self, remote: str) -> int:
+        """Sessions from `remote` being negotiated or answered but not yet connected."""
+        return self._negotiating.get(remote, 0) + sum(
+            1 for p in self._peers.values() if p.remote == remote and not p.ever_connected)
+
+    def _room_for_source(self, name: str) -> bool:
+        """True when `name` has a buffer or one more fits `max_sources` (freeing the oldest ended one if needed)."""
+        if name in self.buffers:
+            return True
+        configured = {s.name for s in self.sources}
+        made = [n for n in self.buffers if n not in configured]
+        if len(made) < self.config.max_sources:
+            return True
+        in_use = {p.source for p in self._peers.values()}
+        for old in made:  # creation order: the oldest ended source goes first
+            if old not in in_use:
+                buffer = self.buffers.pop(old)
+                self._spawn(buffer.detach(), f"webrtc-free-source:{old}")
+                logger.info("source %r freed (ended; the source limit of %d is reached)", old, self.config.max_sources)
+                return True
+        return False
+
+    async def _answer(self, sdp: object, source: object, kind: PeerKind, *, remote: str = "",
+                      replaces: object = None) -> PeerSession:
+        """Negotiate one peer: checks, limits, setRemoteDescription, answer. Raises `SignalingError`."""
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
         if self._closed or self._http is None:
             raise SignalingError("the server is shutting down", status=503)
         check_offer_sdp(sdp)
         name, auto = self._source_for_peer(source, kind)
-        replacing = any(p.source == name for p in self._peers.values())  # a reconnect frees its old slot
-        if len(self._peers) + self._pending - replacing >= self.config.max_peers:
+        holder = self._holder(name, replaces)  # a reconnect frees its old slot
+        if self._pending_from(remote) >= self.config.max_pending_per_client:
+            raise SignalingError(f"{self.config.max_pending_per_client} sessions from this address are still "
+                                 "connecting; try again when they connect or time out", status=429)
+        if len(self._peers) + self._pending - (holder is not None) >= self.config.max_peers:
             raise TooManyPeersError(f"peer limit of {self.config.max_peers} reached; try again later")
         self._pending += 1
+        self._negotiating[remote] = self._negotiating.get(remote, 0) + 1
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[
             RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
             for s in self.config.ice_servers
         ]))
-        peer = PeerSession(secrets.token_hex(8), name, kind, pc, auto_named=auto)
+        peer = PeerSession(secrets.token_hex(8), name, kind, pc, auto_named=auto, remote=remote)
         self._wire(peer)
         try:
             try:
@@ -317,10 +405,19 @@ class WebRTCServer:
             raise
         finally:
             self._pending -= 1
-        if self._closed:
+            self._negotiating[remote] -= 1
+            if not self._negotiating[remote]:
+                del self._negotiating[remote]
+        try:  # the checks again, now without an await before admission: others may have come meanwhile
+            if self._closed:
+                raise SignalingError("the server is shutting down", status=503)
+            old = self._holder(name, replaces)  # 409 when another publisher took the name meanwhile
+            if peer.video_track is not None and not self._room_for_source(name):
+                raise SignalingError(f"source limit reached (webrtc.max_sources={self.config.max_sources}, all in "
+                                     "use); end a session or raise the limit", status=503)
+        except SignalingError:
             await peer.close()
-            raise SignalingError("the server is shutting down", status=503)
-        old = next((p for p in self._peers.values() if p.source == name), None)
+            raise
         self._peers[peer.id] = peer
         if peer.video_track is not None:  # only an admitted peer feeds a buffer (a refused offer has a track too)
             buffer = self.buffers.get(name)
@@ -328,7 +425,8 @@ class WebRTCServer:
                 buffer = self.buffers[name] = self._new_buffer(name)
             buffer.attach(peer.video_track)
         peer.spawn(self._watchdog(peer), "watchdog")
-        if old is not None:  # a page reconnecting under the same name: the newest publisher wins
+        if old is not None:  # its own publisher reconnecting: the old session goes (out of the table at once)
+            self._peers.pop(old.id, None)
             self._spawn(self._drop_peer(old, f"replaced by peer {peer.id}"), f"webrtc-drop-peer:{old.id}")
         logger.info("peer %s (%s) connected as source %r", peer.id, kind.value, name)
         return peer
@@ -353,6 +451,8 @@ class WebRTCServer:
         async def on_state() -> None:
             state = pc.connectionState
             logger.info("peer %s: connection %s", peer.id, state)
+            if state == "connected":
+                peer.ever_connected = True
             if state in ("failed", "closed") and peer.id in self._peers:
                 self._spawn(self._drop_peer(peer, f"connection {state}"), f"webrtc-drop-peer:{peer.id}")
 
@@ -423,6 +523,16 @@ class WebRTCServer:
 
     # --- handlers ------------------------------------------------------------------------------
 
+    @web.middleware
+    async def _guarded(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.guard is None:  # not started: nothing is served yet
+            return web.Response(status=503, text="starting\n")
+        return await self.guard.middleware(request, handler)
+
+    async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.guard is not None:
+            await self.guard.add_headers(request, response)
+
     async def _handle_index(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text=_static_text("index.html"), content_type="text/html")
 
@@ -436,7 +546,7 @@ class WebRTCServer:
         })
 
     async def _handle_healthz(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self.health())
+        return web.json_response(self.health(detail=self.guard is None or self.guard.authorized(request)))
 
     async def _handle_metrics(self, request: web.Request) -> web.StreamResponse:
         if self.metrics_exposition is None:
@@ -455,16 +565,21 @@ class WebRTCServer:
                 raise SignalingError('body must be a JSON object {"sdp", "type": "offer", "source"?}')
             if data.get("type") != "offer":
                 raise SignalingError(f"type must be 'offer', got {data.get('type')!r}")
-            peer = await self._answer(data.get("sdp"), data.get("source"), PeerKind.BROWSER)
+            peer = await self._answer(data.get("sdp"), data.get("source"), PeerKind.BROWSER,
+                                      remote=request.remote or "", replaces=data.get("replaces"))
         except SignalingError as exc:
             logger.info("POST /offer refused (%d): %s", exc.status, exc.reason)
-            return web.json_response({"error": exc.reason}, status=exc.status, headers=_retry_after(exc))
+            response = web.json_response({"error": exc.reason}, status=exc.status, headers=_retry_after(exc))
+            if exc.status == 408:
+                response.force_close()  # the rest of a slow body is not waited for
+            return response
         local = peer.pc.localDescription
         return web.json_response({
             "sdp": add_bitrate_hint(local.sdp, self.config.video_bitrate_hint_kbps),
             "type": local.type,
             "peer_id": peer.id,
             "source": peer.source,
+            "session_secret": peer.secret,
         })
 
     async def _handle_whip(self, request: web.Request) -> web.StreamResponse:
@@ -474,20 +589,25 @@ class WebRTCServer:
                 sdp = body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise SignalingError("SDP offer is not UTF-8 text") from exc
-            peer = await self._answer(sdp, request.query.get("source"), PeerKind.WHIP)
+            peer = await self._answer(sdp, request.query.get("source"), PeerKind.WHIP, remote=request.remote or "")
         except SignalingError as exc:
             logger.info("POST /whip refused (%d): %s", exc.status, exc.reason)
-            return web.Response(text=exc.reason + "\n", status=exc.status, headers=_retry_after(exc))
-        location = f"/whip/{peer.id}"
+            response = web.Response(text=exc.reason + "\n", status=exc.status, headers=_retry_after(exc))
+            if exc.status == 408:
+                response.force_close()  # the rest of a slow body is not waited for
+            return response
+        location = f"/whip/{peer.secret}"  # the resource URL is the session's secret: only its publisher knows it
         return web.Response(
             status=201,
             text=add_bitrate_hint(peer.pc.localDescription.sdp, self.config.video_bitrate_hint_kbps),
             content_type="application/sdp",
-            headers={"Location": location, "ETag": f'"{peer.id}"', "X-Source": peer.source},
+            headers={"Location": location, "ETag": f'"{peer.id}"', "X-Source": peer.source, "X-Peer-Id": peer.id},
         )
 
     async def _handle_whip_delete(self, request: web.Request) -> web.StreamResponse:
-        peer = self._peers.get(request.match_info["peer_id"])
+        given = request.match_info["resource"].encode("utf-8")
+        peer = next((p for p in list(self._peers.values())
+                     if hmac.compare_digest(given, p.secret.encode("utf-8"))), None)
         if peer is None or peer.kind is not PeerKind.WHIP:
             return web.Response(text="unknown WHIP resource (already ended, or never existed)\n", status=404)
         await self._drop_peer(peer, "WHIP DELETE")
@@ -499,7 +619,14 @@ WebRTCDriver = WebRTCServer
 
 
 def _retry_after(exc: SignalingError) -> dict[str, str]:
-    return {"Retry-After": "5"} if exc.status == 503 else {}
+    return {"Retry-After": "5"} if exc.status in (429, 503) else {}
+
+
+def names_preview(names: list[str], shown: int = NAMES_SHOWN_IN_ERRORS) -> str:
+    """At most `shown` names for an error message, then how many more: errors stay short with many sources."""
+    if len(names) <= shown:
+        return ", ".join(names) or "none"
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
 def _static_text(name: str) -> str:

@@ -1,6 +1,9 @@
 // The visual agent's camera page: publish the camera over WebRTC, ask questions on the data channel,
 // show streamed answers. Plain JavaScript, no build step; works in Chromium and Firefox.
 // URL parameters (optional): ?source=name&res=1280x720&fps=30&autostart=1
+// The server's token (webrtc.auth_token) comes in the fragment, /#token=..., which browsers never send to a
+// server: the page moves it to sessionStorage (this tab only), drops it from the address bar, and sends it as
+// "Authorization: Bearer" on its requests.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +13,29 @@ const page = (window.agentPage = {
   attempt: 0,  // bumped by stop() and connect(): an older connect() that sees it change gives up
   maxMessageBytes: null,  // the server drops longer data-channel messages (from /webrtc-config)
 });
+
+const TOKEN_KEY = "visual-agent-token";
+const SECRET_KEY = "visual-agent-session";  // {source, secret} of this tab's last session: proves a reconnect
+
+(function takeTokenFromFragment() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token");
+  if (token) {
+    sessionStorage.setItem(TOKEN_KEY, token);
+    fragment.delete("token");
+    const rest = fragment.toString();
+    history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+  }
+})();
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function lastSession() {
+  try { return JSON.parse(sessionStorage.getItem(SECRET_KEY) || "null"); } catch (e) { return null; }
+}
 
 function log(text) {
   const line = document.createElement("div");
@@ -73,7 +99,9 @@ async function connect() {
   page.state = "connecting";
   setPill("pc-state", "connecting");
   try {
-    const config = await (await fetch("webrtc-config")).json();
+    const configResponse = await fetch("webrtc-config", { headers: authHeaders() });
+    if (configResponse.status === 401) throw new Error("this server needs its token: open the page as /#token=<token>");
+    const config = await configResponse.json();
     page.maxMessageBytes = config.maxMessageBytes || null;
     const stream = await openCamera();
     if (superseded()) { stream.getTracks().forEach((t) => t.stop()); return; }
@@ -110,14 +138,19 @@ async function connect() {
     const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
     const source = $("source").value.trim();
     if (source) body.source = source;
+    const last = lastSession();
+    if (source && last && last.source === source && last.secret) body.replaces = last.secret;
     const response = await fetch("offer", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(body),
     });
     const answer = await response.json();
     if (!response.ok) throw new Error(`server refused the offer (${response.status}): ${answer.error}`);
     if (superseded()) return;
     page.peerId = answer.peer_id;
     page.source = answer.source;
+    if (answer.session_secret) {
+      sessionStorage.setItem(SECRET_KEY, JSON.stringify({ source: answer.source, secret: answer.session_secret }));
+    }
     $("peer").textContent = `source ${answer.source} · peer ${answer.peer_id}`;
     await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
     updateButtons();
@@ -187,6 +220,21 @@ function onMessage(data) {
   log(`message: ${data}`);
 }
 
+// One conversation per browser tab: its id lives in sessionStorage, so the history survives a reconnect (and a
+// reload) of this tab, and another tab starts its own.
+function conversationId() {
+  try {
+    let id = sessionStorage.getItem("visual-agent-conversation");
+    if (!id) {
+      id = `tab-${crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`}`.slice(0, 40);
+      sessionStorage.setItem("visual-agent-conversation", id);
+    }
+    return id;
+  } catch (err) {  // storage refused (privacy mode): the server makes the connection the conversation
+    return null;
+  }
+}
+
 function ask(event) {
   event.preventDefault();
   const question = $("question").value.trim();
@@ -194,6 +242,8 @@ function ask(event) {
   const id = (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).slice(0, 12);
   const message = { id, question, stream: true };
   if (page.source) message.source = page.source;
+  const conversation = conversationId();
+  if (conversation) message.conversation = conversation;
   const text = JSON.stringify(message);
   const bytes = new TextEncoder().encode(text).length;
   if (page.maxMessageBytes && bytes > page.maxMessageBytes) {  // the server would drop it: no answer would come

@@ -1,0 +1,101 @@
+"""The conversation store: whose turns a question sees, bounded in number, length and age."""
+
+from __future__ import annotations
+
+from visual_agent.config import AgentConfig, HistoryMode, parse_config
+from visual_agent.conversations import ConversationStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def store(mode="conversation", **kw) -> ConversationStore:
+    args = dict(max_turns=3, max_conversations=4, ttl_s=60.0)
+    args.update(kw)
+    return ConversationStore(mode=mode, **args)
+
+
+def test_conversations_keep_their_own_turns():
+    s = store()
+    a, b = s.key("cam", "alice"), s.key("cam", "bob")
+    s.remember(a, "my door code is 1234", "noted")
+    s.remember(b, "is anyone there?", "no")
+    assert s.turns(a) == [("my door code is 1234", "noted")]
+    assert s.turns(b) == [("is anyone there?", "no")]
+    assert s.turns(s.key("other-cam", "alice")) == []  # a conversation id is per source
+
+
+def test_conversation_mode_without_an_id_gets_no_history():
+    s = store()
+    assert s.key("cam", None) is None
+    s.remember(None, "q", "a")
+    assert s.turns(None) == [] and len(s) == 0
+
+
+def test_source_mode_shares_one_history_per_source():
+    s = store("source")
+    assert s.key("cam", "alice") == s.key("cam", None) == s.key("cam", "bob")
+    s.remember(s.key("cam", "alice"), "q", "a")
+    assert s.turns(s.key("cam", None)) == [("q", "a")]
+
+
+def test_off_mode_and_zero_turns_keep_nothing():
+    assert store("off").key("cam", "alice") is None
+    assert store(max_turns=0).key("cam", "alice") is None
+
+
+def test_turns_are_bounded_oldest_dropped():
+    s = store()
+    k = s.key("cam", "c")
+    for i in range(5):
+        s.remember(k, f"q{i}", f"a{i}")
+    assert s.turns(k) == [("q2", "a2"), ("q3", "a3"), ("q4", "a4")]
+
+
+def test_conversations_are_bounded_least_recently_used_dropped():
+    s = store(max_conversations=2)
+    s.remember(s.key("cam", "1"), "q", "a")
+    s.remember(s.key("cam", "2"), "q", "a")
+    s.turns(s.key("cam", "1"))  # used: 2 is now the least recent
+    s.remember(s.key("cam", "3"), "q", "a")
+    assert len(s) == 2
+    assert s.turns(s.key("cam", "2")) == [] and s.turns(s.key("cam", "1")) == [("q", "a")]
+
+
+def test_silent_conversations_expire():
+    clock = Clock()
+    s = store(ttl_s=60.0, clock=clock)
+    s.remember(s.key("cam", "old"), "q", "a")
+    clock.now += 30
+    s.remember(s.key("cam", "new"), "q", "a")
+    clock.now += 31
+    assert s.turns(s.key("cam", "old")) == []
+    assert s.turns(s.key("cam", "new")) == [("q", "a")]  # read: alive for another ttl
+    clock.now += 59
+    assert s.turns(s.key("cam", "new")) == [("q", "a")]
+    clock.now += 61
+    assert len(s) == 0
+
+
+def test_forget_drops_a_conversation():
+    s = store()
+    k = s.key("cam", "peer-1")
+    s.remember(k, "q", "a")
+    s.forget(k)
+    s.forget(None)
+    assert s.turns(k) == []
+
+
+def test_agent_config_history_keys_and_env_overrides():
+    cfg = AgentConfig()
+    assert cfg.history is HistoryMode.CONVERSATION and cfg.conversation_ttl_s > 0 and cfg.max_conversations >= 1
+    env = {"VISUAL_AGENT__AGENT__HISTORY": "source", "VISUAL_AGENT__AGENT__CONVERSATION_TTL_S": "90",
+           "VISUAL_AGENT__AGENT__MAX_CONVERSATIONS": "8", "VISUAL_AGENT__AGENT__MIN_ANSWER_TOKENS": "4"}
+    agent = parse_config({}, environ=env).agent
+    assert (agent.history, agent.conversation_ttl_s, agent.max_conversations, agent.min_answer_tokens) == (
+        HistoryMode.SOURCE, 90.0, 8, 4)

@@ -1,0 +1,264 @@
+"""What every HTTP request to the ingest server passes before a handler sees it.
+
+- **Host**: the ``Host`` header must name this server (`allowed_hosts`), else 421. A web page elsewhere cannot
+  then reach a loopback daemon through DNS rebinding: its requests carry the attacker's name as ``Host``.
+  When the server binds a wildcard address and `allowed_hosts` is not configured, any IP-address literal is
+  accepted too (rebinding needs a name; an address typed into the browser is the user's own choice).
+- **Origin**: a state-changing request (anything but GET/HEAD/OPTIONS) carrying an ``Origin`` whose host and
+  port differ from the ``Host`` asked for gets 403. No CORS headers are ever sent, so other origins cannot read answers either.
+- **Token**: with an auth token configured, every route but the page (``/``, ``/app.js``) and ``/healthz``
+  needs ``Authorization: Bearer <token>`` (compared in constant time), else 401 with ``WWW-Authenticate``.
+  Routes added by the daemon are guarded too (deny by default). ``/healthz`` decides itself what to show.
+- **Slow clients**: `DeadlineSite` closes a connection that has not sent a whole request head within
+  ``header_timeout_s`` of connecting (TLS handshake included) or of its previous answer.
+- **Headers**: every answer carries a Content-Security-Policy, ``nosniff``, ``no-referrer`` and frame denial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["DeadlineSite", "HttpGuard", "bearer_token_ok", "content_security_policy", "inline_styles"]
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/", "/app.js", "/healthz", "/favicon.ico"})
+"""Paths anyone who passes the Host check may GET: the page (it reads its token from the URL fragment) and
+the health summary."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_JSON_PATHS = frozenset({"/offer", "/webrtc-config", "/healthz"})
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bearer_token_ok(header: str | None, token: str) -> bool:
+    """True when `header` is ``Bearer <token>`` (scheme case-insensitive, token compared in constant time)."""
+    if not header:
+        return False
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
+
+
+def content_security_policy(inline_styles: Iterable[str] = ()) -> str:
+    """The page's policy: its own script only, the named inline styles (by hash), requests to itself only."""
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(s.encode('utf-8')).digest()).decode()}'" for s in inline_styles
+    )
+    return ("default-src 'none'; script-src 'self'; "
+            f"style-src {hashes or chr(39) + 'none' + chr(39)}; connect-src 'self'; img-src 'self' data:; "
+            "media-src 'self' blob: mediastream:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def _host_name(header: str) -> str:
+    """``Host`` header -> bare lowercase name: ``[::1]:8080`` -> ``::1``, ``Example.com.:80`` -> ``example.com``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    if header.count(":") == 1:
+        header = header.split(":", 1)[0]
+    return header.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HttpGuard:
+    """The checks above as one aiohttp middleware (`middleware`) and a response hook (`add_headers`)."""
+
+    def __init__(self, *, token: str | None, tls: bool, bound_host: str, allowed_hosts: list[str] | None,
+                 certificate_names: Iterable[str] = (), csp: str) -> None:
+        self.token = token
+        self.tls = tls
+        self.csp = csp
+        self.any_ip = allowed_hosts is None and bound_host in _WILDCARDS
+        if allowed_hosts is not None:
+            names = {_host_name(h) if h != "*" else "*" for h in allowed_hosts}
+        else:
+            names = {"localhost", "127.0.0.1", "::1", *(_host_name(n) for n in certificate_names)}
+            if bound_host not in _WILDCARDS:
+                names.add(_host_name(bound_host) if not _is_ip(bound_host) else str(ipaddress.ip_address(bound_host)))
+        self.allowed = frozenset(names)
+        self.deadlines: DeadlineSite | None = None
+
+    def __repr__(self) -> str:
+        return f"HttpGuard(allowed={sorted(self.allowed)}, any_ip={self.any_ip}, token={'set' if self.token else None})"
+
+    def host_ok(self, header: str | None) -> bool:
+        if not header:
+            return False
+        name = _host_name(header)
+        if "*" in self.allowed or name in self.allowed:
+            return True
+        if _is_ip(name):
+            return self.any_ip or str(ipaddress.ip_address(name)) in self.allowed
+        return False
+
+    def origin_ok(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not sent by a browser page of another site (browsers send Origin on every POST)
+        # the authority must be the Host asked for (itself an allowed name); the scheme is not compared, so a
+        # proxy that terminates TLS in front of a plain-HTTP daemon works
+        scheme, sep, authority = origin.strip().lower().partition("://")
+        return bool(sep) and scheme in ("http", "https") and authority == request.headers.get("Host", "").lower()
+
+    def authorized(self, request: web.Request) -> bool:
+        """True when no token is configured or the request carries it."""
+        return self.token is None or bearer_token_ok(request.headers.get("Authorization"), self.token)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        deadlines = self.deadlines
+        if deadlines is not None:
+            deadlines.request_started(request.transport)
+        try:
+            if not self.host_ok(request.headers.get("Host")):
+                logger.info("%s %s refused (421): Host %r is not an allowed name", request.method, request.path,
+                            (request.headers.get("Host") or "")[:100])
+                return _refuse(request, 421, "this server does not answer to that host name; add it to "
+                               "webrtc.allowed_hosts (or open the page by an allowed name)")
+            if request.method not in SAFE_METHODS and not self.origin_ok(request):
+                logger.info("%s %s refused (403): cross-origin request from %r", request.method, request.path,
+                            request.headers.get("Origin", "")[:100])
+                return _refuse(request, 403, "cross-origin request refused")
+            if not (request.method in ("GET", "HEAD") and request.path in PUBLIC_PATHS) and not self.authorized(request):
+                return _refuse(request, 401, "this server needs Authorization: Bearer <webrtc.auth_token> "
+                               "(open the page as /#token=<token>)",
+                               {"WWW-Authenticate": 'Bearer realm="visual-agent"'})
+            return await handler(request)
+        finally:
+            if deadlines is not None:
+                deadlines.request_finished(request.transport)
+
+    async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """on_response_prepare hook: the policy headers on every answer (errors included)."""
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", self.csp)
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Cache-Control", "no-store")
+        for name in [h for h in headers if h.lower().startswith("access-control-")]:
+            del headers[name]
+
+
+def _refuse(request: web.Request, status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    if request.path in _JSON_PATHS:
+        return web.Response(text=json.dumps({"error": reason}), status=status, content_type="application/json",
+                            headers=headers)
+    return web.Response(text=reason + "\n", status=status, headers=headers)
+
+
+class _DeadlineProtocol(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection; closes it when its request head is overdue."""
+
+    def __init__(self, inner: Any, site: DeadlineSite) -> None:
+        self.inner = inner
+        self.site = site
+        self.transport: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        self.disarm()
+        self.timer = asyncio.get_running_loop().call_later(self.site.header_timeout_s, self._expired)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        self.site.cut_off += 1
+        if self.transport is not None and not self.transport.is_closing():
+            logger.debug("closing a connection without a request head after %g s", self.site.header_timeout_s)
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.site.connections[transport] = self
+        self.arm()
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.disarm()
+        self.site.connections.pop(self.transport, None)
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class DeadlineSite(web.TCPSite):
+    """A `web.TCPSite` whose connections must send each request head within `header_timeout_s`.
+
+    The clock runs from the connection (TLS handshake included) and again from the end of each answer
+    (so an idle keep-alive connection is closed after the same time); it stops while a request is handled.
+    """
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, header_timeout_s: float,
+                 ssl_context: Any = None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, shutdown_timeout=1.0)
+        self.header_timeout_s = header_timeout_s
+        self.connections: dict[Any, _DeadlineProtocol] = {}
+        self.cut_off = 0
+        """Connections closed for sending no request head in time."""
+
+    def request_started(self, transport: Any) -> None:
+        proto = self.connections.get(transport)
+        if proto is not None:
+            proto.disarm()
+
+    def request_finished(self, transport: Any) -> None:
+        proto = self.connections.get(transport)
+        if proto is not None and not transport.is_closing():
+            proto.arm()
+
+    async def start(self) -> None:
+        # TCPSite.start with the protocol factory wrapped (aiohttp has no request-head timeout of its own)
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        self._server = await loop.create_server(
+            lambda: _DeadlineProtocol(server(), self), self._host, self._port, ssl=self._ssl_context,
+            backlog=self._backlog, ssl_handshake_timeout=self.header_timeout_s if self._ssl_context else None,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
+_STYLE = re.compile(r"<style>(.*?)</style>", re.DOTALL)
+
+
+def inline_styles(html: str) -> list[str]:
+    """The contents of the page's ``<style>`` elements (their hashes go into the CSP)."""
+    return _STYLE.findall(html)
