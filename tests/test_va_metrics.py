@@ -124,3 +124,21 @@ async def test_metrics_token_counts_match_the_vllm_servers_own(tmp_path, running
     assert prompt > 0 and generated > 0
     assert moved(ours_before, ours, "visual_agent_llm_tokens_total", kind="prompt") == prompt
     assert moved(ours_before, ours, "visual_agent_llm_tokens_total", kind="completion") == generated
+
+
+async def test_metrics_behind_the_token_when_one_is_set(tmp_path, stub_llm):
+    import urllib.error
+
+    token = "metrics-test-token-0123456789"
+    page_port = free_tcp_port()
+    config = write_config(tmp_path / "token.yaml", {
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": stub_llm.model},
+        "webrtc": {"port": page_port, "host_candidate_addresses": ["127.0.0.1"]}, "mqtt": {"enabled": False}})
+    env = {"VISUAL_AGENT__WEBRTC__AUTH_TOKEN": token}
+    async with daemon_process(config, page_port=page_port, log_path=tmp_path / "d.log", env=env) as daemon:
+        url = daemon.page_url + "/metrics"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(scrape, url)
+        samples = await asyncio.to_thread(scrape, url, {"Authorization": f"Bearer {token}"})
+    assert refused.value.code == 401
+    assert value(samples, "visual_agent_mqtt_connected") == 0 and value(samples, "visual_agent_peers") == 0
