@@ -18,7 +18,9 @@ N publishers one after the other (source `s<i>`), wait until every source has fr
 
 Run it in a loopback-only network namespace, like the tests:
     unshare -n sh -c 'ip link set lo up && ~/.cache/visual-agent/venv/bin/python scripts/bench_scale.py --streams 1,4,8'
-Extra daemon config: `--set webrtc.buffer_max_frames=8` (repeatable; values read as YAML).
+Extra daemon config: `--set webrtc.buffer_max_frames=8` (repeatable; values read as YAML). `--py-spy` records the
+daemon with py-spy during the window (`pip install py-spy`) and prints each thread's share of the samples and the
+functions that take the most (self time), so what is ours at saturation shows.
 """
 
 from __future__ import annotations
@@ -222,6 +224,12 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
                    30, "frames on every stream")
         time.sleep(args.warmup)
         first = scrape(url)
+        spy = None
+        if args.py_spy:
+            spy_out = workdir / f"py-spy-{n}.txt"
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(daemon.pid), "--duration", str(int(args.seconds)),
+                                    "--format", "raw", "--threads", "--output", str(spy_out), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0, t0 = proc_cpu_s(daemon.pid), time.monotonic()
         ages: list[float] = []
         rss_peak = 0.0
@@ -235,8 +243,13 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         cpu = proc_cpu_s(daemon.pid) - cpu0
         rss = proc_rss_mb(daemon.pid)
         mappings = rss_by_mapping(daemon.pid)
+        threads = len(list(Path(f"/proc/{daemon.pid}/task").iterdir()))
         fps = [(last[("visual_agent_frames_received_total", s)] - first[("visual_agent_frames_received_total", s)]) / wall
                for s in names]
+        profile = None
+        if spy is not None:
+            spy.wait(timeout=args.seconds + 30)
+            profile = summarize_py_spy(spy_out)
         senders.send_signal(signal.SIGTERM)
         out, _ = senders.communicate(timeout=30)
         sender = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
@@ -246,7 +259,7 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
             "fps_min": round(min(fps), 1), "fps_median": round(statistics.median(fps), 1),
             "age_p50_ms": round(1000 * percentile(ages, 50), 1), "age_p99_ms": round(1000 * percentile(ages, 99), 1),
             "age_probes": len(ages), "sender_cpu_pct": round(sender.get("sender_cpu_pct", float("nan")), 1),
-            "rss_by_mapping_mb": mappings, "threads": len(list(Path(f"/proc/{daemon.pid}/task").iterdir())),
+            "rss_by_mapping_mb": mappings, **({"py_spy": profile} if profile else {}), "threads": threads,
         }
     finally:
         for proc in (senders, daemon):
@@ -257,6 +270,34 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
                 except subprocess.TimeoutExpired:
                     proc.kill()
         log.close()
+
+
+def summarize_py_spy(path: Path, top: int = 15) -> dict:
+    """Thread shares and the top self-time functions of a py-spy raw (collapsed stacks) record, over the samples
+    that were not waiting (a thread blocked in a lock, a queue or the selector is idle, not busy)."""
+    threads: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if any(frames[-1].startswith(idle) for idle in _IDLE_FRAMES):
+            continue
+        total += n
+        thread = frames[0].split("): ", 1)[-1]  # "thread (1234): video-decoder": all decoders together
+        threads[thread] = threads.get(thread, 0) + n
+        leaf = frames[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + n
+    def share(counts: dict[str, int]) -> dict[str, float]:
+        return {k: round(100 * v / max(total, 1), 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:top]}
+
+    return {"busy_samples": total, "threads_pct": share(threads), "self_pct": share(leaves)}
+
+
+_IDLE_FRAMES = ("Condition.wait ", "EpollSelector.select ", "Event.wait ", "Queue.get ", "select ")
 
 
 def _up(url: str) -> bool:
@@ -278,6 +319,7 @@ def main() -> None:
     parser.add_argument("--clip-frames", type=int, default=60)
     parser.add_argument("--set", action="append", default=[], help="daemon config SECTION.KEY=VALUE")
     parser.add_argument("--json", action="store_true", help="print one JSON object per N instead of a table")
+    parser.add_argument("--py-spy", action="store_true", help="profile the daemon during the window (py-spy)")
     # child mode
     parser.add_argument("--sender", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -299,7 +341,7 @@ def main() -> None:
             print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
         for n in (int(x) for x in args.streams.split(",")):
             row = measure(n, args, clip, workdir)
-            if args.json:
+            if args.json or args.py_spy:
                 print(json.dumps(row), flush=True)
             else:
                 print(f"| {n} | {row['cpu_pct']} | {row['rss_mb']} ({row['rss_idle_mb']}) | {row['rss_per_stream_mb']} | "
