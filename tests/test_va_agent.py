@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
 @contextlib.asynccontextmanager
 async def running_agent(mosquitto, server, llm_url, prefix, **agent_kw):
     llm = create_provider({"provider": "openai", "base_url": llm_url, "model_name": "stub-model", "max_retries": 0, "timeout": 5})
-    messager = MqttMessager(MqttConfig(host=mosquitto.host, port=mosquitto.port, reconnect_min_s=0.1), status_topic=f"{prefix}/status")
+    messager = MqttMessager(MqttConfig(host=mosquitto.host, port=mosquitto.port, prefix=prefix, reconnect_min_s=0.1), status_topic=f"{prefix}/status")
     await messager.start()
     agent = VisualAgent(llm=llm, messager=messager, webrtc_driver=server, config=AgentConfig(**agent_kw),
                         prefix=prefix, provider_name="openai", max_payload_bytes=4096)
@@ -124,7 +124,7 @@ async def test_agent_streams_partials_before_the_answer_and_remembers(running_mo
 async def test_agent_mqtt5_response_topic_and_correlation(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
     t = topics(topic_prefix)
-    mine = f"{topic_prefix}/replies/me"
+    mine = f"{topic_prefix}/reply/me"
     peer.subscribe(mine)
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
         peer.publish(t["ask"], b"what is there?", response_topic=mine, correlation_data=b"corr-42")

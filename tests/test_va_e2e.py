@@ -52,7 +52,7 @@ async def test_e2e_daemon_vllm_server_mqtt5_and_311_ask_cli_stream_and_sigterm(t
     status.subscribe(f"{topic_prefix}/status")
     v5 = paho_peer("5")
     v5.subscribe(f"{topic_prefix}/answer/#")
-    v5.subscribe(f"{topic_prefix}/replies/v5")
+    v5.subscribe(f"{topic_prefix}/reply/v5")
     v311 = paho_peer("3.1.1")
     v311.subscribe(f"{topic_prefix}/answer")
     async with daemon_process(config, page_port=page_port, log_path=tmp_path / "daemon.log") as daemon:
@@ -65,8 +65,8 @@ async def test_e2e_daemon_vllm_server_mqtt5_and_311_ask_cli_stream_and_sigterm(t
             assert out.endswith("\n")
             # paho MQTT 5: response topic and correlation data honoured, partials before the final answer
             v5.publish(f"{topic_prefix}/ask", json.dumps({"id": "e2e-5", "question": "Describe the picture.", "stream": True, "frames": 2}),
-                       response_topic=f"{topic_prefix}/replies/v5", correlation_data=b"\x00\x01corr")
-            seen = await asyncio.to_thread(v5.until, f"{topic_prefix}/replies/v5", 60)
+                       response_topic=f"{topic_prefix}/reply/v5", correlation_data=b"\x00\x01corr")
+            seen = await asyncio.to_thread(v5.until, f"{topic_prefix}/reply/v5", 60)
             reply = seen[-1]
             streamed = [json.loads(m.payload) for m in seen if m.topic == f"{topic_prefix}/answer/partial"]
             # paho MQTT 3.1.1: plain-text question, answer on <prefix>/answer

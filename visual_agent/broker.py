@@ -1,39 +1,114 @@
-"""`EmbeddedBroker`: an amqtt broker in this process on 127.0.0.1, for configs that name no broker.
+"""`EmbeddedBroker`: an amqtt broker in this process, for configs that name no broker, safe to leave running.
 
 amqtt speaks MQTT 3.1.1 only; the messager retries with 3.1.1 when a broker refuses 5, and sets TCP_NODELAY
 on its socket (a QoS-1 round trip to amqtt takes ~44 ms without it). The broker runs on the daemon's event loop.
+
+What it adds to amqtt (each found missing by trying it as an attacker would):
+- Credentials: with `mqtt.username`/`mqtt.password` set, clients must present them (compared in constant time);
+  bound beyond loopback they are required (`EmbeddedBrokerError` otherwise).
+- The daemon's own client logs in with a random per-start credential; only it may publish under
+  `<prefix>/status`, `<prefix>/answer` and `<prefix>/reply` (no fake answers, no fake ``offline``).
+- A CONNECT timeout: a TCP connection that sends no CONNECT within `mqtt.embedded_connect_timeout_s` is closed
+  (idle sockets would otherwise hold all `max_connections` slots and lock every client out).
+- Retained messages are bounded: at most `mqtt.embedded_max_retained` topics of at most
+  `mqtt.embedded_max_retained_bytes` each; beyond that a message is delivered but not retained (logged, counted).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
+import secrets
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EmbeddedBrokerError
 
-__all__ = ["EmbeddedBroker"]
+if TYPE_CHECKING:
+    from .config import MqttConfig
+
+__all__ = ["DAEMON_USERNAME", "EmbeddedBroker"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BIND_HOST = "127.0.0.1"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_MAX_RETAINED = 1000
+DEFAULT_MAX_RETAINED_BYTES = 64 * 1024
+MAX_CONNECTIONS = 256
+DAEMON_USERNAME = "visual-agent-daemon"
+"""The user name of the daemon's own client at its embedded broker (its password is random per start)."""
+_PROTECTED = ("status", "answer", "reply")
 
 
 class EmbeddedBroker:
     """Start with `await start()` (or `async with`); `port` is the bound port; `close()` is idempotent."""
 
-    def __init__(self, port: int = 1883, *, host: str = DEFAULT_BIND_HOST) -> None:
+    def __init__(
+        self,
+        port: int = 1883,
+        *,
+        host: str = DEFAULT_BIND_HOST,
+        username: str | None = None,
+        password: str | None = None,
+        prefix: str | None = None,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        max_retained: int = DEFAULT_MAX_RETAINED,
+        max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES,
+    ) -> None:
         self.host = host
         self.requested_port = port
         self.port: int | None = None
+        self.username = username
+        self._password = password
+        self.prefix = prefix
+        self.connect_timeout_s = connect_timeout_s
+        self.max_retained = max_retained
+        self.max_retained_bytes = max_retained_bytes
+        self.daemon_password = secrets.token_urlsafe(24)
+        """The daemon's own client's password (random per start; never logged)."""
+        self.counters = {"connect_timeouts": 0, "auth_failures": 0, "publish_denied": 0, "retain_refused": 0}
         self._broker: Any = None
         self._closed = False
 
+    @classmethod
+    def from_config(cls, mqtt: MqttConfig) -> EmbeddedBroker:
+        """The embedded broker `mqtt` asks for (address, credentials, limits)."""
+        return cls(
+            mqtt.embedded_port,
+            host=mqtt.embedded_host,
+            username=mqtt.username,
+            password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
+            prefix=mqtt.prefix,
+            connect_timeout_s=mqtt.embedded_connect_timeout_s,
+            max_retained=mqtt.embedded_max_retained,
+            max_retained_bytes=mqtt.embedded_max_retained_bytes,
+        )
+
     def __repr__(self) -> str:
-        return f"EmbeddedBroker({self.host}:{self.port or self.requested_port}, running={self._broker is not None})"
+        auth = "password" if self.username else "anonymous"
+        return f"EmbeddedBroker({self.host}:{self.port or self.requested_port}, {auth}, running={self._broker is not None})"
+
+    def daemon_client_config(self, mqtt: MqttConfig) -> MqttConfig:
+        """`mqtt` with the daemon's own credentials at this broker (the only client that may publish status/answers)."""
+        return mqtt.model_copy(update={"username": DAEMON_USERNAME, "password": _secret(self.daemon_password)})
+
+    def describe(self) -> dict[str, Any]:
+        """State for /healthz (no secrets)."""
+        return {"bind": f"{self.host}:{self.port}", "auth": "password" if self.username else "anonymous",
+                "retained": len(self._broker._retained_messages) if self._broker is not None else 0, **self.counters}
 
     async def start(self) -> EmbeddedBroker:
+        if not _is_loopback(self.host) and not (self.username and self._password):
+            raise EmbeddedBrokerError(
+                f"the embedded MQTT broker would listen on {self.host}, beyond this machine, without a password: set "
+                "mqtt.username and mqtt.password (VISUAL_AGENT__MQTT__PASSWORD), or mqtt.embedded_host: 127.0.0.1"
+            )
+        if bool(self.username) != bool(self._password):
+            raise EmbeddedBrokerError("set both mqtt.username and mqtt.password for the embedded broker, or neither")
         try:
             from amqtt.broker import Broker
         except ImportError as exc:  # pragma: no cover - amqtt is a core dependency
@@ -43,10 +118,11 @@ class EmbeddedBroker:
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
         config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}", "max_connections": 256}},
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}", "max_connections": MAX_CONNECTIONS}},
+            # Authentication and topic rules are `_GuardedBroker`'s own (below), not amqtt plugins.
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
-        broker = Broker(config)
+        broker = _guarded_broker_class(Broker)(config, guard=self)
         try:
             await broker.start()
         except Exception as exc:
@@ -56,7 +132,8 @@ class EmbeddedBroker:
             ) from exc
         self._broker = broker
         self.port = port
-        logger.info("embedded MQTT broker (amqtt, MQTT 3.1.1) on %s:%d", self.host, port)
+        logger.info("embedded MQTT broker (amqtt, MQTT 3.1.1) on %s:%d, %s", self.host, port,
+                    "password required" if self.username else "anonymous clients allowed (loopback only)")
         return self
 
     async def __aenter__(self) -> EmbeddedBroker:
@@ -73,6 +150,101 @@ class EmbeddedBroker:
         if broker is not None:
             with contextlib.suppress(Exception):
                 await broker.shutdown()
+
+    # --- the rules `_GuardedBroker` asks -------------------------------------------------------------
+
+    def authenticate(self, username: str | None, password: str | None) -> bool:
+        """The daemon's own client, the configured user, or (without a configured user) anyone."""
+        given = (password or "").encode()
+        if username == DAEMON_USERNAME:
+            ok = hmac.compare_digest(given, self.daemon_password.encode())
+        elif self.username:
+            ok = hmac.compare_digest((username or "").encode(), self.username.encode()) & hmac.compare_digest(
+                given, (self._password or "").encode())
+        else:
+            ok = True
+        if not ok:
+            self.counters["auth_failures"] += 1
+            logger.warning("embedded broker: refused a client with a wrong user name or password")
+        return ok
+
+    def may_publish(self, username: str | None, topic: str) -> bool:
+        """Only the daemon's own client publishes under `<prefix>/status`, `<prefix>/answer`, `<prefix>/reply`."""
+        if username == DAEMON_USERNAME or self.prefix is None:
+            return True
+        for part in _PROTECTED:
+            base = f"{self.prefix}/{part}"
+            if topic == base or topic.startswith(base + "/"):
+                self.counters["publish_denied"] += 1
+                logger.warning("embedded broker: a client (user %r) may not publish to %s; dropped", username, topic)
+                return False
+        return True
+
+    def may_retain(self, topic: str, size: int, retained: dict[str, Any]) -> bool:
+        if size > self.max_retained_bytes:
+            why = f"{size} bytes > mqtt.embedded_max_retained_bytes {self.max_retained_bytes}"
+        elif topic not in retained and len(retained) >= self.max_retained:
+            why = f"{len(retained)} retained topics = mqtt.embedded_max_retained"
+        else:
+            return True
+        self.counters["retain_refused"] += 1
+        logger.warning("embedded broker: not retaining the message on %s (%s)", topic, why)
+        return False
+
+
+def _guarded_broker_class(base: type) -> type:
+    """amqtt's `Broker` with `EmbeddedBroker`'s rules (amqtt 0.11-0.12 internals; tests/test_va_broker.py checks each)."""
+    from amqtt.contexts import Action
+    from amqtt.errors import AMQTTError
+
+    class _GuardedBroker(base):
+        def __init__(self, config: dict[str, Any], *, guard: EmbeddedBroker) -> None:
+            super().__init__(config)
+            self._guard = guard
+
+        async def _initialize_client_session(self, reader: Any, writer: Any, *args: Any) -> Any:
+            try:
+                return await asyncio.wait_for(super()._initialize_client_session(reader, writer, *args),
+                                              self._guard.connect_timeout_s)
+            except TimeoutError:
+                self._guard.counters["connect_timeouts"] += 1
+                with contextlib.suppress(Exception):
+                    await writer.close()
+                raise AMQTTError(f"no CONNECT within {self._guard.connect_timeout_s:g} s") from None
+
+        async def _authenticate(self, session: Any, listener: Any) -> bool:
+            if not self._guard.authenticate(session.username, session.password):
+                return False
+            # A last will is a publish too: no fake retained `offline` by dying on purpose.
+            return not (session.will_flag and session.will_topic
+                        and not self._guard.may_publish(session.username, session.will_topic))
+
+        async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
+            if action == Action.PUBLISH:
+                return self._guard.may_publish(getattr(session, "username", None), topic)
+            return True
+
+        async def retain_message(self, source_session: Any, topic_name: str | None, data: Any, qos: int | None = None) -> None:
+            if data and topic_name is not None and source_session is not None and not self._guard.may_retain(
+                    topic_name, len(data), self._retained_messages):
+                return
+            await super().retain_message(source_session, topic_name, data, qos)
+
+    return _GuardedBroker
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return False
 
 
 def _free_port(host: str) -> int:

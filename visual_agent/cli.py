@@ -10,6 +10,8 @@ import argparse
 import asyncio
 import json
 import logging
+import re
+import secrets
 import socket
 import sys
 import time
@@ -25,6 +27,17 @@ __all__ = ["main"]
 DEFAULT_ASK_TIMEOUT_S = 60.0
 DEFAULT_CHECK_TIMEOUT_S = 10.0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+# ANSI/VT escape sequences (CSI, OSC, other ESC forms) and the C0/C1 control characters other than newline and tab:
+# an answer is text from a model and the network, and must not drive the user's terminal.
+_TERMINAL_CONTROLS = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]?|\x9b[0-?]*[ -/]*[@-~]"
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
+
+
+def printable(text: str) -> str:
+    """`text` without terminal escape sequences and control characters (newlines and tabs kept)."""
+    return _TERMINAL_CONTROLS.sub("", text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,12 +136,12 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
         await messager.subscribe(answer_topic)
         if args.stream:
             await messager.subscribe(t.partial)
-        body: dict[str, Any] = {"id": qid, "question": args.question, "stream": bool(args.stream)}
+        body: dict[str, Any] = {"id": qid, "question": args.question, "stream": bool(args.stream), "asked_at": time.time()}
         if args.source:
             body["source"] = args.source
         if args.frames:
             body["frames"] = args.frames
-        correlation = qid.encode() if v5 else None
+        correlation = secrets.token_bytes(16) if v5 else None  # unguessable: only the daemon's answer carries it
         await messager.publish(t.ask, json.dumps(body), response_topic=reply_topic if v5 else None,
                                correlation_data=correlation, wait=True)
         streamed = False
@@ -145,11 +158,13 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
                 continue
             if msg.topic == t.partial:
                 if not args.json:
-                    print(data.get("delta", ""), end="", flush=True)
+                    print(printable(str(data.get("delta", ""))), end="", flush=True)
                     streamed = True
                 continue
             if "question" not in data:
                 continue
+            if msg.topic != answer_topic or (v5 and msg.correlation_data != correlation):
+                continue  # not the daemon's answer to this question: someone else's, or forged
             return _print_answer(data, args.json, streamed)
     except TimeoutError:
         print(f"\nerror: no answer within {args.timeout:g} s (is `visual-agent run` running and connected to "
@@ -162,15 +177,16 @@ async def _ask(config: Config, args: argparse.Namespace) -> int:
 def _print_answer(data: dict[str, Any], as_json: bool, streamed: bool) -> int:
     error = data.get("error")
     if as_json:
-        print(json.dumps(data, ensure_ascii=False, indent=2))
+        print(printable(json.dumps(data, ensure_ascii=False, indent=2)))
     elif error:
         if streamed:
             print()
-        print(f"error ({error.get('type')}): {error.get('message')}", file=sys.stderr)
+        error = error if isinstance(error, dict) else {"type": "unknown", "message": str(error)}
+        print(printable(f"error ({error.get('type')}): {error.get('message')}"), file=sys.stderr)
     elif streamed:
         print()
     else:
-        print(data.get("text", ""))
+        print(printable(str(data.get("text", ""))))
     return EXIT_FAILED if error else EXIT_OK
 
 

@@ -28,6 +28,7 @@ from providers.registry import DEFAULT_PROVIDER_KIND as DEFAULT_PROVIDER
 from providers.registry import provider_kind, provider_kinds
 
 from .errors import ConfigError
+from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, RuleConfig, check_rule_set
 
 __all__ = [
     "AgentConfig",
@@ -87,8 +88,12 @@ DEFAULT_RECONNECT_MAX_S = 30.0
 DEFAULT_OUTBOX_MAX = 256
 DEFAULT_INBOX_MAX = 256
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024
-DEFAULT_SESSION_EXPIRY_S = 300
+DEFAULT_SESSION_EXPIRY_S = 3600
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_EMBEDDED_HOST = "127.0.0.1"
+DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_EMBEDDED_MAX_RETAINED = 1000
+DEFAULT_EMBEDDED_MAX_RETAINED_BYTES = 64 * 1024
 DEFAULT_HA_DISCOVERY_PREFIX = "homeassistant"
 
 
@@ -218,6 +223,8 @@ class AgentConfig(_Section):
     """Scene-change descriptions."""
     shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
     """On SIGTERM, in-flight questions get this long to finish before they are failed."""
+    rule_calls_per_minute: int = Field(DEFAULT_RULE_CALLS_PER_MINUTE, ge=1, le=6000)
+    """Model calls the rules of one source may make per minute; over it their checks slow down (`degraded`)."""
 
     @model_validator(mode="after")
     def _frames_within_max(self) -> AgentConfig:
@@ -272,12 +279,20 @@ class MqttConfig(_Section):
     """Broker port."""
     embedded_port: int = Field(DEFAULT_EMBEDDED_PORT, ge=0, le=65535)
     """Port of the embedded broker (0: a free one, logged)."""
+    embedded_host: str = DEFAULT_EMBEDDED_HOST
+    """Address the embedded broker binds; beyond loopback it needs `username` and `password`."""
+    embedded_connect_timeout_s: float = Field(DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S, gt=0)
+    """The embedded broker closes a connection that sends no CONNECT within this many seconds."""
+    embedded_max_retained: int = Field(DEFAULT_EMBEDDED_MAX_RETAINED, ge=1)
+    """Most retained messages the embedded broker keeps; a new retained topic beyond it is not retained."""
+    embedded_max_retained_bytes: int = Field(DEFAULT_EMBEDDED_MAX_RETAINED_BYTES, ge=64)
+    """Largest retained payload the embedded broker keeps (larger ones are delivered, not retained)."""
     prefix: str = DEFAULT_PREFIX
     """Topic prefix: `<prefix>/ask`, `<prefix>/answer`, `<prefix>/status`, ..."""
     protocol: MqttProtocol = MqttProtocol.V5
     """5 or 3.1.1; a broker that refuses 5 is retried with 3.1.1."""
     client_id: str | None = None
-    """Client id; None: `visual-agent-<host>-<random>`."""
+    """Client id; None: `visual-agent-<host>-<random>`. A fixed id keeps the session across a clean stop."""
     username: str | None = None
     """User name at the broker."""
     password: SecretStr | None = None
@@ -295,9 +310,13 @@ class MqttConfig(_Section):
     connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0)
     """How long one connection attempt may take."""
     session_expiry_s: int = Field(DEFAULT_SESSION_EXPIRY_S, ge=0)
-    """The broker keeps our subscription and queues questions this long while we are away (a broker restart).
+    """The broker keeps our subscription and queues questions this long while we are away: a broker restart,
+    and with a fixed `client_id` also a stop of the daemon (questions asked meanwhile are answered at the start).
     With `shared_group` and not set: 0, so a replica that dies stops taking its share at once (mosquitto would
     queue a dead member's share in its session); the group's other members answer instead."""
+    response_topic_prefixes: list[str] | None = None
+    """MQTT 5 response topics must start with one of these; None: `<prefix>/reply/`. Others get an error on
+    `<prefix>/answer`."""
     outbox_max: int = Field(DEFAULT_OUTBOX_MAX, ge=1)
     """Answers kept while the broker is away; the oldest is dropped (and logged) beyond it."""
     inbox_max: int = Field(DEFAULT_INBOX_MAX, ge=1)
@@ -322,6 +341,14 @@ class MqttConfig(_Section):
     def _protocol_text(cls, value: Any) -> Any:
         return {5: "5", 3.1: "3.1.1", 311: "3.1.1", "311": "3.1.1", "v5": "5"}.get(value, value)
 
+    @field_validator("response_topic_prefixes")
+    @classmethod
+    def _reply_prefixes_ok(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            if not item or any(c in item for c in "+#\0") or item.startswith("$"):
+                raise ValueError(f"{item!r}: a topic prefix without wildcards, not empty, not starting with '$'")
+        return value
+
     @model_validator(mode="after")
     def _backoff_ok(self) -> MqttConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -343,7 +370,14 @@ class MqttConfig(_Section):
 
     def broker_address(self) -> tuple[str, int]:
         """(host, port) to connect to: the configured broker, or the embedded one."""
-        return ("127.0.0.1", self.embedded_port) if self.host is None else (self.host, self.port)
+        if self.host is None:
+            wildcard = self.embedded_host in ("0.0.0.0", "::", "")
+            return ("127.0.0.1" if wildcard else self.embedded_host, self.embedded_port)
+        return (self.host, self.port)
+
+    def allowed_response_prefixes(self) -> list[str]:
+        """Where MQTT 5 response topics may point: `response_topic_prefixes`, or `<prefix>/reply/`."""
+        return list(self.response_topic_prefixes) if self.response_topic_prefixes is not None else [f"{self.prefix}/reply/"]
 
 
 class TelemetryConfig(_Section):
@@ -376,12 +410,19 @@ class Config(_Section):
     """MQTT."""
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     """Metrics and traces."""
+    rules: list[RuleConfig] = Field(default_factory=list)
+    """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)
     """The file this came from (for messages); not a YAML key."""
 
     def __repr_args__(self):
         for key, value in super().__repr_args__():
             yield key, (_masked(value) if key in ("llm", "webrtc", "sources") else value)
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_ok(cls, value: list[RuleConfig]) -> list[RuleConfig]:
+        return check_rule_set(value)
 
     @field_validator("llm", mode="before")
     @classmethod

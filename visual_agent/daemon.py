@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -23,6 +24,7 @@ from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
+from .rules import RuleControl, RuleDiscovery, RuleEngine
 from .telemetry import Telemetry
 from .topics import Topics
 
@@ -81,6 +83,9 @@ class Daemon:
         """The Prometheus metrics served on GET /metrics (`telemetry.metrics`)."""
         self.tracing: Any = None
         """`tracing.QuestionTracing` with `telemetry.otlp_endpoint`."""
+        self.rules: RuleEngine | None = None
+        self.rules_control: RuleControl | None = None
+        self.rules_messager: MqttMessager | None = None
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -107,6 +112,8 @@ class Daemon:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.on_answer = self.homeassistant.on_answer
             await self.agent.start()
+            await self._start_rules()
+            await self._connect_mqtt()  # after the agent subscribed: `online` means questions are taken
             self.driver.healthz_extra = self.health
             self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
         except BaseException as exc:
@@ -148,18 +155,50 @@ class Daemon:
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
         host, port = mqtt.broker_address()
+        client_config = mqtt.for_client()
         if mqtt.embedded:
-            self.broker = await EmbeddedBroker(mqtt.embedded_port).start()
+            self.broker = await EmbeddedBroker.from_config(mqtt).start()
             port = self.broker.port or port
-        self.messager = MqttMessager(mqtt.for_client(), host=host, port=port, status_topic=Topics(mqtt.prefix).status,
+            client_config = self.broker.daemon_client_config(client_config)  # its own credentials: may publish status
+        self.messager = MqttMessager(client_config, host=host, port=port, status_topic=Topics(mqtt.prefix).status,
                                      name="mqtt")
-        # Do not wait: the page must come up even while the broker is away; the messager keeps trying.
-        await self.messager.start(wait=False)
+
+    async def _connect_mqtt(self) -> None:
+        """Start the messager once its subscriptions are known; the page comes up even while the broker is away."""
+        if self.messager is None:
+            return
+        mqtt = self.config.mqtt
+        host, port = self.messager.host, self.messager.port
+        await self.messager.start(wait=False)  # do not wait: the messager keeps trying in the background
         with contextlib.suppress(Exception):
             await self.messager.wait_connected(min(3.0, mqtt.connect_timeout_s))
         if not self.messager.connected:
             logger.warning("MQTT broker %s:%d not reachable yet (%s); retrying in the background",
                            host, port, self.messager.last_error)
+
+    async def _start_rules(self) -> None:
+        """The rule engine (config rules now), and `<prefix>/rules/set` on a connection of its own."""
+        cfg = self.config
+        assert self.agent is not None and self.driver is not None
+        discovery = None
+        if self.messager is not None and cfg.mqtt.homeassistant.enabled:
+            discovery = RuleDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
+        self.rules = RuleEngine(self.agent, list(cfg.rules), calls_per_minute=cfg.agent.rule_calls_per_minute,
+                                discovery=discovery)
+        driver = self.driver
+
+        async def to_page(source: str, state: dict[str, Any]) -> None:
+            await driver.broadcast(source, json.dumps({"type": "rule", **state}))
+
+        self.rules.on_state.append(to_page)
+        await self.rules.start()
+        if self.messager is not None:
+            host, port = self.messager.host, self.messager.port
+            self.rules_messager = MqttMessager(cfg.mqtt.for_client(), host=host, port=port, persistent_session=False,
+                                               client_id=f"{self.messager.client_id}-rules", name="mqtt-rules")
+            await self.rules_messager.start(wait=False)
+            self.rules_control = RuleControl(self.rules, self.rules_messager)
+            await self.rules_control.start()
 
     async def _probe_llm(self) -> None:
         """Start the LLM (an in-process engine loads here) and ask it for its models once, so the log and /healthz
@@ -187,8 +226,10 @@ class Daemon:
         """Broker, LLM and agent state for GET /healthz."""
         return {
             "broker": self.messager.describe() if self.messager else {"state": "disabled"},
+            **({"embedded_broker": self.broker.describe()} if self.broker is not None else {}),
             "llm": {"provider": self.config.provider_name(), **self.llm_state},
             "agent": self.agent.describe_state() if self.agent else None,
+            "rules": self.rules.describe() if self.rules else None,
         }
 
     async def close(self) -> None:
@@ -200,6 +241,12 @@ class Daemon:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._probe
+        if self.rules_control is not None:
+            await self.rules_control.close()
+        if self.rules_messager is not None:
+            await self.rules_messager.close(publish_offline=False)
+        if self.rules is not None:
+            await self.rules.close()
         if self.agent is not None:
             await self.agent.close()
         if self.messager is not None:

@@ -51,6 +51,8 @@ class ErrorType(str, enum.Enum):
     CONTEXT_EXCEEDED = "context_exceeded"
     """The question and one frame do not fit the model's context with room for an answer (the message says what
     to change)."""
+    FORBIDDEN_RESPONSE_TOPIC = "forbidden_response_topic"
+    """The MQTT 5 response topic is outside `mqtt.response_topic_prefixes`; the error answer goes to `<prefix>/answer`."""
     SHUTDOWN = "shutdown"
     """The daemon stopped before the answer was ready."""
     INTERNAL = "internal"

@@ -1,10 +1,10 @@
 """Question and answer payloads of the MQTT and data-channel contracts (docs/VISUAL_AGENT_GUIDE.md, "MQTT contract").
 
-In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "conversation"?}`` as JSON, or plain UTF-8 text (the whole payload is
-the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.
+In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "conversation"?, "asked_at"?}`` as JSON, or plain UTF-8 text
+(the whole payload is the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.
 Out: the answer ``{"id", "question", "text", "source", "frames": [{"pts", "age_s"}], "model", "provider",
-"latency_s", "error"}`` (plus ``"trimmed"`` when the context budget dropped history or frames) and partials
-``{"id", "seq", "delta"}``.
+"latency_s", "error"}`` (plus ``"trimmed"`` when the context budget dropped history or frames, and ``"queued_s"`` when
+the question said when it was asked) and partials ``{"id", "seq", "delta"}``.
 
 Parsing never raises anything but `QuestionError`, whose `id` is the question's id when one could be read, so
 the error answer still reaches the asker under its id: numbers too long for Python's int-digit limit, NaN and
@@ -14,6 +14,7 @@ Infinity are read as markers (never raised on), and whatever else json or a chec
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from .errors import ErrorType, QuestionError
 
 __all__ = ["Answer", "FrameRef", "Question", "new_id", "parse_question", "partial_payload"]
 
-QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream", "conversation"})
+QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream", "conversation", "asked_at"})
 _MAX_ID_CHARS = 128
 _MAX_NAME_CHARS = 128
 """Longest `source` or `conversation` name."""
@@ -54,6 +55,8 @@ class Question:
     """Stream partials; None: the config's."""
     conversation: str | None = None
     """The conversation this question continues (its history); None: see `agent.history`."""
+    asked_at: float | None = None
+    """When the asker sent it (Unix seconds): the answer then says how long it waited (`queued_s`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +85,12 @@ class Answer:
     error: dict[str, str] | None = None
     trimmed: dict[str, int] | None = None
     """What the context budget left out to fit the model (``{"history_turns": n, "frames": n}``); None: nothing."""
+    queued_s: float | None = None
+    """Seconds from the question's `asked_at` until the daemon received it (e.g. it was queued at the broker
+    while the daemon was stopped); only when the question carried `asked_at`."""
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {} if self.queued_s is None else {"queued_s": round(self.queued_s, 3)}
         out = {
             "id": self.id,
             "question": self.question,
@@ -94,6 +101,7 @@ class Answer:
             "provider": self.provider,
             "latency_s": round(self.latency_s, 4),
             "error": self.error,
+            **extra,
         }
         if self.trimmed:
             out["trimmed"] = dict(self.trimmed)
@@ -264,5 +272,9 @@ def _from_mapping(data: dict[str, Any], read: dict[str, Any]) -> Question:
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _bad(f'"stream" must be true or false, got {_shown(stream)}', qid)
+    asked_at = data.get("asked_at")
+    if asked_at is not None and (isinstance(asked_at, bool) or not isinstance(asked_at, (int, float))
+                                 or not math.isfinite(asked_at) or asked_at < 0):
+        raise _bad(f'"asked_at" must be a Unix time in seconds, got {_shown(asked_at)}', qid)
     return Question(question=question.strip(), id=qid, source=source, frames=frames, stream=stream,
-                    conversation=conversation)
+                    conversation=conversation, asked_at=float(asked_at) if asked_at is not None else None)

@@ -2,13 +2,17 @@
 
 paho's socket is read and written from the event loop (`add_reader`/`add_writer` call `loop_read`/`loop_write`),
 so every paho callback runs on the loop's thread; only the blocking TCP/TLS connect runs in an executor.
-A named task owns the connection: connect, wait for CONNACK, subscribe, publish the retained ``online`` status,
-flush the outbox, then wait for the disconnect and reconnect with exponential backoff. Another named task calls
-`loop_misc` (keep-alive pings). Both are cancelled and awaited by `close()`, which is idempotent.
+A named task owns the connection: connect, wait for CONNACK, subscribe and wait for every SUBACK, and only then
+publish the retained ``online`` status (``online`` means "questions are taken now"), flush the outbox, then wait
+for the disconnect and reconnect with exponential backoff. A refused or unacknowledged subscription is a failed
+attempt. Another named task calls `loop_misc` (keep-alive pings). Both are cancelled and awaited by `close()`, which is idempotent.
 
 - MQTT 5 by default; a broker that refuses 5 (amqtt speaks only 3.1.1) is retried with 3.1.1 on the same attempt.
-- QoS 1; a persistent session (MQTT 5 session expiry / 3.1.1 clean_session False) so the broker keeps our
-  subscription and queues questions across a broker restart or a network cut.
+- QoS 1. Sessions: with a fixed client id (`mqtt.client_id`) the session outlives a clean stop (MQTT 5 session
+  expiry `mqtt.session_expiry_s`, 3.1.1 clean_session False), so questions asked while the daemon is down are
+  delivered at its next start. With the random default id, MQTT 5 keeps the session while connected (a broker
+  restart keeps our subscription) and ends it on a clean stop; MQTT 3.1.1 uses a clean session (no orphans).
+- QoS-1 redeliveries (DUP) of a message already received are dropped, so a question is answered once.
 - Retained ``<prefix>/status``: ``online`` after each connect, ``offline`` on `close()` and as the last will.
 - Publishing never blocks and never raises for a missing connection: while offline, messages wait in a bounded
   outbox (oldest dropped, logged, counted) and go out after the reconnect.
@@ -50,6 +54,7 @@ _MISC_INTERVAL_S = 1.0
 _CLOSE_FLUSH_S = 2.0
 _V5_CONNACK_WAIT_S = 3.0
 _SUBACK_WAIT_S = 5.0
+_RECENT_KEPT = 512  # fingerprints of received messages remembered to drop QoS-1 redeliveries
 # CONNACK reason codes meaning "I do not speak this protocol version" (3.1.1 code 1, MQTT 5 code 0x84).
 _UNSUPPORTED_PROTOCOL = {1, 0x84}
 
@@ -68,6 +73,8 @@ class IncomingMessage:
     """MQTT 5: echoed with the answer."""
     received_at: float
     """`time.monotonic()` when paho handed it over."""
+    received_wall: float = 0.0
+    """`time.time()` when paho handed it over (to tell how long a question waited, against its `asked_at`)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +87,7 @@ class MessagerStats:
     inbox_dropped: int = 0
     outbox_dropped: int = 0
     outboxed: int = 0
+    duplicates_dropped: int = 0
 
 
 @dataclass(slots=True)
@@ -114,6 +122,9 @@ class MqttMessager:
         self.status_topic = status_topic
         self.client_id = client_id or config.client_id or f"visual-agent-{socket.gethostname()[:20]}-{uuid.uuid4().hex[:8]}"
         self.persistent_session = persistent_session
+        self.keeps_session = persistent_session and (client_id or config.client_id) is not None
+        """A fixed client id: the broker keeps our session (and queues questions) across a clean stop too."""
+        self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.name = name
         self.protocol = config.protocol
         self.stats = MessagerStats()
@@ -161,9 +172,21 @@ class MqttMessager:
             "state": self.state,
             "protocol": self.protocol.value,
             "last_error": self.last_error,
+            "client_id": self.client_id,
+            "session": "kept across stops" if self.keeps_session else ("while connected" if self._session_while_connected() else "clean"),
             "outbox": len(self._outbox),
+            "outbox_max": self.config.outbox_max,
             **{k: getattr(self.stats, k) for k in MessagerStats.__slots__},
         }
+
+    def _session_while_connected(self) -> bool:
+        return self.persistent_session and (self.keeps_session or self.protocol is MqttProtocol.V5)
+
+    def response_topic_allowed(self, topic: str) -> bool:
+        """Whether an MQTT 5 response topic is one we may publish an answer to (`mqtt.response_topic_prefixes`)."""
+        if not topic or any(c in topic for c in "+#\0"):
+            return False
+        return any(topic.startswith(p) and len(topic) > len(p) for p in self.config.allowed_response_prefixes())
 
     async def start(self, *, wait: bool = True, timeout: float | None = None) -> None:
         """Start the connection task; with `wait`, return once connected (`MessagingError` after `timeout`)."""
@@ -195,7 +218,8 @@ class MqttMessager:
         await self.close()
 
     async def close(self, *, publish_offline: bool = True) -> None:
-        """Publish ``offline`` (if connected), drop the session, disconnect, stop the tasks. Safe twice."""
+        """Publish ``offline`` (if connected), end the session unless it is kept (a fixed client id), disconnect, stop
+        the tasks. Safe twice."""
         if self._closed:
             return
         self._closing = True
@@ -206,9 +230,9 @@ class MqttMessager:
                     await asyncio.wait_for(self.publish(self.status_topic, STATUS_OFFLINE, retain=True, wait=True), _CLOSE_FLUSH_S)
             await self._flush_inflight(_CLOSE_FLUSH_S)
             props = None
-            if self.protocol is MqttProtocol.V5:
+            if self.protocol is MqttProtocol.V5 and not self.keeps_session:
                 props = Properties(PacketTypes.DISCONNECT)
-                props.SessionExpiryInterval = 0  # a clean stop: the broker may forget us now
+                props.SessionExpiryInterval = 0  # a clean stop of a random id: the broker may forget us now
             with contextlib.suppress(Exception):
                 client.disconnect(properties=props)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -394,7 +418,7 @@ class MqttMessager:
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else not self.persistent_session,
+            clean_session=None if v5 else not self.keeps_session,
             reconnect_on_failure=False,
         )
         if cfg.username is not None:
@@ -430,6 +454,8 @@ class MqttMessager:
             if self.protocol is MqttProtocol.V5:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self.config.session_expiry_s if self.persistent_session else 0
+                if self.persistent_session and self.config.session_expiry_s == 0:
+                    logger.warning("mqtt: session_expiry_s is 0: questions asked while we are away are lost")
             kwargs: dict[str, Any] = {"keepalive": self.config.keepalive_s}
             if self.protocol is MqttProtocol.V5:
                 kwargs.update(clean_start=not self.persistent_session, properties=props)
@@ -467,17 +493,10 @@ class MqttMessager:
             break
         self.last_error = None
         self.stats.connects += 1
-        subacks = []
-        for topic in self._subscriptions:
-            rc, mid = client.subscribe(topic, qos=self.config.qos)
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
-                fut = self._loop.create_future()
-                self._sub_waiters[mid] = fut
-                subacks.append((mid, fut))
-        if subacks:
-            await asyncio.wait([f for _, f in subacks], timeout=_SUBACK_WAIT_S)
-            for mid, _ in subacks:
-                self._sub_waiters.pop(mid, None)
+        acked: set[str] = set()
+        while unacked := [t for t in self._subscriptions if t not in acked]:  # `subscribe()` may add one meanwhile
+            await self._subscribe_all(client, unacked)
+            acked.update(unacked)
         if self.status_topic:
             self._send(_Outgoing(self.status_topic, STATUS_ONLINE, 1, True, None))
         pending, self._outbox = self._outbox, collections.deque()
@@ -496,6 +515,29 @@ class MqttMessager:
                     await result
             except Exception:
                 logger.exception("mqtt: on_connected hook failed")
+
+    async def _subscribe_all(self, client: paho.Client, topics: list[str]) -> None:
+        """Subscribe to `topics` and wait for every SUBACK; `MessagingError` (and a disconnect) if one is missing or
+        refused: without its subscriptions the daemon is not ready, so it must not say ``online``."""
+        assert self._loop is not None
+        subacks: list[tuple[str, int, asyncio.Future[Any]]] = []
+        for topic in topics:
+            rc, mid = client.subscribe(topic, qos=self.config.qos)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise MessagingError(f"cannot subscribe to {topic}: {paho.error_string(rc)}")
+            fut = self._loop.create_future()
+            self._sub_waiters[mid] = fut
+            subacks.append((topic, mid, fut))
+        try:
+            await asyncio.wait([f for _, _, f in subacks], timeout=_SUBACK_WAIT_S)
+        finally:
+            for _, mid, _ in subacks:
+                self._sub_waiters.pop(mid, None)
+        problem = _suback_problem([(t, f) for t, _, f in subacks])
+        if problem:  # drop the connection; the connection task tries again with backoff
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            raise MessagingError(problem)
 
     def _fallback(self) -> None:
         logger.info("mqtt: %s:%d does not speak MQTT 5; using 3.1.1", self.host, self.port)
@@ -600,8 +642,17 @@ class MqttMessager:
             response_topic=response_topic or None,
             correlation_data=bytes(correlation) if correlation is not None else None,
             received_at=time.monotonic(),
+            received_wall=time.time(),
         )
         self.stats.received += 1
+        fingerprint = hash((msg.topic, msg.payload, msg.correlation_data))
+        if getattr(message, "dup", False) and fingerprint in self._recent:
+            self.stats.duplicates_dropped += 1
+            logger.info("mqtt: dropped a redelivered copy of a message on %s", msg.topic)
+            return
+        self._recent[fingerprint] = None
+        if len(self._recent) > _RECENT_KEPT:
+            self._recent.popitem(last=False)
         try:
             self._inbox.put_nowait(msg)
         except asyncio.QueueFull:
@@ -627,6 +678,17 @@ class MqttMessager:
         fut = self._pub_waiters.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+
+def _suback_problem(acks: list[tuple[str, asyncio.Future[Any]]]) -> str | None:
+    """Why the subscriptions are not all in place (no SUBACK in time, or a refusal), or None."""
+    for topic, fut in acks:
+        if not fut.done():
+            return f"no SUBACK for {topic} within {_SUBACK_WAIT_S:g} s"
+        for code in fut.result() or ():
+            if getattr(code, "is_failure", False):
+                return f"the broker refused the subscription to {topic}: {code}"
+    return None
 
 
 class _ClosedBeforeConnack(MessagingError):

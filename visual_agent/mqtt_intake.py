@@ -7,8 +7,10 @@ camera; the topic's source is the question's source. With `mqtt.shared_group` re
 share its topic (`$share/<group>/...`): each question goes to one of them.
 
 The MQTT rules live here: a retained question is ignored (it would be re-answered at every start); an MQTT 5
-`response_topic` (a topic name, no wildcards) gets the answer with the asker's `correlation_data`, else
-`<prefix>/answer` does; partials go to `<prefix>/answer/partial`. A question the transport's full inbox dropped
+`response_topic` gets the answer with the asker's `correlation_data` when the transport allows that topic
+(`MqttMessager.response_topic_allowed`: under `mqtt.response_topic_prefixes`), else `<prefix>/answer` does, with a
+`forbidden_response_topic` error for a topic outside the prefixes; an answer carries `queued_s` when the question
+said when it was asked (`asked_at`); partials go to `<prefix>/answer/partial`. A question the transport's full inbox dropped
 gets a `busy` answer, and at shutdown those received but not yet taken get a `shutdown` answer: none is lost.
 """
 
@@ -126,7 +128,7 @@ class MqttQuestions:
             return
         agent.telemetry.question(Via.MQTT)
         timing = QuestionTiming(id=None, received_at=msg.received_at)
-        reply_to = valid_reply_topic(msg.response_topic) or agent.topics.answer
+        reply_to, forbidden = self._reply_topic(msg.response_topic)
         try:
             question = parse_question(msg.payload, max_bytes=agent.max_payload_bytes,
                                       max_chars=agent.config.max_question_chars, max_frames=agent.config.max_frames)
@@ -139,25 +141,53 @@ class MqttQuestions:
         if topic_source is not None:  # <prefix>/<source>/ask: the topic says which source
             question.source = topic_source
         timing.id = question.id
-        refused = refuse or agent.admit(question)
+        queued_s = _queued_s(question, msg)
+        refused = refuse or forbidden or agent.admit(question)
         if refused is not None:
-            await self._refuse(Answer.failed(question, refused, provider=agent.provider_name), reply_to,
-                               msg.correlation_data)
+            failed = Answer.failed(question, refused, provider=agent.provider_name)
+            failed.queued_s = queued_s
+            await self._refuse(failed, reply_to, msg.correlation_data)
             return
-        agent.spawn(self._answer(question, reply_to, msg.correlation_data, timing), f"agent-question-{question.id}")
+        agent.spawn(self._answer(question, reply_to, msg.correlation_data, timing, queued_s), f"agent-question-{question.id}")
 
     async def _refuse(self, answer: Answer, reply_to: str, correlation: bytes | None) -> None:
         """An answer given at once (bad payload, busy, shutdown)."""
         await self.transport.publish(reply_to, answer.payload(), correlation_data=correlation)
         self.agent.telemetry.answered(Via.MQTT, answer)
 
-    async def _answer(self, question: Question, reply_to: str, correlation: bytes | None, timing: QuestionTiming) -> None:
+    def _reply_topic(self, response_topic: str | None) -> tuple[str, QuestionError | None]:
+        """Where the answer goes: the MQTT 5 response topic when the transport allows it (`mqtt.response_topic_prefixes`),
+        else `<prefix>/answer`, with a `forbidden_response_topic` error for a topic outside the allowed prefixes."""
+        answer = self.agent.topics.answer
+        if not response_topic:
+            return answer, None
+        allowed = getattr(self.transport, "response_topic_allowed", None)
+        if allowed(response_topic) if allowed is not None else valid_reply_topic(response_topic):
+            return response_topic, None
+        self.agent.counters[f"errors.{ErrorType.FORBIDDEN_RESPONSE_TOPIC.value}"] += 1
+        logger.warning("agent: refused response topic %r (not under mqtt.response_topic_prefixes)", response_topic[:200])
+        prefixes: list[str] = getattr(getattr(self.transport, "config", None), "allowed_response_prefixes", list)()
+        return answer, QuestionError(
+            ErrorType.FORBIDDEN_RESPONSE_TOPIC,
+            f"the response topic must start with one of {prefixes} (mqtt.response_topic_prefixes); this answer went to {answer}")
+
+    async def _answer(self, question: Question, reply_to: str, correlation: bytes | None, timing: QuestionTiming,
+                      queued_s: float | None = None) -> None:
         async def send_partial(payload: bytes) -> None:
             await self.transport.publish(self.agent.topics.partial, payload)
 
         async def send_answer(answer: Answer) -> None:
+            answer.queued_s = queued_s
             await self.transport.publish(reply_to, answer.payload(), correlation_data=correlation)
             timing.published_at = time.monotonic()
             self.agent.timings.append(timing)
 
         await self.agent.answer_and_send(question, send_partial, send_answer, timing)
+
+
+def _queued_s(question: Question, msg: Any) -> float | None:
+    """How long the question waited before the daemon got it (its `asked_at` to receipt), or None."""
+    received_wall = getattr(msg, "received_wall", 0.0)
+    if question.asked_at is None or not received_wall:
+        return None
+    return max(0.0, received_wall - question.asked_at)

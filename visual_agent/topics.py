@@ -89,6 +89,36 @@ class Topics:
         """Home Assistant's discovery config topic of the sensor of `source`."""
         return f"{discovery_prefix}/sensor/{node_id}/{ha_object_id(source)}/config"
 
+    @property
+    def rules_set(self) -> str:
+        """Retained JSON list of standing questions (rules) in."""
+        return f"{self.prefix}/rules/set"
+
+    @property
+    def rules_error(self) -> str:
+        """Why a rule set on `rules_set` was refused."""
+        return f"{self.prefix}/rules/error"
+
+    def rule(self, source: str, name: str) -> str:
+        """Retained state JSON of rule `name` on `source`."""
+        return f"{self.prefix}/{source}/rules/{name}"
+
+    def rule_event(self, source: str, name: str) -> str:
+        """A rule's state changes."""
+        return f"{self.rule(source, name)}/event"
+
+    def rule_evidence(self, source: str, name: str) -> str:
+        """Retained JPEG of the frame that last turned the rule on."""
+        return f"{self.rule(source, name)}/evidence"
+
+    def rule_lookback(self, source: str, name: str) -> str:
+        """Retained JPEG strip of the source's look-back thumbnails before the rule last turned on."""
+        return f"{self.rule(source, name)}/evidence/lookback"
+
+    def ha_component(self, discovery_prefix: str, component: str, node_id: str, object_id: str) -> str:
+        """Home Assistant's discovery config topic of one entity (`binary_sensor`, `image`, ...)."""
+        return f"{discovery_prefix}/{component}/{node_id}/{ha_object_id(object_id)}/config"
+
     def as_dict(self) -> dict[str, str]:
         """The fixed topics by name (`ask`, `answer`, `partial`, `status`)."""
         return {"ask": self.ask, "answer": self.answer, "partial": self.partial, "status": self.status}

@@ -1,0 +1,262 @@
+"""MQTT findings of the security review, each as an attack against real parts: response topics outside the allowed
+prefixes, forged answers to `visual-agent ask`, the embedded amqtt broker (credentials, topic rights, CONNECT
+timeout, retained caps), and mutual TLS to mosquitto with a client certificate made here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+import uuid
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli, write_config
+from tests.fixtures.mqtt import PahoPeer
+from visual_agent.broker import EmbeddedBroker
+from visual_agent.config import MqttConfig
+from visual_agent.errors import EmbeddedBrokerError, MessagingError
+from visual_agent.mqtt import MqttMessager
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
+
+PREFIX = "sec"
+
+
+# --- response topics -----------------------------------------------------------------------------------------
+
+
+async def test_daemon_refuses_response_topics_outside_the_allowed_prefixes(tmp_path, running_mosquitto, paho_peer,
+                                                                           topic_prefix, stub_llm):
+    """A response topic outside `<prefix>/reply/` (another device's command topic, our own status) gets nothing:
+    the answer goes to `<prefix>/answer` with a `forbidden_response_topic` error; `<prefix>/reply/...` works."""
+    peer = paho_peer("5")
+    answer, status = f"{topic_prefix}/answer", f"{topic_prefix}/status"
+    lock, mine = f"{topic_prefix}-homeassistant/switch/front_door_lock/set", f"{topic_prefix}/reply/me"
+    for topic in (answer, lock, mine, status):
+        peer.subscribe(topic)
+    page_port = free_tcp_port()
+    cfg = write_config(tmp_path / "d.yaml", {
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0},
+        "webrtc": {"port": page_port}, "agent": {"frame_wait_s": 0.2},
+        "mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port, "prefix": topic_prefix},
+    })
+    async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d.log"):
+        await asyncio.to_thread(peer.get, 20, status)
+        for qid, to in (("to-lock", lock), ("to-status", status)):
+            peer.publish(f"{topic_prefix}/ask", json.dumps({"id": qid, "question": "open?"}), response_topic=to,
+                         correlation_data=b"c")
+        peer.publish(f"{topic_prefix}/ask", json.dumps({"id": "ok", "question": "fine?"}), response_topic=mine,
+                     correlation_data=b"c")
+        seen = await asyncio.to_thread(peer.until, mine, 30)
+    by_topic = [(m.topic, json.loads(m.payload)["id"]) for m in seen if m.topic != status or m.payload[:1] == b"{"]
+    assert (answer, "to-lock") in by_topic and (answer, "to-status") in by_topic and by_topic[-1] == (mine, "ok")
+    assert not [t for t, _ in by_topic if t in (lock, status)], by_topic
+    refused = [json.loads(m.payload) for m in seen if m.topic == answer]
+    assert {a["error"]["type"] for a in refused} == {"forbidden_response_topic"}
+
+
+def test_messager_response_topic_prefixes_config():
+    cfg = MqttConfig(prefix="va")
+    m = MqttMessager(cfg)
+    assert m.response_topic_allowed("va/reply/cli-1") and not m.response_topic_allowed("va/reply/")
+    assert not m.response_topic_allowed("va/status") and not m.response_topic_allowed("va/reply/+")
+    m = MqttMessager(MqttConfig(prefix="va", response_topic_prefixes=["apps/answers/"]))
+    assert m.response_topic_allowed("apps/answers/x") and not m.response_topic_allowed("va/reply/x")
+    with pytest.raises(ValueError):
+        MqttConfig(response_topic_prefixes=["a/#"])
+
+
+# --- visual-agent ask --------------------------------------------------------------------------------------------
+
+
+async def test_cli_ask_takes_only_its_own_answer_and_strips_terminal_escapes(tmp_path, running_mosquitto, topic_prefix):
+    """A forger who sees the question answers first on the reply topic (no or wrong correlation data) with escape
+    sequences; `ask` prints only the answer carrying its own correlation data, without terminal controls."""
+    ask = f"{topic_prefix}/ask"
+    daemon = PahoPeer(running_mosquitto.host, running_mosquitto.port)  # a stand-in daemon that also forges
+
+    def on_message(client, userdata, msg) -> None:
+        q = json.loads(msg.payload)
+        reply, corr = msg.properties.ResponseTopic, msg.properties.CorrelationData
+
+        def answer(text, correlation):
+            body = json.dumps({"id": q["id"], "question": q["question"], "text": text, "error": None})
+            daemon.publish(reply, body, correlation_data=correlation)
+
+        answer("FORGED \x1b[2J\x1b]0;pwned\x07", None)
+        answer("FORGED with a guess", q["id"].encode())
+        answer("genuine \x1b[31mred\x1b[0m\x9b2J text", corr)
+
+    daemon.client.on_message = on_message
+    daemon.subscribe(ask)
+    cfg = write_config(tmp_path / "a.yaml", {"mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port,
+                                                      "prefix": topic_prefix}})
+    try:
+        rc, out, err = await run_cli("ask", "who?", "--config", str(cfg), "--timeout", "20")
+    finally:
+        daemon.close()
+    assert (rc, out) == (0, "genuine red text\n"), (out, err)
+
+
+# --- the embedded broker -----------------------------------------------------------------------------------------
+
+
+def _client(port: int, *, username=None, password=None, will=None) -> tuple[paho.Client, int]:
+    """A 3.1.1 paho client (amqtt speaks 3.1.1); returns it and its CONNACK code (0 accepted)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if will:
+        client.will_set(will, b"offline", qos=1, retain=True)
+    codes: list[int] = []
+    client.on_connect = lambda c, u, f, rc, p: codes.append(int(rc.value))
+    client.on_disconnect = lambda c, u, f, rc, p: codes.append(-1) if not codes else None
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    deadline = time.monotonic() + 10
+    while not codes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return client, (codes[0] if codes else -2)
+
+
+def _stop(client: paho.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+async def _until(pred, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.02)
+
+
+async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
+    """Anyone local may connect (loopback, no password set) but not publish under status/answer/reply, nor leave a
+    last will there; the daemon's own client (its per-start credential) may."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        daemon_cfg = broker.daemon_client_config(MqttConfig(host="127.0.0.1", port=broker.port, prefix=PREFIX))
+        async with MqttMessager(daemon_cfg, status_topic=f"{PREFIX}/status",
+                                subscriptions=[f"{PREFIX}/status", f"{PREFIX}/answer/#", f"{PREFIX}/reply/#", f"{PREFIX}/probe"]) as daemon:
+            assert (await daemon.next_message(5)).payload == b"online"  # its own status: allowed
+            intruder, code = await asyncio.to_thread(_client, broker.port)
+            assert code == 0
+            for topic, payload in ((f"{PREFIX}/status", b"offline"), (f"{PREFIX}/answer", b'{"id":"x","text":"fake"}'),
+                                   (f"{PREFIX}/reply/cli", b"fake"), (f"{PREFIX}/answer/partial", b"fake")):
+                intruder.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+            intruder.publish(f"{PREFIX}/probe", b"allowed", qos=1).wait_for_publish(5)
+            got = await daemon.next_message(5)
+            assert (got.topic, got.payload) == (f"{PREFIX}/probe", b"allowed")  # nothing forged came before it
+            assert broker.describe()["publish_denied"] == 4
+            await asyncio.to_thread(_stop, intruder)
+            _, code = await asyncio.to_thread(_client, broker.port, will=f"{PREFIX}/status")
+            assert code != 0  # a last will on our status topic is refused at CONNECT
+        late, code = await asyncio.to_thread(_client, broker.port)
+        got_status: list[bytes] = []
+        late.on_message = lambda c, u, m: got_status.append(m.payload)
+        late.subscribe(f"{PREFIX}/status", 1)
+        await _until(lambda: bool(got_status), "the retained status")
+        assert got_status == [b"offline"]  # the daemon's own, published at its close
+        await asyncio.to_thread(_stop, late)
+
+
+async def test_embedded_broker_credentials():
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0, username="agent", password="s3cret-pw")
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        for user, password, accepted in ((None, None, False), ("agent", "wrong", False), ("other", "s3cret-pw", False),
+                                         ("agent", "s3cret-pw", True)):
+            client, code = await asyncio.to_thread(_client, broker.port, username=user, password=password)
+            await asyncio.to_thread(_stop, client)
+            assert (code == 0) is accepted, (user, password, code)
+        assert broker.describe()["auth_failures"] == 3 and "s3cret" not in repr(broker) + json.dumps(broker.describe())
+
+
+async def test_embedded_broker_beyond_loopback_needs_a_password():
+    with pytest.raises(EmbeddedBrokerError, match=r"0\.0\.0\.0.*mqtt\.username and mqtt\.password"):
+        await EmbeddedBroker.from_config(MqttConfig(embedded_host="0.0.0.0", embedded_port=0)).start()
+    cfg = MqttConfig(embedded_host="0.0.0.0", embedded_port=0, username="agent", password="pw")
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        assert broker.port
+
+
+async def test_cli_run_refuses_an_open_embedded_broker_beyond_loopback(tmp_path):
+    cfg = write_config(tmp_path / "open.yaml", {"webrtc": {"port": 0}, "mqtt": {"embedded_host": "0.0.0.0", "embedded_port": 0}})
+    rc, out, err = await run_cli("run", "--config", str(cfg), timeout=60)
+    assert rc == 2 and "mqtt.username and mqtt.password" in err and "Traceback" not in err, (out, err)
+
+
+async def test_embedded_broker_idle_connections_do_not_lock_clients_out():
+    """260 TCP connections that never send CONNECT (more than the broker's 256 slots) are closed after the CONNECT
+    timeout, so a real client still gets in."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0, embedded_connect_timeout_s=1)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        # from a thread: the broker runs on this loop and must accept them meanwhile
+        idle = await asyncio.to_thread(lambda: [socket.create_connection(("127.0.0.1", broker.port)) for _ in range(260)])
+        try:
+            client = MqttConfig(host="127.0.0.1", port=broker.port, protocol="3.1.1", connect_timeout_s=20)
+            async with MqttMessager(client) as m:
+                assert m.connected
+            assert broker.describe()["connect_timeouts"] >= 1
+        finally:
+            for s in idle:
+                s.close()
+
+
+async def test_embedded_broker_bounds_retained_messages():
+    """At most `embedded_max_retained` retained topics of at most `embedded_max_retained_bytes` each; the rest is
+    delivered but not kept."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0, embedded_max_retained=5, embedded_max_retained_bytes=1024)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        client = MqttConfig(host="127.0.0.1", port=broker.port, protocol="3.1.1")
+        async with MqttMessager(client, subscriptions=["cap/#"]) as m:
+            for i in range(10):
+                await m.publish(f"cap/{i}", b"x" * 100, retain=True, wait=True)
+            await m.publish("cap/big", b"y" * 2048, retain=True, wait=True)
+            got = [await m.next_message(5) for _ in range(11)]
+            assert got[-1].payload == b"y" * 2048  # delivered, just not retained
+            await _until(lambda: broker.describe()["retain_refused"] == 6, "6 refused retains")
+            assert broker.describe()["retained"] == 5
+            await m.publish("cap/0", b"replaced", retain=True, wait=True)  # a kept topic may be updated
+            await m.next_message(5)
+            assert broker.describe()["retain_refused"] == 6
+
+
+# --- mutual TLS ---------------------------------------------------------------------------------------------------
+
+
+async def test_messager_mutual_tls_with_a_client_certificate(mosquitto_factory, broker_files):
+    """mosquitto with `require_certificate true`: our client certificate (signed by a CA made here) gets in; the
+    same client without one is refused."""
+    d = broker_files
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, cn, ext in (("server", "127.0.0.1", ["-extfile", "san.ext"]), ("client", "visual-agent", [])):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+            *ext, "-out", f"{name}.crt")
+    for f in d.iterdir():
+        f.chmod(0o644)
+    broker = mosquitto_factory(listener_extra=f"cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"
+                                              "require_certificate true\n")
+    tls = {"enabled": True, "ca_certs": str(d / "ca.crt")}
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port,
+                     tls={**tls, "certfile": str(d / "client.crt"), "keyfile": str(d / "client.key")})
+    async with MqttMessager(cfg, subscriptions=["mtls/in"]) as m:
+        await m.publish("mtls/in", b"with a client certificate", wait=True)
+        assert (await m.next_message(5)).payload == b"with a client certificate"
+    m = MqttMessager(MqttConfig(host="127.0.0.1", port=broker.port, tls=tls, reconnect_min_s=5))
+    with pytest.raises(MessagingError, match="cannot reach the MQTT broker"):
+        await m.start(timeout=3)
+    assert m.last_error and not m.connected
+    await m.close()
