@@ -160,4 +160,6 @@ def test_scaleout_topics_and_shared_session():
     assert MqttConfig(host="h", shared_group="g").for_client().session_expiry_s == 0
     # ... unless the config says otherwise; without a group the session outlives a broker restart
     assert MqttConfig(host="h", shared_group="g", session_expiry_s=60).for_client().session_expiry_s == 60
-    assert MqttConfig(host="h").for_client().session_expiry_s == 300
+    from visual_agent.config import DEFAULT_SESSION_EXPIRY_S
+
+    assert MqttConfig(host="h").for_client().session_expiry_s == DEFAULT_SESSION_EXPIRY_S > 0
