@@ -14,7 +14,8 @@ The seams around this core, one module each (docs/ARCHITECTURE.md):
 - frames to model input: `encoding.FrameEncoding` (JPEG data URLs or embeddings);
 - the collaborators' shapes: `interfaces.FrameSource`, `interfaces.MessageTransport`; topics: `topics.Topics`.
 
-`timings` keeps, per answered MQTT question, when it arrived, when the LLM request left, when the LLM's
+`telemetry` hears of every question and answer (`Telemetry`: Prometheus metrics, OpenTelemetry traces), with its
+`QuestionTiming` stamps. `timings` keeps, per answered MQTT question, when it arrived, when the LLM request left, when the LLM's
 answer came back and when the answer was handed to MQTT (monotonic seconds): `scripts/bench_agent.py` reads it.
 """
 
@@ -42,6 +43,7 @@ from .messages import Answer, FrameRef, Question, partial_payload
 from .mqtt_intake import MQTT_CONSUMER_TASK, MqttQuestions
 from .page_intake import PageQuestions
 from .sampling import TakenFrame, Trigger, select_frames
+from .telemetry import Telemetry, Via, via_of
 from .timings import QuestionTiming
 from .topics import Topics, topics
 from .triggers import DescriptionTriggers
@@ -80,6 +82,7 @@ class VisualAgent:
         on_answer: AnswerHook | None = None,
         encoding: FrameEncoding | None = None,
         llm_options: Mapping[str, Any] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """`llm`: an `LLMProvider`. `encoding` (the daemon builds it from `encoder`) replaces `embedding_function`,
         `jpeg_encoder` and `frames_as`, which build one here (`frames_as`: auto, clip or off). `llm_options`: keyword
@@ -102,6 +105,8 @@ class VisualAgent:
         elif embedding_function is not None or jpeg_encoder is not None:
             raise ValueError("give either encoding= or embedding_function/jpeg_encoder, not both")
         self.encoding = encoding
+        self.telemetry = telemetry or Telemetry()
+        """Told of every question and answer (metrics, traces)."""
         self.timings: collections.deque[QuestionTiming] = collections.deque(maxlen=_TIMINGS_KEPT)
         self.counters: collections.Counter[str] = collections.Counter()
         cfg = self.config
@@ -142,7 +147,7 @@ class VisualAgent:
     async def start(self) -> None:
         """Listen on MQTT and the data channel; start periodic and scene-change descriptions if configured."""
         if self._mqtt is not None:
-            self._tasks.append(await self._mqtt.start())
+            self._tasks += await self._mqtt.start()
         if self._page is not None:
             self._page.attach()
         self._tasks += self._triggers.start()
@@ -209,6 +214,8 @@ class VisualAgent:
         if answer.source is None:
             answer.source = source
         answer.latency_s = time.monotonic() - start
+        if timing is not None:
+            timing.answered_at = time.monotonic()
         self.counters["answers" if answer.error is None else f"errors.{answer.error['type']}"] += 1
         if answer.error is None:
             logger.info("%s %s on %s answered in %.3f s", trigger.value, question.id, answer.source, answer.latency_s)
@@ -224,6 +231,8 @@ class VisualAgent:
         source = self._resolve_source(question.source)
         question.source = source
         taken = await self._take_frames(source, question.frames or self.config.frames)
+        if timing is not None:
+            timing.frames_at = time.monotonic()
         key = self.conversations.key(source, question.conversation) if trigger is Trigger.QUESTION else None
         turns = self.conversations.turns(key)
         text, model, fitted, calls = await self._ask_model(question.question, taken, source, turns, on_partial, timing)
@@ -257,7 +266,7 @@ class VisualAgent:
                 timing.llm_request_at = time.monotonic()
             streamed = [0]
             try:
-                text, model, prompt_tokens, calls = await self._complete(messages, opts, on_partial, streamed)
+                text, model, prompt_tokens, calls = await self._complete(messages, opts, on_partial, streamed, timing)
             except ContextLengthError as exc:
                 learned = self.budget.refused(shape, exc.limit, exc.input_tokens, exc.input_at_least)
                 if attempt == 2 or streamed[0] or not learned:
@@ -272,8 +281,10 @@ class VisualAgent:
         raise AssertionError("unreachable")
 
     async def _complete(self, messages: list[dict[str, Any]], opts: dict[str, Any], on_partial: PartialCallback | None,
-                        streamed: list[int]) -> tuple[str, str | None, int | None, list[ToolCall]]:
-        """(text, model, prompt tokens when reported, tool calls); `streamed[0]` counts the partials already sent.
+                        streamed: list[int], timing: QuestionTiming | None = None,
+                        ) -> tuple[str, str | None, int | None, list[ToolCall]]:
+        """(text, model, prompt tokens when reported, tool calls); `streamed[0]` counts the partials already sent;
+        `timing` gets the first streamed piece's time and the reported usage.
 
         Tool calls come the same way from `achat` and `astream` (there as one `ToolCallsEvent` after the text)."""
         model = self.llm.model
@@ -287,11 +298,15 @@ class VisualAgent:
                 if not isinstance(item, str) or not item:
                     continue
                 parts.append(item)
+                if timing is not None and timing.first_token_at is None:
+                    timing.first_token_at = time.monotonic()
                 streamed[0] += 1
                 await on_partial(streamed[0], item)
             return "".join(parts), self.llm.model or model, None, calls
         response = await self.llm.achat(messages, **opts)
         usage = response.usage
+        if timing is not None and usage is not None:
+            timing.prompt_tokens, timing.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         return (response.text, response.model or model, usage.prompt_tokens if usage is not None else None,
                 list(response.tool_calls))
 
@@ -362,11 +377,14 @@ class VisualAgent:
         task.add_done_callback(done)
 
     async def answer_and_send(self, question: Question, send_partial: Callable[[bytes], Awaitable[None]],
-                              send_answer: Callable[[Answer], Awaitable[None]], timing: QuestionTiming | None = None) -> None:
+                              send_answer: Callable[[Answer], Awaitable[None]], timing: QuestionTiming | None = None,
+                              *, via: Via = Via.MQTT) -> None:
         """Answer `question`, streaming partials when it (or the config) asks, and send the answer; when cancelled
         (shutdown), send a `shutdown` answer instead. MQTT and the data channel differ only in `send_*`."""
         stream = self.config.stream if question.stream is None else question.stream
-        received_at = time.monotonic() if timing is None else timing.received_at
+        if timing is None:
+            timing = QuestionTiming(id=question.id, received_at=time.monotonic())
+        received_at = timing.received_at
 
         async def on_partial(seq: int, delta: str) -> None:
             await send_partial(partial_payload(question.id, seq, delta))
@@ -374,11 +392,19 @@ class VisualAgent:
         try:
             answer = await self.ask(question, on_partial=on_partial if stream else None, received_at=received_at, timing=timing)
         except asyncio.CancelledError:
-            await send_answer(Answer.failed(question, QuestionError(ErrorType.SHUTDOWN, "the daemon stopped before the answer was ready"),
-                                            provider=self.provider_name, latency_s=time.monotonic() - received_at))
+            failed = Answer.failed(question, QuestionError(ErrorType.SHUTDOWN, "the daemon stopped before the answer was ready"),
+                                   provider=self.provider_name, latency_s=time.monotonic() - received_at)
+            timing.answered_at = time.monotonic()
+            await send_answer(failed)
+            self._sent(via, failed, timing)
             raise
         await send_answer(answer)
+        self._sent(via, answer, timing)
         await self.notify(answer, Trigger.QUESTION)
+
+    def _sent(self, via: Via, answer: Answer, timing: QuestionTiming) -> None:
+        timing.published_at = time.monotonic()
+        self.telemetry.answered(via, answer, timing)
 
     async def notify(self, answer: Answer, trigger: Trigger) -> None:
         """Hand a successful answer or description to `on_answer`; its failure is logged, not raised."""
@@ -413,13 +439,17 @@ class VisualAgent:
         if self.admit(question) is not None:
             logger.info("agent: skipping a %s description of %s (busy)", trigger.value, source)
             return None
+        via = via_of(trigger)
+        self.telemetry.question(via)
+        timing = QuestionTiming(id=question.id, received_at=time.monotonic())
         self._in_flight += 1
         try:
-            answer = await self.ask(question, trigger=trigger)
+            answer = await self.ask(question, trigger=trigger, timing=timing)
         finally:
             self._in_flight -= 1
         if self.messager is not None and answer.error is None:
             await self.messager.publish(self.topics.description(source), answer.payload())
+        self._sent(via, answer, timing)
         await self.notify(answer, trigger)
         return answer
 

@@ -44,6 +44,7 @@ __all__ = [
     "MqttProtocol",
     "PACKAGED_DEFAULT",
     "SceneChangeConfig",
+    "TelemetryConfig",
     "TlsConfig",
     "embeddings_mode",
     "load_config",
@@ -311,7 +312,9 @@ class MqttConfig(_Section):
     """How long one connection attempt may take."""
     session_expiry_s: int = Field(DEFAULT_SESSION_EXPIRY_S, ge=0)
     """The broker keeps our subscription and queues questions this long while we are away: a broker restart,
-    and with a fixed `client_id` also a stop of the daemon (questions asked meanwhile are answered at the start)."""
+    and with a fixed `client_id` also a stop of the daemon (questions asked meanwhile are answered at the start).
+    With `shared_group` and not set: 0, so a replica that dies stops taking its share at once (mosquitto would
+    queue a dead member's share in its session); the group's other members answer instead."""
     response_topic_prefixes: list[str] | None = None
     """MQTT 5 response topics must start with one of these; None: `<prefix>/reply/`. Others get an error on
     `<prefix>/answer`."""
@@ -322,7 +325,8 @@ class MqttConfig(_Section):
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
     """Larger question payloads get a `bad_payload` error answer."""
     shared_group: str | None = None
-    """Subscribe as `$share/<group>/<prefix>/ask` so several daemons split the questions."""
+    """Subscribe as `$share/<group>/<prefix>/ask` (and `$share/<group>/<prefix>/<source>/ask` per source held) so
+    several daemons split the questions, each answered once."""
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     """Home Assistant discovery."""
 
@@ -360,7 +364,10 @@ class MqttConfig(_Section):
     def for_client(self) -> MqttConfig:
         """The settings a client connects with: the embedded broker (amqtt) speaks only MQTT 3.1.1, so ask for that
         at once instead of waiting for MQTT 5 to time out."""
-        return self.model_copy(update={"protocol": MqttProtocol.V311}) if self.embedded else self
+        update: dict[str, Any] = {"protocol": MqttProtocol.V311} if self.embedded else {}
+        if self.shared_group and "session_expiry_s" not in self.model_fields_set:
+            update["session_expiry_s"] = 0  # a dead replica's share goes to the live ones
+        return self.model_copy(update=update) if update else self
 
     def broker_address(self) -> tuple[str, int]:
         """(host, port) to connect to: the configured broker, or the embedded one."""
@@ -372,6 +379,18 @@ class MqttConfig(_Section):
     def allowed_response_prefixes(self) -> list[str]:
         """Where MQTT 5 response topics may point: `response_topic_prefixes`, or `<prefix>/reply/`."""
         return list(self.response_topic_prefixes) if self.response_topic_prefixes is not None else [f"{self.prefix}/reply/"]
+
+
+class TelemetryConfig(_Section):
+    """Metrics and traces (docs/OPERATIONS.md)."""
+
+    metrics: bool = True
+    """Serve `GET /metrics` (Prometheus text) on the page's server (behind `webrtc.auth_token` when one is set)."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces): one trace per question; None: no tracing
+    (needs the `otel` extra)."""
+    service_name: str = "visual-agent"
+    """`service.name` of the traces (one per daemon or replica group)."""
 
 
 class Config(_Section):
@@ -390,6 +409,8 @@ class Config(_Section):
     """The agent."""
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     """MQTT."""
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    """Metrics and traces."""
     rules: list[RuleConfig] = Field(default_factory=list)
     """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)

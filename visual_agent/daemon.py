@@ -22,8 +22,10 @@ from .config import Config
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
+from .metrics import AgentMetrics
 from .mqtt import MqttMessager
 from .rules import RuleControl, RuleDiscovery, RuleEngine
+from .telemetry import Telemetry
 from .topics import Topics
 
 if TYPE_CHECKING:
@@ -60,6 +62,17 @@ async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncodin
     return encoding
 
 
+def ingest_config(config: Config) -> Any:
+    """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
+    frame and `agent.max_frames + 1` spread over at least `agent.window_s` (not 32 consecutive decoded frames)."""
+    webrtc = config.webrtc_config()
+    if "buffer_spread_frames" not in config.webrtc:
+        webrtc.buffer_spread_frames = config.agent.max_frames + 1
+        if "buffer_max_seconds" not in config.webrtc:
+            webrtc.buffer_max_seconds = max(webrtc.buffer_max_seconds, config.agent.window_s)
+    return webrtc
+
+
 class Daemon:
     """The running product: `await start()`, then `await close()` (idempotent); or `await run_daemon(config)`."""
 
@@ -73,6 +86,10 @@ class Daemon:
         self.homeassistant: HomeAssistantDiscovery | None = None
         self.llm_state: dict[str, Any] = {"state": "unknown", "detail": config.describe_llm()}
         self.encoding: FrameEncoding | None = None
+        self.metrics: AgentMetrics | None = None
+        """The Prometheus metrics served on GET /metrics (`telemetry.metrics`)."""
+        self.tracing: Any = None
+        """`tracing.QuestionTracing` with `telemetry.otlp_endpoint`."""
         self.rules: RuleEngine | None = None
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
@@ -86,7 +103,8 @@ class Daemon:
                 await self._start_mqtt()
             from webrtc import WebRTCServer
 
-            self.driver = WebRTCServer(cfg.webrtc_config(), cfg.source_configs())
+            self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
+            telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
 
@@ -95,7 +113,7 @@ class Daemon:
             self.agent = VisualAgent(
                 llm=self.llm, messager=self.messager, webrtc_driver=self.driver, encoding=self.encoding,
                 config=cfg.agent, prefix=cfg.mqtt.prefix, provider_name=cfg.provider_name(),
-                max_payload_bytes=cfg.mqtt.max_payload_bytes,
+                max_payload_bytes=cfg.mqtt.max_payload_bytes, telemetry=telemetry,
             )
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
@@ -121,6 +139,25 @@ class Daemon:
             t = Topics(cfg.mqtt.prefix)
             logger.info("MQTT: %s%s; ask on %s, answers on %s", f"{self.messager.host}:{self.messager.port}",
                         " (embedded)" if self.broker else "", t.ask, t.answer)
+
+    def _build_telemetry(self) -> Telemetry:
+        """Metrics on the page's server (`telemetry.metrics`) and traces (`telemetry.otlp_endpoint`)."""
+        cfg = self.config.telemetry
+        telemetry = Telemetry()
+        if cfg.metrics:
+            self.metrics = AgentMetrics(self.driver, self.messager)
+            telemetry.add(self.metrics)
+            if self.driver is not None:
+                self.driver.metrics_exposition = self.metrics.exposition
+        if cfg.otlp_endpoint:
+            try:
+                from .tracing import QuestionTracing
+            except ImportError as exc:
+                raise ConfigError(f"{self.config.path}: telemetry.otlp_endpoint needs OpenTelemetry: "
+                                  f"pip install 'visual-agent[otel]' ({exc})") from None
+            self.tracing = QuestionTracing(endpoint=cfg.otlp_endpoint, service_name=cfg.service_name)
+            telemetry.add(self.tracing)
+        return telemetry
 
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
@@ -231,6 +268,9 @@ class Daemon:
             await self.encoding.aclose()  # the agent closed it too (safe twice): also when the agent was never built
         if self.broker is not None:
             await self.broker.close()
+        if self.tracing is not None:  # send the traces still batched (blocking: in a thread)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(self.tracing.shutdown), 5.0)
         logger.info("stopped")
 
 

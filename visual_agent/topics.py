@@ -56,6 +56,23 @@ class Topics:
         """What the agent subscribes to: `ask`, or its MQTT 5 shared subscription when daemons split questions."""
         return f"$share/{shared_group}/{self.ask}" if shared_group else self.ask
 
+    def source_ask(self, source: str) -> str:
+        """Questions about one source: taken by the daemon holding it (several daemons share one broker)."""
+        return f"{self.prefix}/{source}/ask"
+
+    def source_ask_subscription(self, source: str, shared_group: str | None = None) -> str:
+        """What a daemon holding `source` subscribes to: `source_ask`, shared among replicas with a group."""
+        topic = self.source_ask(source)
+        return f"$share/{shared_group}/{topic}" if shared_group else topic
+
+    def source_of_ask(self, topic: str) -> str | None:
+        """The source of a `<prefix>/<source>/ask` topic, or None for any other topic (`<prefix>/ask` included)."""
+        head, tail = f"{self.prefix}/", "/ask"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        source = topic[len(head):-len(tail)]
+        return source if source and "/" not in source and not any(c in source for c in _WILDCARDS) else None
+
     def reply(self, client_id: str) -> str:
         """The response topic of an MQTT 5 asker (`visual-agent ask`)."""
         return f"{self.prefix}/reply/{client_id}"
