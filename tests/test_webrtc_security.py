@@ -6,12 +6,12 @@ Each test reproduces one finding against a real server on 127.0.0.1 with real ai
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import pytest
 
 from tests.fixtures.webrtc import CounterVideoTrack, offer_sdp, publish
+from tests.waiting import wait_until
 from webrtc import WebRTCConfig, WebRTCConfigError, WebRTCServer
 from webrtc.config import mask_url_secrets
 
@@ -22,14 +22,6 @@ TOKEN = "s3cret-token-for-tests"
 
 def config(**kw) -> WebRTCConfig:
     return WebRTCConfig(host="127.0.0.1", port=0, host_candidate_addresses=["127.0.0.1"], **kw)
-
-
-async def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(step)
 
 
 def bearer(token: str = TOKEN) -> dict[str, str]:
