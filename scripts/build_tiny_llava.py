@@ -16,11 +16,11 @@ Llama hidden 64, 2 heads of 32.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from _tiny_model import check_round_trip, install, make_greedy, perturb_weights, train_tokenizer
 
 IMAGE_SIZE = 56
 PATCH_SIZE = 14
@@ -59,22 +59,11 @@ the weather outside is sunny cloudy rainy the lights are on off
 """ * 4
 
 
-def build_tokenizer(tmp: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+def build_tokenizer():
+    return train_tokenizer(
+        CORPUS,
+        SPECIAL_TOKENS,
+        CHAT_TEMPLATE,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
@@ -82,8 +71,6 @@ def build_tokenizer(tmp: Path):
         extra_special_tokens={"image_token": "<image>"},
         model_max_length=512,
     )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 def build(out: Path, seed: int = 0, vision: dict | None = None) -> Path:
@@ -104,7 +91,7 @@ def build(out: Path, seed: int = 0, vision: dict | None = None) -> Path:
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        tokenizer = build_tokenizer(tmp)
+        tokenizer = build_tokenizer()
         image_token_id = tokenizer.convert_tokens_to_ids("<image>")
         config = LlavaConfig(
             vision_config=CLIPVisionConfig(**vision),
@@ -128,16 +115,9 @@ def build(out: Path, seed: int = 0, vision: dict | None = None) -> Path:
         )
         config.dtype = "float32"
         model = LlavaForConditionalGeneration(config).eval()
-        # Random init leaves some norms at exactly 1/0; perturb everything a little so
-        # parity tests would notice a weight mapped to the wrong place.
-        with torch.no_grad():
-            for param in model.parameters():
-                param.add_(torch.randn_like(param) * 0.02)
-        model.generation_config.do_sample = False
-        model.generation_config.max_new_tokens = 16
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        perturb_weights(model)
+        make_greedy(model, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
 
         image_processor = CLIPImageProcessor(
             size={"shortest_edge": image_size},
@@ -166,21 +146,8 @@ def build(out: Path, seed: int = 0, vision: dict | None = None) -> Path:
         _rename_to_legacy_layout(stage, load_file, save_file)
 
         # Make sure what we wrote loads back, in transformers at least.
-        reloaded, info = LlavaForConditionalGeneration.from_pretrained(stage, output_loading_info=True)
-        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        if problems:
-            raise RuntimeError(f"the tiny LLaVA does not load back cleanly: {problems}")
-        with torch.no_grad():
-            for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
-                if not torch.equal(a, b):
-                    raise RuntimeError(f"weight {name} changed on the round trip")
-
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(stage, out)
-    (out / ".complete").write_text("ok\n")
-    return out
+        check_round_trip(model, LlavaForConditionalGeneration, stage, "tiny LLaVA")
+        return install(stage, out)
 
 
 def _rename_to_legacy_layout(folder: Path, load_file, save_file) -> None:
