@@ -10,6 +10,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..homeassistant import ha_device
 from ..topics import Topics, ha_object_id
 from .config import RuleConfig
 
@@ -46,10 +47,6 @@ class RuleDiscovery:
         return self.topics.ha_component(self.config.discovery_prefix, "image", self.node_id,
                                         self.object_id(rule) + "_evidence")
 
-    def _device(self) -> dict[str, Any]:
-        return {"identifiers": [self.node_id], "name": f"Visual agent ({self.prefix})",
-                "manufacturer": "visual-agent", "sw_version": self.version}
-
     def sensor_payload(self, rule: RuleConfig) -> dict[str, Any]:
         state = self.topics.rule(rule.source, rule.name)
         return {
@@ -64,7 +61,7 @@ class RuleDiscovery:
             "payload_available": "online",
             "payload_not_available": "offline",
             "icon": "mdi:eye-check",
-            "device": self._device(),
+            "device": ha_device(self.node_id, self.prefix, self.version),
         }
 
     def image_payload(self, rule: RuleConfig) -> dict[str, Any]:
@@ -76,7 +73,7 @@ class RuleDiscovery:
             "availability_topic": self.topics.status,
             "payload_available": "online",
             "payload_not_available": "offline",
-            "device": self._device(),
+            "device": ha_device(self.node_id, self.prefix, self.version),
         }
 
     async def announce(self, rule: RuleConfig) -> None:
