@@ -14,7 +14,7 @@ import pytest
 
 from providers import OpenAICompatibleProvider, ToolCall, ToolCallsEvent
 from providers.streaming import ToolCallAssembler
-from tests.fixtures.vllm import ServerStartError, start_vllm_server, stop_vllm_server
+from tests.fixtures.vllm import serving
 
 TOOLS = [
     {
@@ -45,29 +45,27 @@ def test_tool_call_assembler_joins_pieces_by_index():
     assert ToolCallAssembler().calls() == ()
 
 
+def _server_llm(server) -> OpenAICompatibleProvider:
+    """The HTTP provider on `server`, greedy (open it with `async with`)."""
+    return OpenAICompatibleProvider(
+        {"base_url": server.base_url, "api_key": "none", "model_name": server.model, "temperature": 0}
+    )
+
+
 @pytest.fixture(scope="module")
 def tool_server(tiny_llava_path, tmp_path_factory):
     """A real vLLM OpenAI server on the tiny LLaVA with auto tool choice and the pythonic parser."""
     pytest.importorskip("vllm")
     log_path = tmp_path_factory.mktemp("vllm-tools") / "server.log"
-    try:
-        server = start_vllm_server(
-            tiny_llava_path, log_path, extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "pythonic")
-        )
-    except ServerStartError as exc:
-        pytest.fail(str(exc))
-    try:
+    with serving(tiny_llava_path, log_path,
+                 extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "pythonic")) as server:
         yield server
-    finally:
-        stop_vllm_server(server.process)
 
 
 @pytest.mark.vllm
 @pytest.mark.timeout(300)
 async def test_openai_compatible_astream_yields_assembled_tool_calls_from_vllm_server(tool_server):
-    async with OpenAICompatibleProvider(
-        {"base_url": tool_server.base_url, "api_key": "none", "model_name": tool_server.model, "temperature": 0}
-    ) as llm:
+    async with _server_llm(tool_server) as llm:
         texts, events = await _collect(llm.astream(QUESTION, tools=TOOLS, max_tokens=40, extra_body=FORCE_CALL))
         answer = await llm.achat(QUESTION, tools=TOOLS, max_tokens=40, extra_body=FORCE_CALL)
     assert len(events) == 1 and isinstance(events[0], ToolCallsEvent)
@@ -80,9 +78,7 @@ async def test_openai_compatible_astream_yields_assembled_tool_calls_from_vllm_s
 @pytest.mark.vllm
 @pytest.mark.timeout(300)
 async def test_openai_compatible_astream_without_tools_yields_only_text(tool_server):
-    async with OpenAICompatibleProvider(
-        {"base_url": tool_server.base_url, "api_key": "none", "model_name": tool_server.model, "temperature": 0}
-    ) as llm:
+    async with _server_llm(tool_server) as llm:
         # The same forced call text, but no tools passed: it is only text, and nothing but str comes out.
         items = [item async for item in llm.astream(QUESTION, max_tokens=40, extra_body=FORCE_CALL)]
     assert items and all(isinstance(item, str) for item in items)
@@ -137,7 +133,7 @@ def _camera():
 
 async def _ask_both_ways(agent):
     """The same question answered without and with streaming, through `answer_and_send` (what MQTT and the page
-    use); returns the two answers' payloads and the streamed partial payloads."""
+    use), then the agent closed; returns the two answers' payloads and the streamed partial payloads."""
     from visual_agent.messages import Question
 
     answers, partials = [], []
@@ -148,8 +144,12 @@ async def _ask_both_ways(agent):
     async def send_answer(answer):
         answers.append(json.loads(answer.payload()))
 
-    for stream in (False, True):
-        await agent.answer_and_send(Question(question="weather?", source="desk", stream=stream), send_partial, send_answer)
+    try:
+        for stream in (False, True):
+            await agent.answer_and_send(Question(question="weather?", source="desk", stream=stream), send_partial,
+                                        send_answer)
+    finally:
+        await agent.close()
     return answers, partials
 
 
@@ -170,15 +170,10 @@ def _assert_same_tool_calls(answers, partials):
 async def test_agent_tool_calls_same_streamed_or_not_from_vllm_server(tool_server):
     from visual_agent import VisualAgent
 
-    async with OpenAICompatibleProvider(
-        {"base_url": tool_server.base_url, "api_key": "none", "model_name": tool_server.model, "temperature": 0}
-    ) as llm:
+    async with _server_llm(tool_server) as llm:
         agent = VisualAgent(llm=llm, webrtc_driver=_camera(), provider_name="openai",
                             llm_options={"tools": TOOLS, "max_tokens": 40, "extra_body": FORCE_CALL})
-        try:
-            answers, partials = await _ask_both_ways(agent)
-        finally:
-            await agent.close()
+        answers, partials = await _ask_both_ways(agent)
     _assert_same_tool_calls(answers, partials)
 
 
@@ -190,10 +185,7 @@ async def test_agent_tool_calls_same_streamed_or_not_from_native_engine_with_emb
     agent = VisualAgent(llm=native_provider, webrtc_driver=_camera(), provider_name="vllm_native",
                         llm_options={"tools": TOOLS, "max_tokens": 40, **FORCE_CALL})
     assert agent.encoding.uses_embeddings
-    try:
-        answers, partials = await _ask_both_ways(agent)
-    finally:
-        await agent.close()
+    answers, partials = await _ask_both_ways(agent)
     _assert_same_tool_calls(answers, partials)
 
 
@@ -202,13 +194,8 @@ async def test_agent_tool_calls_same_streamed_or_not_from_native_engine_with_emb
 async def test_agent_without_tools_answers_have_no_tool_calls_key(tool_server):
     from visual_agent import VisualAgent
 
-    async with OpenAICompatibleProvider(
-        {"base_url": tool_server.base_url, "api_key": "none", "model_name": tool_server.model, "temperature": 0}
-    ) as llm:
+    async with _server_llm(tool_server) as llm:
         agent = VisualAgent(llm=llm, webrtc_driver=_camera(), provider_name="openai", llm_options={"max_tokens": 8})
-        try:
-            answers, partials = await _ask_both_ways(agent)
-        finally:
-            await agent.close()
+        answers, partials = await _ask_both_ways(agent)
     assert all(a["error"] is None and "tool_calls" not in a for a in answers), answers
     assert "".join(p["delta"] for p in partials) == answers[1]["text"]
