@@ -17,7 +17,7 @@ from typing import Any
 import av
 import numpy as np
 
-from tests.fixtures.webrtc import COUNTER_BITS, _block, draw_counter
+from tests.fixtures.webrtc import counter_of_gray, draw_counter
 
 __all__ = ["BrightnessJudge", "counter_of_gray", "write_scene_clip"]
 
@@ -44,18 +44,6 @@ def write_scene_clip(path: Path, segments: list[tuple[float, int]], *, fps: int 
                 n += 1
         container.mux(stream.encode())
     return path
-
-
-def counter_of_gray(gray: np.ndarray) -> int:
-    """The frame number drawn in a grey image (any size the counter survives)."""
-    h, w = gray.shape
-    bw, bh = _block(w, h)
-    n = 0
-    for bit in range(COUNTER_BITS):
-        cell = gray[bh // 4: 3 * bh // 4, bit * bw + bw // 4: bit * bw + 3 * bw // 4]
-        if cell.mean() > 128:
-            n |= 1 << bit
-    return n
 
 
 def decode_gray(jpeg: bytes) -> np.ndarray:
