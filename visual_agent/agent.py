@@ -42,6 +42,7 @@ from .llm_errors import llm_error
 from .messages import Answer, FrameRef, Question, partial_payload
 from .mqtt_intake import MQTT_CONSUMER_TASK, MqttQuestions
 from .page_intake import PageQuestions
+from .rules.lookback import LookbackStore, lookback_frames
 from .sampling import TakenFrame, Trigger, select_frames
 from .telemetry import Telemetry, Via, via_of
 from .timings import QuestionTiming
@@ -115,6 +116,8 @@ class VisualAgent:
         """Histories per conversation (`agent.history`)."""
         self.budget = ContextBudget(llm, min_answer_tokens=cfg.min_answer_tokens)
         """What of a question fits the model's context."""
+        self.lookbacks = LookbackStore(webrtc_driver, cfg.lookback_s)
+        """Per-source look-back thumbnails (`agent.lookback_s`, and the rules'), shared with the rule engine."""
         self._in_flight = 0
         self._question_tasks: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -151,6 +154,7 @@ class VisualAgent:
         if self._page is not None:
             self._page.attach()
         self._tasks += self._triggers.start()
+        self.lookbacks.start()
 
     async def __aenter__(self) -> VisualAgent:
         await self.start()
@@ -181,6 +185,7 @@ class VisualAgent:
         self._tasks = []
         if self._mqtt is not None:
             await self._mqtt.close()  # refused overflow answered, what was received but not taken answered `shutdown`
+        await self.lookbacks.close()
         await self.encoding.aclose()
         self._closed = True
 
@@ -231,6 +236,8 @@ class VisualAgent:
         source = self._resolve_source(question.source)
         question.source = source
         taken = await self._take_frames(source, question.frames or self.config.frames)
+        if question.lookback_s:  # "what just happened?": a few look-back images first (the budget drops them first)
+            taken = await lookback_frames(self.lookbacks.get(source), question.lookback_s, taken) + taken
         if timing is not None:
             timing.frames_at = time.monotonic()
         key = self.conversations.key(source, question.conversation) if trigger is Trigger.QUESTION else None

@@ -28,7 +28,7 @@ from providers.registry import DEFAULT_PROVIDER_KIND as DEFAULT_PROVIDER
 from providers.registry import provider_kind, provider_kinds
 
 from .errors import ConfigError
-from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, RuleConfig, check_rule_set
+from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 
 __all__ = [
     "AgentConfig",
@@ -55,6 +55,7 @@ ENV_PREFIX = "VISUAL_AGENT__"
 PACKAGED_DEFAULT = "default.yaml"
 
 # agent
+DEFAULT_LOOKBACK_MAX_S = 10.0
 DEFAULT_SYSTEM_PROMPT = (
     "You are a visual assistant watching a live video stream. Answer questions about what the current "
     "frames show, briefly and concretely. Say so when you cannot tell."
@@ -226,6 +227,15 @@ class AgentConfig(_Section):
     """On SIGTERM, in-flight questions get this long to finish before they are failed."""
     rule_calls_per_minute: int = Field(DEFAULT_RULE_CALLS_PER_MINUTE, ge=1, le=6000)
     """Model calls the rules of one source may make per minute; over it their checks slow down (`degraded`)."""
+    lookback_s: float = Field(0.0, ge=0, le=MAX_LOOKBACK_S)
+    """Seconds of look-back thumbnails kept for every source, so a question with `lookback_s` sees what came
+    before it; 0 (the default): none kept (a source's rules may still keep their own `lookback_s`)."""
+    lookback_max_s: float = Field(DEFAULT_LOOKBACK_MAX_S, gt=0, le=MAX_LOOKBACK_S)
+    """The largest `lookback_s` a question may carry; more is a `bad_payload` answer."""
+
+    def question_lookback_max_s(self) -> float:
+        """The largest `lookback_s` a question may carry now: 0 while look-back is off (`lookback_s: 0`)."""
+        return self.lookback_max_s if self.lookback_s > 0 else 0.0
 
     @model_validator(mode="after")
     def _frames_within_max(self) -> AgentConfig:

@@ -238,6 +238,7 @@ class Daemon:
             "llm": {"provider": self.config.provider_name(), **self.llm_state},
             "agent": self.agent.describe_state() if self.agent else None,
             "rules": self.rules.describe() if self.rules else None,
+            "lookback": self.agent.lookbacks.describe() if self.agent else None,
         }
 
     async def close(self) -> None:

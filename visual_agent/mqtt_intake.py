@@ -131,7 +131,8 @@ class MqttQuestions:
         reply_to, forbidden = self._reply_topic(msg.response_topic)
         try:
             question = parse_question(msg.payload, max_bytes=agent.max_payload_bytes,
-                                      max_chars=agent.config.max_question_chars, max_frames=agent.config.max_frames)
+                                      max_chars=agent.config.max_question_chars, max_frames=agent.config.max_frames,
+                                      max_lookback_s=agent.config.question_lookback_max_s())
         except QuestionError as exc:
             agent.counters[f"errors.{exc.type.value}"] += 1
             logger.warning("agent: bad question on %s: %s", msg.topic, exc.message)

@@ -47,7 +47,8 @@ class PageQuestions:
         agent.telemetry.question(Via.PAGE)
         try:
             question = parse_question(text, max_bytes=agent.max_payload_bytes, max_chars=agent.config.max_question_chars,
-                                      max_frames=agent.config.max_frames)
+                                      max_frames=agent.config.max_frames,
+                                      max_lookback_s=agent.config.question_lookback_max_s())
         except QuestionError as exc:
             await self._refuse(peer_id, Answer.failed(None, exc, provider=agent.provider_name))
             return

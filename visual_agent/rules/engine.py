@@ -11,7 +11,7 @@ frame once for all questions on it). Per due rule:
    (`budget_degraded`; the state JSON says `degraded: true`);
 3. the model is asked for a structured answer (`answer.py`); an unparsable one counts as neither (`unparsable`);
 4. `RuleState` applies hysteresis and cooldown; a change publishes an event, and an `on` the evidence JPEG and the
-   look-back strip.
+   look-back strip (from the agent's `LookbackStore`, which keeps each source's longest rule `lookback_s`).
 Checks of one source run together and the next round waits for them, so one source never has more than one round
 of model calls in flight. Rules come from the config and from `<prefix>/rules/set` (see `control.py`); the
 MQTT set replaces the earlier MQTT set, config rules stay.
@@ -34,7 +34,7 @@ from ..topics import Topics
 from .answer import RULE_SYSTEM_PROMPT, parse_answer, structured_options
 from .budget import CallBudget
 from .config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_RULES, RuleConfig, RuleSetError, check_rule_set
-from .lookback import LOOKBACK_FPS, Lookback, Thumbnail, contact_sheet, make_thumbnail
+from .lookback import Thumbnail, contact_sheet
 from .state import OnOff, RuleState, Transition
 
 if TYPE_CHECKING:
@@ -124,7 +124,8 @@ class RuleEngine:
         """Called with (source, state JSON) after each publish (the page's live list uses it)."""
         self._rules: dict[str, RuleRuntime] = {}
         self._budgets: dict[str, CallBudget] = {}
-        self._lookbacks: dict[str, Lookback] = {}
+        self.lookbacks = agent.lookbacks
+        """The agent's per-source look-back store: the rules say how long each of their sources keeps."""
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._initial = check_rule_set(list(rules or []), max_rules=max_rules)
         self._lock = asyncio.Lock()
@@ -181,19 +182,18 @@ class RuleEngine:
             await self.discovery.remove(runtime.config)
 
     def _rewatch(self) -> None:
-        """One watcher per source with rules; sources without rules lose their watcher, budget and look-back."""
+        """One watcher per source with rules; sources without rules lose their watcher, budget and look-back
+        (unless `agent.lookback_s` keeps one for questions)."""
         if not self._started or self._closed:
             return
         sources = {r.config.source for r in self._rules.values()}
         for source in list(self._watchers):
             if source not in sources:
                 self._watchers.pop(source).cancel()
-                self._lookbacks.pop(source, None)
                 self._budgets.pop(source, None)
+        self.lookbacks.need("rules", {source: max(r.config.lookback_s for r in self.rules(source)) for source in sources})
         for source in sources:
             self._budgets.setdefault(source, CallBudget(self.calls_per_minute))
-            longest = max(r.config.lookback_s for r in self._rules.values() if r.config.source == source)
-            self._lookbacks.setdefault(source, Lookback(longest)).resize(longest)
             task = self._watchers.get(source)
             if task is None or task.done():
                 self._watchers[source] = asyncio.get_running_loop().create_task(self._watch(source),
@@ -227,30 +227,21 @@ class RuleEngine:
             now = time.monotonic()
             rules = sorted(self.rules(source), key=lambda r: r.last_check_at)
             due = [r for r in rules if now - r.last_check_at >= r.config.check_every_s]
-            lookback = self._lookbacks.get(source)
-            want_thumb = lookback is not None and lookback.wants(entry.received_at)
-            if due or want_thumb:
+            if due:
                 try:
-                    await self._round(source, entry, due, want_thumb, now)
+                    await self._round(source, entry, due, now)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     logger.exception("rules: a check round on %s failed", source)
             next_due = min((r.last_check_at + r.config.check_every_s for r in self.rules(source)), default=now + 1)
             pause = next_due - time.monotonic()
-            if lookback is not None and lookback.seconds > 0:
-                pause = min(pause, 1.0 / LOOKBACK_FPS)
             if pause > 0:
                 await asyncio.sleep(pause)
 
-    async def _round(self, source: str, entry: Any, due: list[RuleRuntime], want_thumb: bool, now: float) -> None:
+    async def _round(self, source: str, entry: Any, due: list[RuleRuntime], now: float) -> None:
         frame = entry.frame
-        grey, jpeg = await asyncio.to_thread(_thumbnails, frame, want_thumb)
-        lookback = self._lookbacks.get(source)
-        if jpeg is not None and lookback is not None:
-            lookback.add(Thumbnail(entry.seq, entry.pts, entry.received_at, jpeg))
-        if not due:
-            return
+        grey = await asyncio.to_thread(thumbnail, frame)
         taken = TakenFrame(frame, entry.pts, max(0.0, now - entry.received_at), entry.seq)
         budget = self._budgets.setdefault(source, CallBudget(self.calls_per_minute))
         checks = []
@@ -337,7 +328,7 @@ class RuleEngine:
         self.counters["events"] += 1
         cfg = rule.config
         logger.info("rules: %s on %s turned %s (%s)", cfg.name, cfg.source, change.state.value, rule.reason)
-        lookback = self._lookbacks.get(cfg.source)
+        lookback = self.lookbacks.get(cfg.source)
         before = lookback.before(entry.received_at, cfg.lookback_s) if lookback is not None else []
         event = {
             "rule": cfg.name, "source": cfg.source, "state": change.state.value, "previous": change.previous.value,
@@ -366,7 +357,7 @@ class RuleEngine:
         sources: dict[str, Any] = {}
         for source in sorted({r.config.source for r in self._rules.values()}):
             budget = self._budgets.get(source)
-            lookback = self._lookbacks.get(source)
+            lookback = self.lookbacks.get(source)
             sources[source] = {
                 "rules": {r.config.name: r.state.state.value for r in self.rules(source)},
                 "calls_last_minute": budget.used(now) if budget else 0,
@@ -386,6 +377,7 @@ class RuleEngine:
         if self._closed:
             return
         self._closed = True
+        self.lookbacks.need("rules", {})
         tasks = list(self._watchers.values())
         self._watchers.clear()
         for task in tasks:
@@ -393,11 +385,6 @@ class RuleEngine:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-
-def _thumbnails(frame: Any, with_jpeg: bool) -> tuple[np.ndarray, bytes | None]:
-    """The change gate's grey thumbnail, and a look-back JPEG when asked (worker thread)."""
-    return thumbnail(frame), make_thumbnail(frame) if with_jpeg else None
 
 
 def _evidence(frame: Any, before: list[Thumbnail]) -> tuple[bytes, bytes | None]:
