@@ -18,12 +18,12 @@ import pytest
 from encoders import to_array
 from providers import create_provider
 from tests.rules_scene import BRIGHT, DARK, counter_of_gray, decode_gray, write_scene_clip
-from tests.test_rules_engine import Buffers
+from tests.test_rules_engine import Buffers, solid
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent, topics
 from visual_agent.config import AgentConfig, MqttConfig
 from visual_agent.errors import ErrorType, QuestionError
-from visual_agent.messages import parse_question
+from visual_agent.messages import Question, parse_question
 from visual_agent.mqtt import MqttMessager
 from visual_agent.rules import RuleConfig, RuleEngine
 from webrtc import SourceConfig, WebRTCConfig
@@ -181,3 +181,33 @@ async def test_look_back_is_off_by_default_and_shared_with_the_rule_engine(stub_
         await engine.close()
         await agent.close()
         await llm.aclose()
+
+
+async def test_look_back_images_that_do_not_fit_the_context_are_dropped_oldest_first(stub_llm):
+    # a frame costs about 11,000 tokens (llm.image_tokens 10,000 plus the budget's margin): a context of 25,000 holds
+    # the question and two frames, so of the look-back images only the newest goes, beside the current frame
+    llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model",
+                           "max_retries": 0, "max_tokens": 64, "context_tokens": 25_000, "image_tokens": 10_000})
+    driver = Buffers("desk")
+    feeding = True
+    level = DARK
+
+    async def feed() -> None:
+        while feeding:
+            driver.buffers["desk"].put(solid(level))
+            await asyncio.sleep(0.03)
+
+    agent = VisualAgent(llm=llm, webrtc_driver=driver, config=AgentConfig(lookback_s=5.0))
+    feeder = asyncio.create_task(feed())
+    try:
+        await agent.start()
+        await wait_until(lambda: len(agent.lookbacks.get("desk") or []) >= 3, 20, "three look-back thumbnails")
+        answer = await agent.ask(Question(question="What just happened?", source="desk", lookback_s=5.0))
+    finally:
+        feeding = False
+        await feeder
+        await agent.close()
+        await llm.aclose()
+    assert answer.error is None and len(answer.frames) == 2 and stub_llm.images_in_last_request() == 2
+    assert answer.trimmed is not None and answer.trimmed["frames"] >= 2  # at least two older look-back images left out
+    assert answer.frames[0].age_s > answer.frames[1].age_s  # the newest look-back image, then the current frame
