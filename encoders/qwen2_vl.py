@@ -99,7 +99,7 @@ class Qwen2VLEncoder:
         order = parse_channel_order(channel_order).value
         # The cache's fingerprint ignores the aspect ratio, but the grid depends on the size: the size is in the key.
         keys = [(self.cache.fingerprint(f, channel_order=order), "qwen2vl-llm-{}x{}".format(*frame_size(f))) for f in frames]
-        found = [self.cache.get(fp, namespace=namespace) for fp, namespace in keys]
+        found: list[Any] = [self.cache.get(fp, namespace=namespace) for fp, namespace in keys]
         missing = [i for i, value in enumerate(found) if value is None]
         if missing:
             computed = self._forward([frames[i] for i in missing], channel_order)

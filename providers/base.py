@@ -6,7 +6,10 @@ import abc
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # streaming imports ToolCall from here; the event is only named in an annotation
+    from .streaming import ToolCallsEvent
 
 __all__ = ["Capabilities", "ChatResponse", "LLMProvider", "ToolCall", "Usage"]
 
@@ -78,16 +81,21 @@ class LLMProvider(abc.ABC):
     """An LLM that answers chat messages; use as `async with provider:` or call `aclose()`."""
 
     capabilities: Capabilities
-    model: str | None
-    """The model answers come from (None while a server's model is not yet detected)."""
+
+    @property
+    def model(self) -> str | None:
+        """The model answers come from (None while a server's model is not yet detected); default: the config's
+        `model_name`. Subclasses override the property, or shadow it with a class attribute they assign."""
+        return getattr(getattr(self, "config", None), "model_name", None)
 
     @abc.abstractmethod
     async def achat(self, messages: Sequence[dict[str, Any]], **opts: Any) -> ChatResponse:
         """The answer to `messages` (OpenAI chat messages; see providers.messages for content forms)."""
 
     @abc.abstractmethod
-    def astream(self, messages: Sequence[dict[str, Any]], **opts: Any) -> AsyncIterator[str]:
-        """Text deltas of the answer as they are generated."""
+    def astream(self, messages: Sequence[dict[str, Any]], **opts: Any) -> AsyncIterator[str | ToolCallsEvent]:
+        """Text deltas of the answer as they are generated; when `tools` were passed, maybe one ToolCallsEvent last
+        (see providers.streaming)."""
 
     @abc.abstractmethod
     async def list_models(self) -> list[str]:

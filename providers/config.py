@@ -12,12 +12,15 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from encoders.jpeg import DEFAULT_JPEG_QUALITY
 from encoders.jpeg import DEFAULT_MAX_SIDE as DEFAULT_JPEG_MAX_SIDE
 
 from .errors import ProviderConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -46,7 +49,7 @@ API_KEY_ENV = "OPENAI_API_KEY"
 # Keys a config dict may carry that select the provider rather than configure it.
 SELECTOR_KEYS = frozenset({"provider"})
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 
 
 def _mask(secret: str | None) -> str | None:
@@ -139,8 +142,9 @@ class OpenAICompatibleConfig:
     def resolved_api_key(self) -> str:
         """The key to send: the configured one, else OPENAI_API_KEY, else a placeholder."""
         key = self.api_key
-        if hasattr(key, "get_secret_value"):  # a pydantic SecretStr from the daemon's config
-            key = key.get_secret_value()
+        reveal = getattr(key, "get_secret_value", None)  # a pydantic SecretStr from the daemon's config
+        if reveal is not None:
+            key = reveal()
         return key or os.environ.get(API_KEY_ENV) or "EMPTY"
 
     def __repr__(self) -> str:
@@ -212,7 +216,7 @@ class VLLMNativeConfig:
 
 
 # The seed's spellings that differ from the field names.
-_ALIASES = {VLLMServerConfig: {"vllm_base_url": "base_url", "vllm_api_key": "api_key"}}
+_ALIASES: dict[type, dict[str, str]] = {VLLMServerConfig: {"vllm_base_url": "base_url", "vllm_api_key": "api_key"}}
 
 
 def config_from(cls: type[C], config: Mapping[str, Any] | C | None, **overrides: Any) -> C:

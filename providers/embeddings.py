@@ -3,8 +3,9 @@
 vLLM takes LM-space image features `(n_images, image_tokens, lm_hidden)` (or a list of 2-D tensors) with
 `enable_mm_embeds`. Models whose images keep their aspect ratio (Qwen2-VL and kin: a vision config with
 `spatial_merge_size`) take `{"image_embeds": (tokens, lm_hidden), "image_grid_thw": (n_images, 3)}` instead, every
-image's tokens one after another (`grid[i].prod() // merge_size**2` of them). A wrong shape inside the engine gives an error about tensors, not about what the caller did;
-here it is an `EmbeddingShapeError` (a ValueError) that says expected and got. torch is imported on first use.
+image's tokens one after another (`grid[i].prod() // merge_size**2` of them). A wrong shape inside the engine
+gives an error about tensors, not about what the caller did; here it is an `EmbeddingShapeError` (a ValueError)
+that says expected and got. torch is imported on first use.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class EmbeddingShape:
                 f"image_grid_thw {grid.tolist()} means {sum(counts)} image tokens for {self.model} (merge size "
                 f"{self.merge_size}), but image_embeds has {embeds.shape[0]}"
             )
-        return [GridImage(part, row) for part, row in zip(embeds.split(counts), grid)]
+        return [GridImage(part, row) for part, row in zip(embeds.split(counts), grid, strict=True)]
 
     def check(self, items: list[Any]) -> Any:
         """Shape, dtype and finiteness checked; one 3-D tensor in the model's dtype (a list if lengths differ), or

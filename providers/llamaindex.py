@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Generator, Sequence
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -135,10 +135,11 @@ class ProviderLLM(FunctionCallingLLM):
         answer = await self._provider.achat(wire, **kwargs)
         return ChatResponse(message=_assistant_message(answer.text, answer.tool_calls), raw={"response": answer})
 
-    async def _stream(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> AsyncIterator[ChatResponse]:
+    async def _stream(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> AsyncGenerator[ChatResponse, None]:
         wire = await asyncio.to_thread(_to_provider_messages, messages)
         text = ""
-        async with contextlib.aclosing(self._provider.astream(wire, **kwargs)) as items:
+        stream: Any = self._provider.astream(wire, **kwargs)  # an async generator: str deltas, then maybe a ToolCallsEvent
+        async with contextlib.aclosing(stream) as items:
             async for item in items:
                 if isinstance(item, ToolCallsEvent):
                     yield ChatResponse(message=_assistant_message(text, item.tool_calls), delta="")
@@ -228,7 +229,7 @@ class ProviderLLM(FunctionCallingLLM):
 
     # -- bridging the private loop ---------------------------------------------------------------------------
 
-    def _sync_iter(self, agen: AsyncIterator[T]) -> Iterator[T]:
+    def _sync_iter(self, agen: AsyncGenerator[T, None]) -> Generator[T, None, None]:
         """Items of an async generator that runs on the private loop, pulled one at a time from this thread."""
         try:
             while True:
@@ -240,7 +241,7 @@ class ProviderLLM(FunctionCallingLLM):
             if not self._runner.loop.is_closed():
                 self._runner.run(agen.aclose())
 
-    async def _async_iter(self, agen: AsyncIterator[T]) -> AsyncIterator[T]:
+    async def _async_iter(self, agen: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
         try:
             while True:
                 try:
@@ -280,7 +281,7 @@ def _to_provider_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any
             role = {"function": "tool", "chatbot": "assistant", "model": "assistant"}[role]
         entry: dict[str, Any] = {"role": role}
         content: list[dict[str, Any]] = []
-        calls = []
+        calls: list[dict[str, Any]] = []
         for block in message.blocks:
             if isinstance(block, TextBlock):
                 content.append({"type": "text", "text": block.text})

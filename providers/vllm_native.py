@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,18 @@ class VLLMNativeProvider(LLMProvider):
             self._shape = EmbeddingShape.of_model(model_config, endpoint=self.endpoint)
             self._worker, self._booting = self._booting, None
 
+    def _started_worker(self) -> EngineWorker:
+        """The engine's worker, once `start()` has run (requests start it first)."""
+        if self._worker is None:
+            raise EngineError("the engine is not started; call start() first", endpoint=self.endpoint)
+        return self._worker
+
+    def _started_shape(self) -> EmbeddingShape:
+        """The model's embedding shape, read from the engine by `start()`."""
+        if self._shape is None:
+            raise EngineError("the engine is not started; call start() first", endpoint=self.endpoint)
+        return self._shape
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -269,11 +281,12 @@ class VLLMNativeProvider(LLMProvider):
 
     async def _stream_with_tools(
         self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any], tools: list[dict[str, Any]]
-    ) -> AsyncIterator[str | ToolCallsEvent]:
+    ) -> AsyncGenerator[str | ToolCallsEvent, None]:
         """vLLM's streaming tool parser keeps call syntax out of the text deltas; the calls themselves are parsed
         from the whole answer at the end by the same parser `achat` uses, so both modes give the same calls."""
         parser, request = self._tool_parser(tools)
-        text, token_ids = "", []
+        text = ""
+        token_ids: list[int] = []
         async with contextlib.aclosing(self._generate(messages, opts)) as outputs:
             async for output in outputs:
                 completion = output.outputs[0]
@@ -301,7 +314,7 @@ class VLLMNativeProvider(LLMProvider):
         if calls:
             yield ToolCallsEvent(tuple(calls))
 
-    async def _generate(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> AsyncIterator[Any]:
+    async def _generate(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> AsyncGenerator[Any, None]:
         # Config problems are refused before anything is loaded: they should not cost an engine start.
         tools = self._check_tools(opts)
         normalized = normalize_messages(messages)
@@ -314,7 +327,8 @@ class VLLMNativeProvider(LLMProvider):
         await self.start()
         prompt, params = await self._prepare(normalized, tools, dict(opts))
         request_id = f"va-{self._prefix}-{next(self._ids)}"
-        sink = self._worker.submit(request_id, prompt, params)
+        worker = self._started_worker()
+        sink = worker.submit(request_id, prompt, params)
         done = False
         try:
             while True:
@@ -328,7 +342,7 @@ class VLLMNativeProvider(LLMProvider):
                     return
         finally:
             if not done:  # cancelled, or the consumer stopped reading: free the engine's slot
-                self._worker.abort(request_id)
+                worker.abort(request_id)
 
     def _engine_error(self, exc: BaseException) -> Exception:
         if isinstance(exc, EngineError):
@@ -358,7 +372,7 @@ class VLLMNativeProvider(LLMProvider):
             raise MessageFormatError(f"the model's chat template refused the messages: {exc}", endpoint=self.endpoint) from exc
         prompt: dict[str, Any] = {"prompt": text}
         if embeddings:
-            prompt["multi_modal_data"] = {"image": self._shape.check(embeddings)}
+            prompt["multi_modal_data"] = {"image": self._started_shape().check(embeddings)}
         elif images:
             pil = await self._load_images(images)
             prompt["multi_modal_data"] = {"image": pil if len(pil) > 1 else pil[0]}
@@ -384,7 +398,9 @@ class VLLMNativeProvider(LLMProvider):
 
     def _conversation(self, messages: list[Message]) -> tuple[list[dict], list[Any], list[Any]]:
         """Chat-template messages with `{"type": "image"}` placeholders, and the images/embeddings in order."""
-        conversation, images, embeddings = [], [], []
+        conversation: list[dict[str, Any]] = []
+        images: list[Any] = []
+        embeddings: list[Any] = []
         for message in messages:
             entry: dict[str, Any] = {"role": message.role, **message.extra}
             if message.parts is None:
@@ -398,7 +414,7 @@ class VLLMNativeProvider(LLMProvider):
                         images.append(part.source)
                         content.append({"type": "image"})
                     elif isinstance(part, EmbeddingsPart):
-                        items = self._shape.split(part.embeddings)
+                        items = self._started_shape().split(part.embeddings)
                         embeddings.extend(items)
                         content.extend({"type": "image"} for _ in items)
                     elif isinstance(part, OtherPart):

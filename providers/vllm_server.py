@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .config import VLLMServerConfig
+from .config import OpenAICompatibleConfig, VLLMServerConfig
 from .errors import ModelNotFoundError, ProviderConfigError
 from .openai_compatible import OpenAICompatibleProvider
 
@@ -47,7 +47,9 @@ def normalize_vllm_base_url(url: str) -> str:
 class VLLMProvider(OpenAICompatibleProvider):
     """A vLLM server; with no `model_name` it asks `/v1/models` once, on first use."""
 
-    config_class = VLLMServerConfig
+    config_class: type[VLLMServerConfig] = VLLMServerConfig
+    config: VLLMServerConfig
+    """Always a VLLMServerConfig: the base builds `config` from `config_class`."""
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
@@ -55,7 +57,7 @@ class VLLMProvider(OpenAICompatibleProvider):
         self._detect_lock = asyncio.Lock()
         self._context_length: int | None = None
 
-    def _base_url(self, config) -> str:
+    def _base_url(self, config: OpenAICompatibleConfig) -> str:
         return normalize_vllm_base_url(config.base_url)
 
     @property
@@ -90,7 +92,7 @@ class VLLMProvider(OpenAICompatibleProvider):
         return self._context_length
 
     def _extra_body(self, opts: dict[str, Any]) -> dict[str, Any]:
-        extra = {}
+        extra: dict[str, Any] = {}
         for name in ("top_k", "min_p", "repetition_penalty"):
             value = getattr(self.config, name)
             if value is not None:

@@ -8,8 +8,14 @@
 2. CLIP: ViT-B-32 with random weights at batch 1 and 8: images/s through ClipEncoder.embed vs calling
    open_clip directly (its own preprocess transform on PIL images, encode_image, normalise). Target: overhead < 15 %.
 3. Cache: hit rate of EmbeddingCache on a static H.264 clip (target > 90 %) and on one with motion.
+4. The daemon's embeddings path (`visual_agent.FrameEncoding`, the encoder picked by `encoders.encoder_for` from a
+   model folder): the same static and moving clips, one frame per question, with `encoder.cache_entries` 32 vs 0
+   in the same process: hit rate, time per frame and the time the cache saved. Model folders (`--model`, again
+   for more): default the tiny LLaVA and tiny Qwen2-VL under $VISUAL_AGENT_CACHE; their towers cost little, so add
+   a ViT-B/16-sized LLaVA for a realistic saving:
+   `python scripts/build_tiny_llava.py --vision base --out /tmp/llava-vitb16` then `--model /tmp/llava-vitb16`.
 
-    python scripts/bench_encoders.py [--device cpu|cuda] [--fp16] [--quick]
+    python scripts/bench_encoders.py [--device cpu|cuda] [--fp16] [--quick] [--only-daemon-cache] [--model DIR]...
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -176,20 +183,72 @@ def bench_cache(n: int) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _model_folders() -> list[Path]:
+    root = Path(os.environ.get("VISUAL_AGENT_CACHE", Path.home() / ".cache" / "visual-agent"))
+    return [root / name for name in ("tiny-llava", "tiny-qwen2vl") if (root / name / "config.json").exists()]
+
+
+def bench_encoding_cache(n: int, folders: list[Path]) -> list[tuple[str, str, str]]:
+    """FrameEncoding as the daemon builds it, cache on vs off, timed frame by frame in alternating order, so the
+    load of a shared machine falls on both alike (the ratio is the figure to read, not the milliseconds)."""
+    import asyncio
+
+    from providers import create_provider
+    from visual_agent import EncoderConfig, FrameEncoding
+    from visual_agent.sampling import TakenFrame
+
+    async def run(folder: Path, frames: list[av.VideoFrame]) -> tuple[dict[int, float], Any]:
+        llm = create_provider({"provider": "vllm_native", "model_name": str(folder), "enable_mm_embeds": True})
+        encodings = {entries: FrameEncoding(llm, config=EncoderConfig(cache_entries=entries)) for entries in (32, 0)}
+        for enc in encodings.values():
+            await enc.start()  # the encoder loads here, outside the timing (the daemon loads it at start)
+        await encodings[0].content("warm up", [TakenFrame(frames[0], -1, 0.0, -1)], "warm")
+        spent = dict.fromkeys(encodings, 0.0)
+        for i, frame in enumerate(frames):  # one question per frame, as a periodic description would ask
+            for entries in ((32, 0) if i % 2 else (0, 32)):
+                t = time.perf_counter()
+                await encodings[entries].content("what is there?", [TakenFrame(frame, i, 0.0, i)], "cam")
+                spent[entries] += time.perf_counter() - t
+        stats = encodings[32].cache_stats()
+        for enc in encodings.values():
+            await enc.aclose()
+        return spent, stats
+
+    rows = []
+    clips = {name: h264_clip(n, moving) for name, moving in (("static", False), ("moving", True))}
+    for folder in folders:
+        for name, frames in clips.items():
+            spent, stats = asyncio.run(run(folder, frames))
+            on, off = spent[32] / len(frames), spent[0] / len(frames)
+            rate = stats.hit_rate if stats is not None else 0.0
+            rows.append((
+                f"FrameEncoding {folder.name}, {name} clip ({len(frames)} frames)",
+                f"{rate * 100:.1f} % hits",
+                f"{on * 1e3:.1f} ms/frame cached vs {off * 1e3:.1f} ms uncached: {off / on:.2f}x, saved {(off - on) * len(frames):.2f} s",
+            ))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fp16", action="store_true", help="run CLIP in float16 (CUDA)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--skip-clip", action="store_true")
+    parser.add_argument("--only-daemon-cache", action="store_true", help="only section 4 (FrameEncoding cache on/off)")
+    parser.add_argument("--model", type=Path, action="append", help="model folder for section 4 (repeatable)")
     args = parser.parse_args(argv)
     repeat = 30 if args.quick else 200
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; cpus {os.cpu_count()}")
-    rows = bench_jpeg(repeat)
-    if not args.skip_clip:
-        rows += bench_clip(repeat // 2 if not args.quick else 20, args.device, args.fp16)
-    rows += bench_cache(60 if args.quick else 120)
+    rows = []
+    if not args.only_daemon_cache:
+        rows += bench_jpeg(repeat)
+        if not args.skip_clip:
+            rows += bench_clip(repeat // 2 if not args.quick else 20, args.device, args.fp16)
+        rows += bench_cache(60 if args.quick else 120)
+    folders = [p.expanduser() for p in args.model] if args.model else _model_folders()
+    rows += bench_encoding_cache(30 if args.quick else 60, folders)
     load = os.getloadavg()
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     print()

@@ -16,16 +16,21 @@ Llama hidden 64, 2 heads of 32.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from _tiny_model import check_round_trip, install, make_greedy, perturb_weights, train_tokenizer
 
 IMAGE_SIZE = 56
 PATCH_SIZE = 14
 VISION_HIDDEN = 32
 TEXT_HIDDEN = 64
+TINY_VISION = {"hidden_size": VISION_HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "projection_dim": 32}
+BASE_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "image_size": 224, "patch_size": 16, "projection_dim": 512}
+"""`--vision base`: a ViT-B/16-sized tower (196 image tokens), for benchmarks that need a realistic encoder cost."""
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 # A chat template in the LLaVA style: images become one `<image>` placeholder each,
@@ -54,22 +59,11 @@ the weather outside is sunny cloudy rainy the lights are on off
 """ * 4
 
 
-def build_tokenizer(tmp: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+def build_tokenizer():
+    return train_tokenizer(
+        CORPUS,
+        SPECIAL_TOKENS,
+        CHAT_TEMPLATE,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
@@ -77,11 +71,12 @@ def build_tokenizer(tmp: Path):
         extra_special_tokens={"image_token": "<image>"},
         model_max_length=512,
     )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
-def build(out: Path, seed: int = 0) -> Path:
+def build(out: Path, seed: int = 0, vision: dict | None = None) -> Path:
+    """`vision`: CLIPVisionConfig fields over the tiny tower's (`BASE_VISION` for a realistic cost)."""
+    vision = {**TINY_VISION, **(vision or {})}
+    image_size, patch_size = vision["image_size"], vision["patch_size"]
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import (
@@ -96,18 +91,10 @@ def build(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        tokenizer = build_tokenizer(tmp)
+        tokenizer = build_tokenizer()
         image_token_id = tokenizer.convert_tokens_to_ids("<image>")
         config = LlavaConfig(
-            vision_config=CLIPVisionConfig(
-                hidden_size=VISION_HIDDEN,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=IMAGE_SIZE,
-                patch_size=PATCH_SIZE,
-                projection_dim=32,
-            ),
+            vision_config=CLIPVisionConfig(**vision),
             text_config=LlamaConfig(
                 hidden_size=TEXT_HIDDEN,
                 intermediate_size=128,
@@ -128,20 +115,13 @@ def build(out: Path, seed: int = 0) -> Path:
         )
         config.dtype = "float32"
         model = LlavaForConditionalGeneration(config).eval()
-        # Random init leaves some norms at exactly 1/0; perturb everything a little so
-        # parity tests would notice a weight mapped to the wrong place.
-        with torch.no_grad():
-            for param in model.parameters():
-                param.add_(torch.randn_like(param) * 0.02)
-        model.generation_config.do_sample = False
-        model.generation_config.max_new_tokens = 16
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        perturb_weights(model)
+        make_greedy(model, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
 
         image_processor = CLIPImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE},
-            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
             do_center_crop=True,
             do_resize=True,
             do_normalize=True,
@@ -152,7 +132,7 @@ def build(out: Path, seed: int = 0) -> Path:
         processor = LlavaProcessor(
             image_processor=image_processor,
             tokenizer=tokenizer,
-            patch_size=PATCH_SIZE,
+            patch_size=patch_size,
             vision_feature_select_strategy="default",
             chat_template=CHAT_TEMPLATE,
             image_token="<image>",
@@ -166,21 +146,8 @@ def build(out: Path, seed: int = 0) -> Path:
         _rename_to_legacy_layout(stage, load_file, save_file)
 
         # Make sure what we wrote loads back, in transformers at least.
-        reloaded, info = LlavaForConditionalGeneration.from_pretrained(stage, output_loading_info=True)
-        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        if problems:
-            raise RuntimeError(f"the tiny LLaVA does not load back cleanly: {problems}")
-        with torch.no_grad():
-            for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
-                if not torch.equal(a, b):
-                    raise RuntimeError(f"weight {name} changed on the round trip")
-
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(stage, out)
-    (out / ".complete").write_text("ok\n")
-    return out
+        check_round_trip(model, LlavaForConditionalGeneration, stage, "tiny LLaVA")
+        return install(stage, out)
 
 
 def _rename_to_legacy_layout(folder: Path, load_file, save_file) -> None:
@@ -219,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vision", choices=("tiny", "base"), default="tiny", help="base: a ViT-B/16-sized tower")
     args = parser.parse_args(argv)
-    path = build(args.out.expanduser(), seed=args.seed)
+    path = build(args.out.expanduser(), seed=args.seed, vision=BASE_VISION if args.vision == "base" else None)
     size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
     print(f"tiny LLaVA written to {path} ({size / 1e6:.2f} MB)")
     return 0

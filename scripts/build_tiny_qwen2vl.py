@@ -16,10 +16,11 @@ min_pixels 56*56 and max_pixels 112*112, so an image costs a few tokens (100x60 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from _tiny_model import check_round_trip, install, make_greedy, perturb_weights, train_tokenizer
 
 TEXT_HIDDEN = 64
 PATCH_SIZE = 14
@@ -63,27 +64,9 @@ there is nothing moving the scene is static someone walks in the person waves
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    return train_tokenizer(
+        CORPUS, SPECIAL_TOKENS, CHAT_TEMPLATE, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=512
     )
-    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        model_max_length=512,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 def build(out: Path, seed: int = 0) -> Path:
@@ -132,16 +115,9 @@ def build(out: Path, seed: int = 0) -> Path:
     )
     config.dtype = "float32"
     model = Qwen2VLForConditionalGeneration(config).eval()
-    # Random init leaves norms at exactly 1/0; perturb everything so a misplaced weight would show in parity tests.
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    generation = model.generation_config
-    generation.do_sample = False
-    generation.max_new_tokens = 16
-    generation.bos_token_id = ids["<|endoftext|>"]
-    generation.eos_token_id = ids["<|im_end|>"]
-    generation.pad_token_id = ids["<|endoftext|>"]
+    perturb_weights(model)
+    make_greedy(model, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"])
 
     pixels = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
     common = {"patch_size": PATCH_SIZE, "merge_size": MERGE_SIZE, "temporal_patch_size": TEMPORAL_PATCH_SIZE}
@@ -156,19 +132,8 @@ def build(out: Path, seed: int = 0) -> Path:
         model.save_pretrained(stage, safe_serialization=True)
         processor.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
-        reloaded, info = Qwen2VLForConditionalGeneration.from_pretrained(stage, output_loading_info=True)
-        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        if problems:
-            raise RuntimeError(f"the tiny Qwen2-VL does not load back cleanly: {problems}")
-        for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
-            if not torch.equal(a, b):
-                raise RuntimeError(f"weight {name} changed on the round trip")
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(stage, out)
-    (out / ".complete").write_text("ok\n")
-    return out
+        check_round_trip(model, Qwen2VLForConditionalGeneration, stage, "tiny Qwen2-VL")
+        return install(stage, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,21 +7,13 @@ temperature 0. Non-square, detailed images, so that resizing and cropping differ
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+from tests.pictures import gradient, noise
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(240)]
 
 FULL = {"min_tokens": 16, "max_tokens": 16}
-
-
-def _noise(height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-
-
-def _gradient(height: int, width: int) -> np.ndarray:
-    y, x = np.mgrid[0:height, 0:width]
-    return np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], -1).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def _ask(content: dict) -> list[dict]:
 
 @pytest.mark.parametrize(
     "image",
-    [_noise(120, 200, 0), _noise(300, 90, 1), _gradient(77, 161), _noise(720, 1280, 2)],
+    [noise(120, 200, 0), noise(300, 90, 1), gradient(77, 161), noise(720, 1280, 2)],
     ids=["noise-120x200", "noise-300x90", "gradient-77x161", "noise-720x1280"],
 )
 async def test_clip_embeddings_give_raw_image_answer_through_native_vllm(native_provider, clip_encoder, image):
@@ -53,7 +45,7 @@ async def test_clip_embeddings_give_raw_image_answer_through_native_vllm(native_
 
 async def test_clip_embeddings_of_another_image_change_the_answer(native_provider, clip_encoder):
     # The comparison above could pass if the engine ignored the image; here different pictures must differ.
-    a, b = _noise(120, 200, 10), _gradient(120, 200)
+    a, b = noise(120, 200, 10), gradient(120, 200)
     answers = [
         (await native_provider.achat(_ask({"image_embeddings": await clip_encoder.aembed_for_llm(img)}), **FULL)).token_ids
         for img in (a, b)

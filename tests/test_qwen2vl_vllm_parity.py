@@ -8,22 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.pictures import gradient, noise
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 
 FULL = {"min_tokens": 16, "max_tokens": 16}
 
 
-def _noise(height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-
-
-def _gradient(height: int, width: int) -> np.ndarray:
-    y, x = np.mgrid[0:height, 0:width]
-    return np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], -1).astype(np.uint8)
-
-
-IMAGES = [_noise(60, 100, 0), _noise(300, 90, 1), _gradient(77, 161), _noise(720, 1280, 2)]
+IMAGES = [noise(60, 100, 0), noise(300, 90, 1), gradient(77, 161), noise(720, 1280, 2)]
 IDS = ["noise-60x100", "noise-300x90", "gradient-77x161", "noise-720x1280"]
 
 
@@ -88,7 +80,7 @@ async def test_qwen2vl_embeddings_of_another_image_change_the_answer(qwen2vl_nat
     # The comparisons above could pass if the engine ignored the image; here different pictures must differ.
     answers = [
         (await qwen2vl_native_provider.achat(_ask({"image_embeddings": qwen_encoder.embed_for_llm(img)}), **FULL)).token_ids
-        for img in (_noise(60, 100, 10), _gradient(60, 100))
+        for img in (noise(60, 100, 10), gradient(60, 100))
     ]
     assert answers[0] != answers[1]
 

@@ -8,11 +8,13 @@ The random tiny LLaVA cannot choose to call a tool, so a regex (structured outpu
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from providers import OpenAICompatibleProvider, ToolCall, ToolCallsEvent
 from providers.streaming import ToolCallAssembler
-from tests.fixtures.vllm import ServerStartError, start_vllm_server, stop_vllm_server
+from tests.fixtures.vllm import serving
 
 TOOLS = [
     {
@@ -43,29 +45,27 @@ def test_tool_call_assembler_joins_pieces_by_index():
     assert ToolCallAssembler().calls() == ()
 
 
+def _server_llm(server) -> OpenAICompatibleProvider:
+    """The HTTP provider on `server`, greedy (open it with `async with`)."""
+    return OpenAICompatibleProvider(
+        {"base_url": server.base_url, "api_key": "none", "model_name": server.model, "temperature": 0}
+    )
+
+
 @pytest.fixture(scope="module")
 def tool_server(tiny_llava_path, tmp_path_factory):
     """A real vLLM OpenAI server on the tiny LLaVA with auto tool choice and the pythonic parser."""
     pytest.importorskip("vllm")
     log_path = tmp_path_factory.mktemp("vllm-tools") / "server.log"
-    try:
-        server = start_vllm_server(
-            tiny_llava_path, log_path, extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "pythonic")
-        )
-    except ServerStartError as exc:
-        pytest.fail(str(exc))
-    try:
+    with serving(tiny_llava_path, log_path,
+                 extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "pythonic")) as server:
         yield server
-    finally:
-        stop_vllm_server(server.process)
 
 
 @pytest.mark.vllm
 @pytest.mark.timeout(300)
 async def test_openai_compatible_astream_yields_assembled_tool_calls_from_vllm_server(tool_server):
-    async with OpenAICompatibleProvider(
-        {"base_url": tool_server.base_url, "api_key": "none", "model_name": tool_server.model, "temperature": 0}
-    ) as llm:
+    async with _server_llm(tool_server) as llm:
         texts, events = await _collect(llm.astream(QUESTION, tools=TOOLS, max_tokens=40, extra_body=FORCE_CALL))
         answer = await llm.achat(QUESTION, tools=TOOLS, max_tokens=40, extra_body=FORCE_CALL)
     assert len(events) == 1 and isinstance(events[0], ToolCallsEvent)
@@ -78,9 +78,7 @@ async def test_openai_compatible_astream_yields_assembled_tool_calls_from_vllm_s
 @pytest.mark.vllm
 @pytest.mark.timeout(300)
 async def test_openai_compatible_astream_without_tools_yields_only_text(tool_server):
-    async with OpenAICompatibleProvider(
-        {"base_url": tool_server.base_url, "api_key": "none", "model_name": tool_server.model, "temperature": 0}
-    ) as llm:
+    async with _server_llm(tool_server) as llm:
         # The same forced call text, but no tools passed: it is only text, and nothing but str comes out.
         items = [item async for item in llm.astream(QUESTION, max_tokens=40, extra_body=FORCE_CALL)]
     assert items and all(isinstance(item, str) for item in items)
@@ -106,3 +104,98 @@ async def test_vllm_native_astream_without_tools_yields_only_text(native_provide
     items = [item async for item in native_provider.astream(QUESTION, max_tokens=40, **FORCE_CALL)]
     assert items and all(isinstance(item, str) for item in items)
     assert "".join(items).startswith("[get_weather(")
+
+
+# --- the agent: tool calls land in the answer the same way streamed or not; partials carry text only -------------
+
+
+def _camera():
+    """A frame source holding one plain FrameBuffer with a frame (the agent needs only source_names/get_buffer)."""
+    import av
+    import numpy as np
+
+    from webrtc import FrameBuffer
+
+    class Camera:
+        def __init__(self):
+            self.buffer = FrameBuffer("desk", max_frames=4, max_seconds=5)
+            picture = np.random.default_rng(3).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
+            self.buffer.put(av.VideoFrame.from_ndarray(picture, format="rgb24"))
+
+        def source_names(self):
+            return ["desk"]
+
+        def get_buffer(self, name):
+            return self.buffer
+
+    return Camera()
+
+
+async def _ask_both_ways(agent):
+    """The same question answered without and with streaming, through `answer_and_send` (what MQTT and the page
+    use), then the agent closed; returns the two answers' payloads and the streamed partial payloads."""
+    from visual_agent.messages import Question
+
+    answers, partials = [], []
+
+    async def send_partial(payload):
+        partials.append(json.loads(payload))
+
+    async def send_answer(answer):
+        answers.append(json.loads(answer.payload()))
+
+    try:
+        for stream in (False, True):
+            await agent.answer_and_send(Question(question="weather?", source="desk", stream=stream), send_partial,
+                                        send_answer)
+    finally:
+        await agent.close()
+    return answers, partials
+
+
+def _assert_same_tool_calls(answers, partials):
+    plain, streamed = answers
+    assert plain["error"] is None and streamed["error"] is None, (plain, streamed)
+    for answer in (plain, streamed):
+        assert [c["name"] for c in answer["tool_calls"]] == ["get_weather"], answer
+        assert json.loads(answer["tool_calls"][0]["arguments"])["city"] in ("Paris", "Rome")
+    assert [(c["name"], c["arguments"]) for c in plain["tool_calls"]] == [(c["name"], c["arguments"]) for c in streamed["tool_calls"]]
+    assert all(isinstance(p["delta"], str) for p in partials)  # the event never became a partial
+    assert "".join(p["delta"] for p in partials) == streamed["text"]
+    assert "get_weather" not in streamed["text"]
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(300)
+async def test_agent_tool_calls_same_streamed_or_not_from_vllm_server(tool_server):
+    from visual_agent import VisualAgent
+
+    async with _server_llm(tool_server) as llm:
+        agent = VisualAgent(llm=llm, webrtc_driver=_camera(), provider_name="openai",
+                            llm_options={"tools": TOOLS, "max_tokens": 40, "extra_body": FORCE_CALL})
+        answers, partials = await _ask_both_ways(agent)
+    _assert_same_tool_calls(answers, partials)
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(300)
+async def test_agent_tool_calls_same_streamed_or_not_from_native_engine_with_embeddings(native_provider):
+    from visual_agent import VisualAgent
+
+    agent = VisualAgent(llm=native_provider, webrtc_driver=_camera(), provider_name="vllm_native",
+                        llm_options={"tools": TOOLS, "max_tokens": 40, **FORCE_CALL})
+    assert agent.encoding.uses_embeddings
+    answers, partials = await _ask_both_ways(agent)
+    _assert_same_tool_calls(answers, partials)
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(300)
+async def test_agent_without_tools_answers_have_no_tool_calls_key(tool_server):
+    from visual_agent import VisualAgent
+
+    async with _server_llm(tool_server) as llm:
+        agent = VisualAgent(llm=llm, webrtc_driver=_camera(), provider_name="openai", llm_options={"max_tokens": 8})
+        answers, partials = await _ask_both_ways(agent)
+    assert all(a["error"] is None and "tool_calls" not in a for a in answers), answers
+    assert "".join(p["delta"] for p in partials) == answers[1]["text"]

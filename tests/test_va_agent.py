@@ -14,6 +14,7 @@ import pytest
 
 from providers import create_provider
 from tests.fixtures.webrtc import CounterVideoTrack, publish
+from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent, topics
 from visual_agent.config import AgentConfig, MqttConfig
 from visual_agent.mqtt import MqttMessager
@@ -440,9 +441,9 @@ async def test_agent_scene_watch_survives_a_source_that_leaves(stub_llm):
     agent = VisualAgent(llm=llm, webrtc_driver=camera, config=config)
     await agent.start()
     try:
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: camera.reads_of_b >= 4, what="the watcher read source b four times")
         (watcher,) = [t for t in agent._tasks if t.get_name() == "agent-scene-change"]
-        assert camera.reads_of_b >= 4 and not watcher.done()
+        assert not watcher.done()
     finally:
         await agent.close()
         await llm.aclose()

@@ -43,6 +43,25 @@ async def test_cli_check_says_what_fails(tmp_path):
     assert f"127.0.0.1:{closed}" in out
 
 
+async def test_cli_check_refuses_a_model_family_without_an_embedding_encoder(tmp_path):
+    folder = tmp_path / "mllama"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "mllama"}')
+    cfg = write_config(tmp_path / "e.yaml", {
+        "llm": {"provider": "vllm_native", "model_name": str(folder), "enable_mm_embeds": True},
+        "mqtt": {"enabled": False}, "webrtc": {"port": 0},
+    })
+    rc, out, err = await run_cli("check", "--config", str(cfg), "--timeout", "2")
+    assert rc == 1, out + err
+    assert "encoder FAIL" in out and "'mllama'" in out and "qwen2_vl" in out and "encoder.embeddings: off" in out, out
+    cfg = write_config(tmp_path / "off.yaml", {
+        "llm": {"provider": "vllm_native", "model_name": str(folder), "enable_mm_embeds": True},
+        "encoder": {"embeddings": "off"}, "mqtt": {"enabled": False}, "webrtc": {"port": 0},
+    })
+    rc, out, err = await run_cli("check", "--config", str(cfg), "--timeout", "2")
+    assert "encoder OK    frames go to the LLM as JPEG" in out, out + err
+
+
 @pytest.mark.mqtt
 async def test_cli_ask_times_out_when_no_daemon_listens(tmp_path, running_mosquitto, topic_prefix):
     cfg = write_config(tmp_path / "a.yaml", {"mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port,

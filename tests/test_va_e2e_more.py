@@ -145,3 +145,41 @@ async def test_e2e_embedded_broker_with_packaged_default_and_ask(tmp_path, vllm_
     assert answer["error"] is None and answer["model"] == vllm_server.model and answer["frames"]
     assert rc_stream == 0, err_stream
     assert "embedded MQTT broker" in log and f"127.0.0.1:{mqtt_port}" in log
+
+
+@pytest.mark.webrtc
+async def test_e2e_native_qwen2vl_daemon_encoding_answers_from_embeddings(qwen2vl_native_provider, tiny_qwen2vl_path, webrtc_server):
+    """The daemon's encoding on a Qwen2-VL folder picks `Qwen2VLEncoder` (loaded at start) and the agent answers
+    two frames of a live stream through it: the dict form with `image_grid_thw` reaches the engine."""
+    from encoders import Qwen2VLEncoder
+
+    config = parse_config({"llm": {"provider": "vllm_native", "model_name": str(tiny_qwen2vl_path), "enable_mm_embeds": True},
+                           "encoder": {"embeddings": "clip"}}, environ={})
+    encoding = await build_frame_encoding(config, qwen2vl_native_provider)
+    assert isinstance(encoding.embedder, Qwen2VLEncoder), encoding.embedder  # loaded at start, not at the question
+    agent = VisualAgent(llm=qwen2vl_native_provider, webrtc_driver=webrtc_server, encoding=encoding, provider_name="vllm_native")
+    try:
+        async with publish(webrtc_server.url, CounterVideoTrack(200, 120, 30, moving=True), source="qwen"):
+            while "qwen" not in webrtc_server.source_names():
+                await asyncio.sleep(0.05)
+            buffer = webrtc_server.get_buffer("qwen")
+            async with asyncio.timeout(15):  # two frames in the window, so the question can take two
+                while len(buffer.window(agent.config.window_s, 2)) < 2:
+                    await buffer.wait_for_frame(15)
+                    await asyncio.sleep(0.02)
+            answer = await agent.ask(Question(question="What is moving?", source="qwen", frames=2))
+            streamed = []
+
+            async def on_partial(seq, delta):
+                streamed.append(delta)
+
+            follow = await agent.ask(Question(question="And now?", source="qwen"), on_partial=on_partial)
+            stats = encoding.cache_stats()
+    finally:
+        await agent.close()
+    assert answer.error is None, answer.error
+    assert answer.text and len(answer.frames) == 2 and answer.model == str(tiny_qwen2vl_path)
+    assert follow.error is None and "".join(streamed) == follow.text
+    assert stats is not None and stats.misses >= 1  # the frames went through our encoder, not as JPEG
+    assert agent.jpeg_encoder is None
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from providers import create_provider
 from visual_agent import EmbeddingsMode, EncoderConfig, FrameEncoding, parse_config
+from visual_agent.daemon import Daemon
 from visual_agent.encoding import frames_as_mode
 from visual_agent.sampling import TakenFrame
 
@@ -92,3 +94,65 @@ async def test_encoding_clip_cache_off_with_zero_entries(tiny_llava_path):
         assert enc.embedder is not None and enc.embedder.cache is None and enc.cache_stats() is None
     finally:
         await enc.aclose()
+
+
+def unsupported_folder(tmp_path, model_type="mllama"):
+    folder = tmp_path / model_type
+    folder.mkdir()
+    (folder / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    return folder
+
+
+def test_encoding_refuses_a_model_family_without_an_encoder_at_construction(tmp_path):
+    from encoders import UnsupportedModelFamilyError
+    from visual_agent import VisualAgent
+
+    llm = native_llm(unsupported_folder(tmp_path))
+    for build in (lambda: FrameEncoding(llm), lambda: FrameEncoding(llm, mode="clip"), lambda: VisualAgent(llm=llm)):
+        with pytest.raises(UnsupportedModelFamilyError, match="'mllama'") as refused:
+            build()
+        assert "llava" in str(refused.value) and "qwen2_vl" in str(refused.value)
+    # Frames as JPEG, or the caller's own embedding function: nothing of ours has to encode that family.
+    assert not FrameEncoding(llm, mode="off").uses_embeddings
+
+    async def own(frames):
+        return frames
+
+    assert FrameEncoding(llm, embedding_function=own).embedding_function is own
+
+
+async def test_encoding_qwen2vl_dict_embeddings_and_cache_on_a_static_scene(tiny_qwen2vl_path):
+    pytest.importorskip("transformers")
+    import torch
+
+    from encoders import Qwen2VLEncoder
+
+    enc = FrameEncoding(native_llm(tiny_qwen2vl_path), config=EncoderConfig(cache_entries=4))
+    try:
+        first = await enc.content("q", still_frames(1, seed=1), "cam")
+        again = await enc.content("q", [TakenFrame(f.frame, 9 + f.seq, 0.0, 9 + f.seq) for f in still_frames(2, seed=1)], "cam")
+        stats = enc.cache_stats()
+    finally:
+        await enc.aclose()
+    assert isinstance(enc.embedder, Qwen2VLEncoder)
+    embeds, twice = first["image_embeddings"], again["image_embeddings"]
+    assert set(embeds) == {"image_embeds", "image_grid_thw"} and tuple(twice["image_grid_thw"].shape) == (2, 3)
+    assert embeds["image_embeds"].shape[-1] == enc.embedder.lm_hidden_size
+    assert (twice["image_embeds"] == torch.cat([embeds["image_embeds"]] * 2)).all()
+    assert (stats.hits, stats.misses) == (2, 1), stats  # one scene, encoded once
+
+
+async def test_daemon_refuses_a_model_family_without_an_encoder_at_start(tmp_path):
+    """A model folder of a family no encoder computes stops `Daemon.start` with the supported families named."""
+    folder = tmp_path / "mllama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "mllama"}))
+    config = parse_config({"mqtt": {"enabled": False}, "webrtc": {"host": "127.0.0.1", "port": 0},
+                           "llm": {"provider": "vllm_native", "model_name": str(folder), "enable_mm_embeds": True}},
+                          environ={})
+    daemon = Daemon(config)
+    with pytest.raises(Exception, match="mllama") as refused:
+        await daemon.start()
+    assert "llava" in str(refused.value) and "qwen2_vl" in str(refused.value) and "encoder.embeddings: off" in str(refused.value)
+    assert daemon.agent is None
+    await daemon.close()

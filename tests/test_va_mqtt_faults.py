@@ -162,16 +162,27 @@ async def test_daemon_online_means_a_question_asked_at_once_is_answered(tmp_path
     assert [a["id"] for a in got] == ["first"]
 
 
+def _kept_session_asker(broker, topic_prefix: str) -> PahoPeer:
+    """A peer whose session the broker keeps (its QoS-1 questions and subscriptions outlive a restart), listening to
+    the daemon's answers and status; the caller closes it."""
+    asker = PahoPeer(broker.host, broker.port, persistent=True)
+    try:
+        asker.subscribe(f"{topic_prefix}/answer")
+        asker.subscribe(f"{topic_prefix}/status")
+    except BaseException:
+        asker.close()
+        raise
+    return asker
+
+
 async def test_daemon_fixed_client_id_answers_questions_asked_while_it_was_stopped(tmp_path, mosquitto_factory,
                                                                                    topic_prefix, stub_llm):
     """With `mqtt.client_id` the session outlives a clean stop (and a mosquitto restart with persistence on): the
     QoS-1 questions asked meanwhile are answered at the next start, each exactly once, with `queued_s`."""
     broker = mosquitto_factory()
-    asker = PahoPeer(broker.host, broker.port, persistent=True)
+    asker = _kept_session_asker(broker, topic_prefix)
     try:
         answer, ask = f"{topic_prefix}/answer", f"{topic_prefix}/ask"
-        asker.subscribe(answer)
-        asker.subscribe(f"{topic_prefix}/status")
         page_port = free_tcp_port()
         cfg = _config(tmp_path, broker, topic_prefix, page_port, stub_llm.base_url, agent={"frame_wait_s": 0.2},
                       client_id=f"va-test-{uuid.uuid4().hex[:8]}")
@@ -262,11 +273,9 @@ async def test_daemon_broker_restart_mid_stream_keeps_questions_and_bounds_the_o
     made while offline go out after the reconnect up to `mqtt.outbox_max` (2), the rest is counted in /healthz; a
     question asked while the broker was down is answered (none lost)."""
     broker = mosquitto_factory()
-    asker = PahoPeer(broker.host, broker.port, persistent=True)
+    asker = _kept_session_asker(broker, topic_prefix)
     try:
         answer, ask = f"{topic_prefix}/answer", f"{topic_prefix}/ask"
-        asker.subscribe(answer)
-        asker.subscribe(f"{topic_prefix}/status")
         page_port = free_tcp_port()
         cfg = _config(tmp_path, broker, topic_prefix, page_port, held_llm.base_url, sources=_video_source(tmp_path),
                       outbox_max=2, client_id=f"va-test-{uuid.uuid4().hex[:8]}")

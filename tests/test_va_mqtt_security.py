@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -17,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli, write_config
 from tests.fixtures.mqtt import PahoPeer
+from tests.fixtures.pki import TestCA
 from visual_agent.broker import EmbeddedBroker
 from visual_agent.config import MqttConfig
 from visual_agent.errors import EmbeddedBrokerError, MessagingError
@@ -106,9 +109,10 @@ async def test_cli_ask_takes_only_its_own_answer_and_strips_terminal_escapes(tmp
 # --- the embedded broker -----------------------------------------------------------------------------------------
 
 
-def _client(port: int, *, username=None, password=None, will=None) -> tuple[paho.Client, int]:
+def _client(port: int, *, username=None, password=None, will=None, client_id=None, clean=True) -> tuple[paho.Client, int]:
     """A 3.1.1 paho client (amqtt speaks 3.1.1); returns it and its CONNACK code (0 accepted)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv311)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
+                         protocol=paho.MQTTv311, clean_session=clean)
     if username is not None:
         client.username_pw_set(username, password)
     if will:
@@ -138,23 +142,31 @@ async def _until(pred, what: str, timeout: float = 10.0) -> None:
 
 
 async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
-    """Anyone local may connect (loopback, no password set) but not publish under status/answer/reply, nor leave a
-    last will there; the daemon's own client (its per-start credential) may."""
+    """Anyone local may connect (loopback, no password set) and ask, but publish nothing else under the prefix
+    (answers, replies, status, Home Assistant's state topics), nor leave a last will there; the daemon's own client
+    (its per-start credential) may."""
     cfg = MqttConfig(prefix=PREFIX, embedded_port=0)
     async with EmbeddedBroker.from_config(cfg) as broker:
         daemon_cfg = broker.daemon_client_config(MqttConfig(host="127.0.0.1", port=broker.port, prefix=PREFIX))
         async with MqttMessager(daemon_cfg, status_topic=f"{PREFIX}/status",
-                                subscriptions=[f"{PREFIX}/status", f"{PREFIX}/answer/#", f"{PREFIX}/reply/#", f"{PREFIX}/probe"]) as daemon:
+                                subscriptions=[f"{PREFIX}/status", f"{PREFIX}/answer/#", f"{PREFIX}/reply/#", f"{PREFIX}/door/#",
+                                               f"{PREFIX}/probe", f"{PREFIX}/ask", f"{PREFIX}/rules/#"]) as daemon:
             assert (await daemon.next_message(5)).payload == b"online"  # its own status: allowed
             intruder, code = await asyncio.to_thread(_client, broker.port)
             assert code == 0
-            for topic, payload in ((f"{PREFIX}/status", b"offline"), (f"{PREFIX}/answer", b'{"id":"x","text":"fake"}'),
-                                   (f"{PREFIX}/reply/cli", b"fake"), (f"{PREFIX}/answer/partial", b"fake")):
-                intruder.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-            intruder.publish(f"{PREFIX}/probe", b"allowed", qos=1).wait_for_publish(5)
-            got = await daemon.next_message(5)
-            assert (got.topic, got.payload) == (f"{PREFIX}/probe", b"allowed")  # nothing forged came before it
-            assert broker.describe()["publish_denied"] == 4
+            for topic, payload in ((f"{PREFIX}/status", b"forged offline"), (f"{PREFIX}/answer", b'{"id":"x","text":"fake"}'),
+                                   (f"{PREFIX}/reply/cli", b"fake"), (f"{PREFIX}/answer/partial", b"fake"),
+                                   (f"{PREFIX}/door/state", b'{"text":"nobody there"}'),  # Home Assistant's sensor
+                                   (f"{PREFIX}/door/description", b"fake"), (f"{PREFIX}/probe", b"fake"),
+                                   (f"{PREFIX}/door/rules/person/event", b'{"state":"on"}'),  # a rule's state
+                                   (f"{PREFIX}/rules/error", b"fake")):
+                intruder.publish(topic, payload, qos=1, retain=True)  # amqtt sends no PUBACK for a refused one
+            # What others are meant to send: questions (also per source) and the rule set.
+            for topic in (f"{PREFIX}/ask", f"{PREFIX}/door/ask", f"{PREFIX}/rules/set"):
+                intruder.publish(topic, b"allowed", qos=1).wait_for_publish(5)
+                got = await daemon.next_message(5)
+                assert (got.topic, got.payload) == (topic, b"allowed")  # nothing forged came before it
+            await _until(lambda: broker.describe()["publish_denied"] == 9, "9 refused publishes")
             await asyncio.to_thread(_stop, intruder)
             _, code = await asyncio.to_thread(_client, broker.port, will=f"{PREFIX}/status")
             assert code != 0  # a last will on our status topic is refused at CONNECT
@@ -163,8 +175,27 @@ async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
         late.on_message = lambda c, u, m: got_status.append(m.payload)
         late.subscribe(f"{PREFIX}/status", 1)
         await _until(lambda: bool(got_status), "the retained status")
-        assert got_status == [b"offline"]  # the daemon's own, published at its close
+        assert set(got_status) == {b"offline"}  # the daemon's own (at its close, maybe its will too), not the forged one
         await asyncio.to_thread(_stop, late)
+
+
+async def test_embedded_broker_daemon_client_id_cannot_be_taken_over():
+    """amqtt takes a client id over before it checks the newcomer's credentials, and copies them onto the existing
+    session: anyone who knew the daemon's client id (/healthz shows it) could disconnect the daemon, or leave its
+    session with credentials that may not publish its answers. A newcomer with the daemon's id is refused and
+    changes nothing, with a clean session or not."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        daemon_cfg = broker.daemon_client_config(MqttConfig(host="127.0.0.1", port=broker.port, prefix=PREFIX,
+                                                             client_id="va-daemon-known"))
+        async with MqttMessager(daemon_cfg, subscriptions=[f"{PREFIX}/answer"]) as daemon:
+            for clean in (True, False):
+                intruder, code = await asyncio.to_thread(_client, broker.port, client_id="va-daemon-known", clean=clean)
+                await asyncio.to_thread(_stop, intruder)
+                assert code != 0, clean
+            await daemon.publish(f"{PREFIX}/answer", b"still the daemon's", wait=True)
+            assert (await daemon.next_message(5)).payload == b"still the daemon's"  # its subscription and rights kept
+            assert daemon.stats.connects == 1 and broker.describe()["publish_denied"] == 0
 
 
 async def test_embedded_broker_credentials():
@@ -228,30 +259,35 @@ async def test_embedded_broker_bounds_retained_messages():
             assert broker.describe()["retain_refused"] == 6
 
 
+async def test_embedded_broker_default_caps_keep_no_megabyte_retains():
+    """The finding: 100 retained 1 MB messages grew the daemon by 106 MB. With the defaults (64 KiB each, 1000
+    topics: 64 MB at most) a 1 MB retained message is delivered and not kept."""
+    async with EmbeddedBroker.from_config(MqttConfig(prefix=PREFIX, embedded_port=0)) as broker:
+        client = MqttConfig(host="127.0.0.1", port=broker.port, protocol="3.1.1", max_payload_bytes=2 * 1024 * 1024)
+        async with MqttMessager(client, subscriptions=["big/#"]) as m:
+            for i in range(3):
+                await m.publish(f"big/{i}", b"z" * (1024 * 1024), retain=True, wait=True)
+            assert [len((await m.next_message(10)).payload) for _ in range(3)] == [1024 * 1024] * 3
+        await _until(lambda: broker.describe()["retain_refused"] == 3, "3 refused retains")
+        assert broker.describe()["retained"] == 0
+
+
 # --- mutual TLS ---------------------------------------------------------------------------------------------------
 
 
 async def test_messager_mutual_tls_with_a_client_certificate(mosquitto_factory, broker_files):
-    """mosquitto with `require_certificate true`: our client certificate (signed by a CA made here) gets in; the
-    same client without one is refused."""
+    """mosquitto with `require_certificate true`: our client certificate (signed by a CA made here with
+    `cryptography`) gets in; the same client without one is refused."""
     d = broker_files
-
-    def ssl(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, cn, ext in (("server", "127.0.0.1", ["-extfile", "san.ext"]), ("client", "visual-agent", [])):
-        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
-        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
-            *ext, "-out", f"{name}.crt")
+    ca = TestCA(d)
+    server_cert, server_key = ca.issue("server", ["127.0.0.1"])
+    client_cert, client_key = ca.issue("client", ["visual-agent"], client=True)
     for f in d.iterdir():
         f.chmod(0o644)
-    broker = mosquitto_factory(listener_extra=f"cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"
+    broker = mosquitto_factory(listener_extra=f"cafile {ca.pem}\ncertfile {server_cert}\nkeyfile {server_key}\n"
                                               "require_certificate true\n")
-    tls = {"enabled": True, "ca_certs": str(d / "ca.crt")}
-    cfg = MqttConfig(host="127.0.0.1", port=broker.port,
-                     tls={**tls, "certfile": str(d / "client.crt"), "keyfile": str(d / "client.key")})
+    tls = {"enabled": True, "ca_certs": str(ca.pem)}
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, tls={**tls, "certfile": str(client_cert), "keyfile": str(client_key)})
     async with MqttMessager(cfg, subscriptions=["mtls/in"]) as m:
         await m.publish("mtls/in", b"with a client certificate", wait=True)
         assert (await m.next_message(5)).payload == b"with a client certificate"
@@ -260,3 +296,62 @@ async def test_messager_mutual_tls_with_a_client_certificate(mosquitto_factory, 
         await m.start(timeout=3)
     assert m.last_error and not m.connected
     await m.close()
+
+
+# --- the mosquitto ACL that docs/SECURITY.md recommends -----------------------------------------------------------
+
+NOT_AUTHORIZED = 0x87
+
+
+def _documented_acl(prefix: str) -> str:
+    """The `# /etc/mosquitto/acl` block of docs/SECURITY.md, for `prefix`: the test runs what the docs say."""
+    doc = (Path(__file__).parent.parent / "docs" / "SECURITY.md").read_text()
+    block = re.search(r"```\n(# /etc/mosquitto/acl\n.*?)```", doc, re.S)
+    assert block, "docs/SECURITY.md has no mosquitto ACL block"
+    return block.group(1).replace("visual_agent/", f"{prefix}/")
+
+
+async def test_documented_mosquitto_acl_keeps_answers_to_their_askers(tmp_path, mosquitto_factory, broker_files,
+                                                                       stub_llm, topic_prefix):
+    """With the ACL from docs/SECURITY.md the daemon and `visual-agent ask` work, and another user of the same
+    broker reads neither the status nor anyone's answers but its own, and cannot publish an answer or the status."""
+    d = broker_files
+    (d / "acl").write_text(_documented_acl(topic_prefix))
+    users = {"visual-agent": "daemon-pw-1", "alice": "alice-pw-1", "mallory": "mallory-pw-1"}
+    for i, (user, password) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(d / "passwd"), user, password],
+                       check=True, capture_output=True)
+    for f in d.iterdir():
+        f.chmod(0o644)
+    broker = mosquitto_factory(listener_extra=f"password_file {d}/passwd\nacl_file {d}/acl\n", anonymous=False)
+    mqtt = {"host": broker.host, "port": broker.port, "prefix": topic_prefix}
+    page_port = free_tcp_port()
+    daemon_cfg = write_config(tmp_path / "d.yaml", {
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0},
+        "webrtc": {"port": page_port}, "agent": {"frame_wait_s": 0.2}, "mqtt": {**mqtt, "username": "visual-agent"}})
+    alice_cfg = write_config(tmp_path / "a.yaml", {"mqtt": {**mqtt, "username": "alice"}})
+    mallory = PahoPeer(broker.host, broker.port, username="mallory", password=users["mallory"])
+    mine = f"{topic_prefix}/reply/{mallory.client._client_id.decode()}"
+    try:
+        mallory.subscribe("#")
+        mallory.subscribe(f"{topic_prefix}/reply/#")
+        async with daemon_process(daemon_cfg, page_port=page_port, log_path=tmp_path / "d.log",
+                                  env={"VISUAL_AGENT__MQTT__PASSWORD": users["visual-agent"]}):
+            deadline = time.monotonic() + 40
+            while True:  # until the daemon has subscribed: a question before that is not kept
+                rc, out, err = await run_cli("ask", "who is there?", "--config", str(alice_cfg), "--timeout", "5",
+                                             "--json", env={"VISUAL_AGENT__MQTT__PASSWORD": users["alice"]})
+                if rc != 3 or time.monotonic() > deadline:  # 3: no answer in time
+                    break
+            assert json.loads(out)["question"] == "who is there?", (rc, out, err)  # an answer (no_frame: no camera)
+            # alice's answer went out before mallory's question: had mallory been able to read it, it came first
+            mallory.publish(f"{topic_prefix}/ask", json.dumps({"id": "m", "question": "mine?"}), response_topic=mine,
+                            correlation_data=b"m")
+            seen = await asyncio.to_thread(mallory.until, mine, 30)
+            assert [m.topic for m in seen if m.topic.startswith(f"{topic_prefix}/")] == [mine], [m.topic for m in seen]
+            for topic, payload, retain in ((f"{topic_prefix}/status", b"offline", True),
+                                           (f"{topic_prefix}/answer", b'{"id":"x","question":"q","text":"fake"}', False),
+                                           (f"{topic_prefix}/reply/visual-agent-ask-00000000", b"fake", False)):
+                assert mallory.puback(mallory.publish(topic, payload, retain=retain)) == NOT_AUTHORIZED, topic
+    finally:
+        mallory.close()

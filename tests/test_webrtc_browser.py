@@ -281,3 +281,24 @@ async def test_webrtc_browser_page_sends_one_conversation_id_per_tab_across_a_re
     assert before["conversation"].startswith("tab-") and len(before["conversation"]) <= 128
     assert after["conversation"] == before["conversation"] and got[0][0] != got[1][0]
     assert elsewhere["conversation"] != before["conversation"]
+
+
+async def test_webrtc_browser_page_lists_its_sources_rules_with_live_state(webrtc_server, chromium):
+    """Rule states sent on the data channel (`{"type": "rule", ...}`, as the daemon's rule engine does) show as one
+    line per rule, updated in place, and are not taken for answers."""
+    context = await chromium.new_context()
+    page = await context.new_page()
+    try:
+        await page.goto(f"{webrtc_server.url}/?source=door&res=640x480&fps=30&autostart=1")
+        await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", timeout=20000)
+        state = {"type": "rule", "rule": "person_at_door", "source": "door", "state": "off", "reason": "", "degraded": False}
+        assert await webrtc_server.broadcast("door", json.dumps(state)) == 1
+        await page.wait_for_function("document.getElementById('rule-person_at_door')?.innerText.includes('off')", timeout=5000)
+        state.update(state="on", reason="someone is there")
+        await webrtc_server.broadcast("door", json.dumps(state))
+        await page.wait_for_function("document.getElementById('rule-person_at_door')?.innerText.includes('on — someone')",
+                                     timeout=5000)
+        assert await page.evaluate("document.querySelectorAll('#rules li').length") == 1
+        assert await page.evaluate("Object.keys(window.agentPage.answers).length") == 0
+    finally:
+        await context.close()

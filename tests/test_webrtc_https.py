@@ -4,10 +4,7 @@ headless Chromium publishing through it with the token from the page's URL fragm
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime
 import hashlib
-import ipaddress
 import json
 import ssl
 import time
@@ -16,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.fixtures.pki import TestCA
 from tests.fixtures.webrtc import CHROMIUM_ARGS, CHROMIUM_PATH, CounterVideoTrack, publish
 from webrtc import WebRTCConfig, WebRTCConfigError, WebRTCServer
 
@@ -26,42 +24,9 @@ TOKEN = "https-test-token-0123456789"
 
 def _write_test_ca_and_server_cert(folder: Path, names: list[str]) -> tuple[Path, Path, Path, str]:
     """A CA and a server certificate it signed for `names`; returns (ca, chain, key, base64 SHA-256 of the CA's SPKI)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "visual-agent test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    alt = []
-    for n in names:
-        try:
-            alt.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            alt.append(x509.DNSName(n))
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (folder / "chain.pem").write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))
-    (folder / "key.pem").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
-    spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return folder / "ca.pem", folder / "chain.pem", folder / "key.pem", base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    ca = TestCA(folder)
+    chain, key = ca.issue("chain", names, chain=True)
+    return ca.pem, chain, key, ca.spki_sha256
 
 
 @pytest.fixture
@@ -164,7 +129,8 @@ async def chromium_trusting(test_ca):
 
 
 @pytest.mark.browser
-async def test_webrtc_https_page_publishes_with_token_from_fragment(https_server, chromium_trusting):
+async def test_webrtc_https_page_publishes_with_token_from_fragment(https_server, chromium_trusting, caplog):
+    caplog.set_level("DEBUG")  # every server log line must be free of the token (there is no access log)
     seen: list[str] = []
     https_server.on_data_message = lambda source, peer_id, text: seen.append(text)
     context = await chromium_trusting.new_context()
@@ -196,6 +162,8 @@ async def test_webrtc_https_page_publishes_with_token_from_fragment(https_server
         assert await page.evaluate("window.agentPage.errors") == []
     finally:
         await context.close()
+    assert any("connected as source 'secure'" in r.getMessage() for r in caplog.records)
+    assert not [r.getMessage() for r in caplog.records if TOKEN in r.getMessage()]
 
 
 @pytest.mark.browser

@@ -6,12 +6,12 @@ Each test reproduces one finding against a real server on 127.0.0.1 with real ai
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import pytest
 
 from tests.fixtures.webrtc import CounterVideoTrack, offer_sdp, publish
+from tests.waiting import wait_until
 from webrtc import WebRTCConfig, WebRTCConfigError, WebRTCServer
 from webrtc.config import mask_url_secrets
 
@@ -22,14 +22,6 @@ TOKEN = "s3cret-token-for-tests"
 
 def config(**kw) -> WebRTCConfig:
     return WebRTCConfig(host="127.0.0.1", port=0, host_candidate_addresses=["127.0.0.1"], **kw)
-
-
-async def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(step)
 
 
 def bearer(token: str = TOKEN) -> dict[str, str]:
@@ -282,6 +274,25 @@ def test_webrtc_security_rtsp_query_secrets_are_masked():
     from webrtc import SourceConfig
 
     assert "abc123" not in repr(SourceConfig(name="door", kind="rtsp", url="rtsp://cam/live?token=abc123"))
+
+
+async def test_webrtc_security_source_url_secrets_stay_out_of_every_log_line(webrtc_server_factory, tmp_path, caplog):
+    """Our own lines and aiortc's (its `MediaPlayer` logs the URL it plays, at DEBUG and in one WARNING) show a URL's
+    `?token=` and `user:pass@` masked. A file whose name carries `?token=` makes aiortc log a real line with it."""
+    from tests.test_sources import write_video
+    from webrtc import SourceConfig
+
+    clip = write_video(tmp_path / "clip.mp4", 0.5).rename(tmp_path / "clip.mp4?token=filesecret1")
+    rtsp = SourceConfig(name="door", kind="rtsp", url="rtsp://admin:hunter2@127.0.0.1:9/live?token=abc123&channel=1",
+                        reconnect=False, open_timeout_s=3, options={"rtsp_transport": "tcp"})
+    with caplog.at_level("DEBUG"):
+        server = await webrtc_server_factory(sources=[rtsp, SourceConfig(name="clip", url=str(clip))])
+        await server.get_buffer("clip").wait_for_frame(10)
+        await wait_until(lambda: server.get_buffer("door").state.value == "ended")
+        await wait_until(lambda: any("Starting worker thread" in r.getMessage() for r in caplog.records))
+    text = "\n".join(r.getMessage() for r in caplog.records) + repr(server.health())
+    assert "token=***" in text and "admin:***@" in text
+    assert not [s for s in ("filesecret1", "hunter2", "abc123") if s in text], text
 
 
 def test_webrtc_security_allowed_hosts_rules():

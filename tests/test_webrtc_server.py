@@ -11,17 +11,10 @@ import aiohttp
 import pytest
 
 from tests.fixtures.webrtc import CounterVideoTrack, offer_sdp, publish, read_counter, tasks_now
+from tests.waiting import wait_until
 from webrtc import DataChannelClosedError, PeerNotFoundError, WebRTCConfig
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(90)]
-
-
-async def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(step)
 
 
 async def test_webrtc_server_offer_frames_arrive_and_healthz(webrtc_server):

@@ -14,7 +14,8 @@ The seams around this core, one module each (docs/ARCHITECTURE.md):
 - frames to model input: `encoding.FrameEncoding` (JPEG data URLs or embeddings);
 - the collaborators' shapes: `interfaces.FrameSource`, `interfaces.MessageTransport`; topics: `topics.Topics`.
 
-`timings` keeps, per answered MQTT question, when it arrived, when the LLM request left, when the LLM's
+`telemetry` hears of every question and answer (`Telemetry`: Prometheus metrics, OpenTelemetry traces), with its
+`QuestionTiming` stamps. `timings` keeps, per answered MQTT question, when it arrived, when the LLM request left, when the LLM's
 answer came back and when the answer was handed to MQTT (monotonic seconds): `scripts/bench_agent.py` reads it.
 """
 
@@ -25,11 +26,12 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from providers.deadline import answer_by
 from providers.errors import ContextLengthError
+from providers.streaming import ToolCallsEvent
 
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig, EmbeddingsMode
 from .context_budget import ContextBudget, Fitted
@@ -41,13 +43,15 @@ from .llm_errors import llm_error
 from .messages import Answer, FrameRef, Question, partial_payload
 from .mqtt_intake import MQTT_CONSUMER_TASK, MqttQuestions
 from .page_intake import PageQuestions
+from .rules.lookback import LookbackStore, lookback_frames
 from .sampling import TakenFrame, Trigger, select_frames
+from .telemetry import Telemetry, Via, via_of
 from .timings import QuestionTiming
 from .topics import Topics, topics
 from .triggers import DescriptionTriggers
 
 if TYPE_CHECKING:
-    from providers import LLMProvider
+    from providers import LLMProvider, ToolCall
 
 __all__ = ["EmbeddingFunction", "QuestionTiming", "VisualAgent", "topics"]
 
@@ -79,10 +83,15 @@ class VisualAgent:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         on_answer: AnswerHook | None = None,
         encoding: FrameEncoding | None = None,
+        llm_options: Mapping[str, Any] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """`llm`: an `LLMProvider`. `encoding` (the daemon builds it from `encoder`) replaces `embedding_function`,
-        `jpeg_encoder` and `frames_as`, which build one here (`frames_as`: auto, clip or off)."""
+        `jpeg_encoder` and `frames_as`, which build one here (`frames_as`: auto, clip or off). `llm_options`: keyword
+        options for every `achat`/`astream` call, e.g. `tools` (the calls the model makes land in `Answer.tool_calls`,
+        streamed or not)."""
         self.llm = llm
+        self.llm_options: dict[str, Any] = dict(llm_options or {})
         self.messager = messager
         self.driver = webrtc_driver
         self.config = config or AgentConfig()
@@ -98,6 +107,8 @@ class VisualAgent:
         elif embedding_function is not None or jpeg_encoder is not None:
             raise ValueError("give either encoding= or embedding_function/jpeg_encoder, not both")
         self.encoding = encoding
+        self.telemetry = telemetry or Telemetry()
+        """Told of every question and answer (metrics, traces)."""
         self.timings: collections.deque[QuestionTiming] = collections.deque(maxlen=_TIMINGS_KEPT)
         self.counters: collections.Counter[str] = collections.Counter()
         cfg = self.config
@@ -109,6 +120,8 @@ class VisualAgent:
         self.last_error: dict[str, Any] | None = None
         """The newest error answer (type, message, when): /healthz shows what is failing now, the counters how often."""
         self.last_answer_at: float | None = None
+        self.lookbacks = LookbackStore(webrtc_driver, cfg.lookback_s)
+        """Per-source look-back thumbnails (`agent.lookback_s`, and the rules'), shared with the rule engine."""
         self._in_flight = 0
         self._question_tasks: set[asyncio.Task[Any]] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -141,10 +154,11 @@ class VisualAgent:
     async def start(self) -> None:
         """Listen on MQTT and the data channel; start periodic and scene-change descriptions if configured."""
         if self._mqtt is not None:
-            self._tasks.append(await self._mqtt.start())
+            self._tasks += await self._mqtt.start()
         if self._page is not None:
             self._page.attach()
         self._tasks += self._triggers.start()
+        self.lookbacks.start()
 
     async def __aenter__(self) -> VisualAgent:
         await self.start()
@@ -175,6 +189,7 @@ class VisualAgent:
         self._tasks = []
         if self._mqtt is not None:
             await self._mqtt.close()  # refused overflow answered, what was received but not taken answered `shutdown`
+        await self.lookbacks.close()
         await self.encoding.aclose()
         self._closed = True
 
@@ -213,6 +228,8 @@ class VisualAgent:
         if answer.source is None:
             answer.source = source
         answer.latency_s = time.monotonic() - start
+        if timing is not None:
+            timing.answered_at = time.monotonic()
         self.counters["answers" if answer.error is None else f"errors.{answer.error['type']}"] += 1
         if answer.error is None:
             self.last_answer_at = time.time()
@@ -232,9 +249,13 @@ class VisualAgent:
         source = self._resolve_source(question.source)
         question.source = source
         taken = await self._take_frames(source, question.frames or self.config.frames)
+        if question.lookback_s:  # "what just happened?": a few look-back images first (the budget drops them first)
+            taken = await lookback_frames(self.lookbacks.get(source), question.lookback_s, taken) + taken
+        if timing is not None:
+            timing.frames_at = time.monotonic()
         key = self.conversations.key(source, question.conversation) if trigger is Trigger.QUESTION else None
         turns = self.conversations.turns(key)
-        text, model, fitted = await self._ask_model(question.question, taken, source, turns, on_partial, timing)
+        text, model, fitted, calls = await self._ask_model(question.question, taken, source, turns, on_partial, timing)
         if timing is not None:
             timing.llm_response_at = time.monotonic()
         self.conversations.remember(key, question.question, text)
@@ -242,10 +263,12 @@ class VisualAgent:
             id=question.id, question=question.question, text=text, source=source,
             frames=[FrameRef(taken[i].pts, taken[i].age_s) for i in fitted.frames], model=model,
             provider=self.provider_name, trimmed=fitted.trimmed or None,
+            tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
         )
 
     async def _ask_model(self, question: str, taken: list[TakenFrame], source: str, turns: list[Turn],
-                         on_partial: PartialCallback | None, timing: QuestionTiming | None) -> tuple[str, str | None, Fitted]:
+                         on_partial: PartialCallback | None, timing: QuestionTiming | None,
+                         ) -> tuple[str, str | None, Fitted, list[ToolCall]]:
         """Fit the request into the model's context and ask; a refusal for context length is retried once, with
         what the refusal taught the budget (the true prompt size, the context length)."""
         minimal = False
@@ -256,12 +279,14 @@ class VisualAgent:
             if timing is not None:
                 timing.encoded_at = time.monotonic()
             messages = self.build_messages(content, turns[len(turns) - fitted.history_turns:])
-            opts = {"max_tokens": fitted.max_tokens} if self.budget.context_tokens is not None else {}
+            opts = dict(self.llm_options)
+            if self.budget.context_tokens is not None:
+                opts["max_tokens"] = min(fitted.max_tokens, opts.get("max_tokens") or fitted.max_tokens)
             if timing is not None:
                 timing.llm_request_at = time.monotonic()
             streamed = [0]
             try:
-                text, model, prompt_tokens = await self._complete(messages, opts, on_partial, streamed)
+                text, model, prompt_tokens, calls = await self._complete(messages, opts, on_partial, streamed, timing)
             except ContextLengthError as exc:
                 learned = self.budget.refused(shape, exc.limit, exc.input_tokens, exc.input_at_least)
                 if attempt == 2 or streamed[0] or not learned:
@@ -272,25 +297,38 @@ class VisualAgent:
                             "trimmed: %s", exc.input_tokens or 0, shape.estimate, exc.message)
                 continue
             self.budget.observe(shape, prompt_tokens)
-            return text, model, fitted
+            return text, model, fitted, calls
         raise AssertionError("unreachable")
 
     async def _complete(self, messages: list[dict[str, Any]], opts: dict[str, Any], on_partial: PartialCallback | None,
-                        streamed: list[int]) -> tuple[str, str | None, int | None]:
-        """(text, model, prompt tokens when reported); `streamed[0]` counts the partials already sent."""
+                        streamed: list[int], timing: QuestionTiming | None = None,
+                        ) -> tuple[str, str | None, int | None, list[ToolCall]]:
+        """(text, model, prompt tokens when reported, tool calls); `streamed[0]` counts the partials already sent;
+        `timing` gets the first streamed piece's time and the reported usage.
+
+        Tool calls come the same way from `achat` and `astream` (there as one `ToolCallsEvent` after the text)."""
         model = self.llm.model
         if on_partial is not None and self.llm.capabilities.streaming:
             parts: list[str] = []
-            async for delta in self.llm.astream(messages, **opts):
-                if not delta:
+            calls: list[ToolCall] = []
+            async for item in self.llm.astream(messages, **opts):
+                if isinstance(item, ToolCallsEvent):  # after the text, when tools were passed: never streamed as text
+                    calls = list(item.tool_calls)
                     continue
-                parts.append(delta)
+                if not isinstance(item, str) or not item:
+                    continue
+                parts.append(item)
+                if timing is not None and timing.first_token_at is None:
+                    timing.first_token_at = time.monotonic()
                 streamed[0] += 1
-                await on_partial(streamed[0], delta)
-            return "".join(parts), self.llm.model or model, None
+                await on_partial(streamed[0], item)
+            return "".join(parts), self.llm.model or model, None, calls
         response = await self.llm.achat(messages, **opts)
         usage = response.usage
-        return response.text, response.model or model, usage.prompt_tokens if usage is not None else None
+        if timing is not None and usage is not None:
+            timing.prompt_tokens, timing.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        return (response.text, response.model or model, usage.prompt_tokens if usage is not None else None,
+                list(response.tool_calls))
 
     def build_messages(self, content: Any, history: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         """The chat request: the system prompt, the earlier (question, answer) turns, then this question's content.
@@ -359,11 +397,14 @@ class VisualAgent:
         task.add_done_callback(done)
 
     async def answer_and_send(self, question: Question, send_partial: Callable[[bytes], Awaitable[None]],
-                              send_answer: Callable[[Answer], Awaitable[None]], timing: QuestionTiming | None = None) -> None:
+                              send_answer: Callable[[Answer], Awaitable[None]], timing: QuestionTiming | None = None,
+                              *, via: Via = Via.MQTT) -> None:
         """Answer `question`, streaming partials when it (or the config) asks, and send the answer; when cancelled
         (shutdown), send a `shutdown` answer instead. MQTT and the data channel differ only in `send_*`."""
         stream = self.config.stream if question.stream is None else question.stream
-        received_at = time.monotonic() if timing is None else timing.received_at
+        if timing is None:
+            timing = QuestionTiming(id=question.id, received_at=time.monotonic())
+        received_at = timing.received_at
 
         async def on_partial(seq: int, delta: str) -> None:
             await send_partial(partial_payload(question.id, seq, delta))
@@ -371,11 +412,19 @@ class VisualAgent:
         try:
             answer = await self.ask(question, on_partial=on_partial if stream else None, received_at=received_at, timing=timing)
         except asyncio.CancelledError:
-            await send_answer(Answer.failed(question, QuestionError(ErrorType.SHUTDOWN, "the daemon stopped before the answer was ready"),
-                                            provider=self.provider_name, latency_s=time.monotonic() - received_at))
+            failed = Answer.failed(question, QuestionError(ErrorType.SHUTDOWN, "the daemon stopped before the answer was ready"),
+                                   provider=self.provider_name, latency_s=time.monotonic() - received_at)
+            timing.answered_at = time.monotonic()
+            await send_answer(failed)
+            self._sent(via, failed, timing)
             raise
         await send_answer(answer)
+        self._sent(via, answer, timing)
         await self.notify(answer, Trigger.QUESTION)
+
+    def _sent(self, via: Via, answer: Answer, timing: QuestionTiming) -> None:
+        timing.published_at = time.monotonic()
+        self.telemetry.answered(via, answer, timing)
 
     async def notify(self, answer: Answer, trigger: Trigger) -> None:
         """Hand a successful answer or description to `on_answer`; its failure is logged, not raised."""
@@ -410,13 +459,17 @@ class VisualAgent:
         if self.admit(question) is not None:
             logger.info("agent: skipping a %s description of %s (busy)", trigger.value, source)
             return None
+        via = via_of(trigger)
+        self.telemetry.question(via)
+        timing = QuestionTiming(id=question.id, received_at=time.monotonic())
         self._in_flight += 1
         try:
-            answer = await self.ask(question, trigger=trigger)
+            answer = await self.ask(question, trigger=trigger, timing=timing)
         finally:
             self._in_flight -= 1
         if self.messager is not None and answer.error is None:
             await self.messager.publish(self.topics.description(source), answer.payload())
+        self._sent(via, answer, timing)
         await self.notify(answer, trigger)
         return answer
 

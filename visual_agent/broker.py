@@ -6,8 +6,14 @@ on its socket (a QoS-1 round trip to amqtt takes ~44 ms without it). The broker 
 What it adds to amqtt (each found missing by trying it as an attacker would):
 - Credentials: with `mqtt.username`/`mqtt.password` set, clients must present them (compared in constant time);
   bound beyond loopback they are required (`EmbeddedBrokerError` otherwise).
-- The daemon's own client logs in with a random per-start credential; only it may publish under
-  `<prefix>/status`, `<prefix>/answer` and `<prefix>/reply` (no fake answers, no fake ``offline``).
+- The daemon's own client logs in with a random per-start credential; only it may publish under `<prefix>/`
+  (status, answers, replies, descriptions, Home Assistant's state topics, rule states); other clients there only
+  ask, on `<prefix>/ask` or `<prefix>/<source>/ask`, and set the rules on `<prefix>/rules/set` (no fake answers,
+  no fake ``offline``, no fake sensor or rule state).
+- The daemon's client id is its own: amqtt takes a client id over (disconnecting its holder) and copies the
+  newcomer's credentials onto the existing session before it checks them; here a newcomer is checked first, and one
+  that is not the daemon may not use an id the daemon holds (else anyone who read the id in /healthz could
+  disconnect the daemon, or leave its session with rights that may not publish its answers).
 - A CONNECT timeout: a TCP connection that sends no CONNECT within `mqtt.embedded_connect_timeout_s` is closed
   (idle sockets would otherwise hold all `max_connections` slots and lock every client out).
 - Retained messages are bounded: at most `mqtt.embedded_max_retained` topics of at most
@@ -41,7 +47,9 @@ DEFAULT_MAX_RETAINED_BYTES = 64 * 1024
 MAX_CONNECTIONS = 256
 DAEMON_USERNAME = "visual-agent-daemon"
 """The user name of the daemon's own client at its embedded broker (its password is random per start)."""
-_PROTECTED = ("status", "answer", "reply")
+_SESSION_FIELDS = ("username", "password", "will_flag", "will_message", "will_topic", "will_qos", "keep_alive")
+"""What amqtt copies from a reconnecting client onto the existing session of its id (amqtt 0.12)."""
+_CONNACK_NOT_AUTHORIZED = b"\x20\x02\x00\x05"
 
 
 class EmbeddedBroker:
@@ -70,7 +78,10 @@ class EmbeddedBroker:
         self.max_retained_bytes = max_retained_bytes
         self.daemon_password = secrets.token_urlsafe(24)
         """The daemon's own client's password (random per start; never logged)."""
-        self.counters = {"connect_timeouts": 0, "auth_failures": 0, "publish_denied": 0, "retain_refused": 0}
+        self.counters = {"connect_timeouts": 0, "auth_failures": 0, "publish_denied": 0, "retain_refused": 0,
+                         "client_id_refused": 0}
+        self.daemon_sessions: dict[str, dict[str, Any]] = {}
+        """Client ids the daemon's own client connected with -> that session's fields as the daemon set them."""
         self._broker: Any = None
         self._closed = False
 
@@ -168,17 +179,45 @@ class EmbeddedBroker:
             logger.warning("embedded broker: refused a client with a wrong user name or password")
         return ok
 
+    def admits(self, session: Any) -> bool:
+        """Credentials, then: an id the daemon holds only for the daemon, a last will only where the client may publish."""
+        username = session.username
+        if not self.authenticate(username, session.password):
+            return False
+        if session.client_id in self.daemon_sessions and username != DAEMON_USERNAME:
+            self.counters["client_id_refused"] += 1
+            logger.warning("embedded broker: refused a client (user %r) that used the daemon's client id", username)
+            return False
+        # A last will is a publish too: no fake retained `offline` by dying on purpose.
+        if session.will_flag and session.will_topic and not self.may_publish(username, session.will_topic):
+            return False
+        if username == DAEMON_USERNAME:
+            self.daemon_sessions[session.client_id] = {f: getattr(session, f, None) for f in _SESSION_FIELDS}
+        return True
+
+    def undo_takeover(self, session: Any, existing: Any) -> None:
+        """A refused newcomer's fields were copied onto the daemon's existing session: put the daemon's back."""
+        saved = self.daemon_sessions.get(session.client_id)
+        if saved is not None and session is existing:
+            for field, value in saved.items():
+                setattr(session, field, value)
+
     def may_publish(self, username: str | None, topic: str) -> bool:
-        """Only the daemon's own client publishes under `<prefix>/status`, `<prefix>/answer`, `<prefix>/reply`."""
+        """Under `<prefix>/` only the daemon's own client publishes, except what others are meant to send: questions
+        (`<prefix>/ask`, `<prefix>/<source>/ask`) and the rule set (`<prefix>/rules/set`)."""
         if username == DAEMON_USERNAME or self.prefix is None:
             return True
-        for part in _PROTECTED:
-            base = f"{self.prefix}/{part}"
-            if topic == base or topic.startswith(base + "/"):
-                self.counters["publish_denied"] += 1
-                logger.warning("embedded broker: a client (user %r) may not publish to %s; dropped", username, topic)
-                return False
-        return True
+        if not topic.startswith(self.prefix + "/") or self._is_inbound(topic[len(self.prefix) + 1:]):
+            return True
+        self.counters["publish_denied"] += 1
+        logger.warning("embedded broker: a client (user %r) may not publish to %s; dropped", username, topic[:200])
+        return False
+
+    @staticmethod
+    def _is_inbound(rest: str) -> bool:
+        """`rest` (the topic after `<prefix>/`) is one the daemon takes from other clients."""
+        parts = rest.split("/")
+        return rest in ("ask", "rules/set") or (len(parts) == 2 and parts[1] == "ask" and parts[0] not in ("", "rules"))
 
     def may_retain(self, topic: str, size: int, retained: dict[str, Any]) -> bool:
         if size > self.max_retained_bytes:
@@ -193,7 +232,7 @@ class EmbeddedBroker:
 
 
 def _guarded_broker_class(base: type) -> type:
-    """amqtt's `Broker` with `EmbeddedBroker`'s rules (amqtt 0.11-0.12 internals; tests/test_va_broker.py checks each)."""
+    """amqtt's `Broker` with `EmbeddedBroker`'s rules (amqtt 0.11-0.12 internals; tests/test_va_mqtt_security.py checks each)."""
     from amqtt.contexts import Action
     from amqtt.errors import AMQTTError
 
@@ -212,12 +251,27 @@ def _guarded_broker_class(base: type) -> type:
                     await writer.close()
                 raise AMQTTError(f"no CONNECT within {self._guard.connect_timeout_s:g} s") from None
 
+        async def _handle_client_session(self, reader: Any, writer: Any, client_session: Any, *args: Any) -> None:
+            # amqtt would take the id over (stopping its holder's connection) before its own credential check
+            if not self._guard.admits(client_session):
+                self._guard.undo_takeover(client_session, self._sessions.get(client_session.client_id, (None,))[0])
+                with contextlib.suppress(Exception):
+                    writer.write(_CONNACK_NOT_AUTHORIZED)
+                    await writer.drain()
+                with contextlib.suppress(Exception):
+                    await writer.close()
+                return
+            await super()._handle_client_session(reader, writer, client_session, *args)
+
         async def _authenticate(self, session: Any, listener: Any) -> bool:
-            if not self._guard.authenticate(session.username, session.password):
-                return False
-            # A last will is a publish too: no fake retained `offline` by dying on purpose.
-            return not (session.will_flag and session.will_topic
-                        and not self._guard.may_publish(session.username, session.will_topic))
+            return True  # `admits` decided before amqtt's own flow began
+
+        async def _delete_session(self, client_id: str) -> None:
+            # a clean-session CONNECT deletes the session of its id before any credential check
+            existing = self._sessions.get(client_id, (None,))[0]
+            if client_id in self._guard.daemon_sessions and existing is not None and existing.transitions.is_connected():
+                return
+            await super()._delete_session(client_id)
 
         async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
             if action == Action.PUBLISH:

@@ -198,6 +198,7 @@ async def _check(config: Config, timeout: float) -> int:
     print(f"config  OK    {config.path}")
     ok &= await _check_broker(config, timeout)
     ok &= await _check_llm(config, timeout)
+    ok &= await _check_encoder(config)
     ok &= _check_http(config)
     print("all checks passed" if ok else "some checks failed (see above)")
     return EXIT_OK if ok else EXIT_FAILED
@@ -262,6 +263,30 @@ async def _check_llm(config: Config, timeout: float) -> bool:
         print(f"llm     FAIL  {config.describe_llm()}: model {wanted!r} not served; served: {', '.join(models)}")
         return False
     print(f"llm     OK    {config.describe_llm()}: serves {', '.join(models) or '(no list)'}")
+    return True
+
+
+async def _check_encoder(config: Config) -> bool:
+    """How frames will reach the LLM; a mode the provider cannot take, or a model family without an embedding
+    encoder, fails here as it would at start (nothing is loaded)."""
+    from providers import create_provider
+
+    from .encoding import FrameEncoding
+
+    try:
+        llm = create_provider(config.llm)
+    except Exception:
+        return True  # the llm line said why
+    try:
+        encoding = FrameEncoding.from_config(config.encoder, llm, provider_name=config.provider_name())
+    except ValueError as exc:
+        print(f"encoder FAIL  {exc}")
+        return False
+    finally:
+        await llm.aclose()
+    await encoding.aclose()
+    what = "embeddings (the encoder loads at start, not by check)" if encoding.uses_embeddings else "JPEG"
+    print(f"encoder OK    frames go to the LLM as {what}")
     return True
 
 

@@ -28,6 +28,7 @@ from providers.registry import DEFAULT_PROVIDER_KIND as DEFAULT_PROVIDER
 from providers.registry import provider_kind, provider_kinds
 
 from .errors import ConfigError
+from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 
 __all__ = [
     "AgentConfig",
@@ -43,6 +44,7 @@ __all__ = [
     "MqttProtocol",
     "PACKAGED_DEFAULT",
     "SceneChangeConfig",
+    "TelemetryConfig",
     "TlsConfig",
     "embeddings_mode",
     "load_config",
@@ -53,6 +55,7 @@ ENV_PREFIX = "VISUAL_AGENT__"
 PACKAGED_DEFAULT = "default.yaml"
 
 # agent
+DEFAULT_LOOKBACK_MAX_S = 10.0
 DEFAULT_SYSTEM_PROMPT = (
     "You are a visual assistant watching a live video stream. Answer questions about what the current "
     "frames show, briefly and concretely. Say so when you cannot tell."
@@ -103,10 +106,10 @@ class EmbeddingsMode(str, enum.Enum):
     """How frames reach the LLM (`encoder.embeddings`, and `VisualAgent(frames_as=...)`)."""
 
     AUTO = "auto"
-    """CLIP embeddings when the provider takes them (native vLLM with enable_mm_embeds), else JPEG."""
+    """Embeddings when the provider takes them (native vLLM with enable_mm_embeds), else JPEG."""
     CLIP = "clip"
-    """Always embeddings (the CLIP encoder, or the agent's `embedding_function`); fails at start if the provider
-    cannot take them."""
+    """Always embeddings (the model family's encoder, or the agent's `embedding_function`); fails at start if the
+    provider cannot take them."""
     OFF = "off"
     """Always JPEG data URLs."""
 
@@ -138,9 +141,10 @@ class EncoderConfig(_Section):
     embeddings: EmbeddingsMode = EmbeddingsMode.AUTO
     """auto, clip or off (see `EmbeddingsMode`; jpeg and embeddings are read as off and clip)."""
     clip_checkpoint: str | None = None
-    """LLaVA folder whose vision tower and projector make the embeddings; None: `llm.model_name`."""
+    """Model folder (LLaVA-1.5 or Qwen2-VL) whose vision tower and projector/merger make the embeddings; None:
+    `llm.model_name`. The key keeps its first name; any supported family's folder goes here."""
     cache_entries: int = Field(DEFAULT_EMBEDDING_CACHE_ENTRIES, ge=0)
-    """Frames whose CLIP embeddings are kept, so a static scene is not encoded again; 0: no cache."""
+    """Frames whose embeddings are kept, so a static scene is not encoded again; 0: no cache."""
 
     @field_validator("embeddings", mode="before")
     @classmethod
@@ -221,6 +225,17 @@ class AgentConfig(_Section):
     """Scene-change descriptions."""
     shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
     """On SIGTERM, in-flight questions get this long to finish before they are failed."""
+    rule_calls_per_minute: int = Field(DEFAULT_RULE_CALLS_PER_MINUTE, ge=1, le=6000)
+    """Model calls the rules of one source may make per minute; over it their checks slow down (`degraded`)."""
+    lookback_s: float = Field(0.0, ge=0, le=MAX_LOOKBACK_S)
+    """Seconds of look-back thumbnails kept for every source, so a question with `lookback_s` sees what came
+    before it; 0 (the default): none kept (a source's rules may still keep their own `lookback_s`)."""
+    lookback_max_s: float = Field(DEFAULT_LOOKBACK_MAX_S, gt=0, le=MAX_LOOKBACK_S)
+    """The largest `lookback_s` a question may carry; more is a `bad_payload` answer."""
+
+    def question_lookback_max_s(self) -> float:
+        """The largest `lookback_s` a question may carry now: 0 while look-back is off (`lookback_s: 0`)."""
+        return self.lookback_max_s if self.lookback_s > 0 else 0.0
 
     @model_validator(mode="after")
     def _frames_within_max(self) -> AgentConfig:
@@ -307,7 +322,9 @@ class MqttConfig(_Section):
     """How long one connection attempt may take."""
     session_expiry_s: int = Field(DEFAULT_SESSION_EXPIRY_S, ge=0)
     """The broker keeps our subscription and queues questions this long while we are away: a broker restart,
-    and with a fixed `client_id` also a stop of the daemon (questions asked meanwhile are answered at the start)."""
+    and with a fixed `client_id` also a stop of the daemon (questions asked meanwhile are answered at the start).
+    With `shared_group` and not set: 0, so a replica that dies stops taking its share at once (mosquitto would
+    queue a dead member's share in its session); the group's other members answer instead."""
     response_topic_prefixes: list[str] | None = None
     """MQTT 5 response topics must start with one of these; None: `<prefix>/reply/`. Others get an error on
     `<prefix>/answer`."""
@@ -318,7 +335,8 @@ class MqttConfig(_Section):
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
     """Larger question payloads get a `bad_payload` error answer."""
     shared_group: str | None = None
-    """Subscribe as `$share/<group>/<prefix>/ask` so several daemons split the questions."""
+    """Subscribe as `$share/<group>/<prefix>/ask` (and `$share/<group>/<prefix>/<source>/ask` per source held) so
+    several daemons split the questions, each answered once."""
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     """Home Assistant discovery."""
 
@@ -356,7 +374,10 @@ class MqttConfig(_Section):
     def for_client(self) -> MqttConfig:
         """The settings a client connects with: the embedded broker (amqtt) speaks only MQTT 3.1.1, so ask for that
         at once instead of waiting for MQTT 5 to time out."""
-        return self.model_copy(update={"protocol": MqttProtocol.V311}) if self.embedded else self
+        update: dict[str, Any] = {"protocol": MqttProtocol.V311} if self.embedded else {}
+        if self.shared_group and "session_expiry_s" not in self.model_fields_set:
+            update["session_expiry_s"] = 0  # a dead replica's share goes to the live ones
+        return self.model_copy(update=update) if update else self
 
     def broker_address(self) -> tuple[str, int]:
         """(host, port) to connect to: the configured broker, or the embedded one."""
@@ -368,6 +389,18 @@ class MqttConfig(_Section):
     def allowed_response_prefixes(self) -> list[str]:
         """Where MQTT 5 response topics may point: `response_topic_prefixes`, or `<prefix>/reply/`."""
         return list(self.response_topic_prefixes) if self.response_topic_prefixes is not None else [f"{self.prefix}/reply/"]
+
+
+class TelemetryConfig(_Section):
+    """Metrics and traces (docs/OPERATIONS.md)."""
+
+    metrics: bool = True
+    """Serve `GET /metrics` (Prometheus text) on the page's server (behind `webrtc.auth_token` when one is set)."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces): one trace per question; None: no tracing
+    (needs the `otel` extra)."""
+    service_name: str = "visual-agent"
+    """`service.name` of the traces (one per daemon or replica group)."""
 
 
 class Config(_Section):
@@ -386,12 +419,21 @@ class Config(_Section):
     """The agent."""
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     """MQTT."""
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    """Metrics and traces."""
+    rules: list[RuleConfig] = Field(default_factory=list)
+    """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)
     """The file this came from (for messages); not a YAML key."""
 
     def __repr_args__(self):
         for key, value in super().__repr_args__():
             yield key, (_masked(value) if key in ("llm", "webrtc", "sources") else value)
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_ok(cls, value: list[RuleConfig]) -> list[RuleConfig]:
+        return check_rule_set(value)
 
     @field_validator("llm", mode="before")
     @classmethod

@@ -17,8 +17,9 @@ from __future__ import annotations
 import collections
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ErrorType, QuestionError
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -21,7 +22,10 @@ from .config import Config
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
+from .metrics import AgentMetrics
 from .mqtt import MqttMessager
+from .rules import RuleControl, RuleDiscovery, RuleEngine
+from .telemetry import Telemetry
 from .topics import Topics
 
 if TYPE_CHECKING:
@@ -36,19 +40,37 @@ _LLM_PROBE_TIMEOUT_S = 10.0
 
 
 async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncoding:
-    """The `encoder` section applied to this provider, its CLIP encoder loaded now when it will serve.
+    """The `encoder` section applied to this provider, its embedding encoder (picked by the model folder's family)
+    loaded now when it will serve.
 
-    A mode the provider cannot take, or a checkpoint that cannot be loaded, is a `ConfigError` naming the file.
+    A mode the provider cannot take, a model family no encoder computes, or a checkpoint that cannot be loaded is a
+    `ConfigError` naming the file.
     """
     try:
         encoding = FrameEncoding.from_config(config.encoder, llm, provider_name=config.provider_name())
     except ValueError as exc:
         raise ConfigError(f"{config.path}: {exc}") from None
+    from encoders import EncoderError
+
     try:
         await encoding.start()
     except QuestionError as exc:
         raise ConfigError(f"{config.path}: {exc.message}") from None
+    except EncoderError as exc:  # a model folder the encoder cannot read, torch/open_clip missing
+        await encoding.aclose()
+        raise ConfigError(f"{config.path}: cannot load the embedding encoder: {exc}") from None
     return encoding
+
+
+def ingest_config(config: Config) -> Any:
+    """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
+    frame and `agent.max_frames + 1` spread over at least `agent.window_s` (not 32 consecutive decoded frames)."""
+    webrtc = config.webrtc_config()
+    if "buffer_spread_frames" not in config.webrtc:
+        webrtc.buffer_spread_frames = config.agent.max_frames + 1
+        if "buffer_max_seconds" not in config.webrtc:
+            webrtc.buffer_max_seconds = max(webrtc.buffer_max_seconds, config.agent.window_s)
+    return webrtc
 
 
 class Daemon:
@@ -64,6 +86,13 @@ class Daemon:
         self.homeassistant: HomeAssistantDiscovery | None = None
         self.llm_state: dict[str, Any] = {"state": "unknown", "detail": config.describe_llm()}
         self.encoding: FrameEncoding | None = None
+        self.metrics: AgentMetrics | None = None
+        """The Prometheus metrics served on GET /metrics (`telemetry.metrics`)."""
+        self.tracing: Any = None
+        """`tracing.QuestionTracing` with `telemetry.otlp_endpoint`."""
+        self.rules: RuleEngine | None = None
+        self.rules_control: RuleControl | None = None
+        self.rules_messager: MqttMessager | None = None
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -74,7 +103,8 @@ class Daemon:
                 await self._start_mqtt()
             from webrtc import WebRTCServer
 
-            self.driver = WebRTCServer(cfg.webrtc_config(), cfg.source_configs())
+            self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
+            telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
 
@@ -83,12 +113,13 @@ class Daemon:
             self.agent = VisualAgent(
                 llm=self.llm, messager=self.messager, webrtc_driver=self.driver, encoding=self.encoding,
                 config=cfg.agent, prefix=cfg.mqtt.prefix, provider_name=cfg.provider_name(),
-                max_payload_bytes=cfg.mqtt.max_payload_bytes,
+                max_payload_bytes=cfg.mqtt.max_payload_bytes, telemetry=telemetry,
             )
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.on_answer = self.homeassistant.on_answer
             await self.agent.start()
+            await self._start_rules()
             await self._connect_mqtt()  # after the agent subscribed: `online` means questions are taken
             self.driver.healthz_extra = self.health
             self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
@@ -103,11 +134,30 @@ class Daemon:
         else:
             logger.info("page: %s/", self.driver.url)
         uses_embeddings = self.encoding is not None and self.encoding.uses_embeddings
-        logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "CLIP embeddings" if uses_embeddings else "JPEG")
+        logger.info("LLM: %s (frames as %s)", cfg.describe_llm(), "embeddings" if uses_embeddings else "JPEG")
         if self.messager is not None:
             t = Topics(cfg.mqtt.prefix)
             logger.info("MQTT: %s%s; ask on %s, answers on %s", f"{self.messager.host}:{self.messager.port}",
                         " (embedded)" if self.broker else "", t.ask, t.answer)
+
+    def _build_telemetry(self) -> Telemetry:
+        """Metrics on the page's server (`telemetry.metrics`) and traces (`telemetry.otlp_endpoint`)."""
+        cfg = self.config.telemetry
+        telemetry = Telemetry()
+        if cfg.metrics:
+            self.metrics = AgentMetrics(self.driver, self.messager)
+            telemetry.add(self.metrics)
+            if self.driver is not None:
+                self.driver.metrics_exposition = self.metrics.exposition
+        if cfg.otlp_endpoint:
+            try:
+                from .tracing import QuestionTracing
+            except ImportError as exc:
+                raise ConfigError(f"{self.config.path}: telemetry.otlp_endpoint needs OpenTelemetry: "
+                                  f"pip install 'visual-agent[otel]' ({exc})") from None
+            self.tracing = QuestionTracing(endpoint=cfg.otlp_endpoint, service_name=cfg.service_name)
+            telemetry.add(self.tracing)
+        return telemetry
 
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
@@ -132,6 +182,31 @@ class Daemon:
         if not self.messager.connected:
             logger.warning("MQTT broker %s:%d not reachable yet (%s); retrying in the background",
                            host, port, self.messager.last_error)
+
+    async def _start_rules(self) -> None:
+        """The rule engine (config rules now), and `<prefix>/rules/set` on a connection of its own."""
+        cfg = self.config
+        assert self.agent is not None and self.driver is not None
+        discovery = None
+        if self.messager is not None and cfg.mqtt.homeassistant.enabled:
+            discovery = RuleDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
+        self.rules = RuleEngine(self.agent, list(cfg.rules), calls_per_minute=cfg.agent.rule_calls_per_minute,
+                                discovery=discovery)
+        driver = self.driver
+
+        async def to_page(source: str, state: dict[str, Any]) -> None:
+            await driver.broadcast(source, json.dumps({"type": "rule", **state}))
+
+        self.rules.on_state.append(to_page)
+        await self.rules.start()
+        if self.messager is not None:
+            host, port = self.messager.host, self.messager.port
+            # The daemon's own client settings (at the embedded broker: its credentials, so `rules/error` may be published).
+            self.rules_messager = MqttMessager(self.messager.config, host=host, port=port, persistent_session=False,
+                                               client_id=f"{self.messager.client_id}-rules", name="mqtt-rules")
+            await self.rules_messager.start(wait=False)
+            self.rules_control = RuleControl(self.rules, self.rules_messager)
+            await self.rules_control.start()
 
     async def _probe_llm(self) -> None:
         """Start the LLM (an in-process engine loads here) and ask it for its models once, so the log and /healthz
@@ -162,6 +237,8 @@ class Daemon:
             **({"embedded_broker": self.broker.describe()} if self.broker is not None else {}),
             "llm": {"provider": self.config.provider_name(), **self.llm_state},
             "agent": self.agent.describe_state() if self.agent else None,
+            "rules": self.rules.describe() if self.rules else None,
+            "lookback": self.agent.lookbacks.describe() if self.agent else None,
         }
 
     async def close(self) -> None:
@@ -173,6 +250,12 @@ class Daemon:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._probe
+        if self.rules_control is not None:
+            await self.rules_control.close()
+        if self.rules_messager is not None:
+            await self.rules_messager.close(publish_offline=False)
+        if self.rules is not None:
+            await self.rules.close()
         if self.agent is not None:
             await self.agent.close()
         if self.messager is not None:
@@ -186,6 +269,9 @@ class Daemon:
             await self.encoding.aclose()  # the agent closed it too (safe twice): also when the agent was never built
         if self.broker is not None:
             await self.broker.close()
+        if self.tracing is not None:  # send the traces still batched (blocking: in a thread)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(self.tracing.shutdown), 5.0)
         logger.info("stopped")
 
 

@@ -6,9 +6,12 @@ One object owns the whole choice, so the daemon and a `VisualAgent` built by han
   (`jpeg`, `embeddings`) still work, with a DeprecationWarning.
 - JPEG: one `JpegEncoder` (`encoder.jpeg_max_side`, `encoder.jpeg_quality`), run in a worker thread; several
   questions on the same frames share one encoding, also while it runs.
-- Embeddings: the given `embedding_function`, else the CLIP encoder of the provider's LLaVA folder, loaded by
-  `load_embedder` (eagerly by `start()`, else on first use) with a bounded `EmbeddingCache`, so a static scene
-  is not encoded again (`encoder.cache_entries`, 0: off).
+- Embeddings: the given `embedding_function`, else the encoder of the provider's model family, picked from its
+  model folder by `encoders.encoder_for` (LLaVA: `ClipEncoder`, Qwen2-VL: `Qwen2VLEncoder`, whose embeddings are a
+  dict `{"image_embeds", "image_grid_thw"}` rather than one tensor) and loaded by `load_embedder` (eagerly by
+  `start()`, else on first use) with a bounded `EmbeddingCache`, so a static scene is not encoded again
+  (`encoder.cache_entries`, 0: off). A family no encoder computes is refused at construction, naming the ones
+  that are supported, not at the first question.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .config import DEFAULT_EMBEDDING_CACHE_ENTRIES, EmbeddingsMode, EncoderConf
 from .errors import ErrorType, QuestionError
 
 if TYPE_CHECKING:
-    from encoders import ClipEncoder, EmbeddingCache, JpegEncoder
+    from encoders import EmbeddingCache, JpegEncoder
     from providers import LLMProvider
 
     from .sampling import TakenFrame
@@ -37,21 +40,46 @@ __all__ = ["EMBEDDING_CACHE_MAX_BYTES", "EmbeddingFunction", "FrameEncoding", "l
 logger = logging.getLogger(__name__)
 
 EmbeddingFunction = Callable[[list[Any]], Awaitable[Any]]
-"""``async (frames) -> embeddings`` of shape (n_frames, image_tokens, lm_hidden)."""
+"""``async (frames) -> embeddings`` as the provider takes them: a tensor (n_frames, image_tokens, lm_hidden) for
+LLaVA, or Qwen2-VL's dict ``{"image_embeds": (tokens, lm_hidden), "image_grid_thw": (n_frames, 3)}``."""
 
 EMBEDDING_CACHE_MAX_BYTES = 256 * 1024 * 1024
-"""Most bytes of embeddings the CLIP cache keeps (a LLaVA-1.5 frame is 576 x 4096 values)."""
+"""Most bytes of embeddings the encoder's cache keeps (a LLaVA-1.5 frame is 576 x 4096 values)."""
 _JPEG_SHARED_ENTRIES = 16
 """Frames whose JPEG encoding is kept for other questions on the same frames."""
 
 
-def load_embedder(model_path: str, *, cache_entries: int = DEFAULT_EMBEDDING_CACHE_ENTRIES) -> ClipEncoder:
+def load_embedder(model_path: str, *, cache_entries: int = DEFAULT_EMBEDDING_CACHE_ENTRIES) -> Any:
     """The encoder that turns frames into the LM-space embeddings of the model at `model_path` (blocking: call it
-    in a thread). The one place the CLIP encoder is chosen and loaded; `cache_entries` 0: no cache."""
-    from encoders import ClipEncoder, EmbeddingCache
+    in a thread): `encoders.encoder_for` picks it by the folder's model family. The one place the embedding encoder
+    is chosen and loaded; `cache_entries` 0: no cache. Raises `encoders.UnsupportedModelFamilyError` for a family
+    no encoder computes, `encoders.CheckpointError` for a folder it cannot read."""
+    from encoders import EmbeddingCache, encoder_for
 
     cache = EmbeddingCache(cache_entries, EMBEDDING_CACHE_MAX_BYTES) if cache_entries > 0 else None
-    return ClipEncoder.from_llava(model_path, cache=cache)
+    return encoder_for(model_path, cache=cache)
+
+
+def _refuse_unsupported_family(model_path: str | None) -> None:
+    """Refuse now (ValueError naming the supported families) a local model folder whose family has no encoder.
+
+    Reads only `config.json`, so construction stays cheap; a path that is not a readable local folder (a Hugging
+    Face id, a typo) is left to `load_embedder`, which fails with the file it could not read."""
+    from encoders import SUPPORTED_FAMILIES, CheckpointError, model_family
+
+    if not model_path:
+        return
+    try:
+        family = model_family(model_path)
+    except CheckpointError:
+        return
+    if family not in SUPPORTED_FAMILIES:
+        from encoders import UnsupportedModelFamilyError, encoder_for
+
+        try:
+            encoder_for(model_path)  # refuses before loading anything, naming the supported families
+        except UnsupportedModelFamilyError as exc:
+            raise UnsupportedModelFamilyError(f"{exc} For the agent: encoder.embeddings: off sends the frames as JPEG.") from None
 
 
 class FrameEncoding:
@@ -68,8 +96,10 @@ class FrameEncoding:
         provider_name: str | None = None,
         model_path: str | None = None,
     ) -> None:
-        """`model_path`: the LLaVA folder of the default CLIP encoder (None: `config.clip_checkpoint`, else the
-        provider's model). Raises ValueError when the mode and the provider do not fit together."""
+        """`model_path`: the model folder whose family's encoder makes the default embeddings (None:
+        `config.clip_checkpoint`, else the provider's model). Raises ValueError when the mode and the provider do
+        not fit together, or when the default embeddings would serve and the folder's model family has no encoder
+        (`encoders.UnsupportedModelFamilyError`)."""
         self.config = config or EncoderConfig()
         self.mode = embeddings_mode(mode)
         name = provider_name or type(llm).__name__
@@ -86,11 +116,13 @@ class FrameEncoding:
                              "or set encoder.embeddings: auto")
         self._llm = llm
         self._model_path = model_path or self.config.clip_checkpoint
-        self._clip: ClipEncoder | None = None
+        self._clip: Any = None
         self._clip_lock = asyncio.Lock()
         self._closed = False
         if embedding_function is None and takes and self.mode is not EmbeddingsMode.OFF:
-            embedding_function = self._default_embeddings  # with none given, the CLIP encoder serves
+            # With none given, the encoder of the model's family serves; a family without one is refused now.
+            _refuse_unsupported_family(self._model_path or llm.model)
+            embedding_function = self._default_embeddings
         self.embedding_function = embedding_function
         if jpeg_encoder is None and embedding_function is None:
             from encoders import JpegEncoder
@@ -116,7 +148,7 @@ class FrameEncoding:
         return f"FrameEncoding({'embeddings' if self.uses_embeddings else 'jpeg'}, mode={self.mode.value})"
 
     async def start(self) -> None:
-        """Load the CLIP encoder now when it will serve (the daemon: a bad checkpoint fails at start, not later)."""
+        """Load the embedding encoder now when it will serve (the daemon: a bad checkpoint fails at start, not later)."""
         if self.embedding_function == self._default_embeddings:
             await self._embedder()
 
@@ -156,7 +188,7 @@ class FrameEncoding:
             for key in [k for k, (_, b, _) in self._shared.items() if b is batch]:
                 del self._shared[key]
 
-    async def _embedder(self) -> ClipEncoder:
+    async def _embedder(self) -> Any:
         if self._closed:
             raise QuestionError(ErrorType.SHUTDOWN, "the frame encoder is closed")
         if self._clip is None:
@@ -164,28 +196,29 @@ class FrameEncoding:
                 if self._clip is None:
                     path = self._model_path or self._llm.model
                     if not path:
-                        raise QuestionError(ErrorType.INTERNAL, "no LLaVA folder to load the CLIP encoder from "
+                        raise QuestionError(ErrorType.INTERNAL, "no model folder to load the embedding encoder from "
                                             "(encoder.clip_checkpoint or llm.model_name)")
                     self._clip = await asyncio.to_thread(load_embedder, path, cache_entries=self.config.cache_entries)
-                    logger.info("frames go to the LLM as CLIP embeddings from %s", path)
+                    logger.info("frames go to the LLM as %s embeddings from %s", type(self._clip).__name__, path)
         return self._clip
 
     async def _default_embeddings(self, frames: list[Any]) -> Any:
-        """CLIP embeddings from the provider's own LLaVA folder, loaded on first use."""
+        """Embeddings by the encoder of the provider's own model folder, loaded on first use (or by `start`)."""
         return await (await self._embedder()).aembed_for_llm(frames)
 
     @property
-    def embedder(self) -> ClipEncoder | None:
-        """The CLIP encoder once loaded (None: not yet, or frames go as JPEG or through a given function)."""
+    def embedder(self) -> Any:
+        """The embedding encoder once loaded (`ClipEncoder` or `Qwen2VLEncoder`; None: not yet, or frames go as JPEG
+        or through a given function)."""
         return self._clip
 
     def cache_stats(self) -> Any:
-        """The CLIP encoder's `EmbeddingCache` counters (None: no cache, or CLIP not loaded)."""
+        """The embedding encoder's `EmbeddingCache` counters (None: no cache, or no encoder loaded)."""
         cache: EmbeddingCache | None = None if self._clip is None else self._clip.cache
         return None if cache is None else cache.stats()
 
     async def aclose(self) -> None:
-        """Wait for JPEG encodings still running; close the CLIP encoder. Safe twice."""
+        """Wait for JPEG encodings still running; close the embedding encoder. Safe twice."""
         running = {b for _, b, _ in self._shared.values() if not b.done()}
         if running:
             await asyncio.gather(*running, return_exceptions=True)

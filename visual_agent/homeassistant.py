@@ -13,18 +13,28 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .config import HomeAssistantConfig
 from .messages import Answer
 from .topics import Topics, ha_object_id
 
 if TYPE_CHECKING:
+    from .config import HomeAssistantConfig
     from .mqtt import MqttMessager
 
-__all__ = ["HomeAssistantDiscovery", "state_topic"]
+__all__ = ["HomeAssistantDiscovery", "ha_device", "state_topic"]
 
 logger = logging.getLogger(__name__)
 
 _HA_STATE_MAX = 250
+# Home Assistant's Jinja (braces literal, not Python formatting): the answer's text, else its error, cut to fit.
+_HA_VALUE_TEMPLATE = (
+    "{{ (value_json.text or (value_json.error.message if value_json.error else ''))[:" + str(_HA_STATE_MAX) + "] }}"
+)
+
+
+def ha_device(node_id: str, prefix: str, version: str) -> dict[str, Any]:
+    """The `device` block every entity of this daemon carries, so Home Assistant groups them under one device."""
+    return {"identifiers": [node_id], "name": f"Visual agent ({prefix})", "manufacturer": "visual-agent",
+            "sw_version": version}
 
 
 def state_topic(prefix: str, source: str) -> str:
@@ -53,14 +63,13 @@ class HomeAssistantDiscovery:
             "name": f"{source} view",
             "unique_id": f"{self.node_id}_{ha_object_id(source)}_view",
             "state_topic": self.topics.state(source),
-            "value_template": "{{ (value_json.text or (value_json.error.message if value_json.error else ''))[:%d] }}" % _HA_STATE_MAX,
+            "value_template": _HA_VALUE_TEMPLATE,
             "json_attributes_topic": self.topics.state(source),
             "availability_topic": self.topics.status,
             "payload_available": "online",
             "payload_not_available": "offline",
             "icon": "mdi:cctv",
-            "device": {"identifiers": [self.node_id], "name": f"Visual agent ({self.prefix})",
-                       "manufacturer": "visual-agent", "sw_version": self.version},
+            "device": ha_device(self.node_id, self.prefix, self.version),
         }
 
     async def announce(self, source: str) -> None:

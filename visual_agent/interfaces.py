@@ -93,6 +93,10 @@ class MessageTransport(Protocol):
         """Receive messages on `topic` (kept across reconnects)."""
         ...
 
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving `topic` (a source that went)."""
+        ...
+
     def messages(self) -> AsyncIterator[Any]:
         """Received messages (`IncomingQuestion`), oldest first, until the transport closes."""
         ...

@@ -1,6 +1,6 @@
 """Question and answer payloads of the MQTT and data-channel contracts (docs/VISUAL_AGENT_GUIDE.md, "MQTT contract").
 
-In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "conversation"?, "asked_at"?}`` as JSON, or plain UTF-8 text
+In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "conversation"?, "asked_at"?, "lookback_s"?}`` as JSON, or plain UTF-8 text
 (the whole payload is the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.
 Out: the answer ``{"id", "question", "text", "source", "frames": [{"pts", "age_s"}], "model", "provider",
 "latency_s", "error"}`` (plus ``"trimmed"`` when the context budget dropped history or frames, and ``"queued_s"`` when
@@ -24,7 +24,7 @@ from .errors import ErrorType, QuestionError
 
 __all__ = ["Answer", "FrameRef", "Question", "new_id", "parse_question", "partial_payload"]
 
-QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream", "conversation", "asked_at"})
+QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream", "conversation", "asked_at", "lookback_s"})
 _MAX_ID_CHARS = 128
 _MAX_NAME_CHARS = 128
 """Longest `source` or `conversation` name."""
@@ -57,6 +57,8 @@ class Question:
     """The conversation this question continues (its history); None: see `agent.history`."""
     asked_at: float | None = None
     """When the asker sent it (Unix seconds): the answer then says how long it waited (`queued_s`)."""
+    lookback_s: float | None = None
+    """Also look at a few look-back images of this many seconds before now ("what just happened?"); None: not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +90,12 @@ class Answer:
     queued_s: float | None = None
     """Seconds from the question's `asked_at` until the daemon received it (e.g. it was queued at the broker
     while the daemon was stopped); only when the question carried `asked_at`."""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    """The tool calls the model made, `{"id", "name", "arguments"}` (`arguments`: the JSON text the model wrote),
+    the same whether the answer was streamed or not; only when the agent was given tools (`llm_options`)."""
 
     def as_dict(self) -> dict[str, Any]:
+        """The payload's fields; `tool_calls`, `trimmed` and `queued_s` only when there are some."""
         extra = {} if self.queued_s is None else {"queued_s": round(self.queued_s, 3)}
         out = {
             "id": self.id,
@@ -105,6 +111,8 @@ class Answer:
         }
         if self.trimmed:
             out["trimmed"] = dict(self.trimmed)
+        if self.tool_calls:
+            out["tool_calls"] = [dict(call) for call in self.tool_calls]
         return out
 
     def payload(self) -> bytes:
@@ -153,8 +161,8 @@ def _number(kind: type) -> Any:
     return parse
 
 
-_LEADING_ID = re.compile(r'\{\s*"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,%d}"|-?[0-9]{1,%d})\s*[,}]'
-                         % (_MAX_ID_CHARS, _MAX_ID_CHARS))
+_LEADING_ID = re.compile(
+    r'\{\s*"id"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){1,' + str(_MAX_ID_CHARS) + r'}"|-?[0-9]{1,' + str(_MAX_ID_CHARS) + r'})\s*[,}]')
 
 
 def _leading_id(text: str) -> Any:
@@ -189,12 +197,14 @@ def _name(data: dict[str, Any], key: str, qid: Any) -> str | None:
     return value
 
 
-def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_frames: int) -> Question:
+def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_frames: int,
+                   max_lookback_s: float = 0.0) -> Question:
     """Read a question payload; `QuestionError` (bad_payload / empty_question) says what is wrong, and nothing else
-    escapes: an unforeseen failure of json or a check is a `bad_payload` too (with the id when it was read)."""
+    escapes: an unforeseen failure of json or a check is a `bad_payload` too (with the id when it was read).
+    `max_lookback_s`: the largest `lookback_s` taken (`AgentConfig.question_lookback_max_s()`; 0: look-back off)."""
     read: dict[str, Any] = {}
     try:
-        return _parse(payload, max_bytes, max_chars, max_frames, read)
+        return _parse(payload, max_bytes, max_chars, max_frames, read, max_lookback_s)
     except QuestionError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, AttributeError, KeyError) as exc:
@@ -202,7 +212,8 @@ def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_
         raise _bad(f"payload could not be read ({type(exc).__name__}: {detail})", read.get("id")) from None
 
 
-def _parse(payload: bytes | str, max_bytes: int, max_chars: int, max_frames: int, read: dict[str, Any]) -> Question:
+def _parse(payload: bytes | str, max_bytes: int, max_chars: int, max_frames: int, read: dict[str, Any],
+           max_lookback_s: float) -> Question:
     raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
     if len(raw) > max_bytes:
         raise _bad(f"payload is {len(raw)} bytes; the limit is {max_bytes}")
@@ -233,6 +244,12 @@ def _parse(payload: bytes | str, max_bytes: int, max_chars: int, max_frames: int
         raise _bad(f"the question is {len(q.question)} characters; the limit is {max_chars}", q.id)
     if q.frames is not None and not 1 <= q.frames <= max_frames:
         raise _bad(f"frames must be 1 to {max_frames}, got {_shown(q.frames)}", q.id)
+    if q.lookback_s is not None:
+        if max_lookback_s <= 0:
+            raise _bad('"lookback_s": look-back is off on this daemon (agent.lookback_s is 0)', q.id)
+        if q.lookback_s > max_lookback_s:
+            raise _bad(f'"lookback_s" must be at most {max_lookback_s:g} s (agent.lookback_max_s), '
+                       f"got {_shown(q.lookback_s)}", q.id)
     return q
 
 
@@ -276,5 +293,10 @@ def _from_mapping(data: dict[str, Any], read: dict[str, Any]) -> Question:
     if asked_at is not None and (isinstance(asked_at, bool) or not isinstance(asked_at, (int, float))
                                  or not math.isfinite(asked_at) or asked_at < 0):
         raise _bad(f'"asked_at" must be a Unix time in seconds, got {_shown(asked_at)}', qid)
+    lookback_s = data.get("lookback_s")
+    if lookback_s is not None and (isinstance(lookback_s, bool) or not isinstance(lookback_s, (int, float))
+                                   or not math.isfinite(lookback_s) or lookback_s <= 0):
+        raise _bad(f'"lookback_s" must be a number of seconds > 0, got {_shown(lookback_s)}', qid)
     return Question(question=question.strip(), id=qid, source=source, frames=frames, stream=stream,
-                    conversation=conversation, asked_at=float(asked_at) if asked_at is not None else None)
+                    conversation=conversation, asked_at=float(asked_at) if asked_at is not None else None,
+                    lookback_s=float(lookback_s) if lookback_s is not None else None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -142,6 +143,7 @@ class MqttMessager:
         self._connack: asyncio.Future[Any] | None = None
         self._pub_waiters: dict[int, asyncio.Future[None]] = {}
         self._sub_waiters: dict[int, asyncio.Future[Any]] = {}
+        self._unsub_waiters: dict[int, asyncio.Future[Any]] = {}
         self._sock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
@@ -285,6 +287,26 @@ class MqttMessager:
             finally:
                 self._sub_waiters.pop(mid, None)
 
+    async def unsubscribe(self, topic: str, *, timeout: float = _SUBACK_WAIT_S) -> None:
+        """Stop receiving `topic`: now (if connected: returns once the broker acknowledged it) and after reconnects.
+        Unknown topics are ignored."""
+        if topic not in self._subscriptions:
+            return
+        self._subscriptions.remove(topic)
+        if not (self.connected and self._client is not None and self._loop is not None):
+            return  # the reconnect leaves it out
+        rc, mid = self._client.unsubscribe(topic)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return
+        fut = self._loop.create_future()
+        self._unsub_waiters[mid] = fut
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            logger.warning("mqtt: no UNSUBACK for %s within %.1f s", topic, timeout)
+        finally:
+            self._unsub_waiters.pop(mid, None)
+
     @property
     def shared_group(self) -> str | None:
         """`mqtt.shared_group`: the agent subscribes to `$share/<group>/<prefix>/ask` when set."""
@@ -414,6 +436,7 @@ class MqttMessager:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
@@ -439,7 +462,7 @@ class MqttMessager:
                 kwargs.update(clean_start=not self.persistent_session, properties=props)
             try:
                 await asyncio.wait_for(
-                    self._loop.run_in_executor(None, lambda: client.connect(self.host, self.port, **kwargs)),
+                    self._loop.run_in_executor(None, functools.partial(client.connect, self.host, self.port, **kwargs)),
                     self.config.connect_timeout_s,
                 )
                 v5_first = attempt == 0 and self.protocol is MqttProtocol.V5
@@ -646,6 +669,11 @@ class MqttMessager:
         for code in reason_codes or ():
             if getattr(code, "is_failure", False):
                 logger.warning("mqtt: the broker refused a subscription: %s", code)
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        fut = self._unsub_waiters.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(reason_codes)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         fut = self._pub_waiters.pop(mid, None)

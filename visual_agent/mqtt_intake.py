@@ -1,4 +1,10 @@
-"""`MqttQuestions`: questions from `<prefix>/ask` (or its shared subscription) in, answers out on MQTT.
+"""`MqttQuestions`: questions from `<prefix>/ask` and `<prefix>/<source>/ask` (or their shared subscriptions) in,
+answers out on MQTT.
+
+`<prefix>/<source>/ask` is subscribed for each source the frame source holds, from when it appears (checked every
+`SOURCE_CHECK_S`) until it goes, so with several daemons on one broker a question reaches the daemon that has the
+camera; the topic's source is the question's source. With `mqtt.shared_group` replicas holding the same source
+share its topic (`$share/<group>/...`): each question goes to one of them.
 
 The MQTT rules live here: a retained question is ignored (it would be re-answered at every start); an MQTT 5
 `response_topic` gets the answer with the asker's `correlation_data` when the transport allows that topic
@@ -18,18 +24,23 @@ from typing import TYPE_CHECKING, Any
 from .errors import ErrorType, QuestionError
 from .interfaces import MessageTransport
 from .messages import Answer, Question, parse_question
+from .telemetry import Via
 from .timings import QuestionTiming
 from .topics import valid_reply_topic
 
 if TYPE_CHECKING:
     from .agent import VisualAgent
 
-__all__ = ["MQTT_CONSUMER_TASK", "MqttQuestions"]
+__all__ = ["MQTT_CONSUMER_TASK", "MqttQuestions", "SOURCE_CHECK_S", "SOURCE_TOPICS_TASK"]
 
 logger = logging.getLogger(__name__)
 
 MQTT_CONSUMER_TASK = "agent-mqtt-questions"
 """Name of the task that takes questions off the transport (the agent stops it last on close)."""
+SOURCE_TOPICS_TASK = "agent-mqtt-source-topics"
+"""Name of the task that follows the sources held with `<prefix>/<source>/ask` subscriptions."""
+SOURCE_CHECK_S = 0.25
+"""How often the sources held are compared with the source topics subscribed."""
 
 
 class MqttQuestions:
@@ -39,13 +50,46 @@ class MqttQuestions:
         self.agent = agent
         self.transport = transport
         self._refusals: set[asyncio.Task[None]] = set()
+        self.source_topics: dict[str, str] = {}
+        """Source name -> its subscribed `<prefix>/<source>/ask` subscription."""
 
-    async def start(self) -> asyncio.Task[None]:
-        """Subscribe to the questions topic; returns the consumer task (named `MQTT_CONSUMER_TASK`)."""
+    async def start(self) -> list[asyncio.Task[None]]:
+        """Subscribe to the questions topics; returns the consumer task (named `MQTT_CONSUMER_TASK`) and, with a frame
+        source, the task following its sources (`SOURCE_TOPICS_TASK`)."""
         await self.transport.subscribe(self.agent.topics.ask_subscription(self.transport.shared_group))
-        task = asyncio.get_running_loop().create_task(self._consume(), name=MQTT_CONSUMER_TASK)
+        loop = asyncio.get_running_loop()
+        tasks = []
+        if self.agent.driver is not None:
+            await self.sync_source_topics()  # configured sources: subscribed before the first question is taken
+            tasks.append(loop.create_task(self._follow_sources(), name=SOURCE_TOPICS_TASK))
+        tasks.insert(0, loop.create_task(self._consume(), name=MQTT_CONSUMER_TASK))
         self.transport.on_inbox_full = self._refuse_overflow
-        return task
+        return tasks
+
+    async def sync_source_topics(self) -> None:
+        """Subscribe `<prefix>/<source>/ask` for each source held now, unsubscribe those of sources gone; `source_topics`
+        changes once the broker acknowledged."""
+        driver = self.agent.driver
+        held = set(driver.source_names()) if driver is not None else set()
+        for source in [s for s in self.source_topics if s not in held]:
+            await self.transport.unsubscribe(self.source_topics[source])
+            del self.source_topics[source]
+            logger.info("agent: source %s gone; no longer taking %s", source, self.agent.topics.source_ask(source))
+        for source in sorted(held - set(self.source_topics)):
+            topic = self.agent.topics.source_ask_subscription(source, self.transport.shared_group)
+            await self.transport.subscribe(topic)  # returns after the broker's SUBACK (when connected)
+            self.source_topics[source] = topic
+            logger.info("agent: taking questions about %s on %s", source, topic)
+
+    async def _follow_sources(self) -> None:
+        while True:
+            await asyncio.sleep(SOURCE_CHECK_S)
+            try:
+                await self.sync_source_topics()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("agent: could not update the per-source question topics")
 
     async def close(self) -> None:
         """After the consumer stopped: finish `busy` refusals, answer what was received but not taken (`shutdown`)."""
@@ -82,26 +126,35 @@ class MqttQuestions:
         if msg.retain:
             logger.warning("agent: ignoring a retained question on %s (it would be re-answered at every start)", msg.topic)
             return
+        agent.telemetry.question(Via.MQTT)
         timing = QuestionTiming(id=None, received_at=msg.received_at)
         reply_to, forbidden = self._reply_topic(msg.response_topic)
         try:
             question = parse_question(msg.payload, max_bytes=agent.max_payload_bytes,
-                                      max_chars=agent.config.max_question_chars, max_frames=agent.config.max_frames)
+                                      max_chars=agent.config.max_question_chars, max_frames=agent.config.max_frames,
+                                      max_lookback_s=agent.config.question_lookback_max_s())
         except QuestionError as exc:
             agent.counters[f"errors.{exc.type.value}"] += 1
             logger.warning("agent: bad question on %s: %s", msg.topic, exc.message)
-            await self.transport.publish(reply_to, Answer.failed(None, exc, provider=agent.provider_name).payload(),
-                                         correlation_data=msg.correlation_data)
+            await self._refuse(Answer.failed(None, exc, provider=agent.provider_name), reply_to, msg.correlation_data)
             return
+        topic_source = agent.topics.source_of_ask(msg.topic)
+        if topic_source is not None:  # <prefix>/<source>/ask: the topic says which source
+            question.source = topic_source
         timing.id = question.id
         queued_s = _queued_s(question, msg)
         refused = refuse or forbidden or agent.admit(question)
         if refused is not None:
             failed = Answer.failed(question, refused, provider=agent.provider_name)
             failed.queued_s = queued_s
-            await self.transport.publish(reply_to, failed.payload(), correlation_data=msg.correlation_data)
+            await self._refuse(failed, reply_to, msg.correlation_data)
             return
         agent.spawn(self._answer(question, reply_to, msg.correlation_data, timing, queued_s), f"agent-question-{question.id}")
+
+    async def _refuse(self, answer: Answer, reply_to: str, correlation: bytes | None) -> None:
+        """An answer given at once (bad payload, busy, shutdown)."""
+        await self.transport.publish(reply_to, answer.payload(), correlation_data=correlation)
+        self.agent.telemetry.answered(Via.MQTT, answer)
 
     def _reply_topic(self, response_topic: str | None) -> tuple[str, QuestionError | None]:
         """Where the answer goes: the MQTT 5 response topic when the transport allows it (`mqtt.response_topic_prefixes`),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .errors import QuestionError
 from .interfaces import PageChannel
 from .messages import Answer, Question, parse_question
+from .telemetry import Via
 
 if TYPE_CHECKING:
     from .agent import VisualAgent
@@ -43,11 +44,13 @@ class PageQuestions:
     async def handle(self, source: str, peer_id: str, text: str) -> None:
         """A question typed on the page: answer it in a task, or at once with an error."""
         agent = self.agent
+        agent.telemetry.question(Via.PAGE)
         try:
             question = parse_question(text, max_bytes=agent.max_payload_bytes, max_chars=agent.config.max_question_chars,
-                                      max_frames=agent.config.max_frames)
+                                      max_frames=agent.config.max_frames,
+                                      max_lookback_s=agent.config.question_lookback_max_s())
         except QuestionError as exc:
-            await self._send(peer_id, Answer.failed(None, exc, provider=agent.provider_name).payload())
+            await self._refuse(peer_id, Answer.failed(None, exc, provider=agent.provider_name))
             return
         if question.source is None:
             question.source = source
@@ -55,7 +58,7 @@ class PageQuestions:
             question.conversation = f"peer:{peer_id}"
         refused = agent.admit(question)
         if refused is not None:
-            await self._send(peer_id, Answer.failed(question, refused, provider=agent.provider_name).payload())
+            await self._refuse(peer_id, Answer.failed(question, refused, provider=agent.provider_name))
             return
         agent.spawn(self._answer(question, peer_id), f"agent-question-{question.id}")
 
@@ -68,7 +71,11 @@ class PageQuestions:
             if self.agent.messager is not None:  # a copy for MQTT listeners (dashboards, Home Assistant)
                 await self.agent.messager.publish(self.agent.topics.answer, answer.payload())
 
-        await self.agent.answer_and_send(question, send_partial, send_answer)
+        await self.agent.answer_and_send(question, send_partial, send_answer, via=Via.PAGE)
+
+    async def _refuse(self, peer_id: str, answer: Answer) -> None:
+        await self._send(peer_id, answer.payload())
+        self.agent.telemetry.answered(Via.PAGE, answer)
 
     async def _send(self, peer_id: str, payload: bytes) -> None:
         try:

@@ -56,6 +56,23 @@ class Topics:
         """What the agent subscribes to: `ask`, or its MQTT 5 shared subscription when daemons split questions."""
         return f"$share/{shared_group}/{self.ask}" if shared_group else self.ask
 
+    def source_ask(self, source: str) -> str:
+        """Questions about one source: taken by the daemon holding it (several daemons share one broker)."""
+        return f"{self.prefix}/{source}/ask"
+
+    def source_ask_subscription(self, source: str, shared_group: str | None = None) -> str:
+        """What a daemon holding `source` subscribes to: `source_ask`, shared among replicas with a group."""
+        topic = self.source_ask(source)
+        return f"$share/{shared_group}/{topic}" if shared_group else topic
+
+    def source_of_ask(self, topic: str) -> str | None:
+        """The source of a `<prefix>/<source>/ask` topic, or None for any other topic (`<prefix>/ask` included)."""
+        head, tail = f"{self.prefix}/", "/ask"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        source = topic[len(head):-len(tail)]
+        return source if source and "/" not in source and not any(c in source for c in _WILDCARDS) else None
+
     def reply(self, client_id: str) -> str:
         """The response topic of an MQTT 5 asker (`visual-agent ask`)."""
         return f"{self.prefix}/reply/{client_id}"
@@ -71,6 +88,36 @@ class Topics:
     def ha_discovery(self, discovery_prefix: str, node_id: str, source: str) -> str:
         """Home Assistant's discovery config topic of the sensor of `source`."""
         return f"{discovery_prefix}/sensor/{node_id}/{ha_object_id(source)}/config"
+
+    @property
+    def rules_set(self) -> str:
+        """Retained JSON list of standing questions (rules) in."""
+        return f"{self.prefix}/rules/set"
+
+    @property
+    def rules_error(self) -> str:
+        """Why a rule set on `rules_set` was refused."""
+        return f"{self.prefix}/rules/error"
+
+    def rule(self, source: str, name: str) -> str:
+        """Retained state JSON of rule `name` on `source`."""
+        return f"{self.prefix}/{source}/rules/{name}"
+
+    def rule_event(self, source: str, name: str) -> str:
+        """A rule's state changes."""
+        return f"{self.rule(source, name)}/event"
+
+    def rule_evidence(self, source: str, name: str) -> str:
+        """Retained JPEG of the frame that last turned the rule on."""
+        return f"{self.rule(source, name)}/evidence"
+
+    def rule_lookback(self, source: str, name: str) -> str:
+        """Retained JPEG strip of the source's look-back thumbnails before the rule last turned on."""
+        return f"{self.rule(source, name)}/evidence/lookback"
+
+    def ha_component(self, discovery_prefix: str, component: str, node_id: str, object_id: str) -> str:
+        """Home Assistant's discovery config topic of one entity (`binary_sensor`, `image`, ...)."""
+        return f"{discovery_prefix}/{component}/{node_id}/{ha_object_id(object_id)}/config"
 
     def as_dict(self) -> dict[str, str]:
         """The fixed topics by name (`ask`, `answer`, `partial`, `status`)."""

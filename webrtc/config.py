@@ -184,6 +184,9 @@ class WebRTCConfig:
     """Each FrameBuffer keeps at most this many frames..."""
     buffer_max_seconds: float = DEFAULT_BUFFER_MAX_SECONDS
     """...and none older than this many seconds (the newest is always kept)."""
+    buffer_spread_frames: int | None = None
+    """Keep only the newest frame and one per `buffer_max_seconds / buffer_spread_frames` before it (what sampling
+    over a window can use; `visual-agent run` sets it from `agent.max_frames`); None: every frame within the bounds."""
     first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S
     """Default timeout of `FrameBuffer.wait_for_frame`."""
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
@@ -222,6 +225,8 @@ class WebRTCConfig:
         for name in ("max_peers", "max_body_bytes", "max_message_bytes", "buffer_max_frames"):
             if int(getattr(self, name)) < 1:
                 raise WebRTCConfigError(f"webrtc.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.buffer_spread_frames is not None and int(self.buffer_spread_frames) < 1:
+            raise WebRTCConfigError(f"webrtc.buffer_spread_frames must be >= 1 or None, got {self.buffer_spread_frames!r}")
         if self.buffer_max_seconds <= 0 or self.first_frame_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise WebRTCConfigError(
                 "webrtc.buffer_max_seconds, first_frame_timeout_s and connect_timeout_s must be > 0"

@@ -4,8 +4,11 @@ The ancestor of this project read an aiortc track only when it wanted a frame; a
 grew, and every frame it handed out was older than the last (about 0.93 s lag per second of video).
 Here a named task (`attach`) pulls every frame from the track as soon as it is decoded, so aiortc's queue
 stays empty, and the buffer keeps only the last `max_frames` frames, none older than `max_seconds`
-(the newest is always kept). Frames stay `av.VideoFrame`: converting them is the consumer's business,
-done on the few frames it samples, in a worker thread.
+(the newest is always kept). With `spread_frames` it keeps only what sampling can use: the newest frame and one
+frame per `max_seconds / spread_frames` slot before it (a 640x480 frame is 0.46 MB: 32 of them were 15 MB per
+stream, about 10 are 5 MB, and `window(max_seconds, k)` still finds k frames spread over the whole window).
+Frames stay `av.VideoFrame`: converting them is the consumer's business, done on the few frames it samples, in a
+worker thread.
 
 Everything here runs on the event loop's thread; none of it blocks.
 
@@ -29,7 +32,7 @@ from typing import Any
 
 import av
 
-from .config import DEFAULT_BUFFER_MAX_FRAMES, DEFAULT_BUFFER_MAX_SECONDS, DEFAULT_FIRST_FRAME_TIMEOUT_S
+from .config import DEFAULT_BUFFER_MAX_FRAMES, DEFAULT_BUFFER_MAX_SECONDS, DEFAULT_FIRST_FRAME_TIMEOUT_S, mask_url_secrets
 from .errors import FrameTimeoutError, WebRTCConfigError
 
 __all__ = ["BufferState", "BufferedFrame", "FrameBuffer", "FrameBufferStats"]
@@ -128,13 +131,18 @@ class FrameBuffer:
         max_frames: int = DEFAULT_BUFFER_MAX_FRAMES,
         max_seconds: float = DEFAULT_BUFFER_MAX_SECONDS,
         first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S,
+        spread_frames: int | None = None,
     ) -> None:
-        if max_frames < 1 or max_seconds <= 0:
-            raise WebRTCConfigError(f"FrameBuffer {name!r}: max_frames must be >= 1 and max_seconds > 0")
+        """`spread_frames`: keep the newest frame plus one per `max_seconds / spread_frames` before it (older ones in
+        the same slot go); None keeps every frame within the bounds."""
+        if max_frames < 1 or max_seconds <= 0 or (spread_frames is not None and spread_frames < 1):
+            raise WebRTCConfigError(f"FrameBuffer {name!r}: max_frames and spread_frames must be >= 1 and max_seconds > 0")
         self.name = name
         self.max_frames = int(max_frames)
         self.max_seconds = float(max_seconds)
         self.first_frame_timeout_s = float(first_frame_timeout_s)
+        self.slot_s = None if spread_frames is None else self.max_seconds / spread_frames
+        """With `spread_frames`: frames older than the newest are kept one per this many seconds."""
         self._frames: collections.deque[BufferedFrame] = collections.deque()
         self._arrivals: collections.deque[float] = collections.deque(maxlen=_ARRIVALS_KEPT)
         self._received = 0
@@ -171,6 +179,11 @@ class FrameBuffer:
 
     def _trim(self, now: float) -> None:
         frames = self._frames
+        if self.slot_s is not None and len(frames) >= 3:
+            # every frame but the newest has its own slot: of two in one slot the later stays
+            if frames[-2].received_at // self.slot_s == frames[-3].received_at // self.slot_s:
+                del frames[-3]
+                self._dropped += 1
         while len(frames) > self.max_frames:
             frames.popleft()
             self._dropped += 1
@@ -208,7 +221,7 @@ class FrameBuffer:
         except MediaStreamError:
             logger.info("source %s: track ended", self.name)
         except Exception as exc:  # a decoder or player failure ends this track, not the process
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._last_error = mask_url_secrets(f"{type(exc).__name__}: {exc}")  # av's errors name the player's URL
             logger.warning("source %s: track failed: %s", self.name, self._last_error)
         finally:
             if self._track is track:

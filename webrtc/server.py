@@ -12,6 +12,8 @@ Endpoints (ARCHITECTURE.md):
 ``DELETE /whip/<secret>``  ends that WHIP session (``PATCH`` and other methods: 405)
 ``GET /healthz``           JSON ``{"status"}``; with the token (or none configured) also sources with buffer
                            stats, peers, and ``healthz_extra()``
+``GET /metrics``           whatever ``metrics_exposition()`` returns (the daemon's Prometheus text; token when set);
+                           404 when unset
 =========================  ===================================================================
 
 Every request first passes `webrtc.http_guard.HttpGuard` (Host, Origin, ``Authorization: Bearer`` when
@@ -80,6 +82,8 @@ class WebRTCServer:
         """Called with (source, peer_id, text) for each data-channel text message."""
         self.healthz_extra: Callable[[], dict[str, Any]] | None = None
         """Returns extra fields merged into GET /healthz (the daemon adds broker and LLM state)."""
+        self.metrics_exposition: Callable[[], tuple[bytes, str]] | None = None
+        """Returns (body, content type) for GET /metrics (the daemon's Prometheus registry); None: 404."""
         self.buffers: dict[str, FrameBuffer] = {}
         """One `FrameBuffer` per source name (configured sources and peers)."""
         self.guard: HttpGuard | None = None
@@ -268,6 +272,7 @@ class WebRTCServer:
     def _new_buffer(self, name: str) -> FrameBuffer:
         c = self.config
         return FrameBuffer(name, max_frames=c.buffer_max_frames, max_seconds=c.buffer_max_seconds,
+                           spread_frames=c.buffer_spread_frames,
                            first_frame_timeout_s=c.first_frame_timeout_s)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -286,6 +291,7 @@ class WebRTCServer:
         r.add_post("/whip", self._handle_whip)
         r.add_delete("/whip/{resource}", self._handle_whip_delete)
         r.add_get("/healthz", self._handle_healthz)
+        r.add_get("/metrics", self._handle_metrics)
 
     async def _read_body(self, request: web.Request, content_type: str) -> bytes:
         if request.content_type != content_type:
@@ -547,6 +553,12 @@ class WebRTCServer:
 
     async def _handle_healthz(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.health(detail=self.guard is None or self.guard.authorized(request)))
+
+    async def _handle_metrics(self, request: web.Request) -> web.StreamResponse:
+        if self.metrics_exposition is None:
+            return web.Response(status=404, text="no metrics here\n")
+        body, content_type = self.metrics_exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _handle_offer(self, request: web.Request) -> web.StreamResponse:
         try:

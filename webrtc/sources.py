@@ -34,10 +34,28 @@ __all__ = ["SourceRunner", "open_player"]
 logger = logging.getLogger(__name__)
 
 
+class _MaskUrlSecretsFilter(logging.Filter):
+    """aiortc's `MediaPlayer` logs its URL (``MediaPlayer(rtsp://user:pass@cam/x?token=...) Skipping video frame``):
+    mask the secrets in those records before any handler sees them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg, record.args = mask_url_secrets(record.getMessage()), None
+        else:
+            record.msg = mask_url_secrets(str(record.msg))
+        return True
+
+
+_MASK_FILTER = _MaskUrlSecretsFilter()
+
+
 def open_player(config: SourceConfig) -> Any:
     """Open `config` with aiortc's `MediaPlayer` (blocking; call it in a worker thread). Raises `SourceError`."""
     from aiortc.contrib.media import MediaPlayer
 
+    media_logger = logging.getLogger("aiortc.contrib.media")
+    if _MASK_FILTER not in media_logger.filters:
+        media_logger.addFilter(_MASK_FILTER)
     fmt = config.format or ("v4l2" if config.kind is SourceKind.V4L2 else None)
     timeout = None if config.kind is SourceKind.FILE else max(1, int(config.open_timeout_s))
     try:

@@ -189,6 +189,7 @@ function onMessage(data) {
     entry.el.className = "answer done";
     return;
   }
+  if (msg.type === "rule" && typeof msg.rule === "string") { showRule(msg); return; }  // a rule's live state
   if ("delta" in msg && "id" in msg) {  // {"id", "seq", "delta"}: a streamed piece, in seq order
     const entry = answerBox(msg.id);
     if (entry.done) return;
@@ -233,6 +234,14 @@ function conversationId() {
   } catch (err) {  // storage refused (privacy mode): the server makes the connection the conversation
     return null;
   }
+}
+
+function showRule(msg) {  // one line per rule of this source: name, on/off, the last reason
+  const id = `rule-${msg.rule}`;
+  let li = document.getElementById(id);
+  if (!li) { li = document.createElement("li"); li.id = id; $("rules").appendChild(li); }
+  li.className = `rule ${msg.state === "on" ? "on" : "off"}`;
+  li.textContent = `${msg.rule}: ${msg.state}${msg.degraded ? " (slowed: budget)" : ""}${msg.reason ? " — " + msg.reason : ""}`;
 }
 
 function ask(event) {
