@@ -14,12 +14,15 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 
 from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
 from .config import OpenAICompatibleConfig, config_from
+
+if TYPE_CHECKING:
+    from encoders import JpegEncoder
 from .deadline import time_left
 from .errors import (
     BadRequestError,
@@ -87,7 +90,7 @@ class OpenAICompatibleProvider(LLMProvider):
         self.base_url = self._base_url(self.config)
         self._api_key = self.config.resolved_api_key()
         self._closed = False
-        self._encoder = None
+        self._encoder: JpegEncoder | None = None
         # The client builds its httpx pool now but connects only on the first request.
         self._client = openai.AsyncOpenAI(
             api_key=self._api_key,

@@ -38,8 +38,9 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -118,7 +119,7 @@ class WebRTCServer:
             raise RuntimeError("WebRTCServer was closed; make a new one")
         c = self.config
         ssl_context, cert_names = None, []
-        if c.tls:
+        if c.tls_certfile and c.tls_keyfile:  # the config allows both or neither
             from .tls import certificate_names, server_ssl_context
 
             ssl_context = server_ssl_context(c.tls_certfile, c.tls_keyfile)
@@ -175,7 +176,7 @@ class WebRTCServer:
             await self._http.cleanup()
             self._http = None
 
-    async def __aenter__(self) -> "WebRTCServer":
+    async def __aenter__(self) -> WebRTCServer:
         await self.start()
         return self
 
@@ -374,7 +375,7 @@ class WebRTCServer:
 
         if self._closed or self._http is None:
             raise SignalingError("the server is shutting down", status=503)
-        check_offer_sdp(sdp)
+        offer = check_offer_sdp(sdp)
         name, auto = self._source_for_peer(source, kind)
         holder = self._holder(name, replaces)  # a reconnect frees its old slot
         if self._pending_from(remote) >= self.config.max_pending_per_client:
@@ -392,7 +393,7 @@ class WebRTCServer:
         self._wire(peer)
         try:
             try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             except Exception as exc:
                 raise SignalingError(f"malformed SDP offer: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
             try:
