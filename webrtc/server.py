@@ -47,6 +47,7 @@ from aiohttp import web
 from .config import SourceConfig, WebRTCConfig, validate_source_name
 from .errors import PeerNotFoundError, SignalingError, TooManyPeersError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
+from .heap import trim_heap
 from .http_guard import DeadlineSite, HttpGuard, content_security_policy, inline_styles
 from .ice import restrict_host_addresses
 from .peers import PeerKind, PeerSession
@@ -518,6 +519,7 @@ class WebRTCServer:
         logger.info("peer %s (source %r) gone: %s", peer.id, peer.source, why)
         await peer.close()
         await self._release_buffer(peer)
+        await trim_heap()  # its decoder's freed buffers back to the kernel (webrtc/heap.py says why)
 
     async def _release_buffer(self, peer: PeerSession) -> None:
         buffer = self.buffers.get(peer.source)
