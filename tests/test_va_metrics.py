@@ -15,6 +15,7 @@ from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.metrics_scrape import moved, parse, scrape, total, value
 from tests.test_va_e2e import daemon_config, wait_frames
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(180)]
 
@@ -48,6 +49,8 @@ async def test_metrics_move_by_exactly_the_traffic(tmp_path, running_mosquitto, 
     peer.subscribe(f"{topic_prefix}/answer")
     async with daemon_process(config, page_port=page_port, log_path=tmp_path / "daemon.log") as daemon:
         url = daemon.page_url + "/metrics"
+        # The page answers before the broker connection is up: wait for it, then take the baseline.
+        await wait_until(lambda: value(scrape(url), "visual_agent_mqtt_connected") == 1, 30, "the daemon connected to mosquitto")
         before = await asyncio.to_thread(scrape, url)
         assert value(before, "visual_agent_peers") == 0 and value(before, "visual_agent_mqtt_connected") == 1
         assert value(before, "visual_agent_questions_total", via="mqtt") == 0
