@@ -7,6 +7,7 @@ evidence and a look-back (docs/VISUAL_AGENT_GUIDE.md, "Rules").
 | `state.py` | `RuleState`: hysteresis and cooldown, no I/O |
 | `answer.py` | the structured yes/no answer: schema, provider options, defensive parser |
 | `budget.py` | `CallBudget`: model calls per source and minute |
+| `follow.py` | `NewFrames`: each unseen frame of a source, across a buffer replaced under the same name |
 | `lookback.py` | `Lookback`: the last seconds of a source as small JPEG thumbnails |
 | `engine.py` | `RuleEngine`: per-source watchers, checks, state/event/evidence publishing, counters |
 | `control.py` | `RuleControl`: rule sets from `<prefix>/rules/set`, errors on `<prefix>/rules/error` |

@@ -34,6 +34,7 @@ from ..topics import Topics
 from .answer import RULE_SYSTEM_PROMPT, parse_answer, structured_options
 from .budget import CallBudget
 from .config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_RULES, RuleConfig, RuleSetError, check_rule_set
+from .follow import NewFrames
 from .lookback import Thumbnail, contact_sheet
 from .state import OnOff, RuleState, Transition
 
@@ -206,24 +207,11 @@ class RuleEngine:
     # --- watching -------------------------------------------------------------------------------------
 
     async def _watch(self, source: str) -> None:
-        last_seq = 0
-        last_buffer: Any = None
+        frames = NewFrames(lambda: self.agent.driver, source, wait_s=_FRAME_WAIT_S, missing_retry_s=_NO_SOURCE_RETRY_S)
         while True:
-            driver = self.agent.driver
-            try:
-                if driver is None:
-                    raise KeyError(source)
-                buffer = driver.get_buffer(source)
-            except KeyError:
-                await asyncio.sleep(_NO_SOURCE_RETRY_S)
+            entry = await frames.next()
+            if entry is None:
                 continue
-            if buffer is not last_buffer:  # a new buffer under the same name (a page came back): its seq restarts
-                last_buffer, last_seq = buffer, 0
-            try:
-                entry = await buffer.wait_for_frame(_FRAME_WAIT_S, newer_than=last_seq)
-            except TimeoutError:
-                continue
-            last_seq = entry.seq
             now = time.monotonic()
             rules = sorted(self.rules(source), key=lambda r: r.last_check_at)
             due = [r for r in rules if now - r.last_check_at >= r.config.check_every_s]

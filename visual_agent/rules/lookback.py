@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..sampling import TakenFrame
+from .follow import NewFrames
 
 __all__ = ["LOOKBACK_FPS", "QUESTION_LOOKBACK_FRAMES", "Lookback", "LookbackStore", "Thumbnail", "contact_sheet",
            "lookback_frames", "make_thumbnail"]
@@ -186,24 +187,15 @@ class LookbackStore:
 
     async def _feed(self, source: str) -> None:
         """Keep a thumbnail of the newest frame at most `LOOKBACK_FPS` times a second."""
-        last_seq = 0
-        last_buffer: Any = None
+        frames = NewFrames(lambda: self.driver, source, wait_s=_FRAME_WAIT_S, missing_retry_s=_FRAME_WAIT_S)
         while True:
             lookback = self._lookbacks.get(source)
-            try:
-                if lookback is None or self.driver is None:
-                    raise KeyError(source)
-                buffer = self.driver.get_buffer(source)
-            except KeyError:
+            if lookback is None:
                 await asyncio.sleep(_FRAME_WAIT_S)
                 continue
-            if buffer is not last_buffer:  # a new buffer under the same name (a page came back): its seq restarts
-                last_buffer, last_seq = buffer, 0
-            try:
-                entry = await buffer.wait_for_frame(_FRAME_WAIT_S, newer_than=last_seq)
-            except TimeoutError:
+            entry = await frames.next()
+            if entry is None:
                 continue
-            last_seq = entry.seq
             if lookback.wants(entry.received_at):
                 try:
                     jpeg = await asyncio.to_thread(make_thumbnail, entry.frame)
