@@ -13,6 +13,7 @@ import socket
 import pytest
 
 from providers import create_provider
+from tests.agents import agent_over_mqtt
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent, topics
@@ -22,20 +23,9 @@ from visual_agent.mqtt import MqttMessager
 pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
 
 
-@contextlib.asynccontextmanager
-async def running_agent(mosquitto, server, llm_url, prefix, **agent_kw):
-    llm = create_provider({"provider": "openai", "base_url": llm_url, "model_name": "stub-model", "max_retries": 0, "timeout": 5})
-    messager = MqttMessager(MqttConfig(host=mosquitto.host, port=mosquitto.port, prefix=prefix, reconnect_min_s=0.1), status_topic=f"{prefix}/status")
-    await messager.start()
-    agent = VisualAgent(llm=llm, messager=messager, webrtc_driver=server, config=AgentConfig(**agent_kw),
-                        prefix=prefix, provider_name="openai", max_payload_bytes=4096)
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        await agent.close(grace_s=0.5)
-        await messager.close()
-        await llm.aclose()
+def running_agent(mosquitto, server, llm_url, prefix, **agent_kw):
+    llm = {"base_url": llm_url, "model_name": "stub-model", "max_retries": 0, "timeout": 5}
+    return agent_over_mqtt(mosquitto, prefix, server, llm, max_payload_bytes=4096, **agent_kw)
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,6 @@ purpose (down, slow, 429, 500, a cut stream, a black hole); the recovery against
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from typing import Any
@@ -19,11 +18,9 @@ import av
 import numpy as np
 import pytest
 
-from providers import create_provider
+from tests.agents import agent_over_mqtt
 from tests.fixtures.faulty_llm import REPLY, FaultyLLM
 from visual_agent.agent import VisualAgent, topics
-from visual_agent.config import AgentConfig, MqttConfig
-from visual_agent.mqtt import MqttMessager
 from webrtc import FrameBuffer
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
@@ -53,21 +50,8 @@ async def faulty_llm():
     await llm.close()
 
 
-@contextlib.asynccontextmanager
-async def agent_on(mosquitto, prefix: str, base_url: str, *, llm: dict[str, Any], **agent_kw: Any):
-    provider = create_provider({"provider": "openai", "base_url": base_url, "model_name": "faulty", **llm})
-    messager = MqttMessager(MqttConfig(host=mosquitto.host, port=mosquitto.port, prefix=prefix, reconnect_min_s=0.1),
-                            status_topic=f"{prefix}/status")
-    await messager.start()
-    agent = VisualAgent(llm=provider, messager=messager, webrtc_driver=OneCamera(), config=AgentConfig(**agent_kw),
-                        prefix=prefix, provider_name="openai")
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        await agent.close(grace_s=0.5)
-        await messager.close()
-        await provider.aclose()
+def agent_on(mosquitto, prefix: str, base_url: str, *, llm: dict[str, Any], **agent_kw: Any):
+    return agent_over_mqtt(mosquitto, prefix, OneCamera(), {"base_url": base_url, "model_name": "faulty", **llm}, **agent_kw)
 
 
 class Asker:

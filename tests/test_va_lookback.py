@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import time
 
@@ -17,14 +16,14 @@ import pytest
 
 from encoders import to_array
 from providers import create_provider
+from tests.agents import agent_over_mqtt
 from tests.rules_scene import BRIGHT, DARK, counter_of_gray, decode_gray, write_scene_clip
 from tests.test_rules_engine import Buffers, solid
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent, topics
-from visual_agent.config import AgentConfig, MqttConfig
+from visual_agent.config import AgentConfig
 from visual_agent.errors import ErrorType, QuestionError
 from visual_agent.messages import Question, parse_question
-from visual_agent.mqtt import MqttMessager
 from visual_agent.rules import RuleConfig, RuleEngine
 from webrtc import SourceConfig, WebRTCConfig
 
@@ -32,21 +31,9 @@ CHANGE_FRAME = 60
 """The clip is dark for frames 0-59 (2 s at 30 fps), bright after."""
 
 
-@contextlib.asynccontextmanager
-async def running_agent(mosquitto, server, llm_url, prefix, **agent_kw):
-    llm = create_provider({"provider": "openai", "base_url": llm_url, "model_name": "stub-model", "max_retries": 0,
-                           "timeout": 5})
-    messager = MqttMessager(MqttConfig(host=mosquitto.host, port=mosquitto.port, prefix=prefix, reconnect_min_s=0.1))
-    await messager.start()
-    agent = VisualAgent(llm=llm, messager=messager, webrtc_driver=server, config=AgentConfig(**agent_kw),
-                        prefix=prefix, provider_name="openai")
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        await agent.close(grace_s=0.5)
-        await messager.close()
-        await llm.aclose()
+def running_agent(mosquitto, server, llm_url, prefix, **agent_kw):
+    llm = {"base_url": llm_url, "model_name": "stub-model", "max_retries": 0, "timeout": 5}
+    return agent_over_mqtt(mosquitto, prefix, server, llm, status=False, **agent_kw)
 
 
 def request_images(body: dict) -> list:

@@ -1,0 +1,32 @@
+"""One `VisualAgent` over real mosquitto with an HTTP provider, for tests that drive the agent in-process."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from providers import create_provider
+from visual_agent.agent import VisualAgent
+from visual_agent.config import DEFAULT_MAX_PAYLOAD_BYTES, AgentConfig, MqttConfig
+from visual_agent.mqtt import MqttMessager
+
+
+@contextlib.asynccontextmanager
+async def agent_over_mqtt(mosquitto: Any, prefix: str, driver: Any, llm: dict[str, Any], *, status: bool = True,
+                          max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, **agent_kw: Any) -> AsyncIterator[VisualAgent]:
+    """A started agent on `driver`, asking the `openai` provider configured by `llm`; closed with its messager and
+    provider. `status`: publish `<prefix>/status` as the daemon does."""
+    provider = create_provider({"provider": "openai", **llm})
+    messager = MqttMessager(MqttConfig(host=mosquitto.host, port=mosquitto.port, prefix=prefix, reconnect_min_s=0.1),
+                            status_topic=f"{prefix}/status" if status else None)
+    await messager.start()
+    agent = VisualAgent(llm=provider, messager=messager, webrtc_driver=driver, config=AgentConfig(**agent_kw),
+                        prefix=prefix, provider_name="openai", max_payload_bytes=max_payload_bytes)
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.close(grace_s=0.5)
+        await messager.close()
+        await provider.aclose()
