@@ -9,8 +9,10 @@ clip's keyframe. So the senders cost about 1 % of a core per stream and the daem
 For each N in `--streams`: start the daemon (MQTT off, no LLM: nothing is asked), note its RSS with no stream, connect
 N publishers one after the other (source `s<i>`), wait until every source has frames, warm up, then for `--seconds`:
 
-- daemon CPU: utime + stime of the daemon process (every thread) / wall time, as % of one core;
-- daemon RSS at the end, and (RSS - RSS before the first stream) / N per stream;
+- daemon CPU: utime + stime of the daemon process (every thread) / wall time, as % of one core, and how it splits
+  between the event loop's thread (the main thread) and the others (aiortc's decoder threads, one per stream);
+- daemon RSS at the end, (RSS - RSS before the first stream) / N per stream, and the RSS added per stream since the
+  previous N of the run (the slope, without the one-off cost of the first peer: importing aiortc, its first arenas);
 - per-stream fps from `visual_agent_frames_received_total` (GET /metrics) at the start and end of the window: min
   and median over the streams;
 - newest-frame age: `visual_agent_frame_age_seconds{source}` of every stream, scraped every `--probe-s`, p50/p99
@@ -61,8 +63,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def proc_cpu_s(pid: int, thread: int | None = None) -> float:
+    """CPU seconds of the process (every thread), or of one of its threads."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -230,7 +234,7 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(daemon.pid), "--duration", str(int(args.seconds)),
                                     "--format", "raw", "--threads", "--output", str(spy_out), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cpu0, t0 = proc_cpu_s(daemon.pid), time.monotonic()
+        cpu0, loop0, t0 = proc_cpu_s(daemon.pid), proc_cpu_s(daemon.pid, daemon.pid), time.monotonic()
         ages: list[float] = []
         rss_peak = 0.0
         while time.monotonic() - t0 < args.seconds:
@@ -241,6 +245,7 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         last = scrape(url)
         wall = time.monotonic() - t0
         cpu = proc_cpu_s(daemon.pid) - cpu0
+        loop_cpu = proc_cpu_s(daemon.pid, daemon.pid) - loop0  # the main thread: the event loop
         rss = proc_rss_mb(daemon.pid)
         mappings = rss_by_mapping(daemon.pid)
         threads = len(list(Path(f"/proc/{daemon.pid}/task").iterdir()))
@@ -254,7 +259,8 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         out, _ = senders.communicate(timeout=30)
         sender = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
         return {
-            "streams": n, "cpu_pct": round(100 * cpu / wall, 1), "rss_mb": round(rss, 1), "rss_peak_mb": round(rss_peak, 1),
+            "streams": n, "cpu_pct": round(100 * cpu / wall, 1), "loop_thread_cpu_pct": round(100 * loop_cpu / wall, 1),
+            "other_threads_cpu_pct": round(100 * (cpu - loop_cpu) / wall, 1), "rss_mb": round(rss, 1), "rss_peak_mb": round(rss_peak, 1),
             "rss_idle_mb": round(rss_idle, 1), "rss_per_stream_mb": round((rss - rss_idle) / n, 2),
             "fps_min": round(min(fps), 1), "fps_median": round(statistics.median(fps), 1),
             "age_p50_ms": round(1000 * percentile(ages, 50), 1), "age_p99_ms": round(1000 * percentile(ages, 99), 1),
@@ -337,14 +343,21 @@ def main() -> None:
         print(f"{args.res}@{args.fps}, {args.seconds:g} s per N, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
               f"{', ' + ' '.join(args.set) if args.set else ''}", flush=True)
         if not args.json:
-            print("| streams | daemon CPU % | RSS MB (idle) | RSS/stream MB | fps min / median | age p50 / p99 ms | sender CPU % |")
+            print("| streams | daemon CPU % (loop thread + others) | RSS MB (idle) | RSS/stream MB (per added stream) | "
+                  "fps min / median | age p50 / p99 ms | sender CPU % |")
             print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+        previous = None
         for n in (int(x) for x in args.streams.split(",")):
             row = measure(n, args, clip, workdir)
+            if previous is not None and n > previous["streams"]:  # the slope: what one more stream costs
+                row["rss_per_added_stream_mb"] = round((row["rss_mb"] - previous["rss_mb"]) / (n - previous["streams"]), 2)
+            previous = row
             if args.json or args.py_spy:
                 print(json.dumps(row), flush=True)
             else:
-                print(f"| {n} | {row['cpu_pct']} | {row['rss_mb']} ({row['rss_idle_mb']}) | {row['rss_per_stream_mb']} | "
+                added = row.get("rss_per_added_stream_mb", "")
+                print(f"| {n} | {row['cpu_pct']} ({row['loop_thread_cpu_pct']} + {row['other_threads_cpu_pct']}) | "
+                      f"{row['rss_mb']} ({row['rss_idle_mb']}) | {row['rss_per_stream_mb']}{f' ({added})' if added else ''} | "
                       f"{row['fps_min']} / {row['fps_median']} | {row['age_p50_ms']} / {row['age_p99_ms']} | "
                       f"{row['sender_cpu_pct']} |", flush=True)
 

@@ -185,8 +185,9 @@ class WebRTCConfig:
     buffer_max_seconds: float = DEFAULT_BUFFER_MAX_SECONDS
     """...and none older than this many seconds (the newest is always kept)."""
     buffer_spread_frames: int | None = None
-    """Keep only the newest frame and one per `buffer_max_seconds / buffer_spread_frames` before it (what sampling
-    over a window can use; `visual-agent run` sets it from `agent.max_frames`); None: every frame within the bounds."""
+    """Keep only the newest frame and at most this many older ones, spaced evenly over `buffer_max_seconds` (what
+    sampling over a window can use; `visual-agent run` sets it to `agent.max_frames - 1`); None: every frame within
+    the bounds."""
     first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S
     """Default timeout of `FrameBuffer.wait_for_frame`."""
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S

@@ -4,9 +4,11 @@ The ancestor of this project read an aiortc track only when it wanted a frame; a
 grew, and every frame it handed out was older than the last (about 0.93 s lag per second of video).
 Here a named task (`attach`) pulls every frame from the track as soon as it is decoded, so aiortc's queue
 stays empty, and the buffer keeps only the last `max_frames` frames, none older than `max_seconds`
-(the newest is always kept). With `spread_frames` it keeps only what sampling can use: the newest frame and one
-frame per `max_seconds / spread_frames` slot before it (a 640x480 frame is 0.46 MB: 32 of them were 15 MB per
-stream, about 10 are 5 MB, and `window(max_seconds, k)` still finds k frames spread over the whole window).
+(the newest is always kept). With `spread_frames` it keeps only what sampling can use: the newest frame and at most
+`spread_frames` older ones, spaced evenly over `max_seconds`, so `window(max_seconds, k)` finds k frames spread over
+the window for every k up to `spread_frames + 1`. A decoded 640x480 frame is 0.46 MB: 32 consecutive ones were
+15 MB per stream and covered only 1.07 s; the daemon's default (the newest and 7 older, for `agent.max_frames` 8)
+is 3.7 MB.
 Frames stay `av.VideoFrame`: converting them is the consumer's business, done on the few frames it samples, in a
 worker thread.
 
@@ -24,8 +26,10 @@ import asyncio
 import collections
 import contextlib
 import enum
+import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
@@ -132,17 +136,19 @@ class FrameBuffer:
         max_seconds: float = DEFAULT_BUFFER_MAX_SECONDS,
         first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S,
         spread_frames: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`spread_frames`: keep the newest frame plus one per `max_seconds / spread_frames` before it (older ones in
-        the same slot go); None keeps every frame within the bounds."""
+        """`spread_frames`: keep the newest frame plus at most this many older ones, spaced evenly over `max_seconds`;
+        None keeps every frame within the bounds. `clock` stamps arrivals and reads ages (a test's simulated time)."""
         if max_frames < 1 or max_seconds <= 0 or (spread_frames is not None and spread_frames < 1):
             raise WebRTCConfigError(f"FrameBuffer {name!r}: max_frames and spread_frames must be >= 1 and max_seconds > 0")
         self.name = name
+        self._clock = clock
         self.max_frames = int(max_frames)
         self.max_seconds = float(max_seconds)
         self.first_frame_timeout_s = float(first_frame_timeout_s)
-        self.slot_s = None if spread_frames is None else self.max_seconds / spread_frames
-        """With `spread_frames`: frames older than the newest are kept one per this many seconds."""
+        self.spread_frames = spread_frames
+        """With a number: the most frames kept besides the newest, spaced evenly over `max_seconds`."""
         self._frames: collections.deque[BufferedFrame] = collections.deque()
         self._arrivals: collections.deque[float] = collections.deque(maxlen=_ARRIVALS_KEPT)
         self._received = 0
@@ -167,7 +173,7 @@ class FrameBuffer:
         """Add a frame as the newest; older frames beyond the bounds are dropped. Returns its record."""
         if not isinstance(frame, av.VideoFrame):
             raise TypeError(f"FrameBuffer {self.name!r} holds av.VideoFrame, got {type(frame).__name__}")
-        now = time.monotonic()
+        now = self._clock()
         self._received += 1
         item = BufferedFrame(frame=frame, pts=frame.pts, time_base=frame.time_base, received_at=now, seq=self._received)
         self._frames.append(item)
@@ -179,10 +185,14 @@ class FrameBuffer:
 
     def _trim(self, now: float) -> None:
         frames = self._frames
-        if self.slot_s is not None and len(frames) >= 3:
-            # every frame but the newest has its own slot: of two in one slot the later stays
-            if frames[-2].received_at // self.slot_s == frames[-3].received_at // self.slot_s:
-                del frames[-3]
+        if self.spread_frames is not None and len(frames) >= 3:
+            # the newest until now stays only if it comes a gap after the frame kept before it; the oldest goes when
+            # more are kept than asked
+            if frames[-2].received_at - frames[-3].received_at < self._spread_gap_s():
+                del frames[-2]
+                self._dropped += 1
+            while len(frames) > self.spread_frames + 1:
+                frames.popleft()
                 self._dropped += 1
         while len(frames) > self.max_frames:
             frames.popleft()
@@ -191,6 +201,20 @@ class FrameBuffer:
         while len(frames) > 1 and frames[0].received_at < horizon:
             frames.popleft()
             self._dropped += 1
+
+    def _spread_gap_s(self) -> float:
+        """The least time between two kept frames: `max_seconds / spread_frames`, less a little over one frame interval.
+
+        A kept frame can be up to a gap plus an interval older than the next, the newest frame an interval newer than
+        the youngest kept one, and a read an interval after the newest: with gaps `(spread_frames + 1) / spread_frames`
+        intervals shorter, all `spread_frames` older frames stay within `max_seconds`. The interval is the longest of
+        the last few, so jittery arrivals do not break this.
+        """
+        assert self.spread_frames is not None
+        arrivals = list(itertools.islice(reversed(self._arrivals), 8))
+        interval = max((a - b for a, b in itertools.pairwise(arrivals)), default=0.0)
+        slack = interval * (self.spread_frames + 1) / self.spread_frames
+        return max(0.0, self.max_seconds / self.spread_frames - slack)
 
     def attach(self, track: Any, *, clear: bool = True) -> None:
         """Drain `track` (an aiortc video `MediaStreamTrack`) from now on, replacing any earlier track.
@@ -267,7 +291,7 @@ class FrameBuffer:
     def _expire(self) -> None:
         self._expiry = None
         if self._state is BufferState.ENDED:
-            self._trim(time.monotonic())
+            self._trim(self._clock())
 
     def _wake(self) -> None:
         if self._new_frame is not None:
@@ -310,7 +334,7 @@ class FrameBuffer:
             raise ValueError(f"window needs k >= 1 and seconds >= 0, got k={k}, seconds={seconds}")
         if not self._frames:
             return []
-        horizon = time.monotonic() - seconds
+        horizon = self._clock() - seconds
         recent = [f for f in self._frames if f.received_at >= horizon] or [self._frames[-1]]
         n = len(recent)
         if n <= k:
@@ -346,7 +370,7 @@ class FrameBuffer:
         """Frames received per second over the last two seconds."""
         if not self._arrivals:
             return 0.0
-        now = time.monotonic()
+        now = self._clock()
         recent = [t for t in self._arrivals if t >= now - _FPS_WINDOW_S]
         if len(recent) < 2:
             return float(len(recent)) / _FPS_WINDOW_S

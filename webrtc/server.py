@@ -44,6 +44,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import decoders
 from .config import SourceConfig, WebRTCConfig, validate_source_name
 from .errors import PeerNotFoundError, SignalingError, TooManyPeersError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
@@ -374,6 +375,7 @@ class WebRTCServer:
         """Negotiate one peer: checks, limits, setRemoteDescription, answer. Raises `SignalingError`."""
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
+        decoders.install()  # here, not at start: a daemon with no peer never imports aiortc
         if self._closed or self._http is None:
             raise SignalingError("the server is shutting down", status=503)
         offer = check_offer_sdp(sdp)

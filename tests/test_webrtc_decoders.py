@@ -1,0 +1,105 @@
+"""webrtc.decoders: FFmpeg's own VP8 decoder (one thread) gives the very pixels aiortc's libvpx decoder gives, and
+the server's receivers use it."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import pytest
+
+from tests.fixtures.webrtc import CounterVideoTrack, publish
+from webrtc import decoders
+from webrtc.decoders import FFmpegVideoDecoder
+
+
+@dataclass
+class EncodedFrame:
+    """What aiortc's jitter buffer hands a decoder: the frame's bytes and its RTP timestamp."""
+
+    data: bytes
+    timestamp: int
+
+
+def encoded_clip(codec: str, frames: int = 45) -> list[EncodedFrame]:
+    """A moving 640x480 clip (a scrolling band and a square, as a camera) through a real encoder."""
+    track = CounterVideoTrack(640, 480, 30, moving=True)
+    track._start = -1e9  # no real-time pacing
+    encoder = av.CodecContext.create(codec, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 640, 480, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 30)
+    encoder.bit_rate = 1_000_000
+    encoder.gop_size = 30  # a keyframe, then inter frames and another keyframe: golden/reference updates both ways
+    if codec == "libx264":
+        encoder.options = {"tune": "zerolatency", "preset": "ultrafast", "bframes": "0"}
+    else:
+        encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+
+    async def make() -> list[EncodedFrame]:
+        out = []
+        for i in range(frames):
+            frame = await track.recv()
+            frame.pts, frame.time_base = i, encoder.time_base
+            out += [EncodedFrame(bytes(p), i * 3000) for p in encoder.encode(frame)]
+        return out + [EncodedFrame(bytes(p), 0) for p in encoder.encode(None)]
+
+    return asyncio.run(make())
+
+
+def planes(frame: av.VideoFrame) -> list[np.ndarray]:
+    return [np.frombuffer(bytes(p), np.uint8) for p in frame.planes]
+
+
+@pytest.mark.parametrize(("encoder", "reference"), [("libvpx", "libvpx"), ("libx264", "h264")])
+def test_decoders_give_the_same_pixels_as_aiortc_own(encoder, reference):
+    """Frame by frame, plane by plane, byte for byte: libvpx (what aiortc uses for VP8) against FFmpeg's vp8, and
+    FFmpeg's h264 with its default threads against one thread."""
+    clip = encoded_clip(encoder)
+    theirs = av.CodecContext.create(reference, "r")
+    ours = FFmpegVideoDecoder("vp8" if encoder == "libvpx" else "h264")
+    assert ours.codec.thread_count == 1
+    compared = 0
+    for packet in clip:
+        expected = theirs.decode(av.Packet(packet.data))
+        got = ours.decode(packet)
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            assert (a.width, a.height, a.format.name) == (b.width, b.height, b.format.name)
+            assert all(np.array_equal(x, y) for x, y in zip(planes(a), planes(b), strict=True)), compared
+            assert a.pts == packet.timestamp and a.time_base == fractions.Fraction(1, 90_000)
+            compared += 1
+    assert compared >= 40
+
+
+def test_decoders_install_wraps_aiortc_once_and_leaves_audio_to_it():
+    from aiortc import rtcrtpreceiver
+    from aiortc.codecs.opus import OpusDecoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    assert decoders.install() is True
+    wrapper = rtcrtpreceiver.get_decoder
+    assert decoders.install() is True and rtcrtpreceiver.get_decoder is wrapper  # not wrapped twice
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    before = decoders.decoders_made["vp8"]
+    made = wrapper(vp8)
+    assert isinstance(made, FFmpegVideoDecoder) and made.codec.name == "vp8"
+    assert decoders.decoders_made["vp8"] == before + 1
+    assert isinstance(wrapper(opus), OpusDecoder)
+
+
+@pytest.mark.webrtc
+@pytest.mark.timeout(60)
+async def test_decoders_serve_the_server_receivers(webrtc_server):
+    """A real VP8 stream into the server is decoded by FFmpeg's vp8 decoder, and its frames arrive whole."""
+    before = decoders.decoders_made["vp8"]
+    track = CounterVideoTrack(320, 240, 30, moving=True)
+    async with publish(webrtc_server.url, track, source="cam", codec="VP8"):
+        buffer = webrtc_server.get_buffer("cam")
+        first = await buffer.wait_for_frame(10)
+        newest = await buffer.wait_for_frame(10, newer_than=first.seq + 10)
+    assert decoders.decoders_made["vp8"] == before + 1
+    assert (newest.width, newest.height, newest.frame.format.name) == (320, 240, "yuv420p")

@@ -1,0 +1,82 @@
+"""Video decoders for aiortc's receivers: FFmpeg's own VP8 decoder, and one thread per stream.
+
+aiortc decodes VP8 through FFmpeg's libvpx wrapper. libvpx keeps four reference frames of its own; FFmpeg then copies
+every output picture into a pooled frame; and on a 2-core machine libvpx starts a second thread for each stream. At
+640x480 that costs about 1.9 MB and one thread more per stream than FFmpeg's native `vp8` decoder, whose output frames
+are its reference frames (measured in BENCHMARKS.md, "Many streams in one daemon"). Both decoders are bit-exact VP8:
+tests/test_webrtc_decoders.py compares them frame by frame. H.264 keeps FFmpeg's `h264` decoder, but with one thread:
+FFmpeg's default starts a slice thread per core for every stream, and a browser's H.264 has one slice per frame.
+
+aiortc has no hook for choosing a decoder, so `install()` wraps the `get_decoder` that its receiver module imported.
+It is idempotent, and leaves aiortc as it is (with a warning) where that name is gone or FFmpeg lacks a decoder.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from fractions import Fraction
+from typing import Any, cast
+
+import av
+from av.video.codeccontext import VideoCodecContext
+
+__all__ = ["FFmpegVideoDecoder", "decoders_made", "install"]
+
+logger = logging.getLogger(__name__)
+
+_VIDEO_TIME_BASE = Fraction(1, 90_000)  # the RTP video clock, as aiortc's own decoders stamp their packets
+
+_FFMPEG_DECODERS = {"video/vp8": "vp8", "video/h264": "h264"}
+"""The MIME types we decode ourselves, and FFmpeg's decoder for each."""
+
+decoders_made: collections.Counter[str] = collections.Counter()
+"""How many decoders `install()`'s wrapper has made, by FFmpeg decoder name (the tests read it)."""
+
+
+class FFmpegVideoDecoder:
+    """An aiortc `Decoder` over one FFmpeg decoder context with a single thread (runs in aiortc's decoder thread)."""
+
+    def __init__(self, name: str) -> None:
+        self.codec = cast(VideoCodecContext, av.CodecContext.create(name, "r"))
+        self.codec.thread_count = 1
+
+    def decode(self, encoded_frame: Any) -> list[av.VideoFrame]:
+        packet = av.Packet(encoded_frame.data)
+        packet.pts = encoded_frame.timestamp
+        packet.time_base = _VIDEO_TIME_BASE
+        return list(self.codec.decode(packet))
+
+
+def _available(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "r")
+    except Exception:  # an FFmpeg build without it
+        return False
+    return True
+
+
+def install() -> bool:
+    """Make aiortc's receivers decode with `FFmpegVideoDecoder`; True when they do (now or already)."""
+    try:
+        from aiortc import rtcrtpreceiver
+    except ImportError:
+        return False
+    original = getattr(rtcrtpreceiver, "get_decoder", None)
+    if original is None:
+        logger.warning("aiortc.rtcrtpreceiver has no get_decoder: keeping aiortc's own video decoders")
+        return False
+    if getattr(original, "_visual_agent_wrapper", False):
+        return True
+    names = {mime: name for mime, name in _FFMPEG_DECODERS.items() if _available(name)}
+
+    def get_decoder(codec: Any) -> Any:
+        name = names.get(codec.mimeType.lower())
+        if name is None:
+            return original(codec)
+        decoders_made[name] += 1
+        return FFmpegVideoDecoder(name)
+
+    get_decoder._visual_agent_wrapper = True  # type: ignore[attr-defined]
+    rtcrtpreceiver.get_decoder = get_decoder
+    return True
