@@ -198,7 +198,8 @@ def wait_until(check, timeout: float, what: str) -> None:
 
 def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict:
     port = free_port()
-    webrtc = {"host": "127.0.0.1", "port": port, "host_candidate_addresses": ["127.0.0.1"], "max_peers": max(8, n + 1)}
+    webrtc = {"host": "127.0.0.1", "port": port, "host_candidate_addresses": ["127.0.0.1"], "max_peers": max(8, n + 1),
+              "max_sources": max(32, n)}
     config: dict = {"llm": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model_name": "none"},
                     "webrtc": webrtc, "mqtt": {"enabled": False}}
     for item in args.set:
