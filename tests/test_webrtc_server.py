@@ -150,6 +150,24 @@ async def test_webrtc_server_peer_going_away_is_cleaned_up(webrtc_server):
     assert webrtc_server.get_buffer("leaver").state.value == "ended"
 
 
+async def test_webrtc_server_says_when_its_sources_change(webrtc_server):
+    """`wait_sources_changed`: wakes when a peer's source appears and when an automatically named one goes, and not
+    while nothing changes (what the agent's per-source MQTT topics follow instead of polling)."""
+    seen = webrtc_server._sources_version
+    waiter = asyncio.create_task(webrtc_server.wait_sources_changed(seen))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120)) as pub:  # no name: browser-<n>
+        appeared = await asyncio.wait_for(waiter, 10)
+        assert appeared > seen and pub.source in webrtc_server.source_names()
+        assert await webrtc_server.wait_sources_changed(seen) == appeared  # already past: at once
+        gone = asyncio.create_task(webrtc_server.wait_sources_changed(appeared))
+        await webrtc_server.get_buffer(pub.source).wait_for_frame(10)
+        assert not gone.done()  # frames are not a change of sources
+    assert await asyncio.wait_for(gone, 15) > appeared
+    assert pub.source not in webrtc_server.source_names()
+
+
 async def test_webrtc_server_same_source_reconnect_replaces_old_peer(webrtc_server):
     async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="door") as first:
         await webrtc_server.get_buffer("door").wait_for_frame(10)
@@ -218,7 +236,7 @@ async def test_webrtc_server_bad_input_is_refused_clearly_without_leaks(webrtc_s
             assert r.status == 200
     assert webrtc_server.peers() == [] and webrtc_server._pending == 0
     await wait_until(lambda: tasks_now() <= before, timeout=5)  # a leaked task never goes: this times out
-    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="after") as pub:
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="after"):
         await webrtc_server.get_buffer("after").wait_for_frame(10)
 
 

@@ -40,7 +40,8 @@ MQTT_CONSUMER_TASK = "agent-mqtt-questions"
 SOURCE_TOPICS_TASK = "agent-mqtt-source-topics"
 """Name of the task that follows the sources held with `<prefix>/<source>/ask` subscriptions."""
 SOURCE_CHECK_S = 0.25
-"""How often the sources held are compared with the source topics subscribed."""
+"""How often the sources held are compared with the source topics subscribed, for a frame source that cannot say
+when they change (`WebRTCServer.wait_sources_changed` can)."""
 
 
 class MqttQuestions:
@@ -82,8 +83,13 @@ class MqttQuestions:
             logger.info("agent: taking questions about %s on %s", source, topic)
 
     async def _follow_sources(self) -> None:
+        wait_changed = getattr(self.agent.driver, "wait_sources_changed", None)
+        version = 0
         while True:
-            await asyncio.sleep(SOURCE_CHECK_S)
+            if wait_changed is not None:
+                version = await wait_changed(version)
+            else:
+                await asyncio.sleep(SOURCE_CHECK_S)
             try:
                 await self.sync_source_topics()
             except asyncio.CancelledError:

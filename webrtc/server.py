@@ -88,6 +88,8 @@ class WebRTCServer:
         self.metrics_exposition: Callable[[], tuple[bytes, str]] | None = None
         """Returns (body, content type) for GET /metrics (the daemon's Prometheus registry); None: 404."""
         self.buffers: dict[str, FrameBuffer] = {}
+        self._sources_version = 0
+        self._sources_event: asyncio.Event | None = None
         """One `FrameBuffer` per source name (configured sources and peers)."""
         self.guard: HttpGuard | None = None
         """The Host/Origin/token checks (made at start, when the certificate's names are known)."""
@@ -208,6 +210,23 @@ class WebRTCServer:
     def source_names(self) -> list[str]:
         """Names of every source with a buffer: configured sources first, then peers in arrival order."""
         return list(self.buffers)
+
+    async def wait_sources_changed(self, seen: int = 0) -> int:
+        """Wait until the set of sources has changed since version `seen` (at once if it has); returns the version now.
+
+        The agent's per-source MQTT topics follow `source_names()` with this instead of polling it.
+        """
+        while self._sources_version <= seen:
+            if self._sources_event is None:
+                self._sources_event = asyncio.Event()
+            await self._sources_event.wait()
+        return self._sources_version
+
+    def _note_sources_changed(self) -> None:
+        self._sources_version += 1
+        if self._sources_event is not None:
+            self._sources_event.set()
+            self._sources_event = None
 
     def get_buffer(self, name: str) -> FrameBuffer:
         """The `FrameBuffer` of source `name`; `KeyError` naming the known sources otherwise."""
@@ -365,6 +384,7 @@ class WebRTCServer:
         for old in made:  # creation order: the oldest ended source goes first
             if old not in in_use:
                 buffer = self.buffers.pop(old)
+                self._note_sources_changed()
                 self._spawn(buffer.detach(), f"webrtc-free-source:{old}")
                 logger.info("source %r freed (ended; the source limit of %d is reached)", old, self.config.max_sources)
                 return True
@@ -427,6 +447,7 @@ class WebRTCServer:
             buffer = self.buffers.get(name)
             if buffer is None:
                 buffer = self.buffers[name] = self._new_buffer(name)
+                self._note_sources_changed()
             buffer.attach(peer.video_track)
         peer.spawn(self._watchdog(peer), "watchdog")
         if old is not None:  # its own publisher reconnecting: the old session goes (out of the table at once)
@@ -530,7 +551,8 @@ class WebRTCServer:
         if buffer.drain_task is not None and not any(p.source == peer.source for p in self._peers.values()):
             await buffer.detach()
         if peer.auto_named and not any(p.source == peer.source for p in self._peers.values()):
-            self.buffers.pop(peer.source, None)  # browser-<n> names are not reused
+            if self.buffers.pop(peer.source, None) is not None:  # browser-<n> names are not reused
+                self._note_sources_changed()
 
     # --- handlers ------------------------------------------------------------------------------
 
