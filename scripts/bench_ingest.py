@@ -11,8 +11,9 @@ The receiver (this process) runs `webrtc.WebRTCServer` and measures, for `--seco
 - newest-frame age (seconds since the newest frame was received) at p50/p99, probed every 20 ms;
 - end-to-end lag (frame taken by a slow consumer once a second vs when the sender encoded it).
 
-Then, in the same run, it decodes the very frames the sender encoded with PyAV alone (the same libvpx/h264
-decoder aiortc uses) and prints the receiver's CPU per frame as a ratio of PyAV's.
+Then, in the same run, it decodes the very frames the sender encoded with PyAV alone (the same FFmpeg vp8/h264
+decoder, one thread, that the server's receivers use: webrtc/decoders.py) and prints the receiver's CPU per frame as
+a ratio of PyAV's.
 
 Run it in a loopback-only network namespace, like the tests:
     unshare -n sh -c 'ip link set lo up && ~/.cache/visual-agent/venv/bin/python scripts/bench_ingest.py'
@@ -119,7 +120,9 @@ def decode_alone(path: str, codec: str) -> dict[str, float]:
         (n,) = struct.unpack_from(">I", data, pos)
         packets.append(data[pos + 4: pos + 4 + n])
         pos += 4 + n
-    ctx = av.CodecContext.create("libvpx" if codec == "VP8" else "h264", "r")
+    from webrtc.decoders import FFmpegVideoDecoder
+
+    ctx = FFmpegVideoDecoder("vp8" if codec == "VP8" else "h264").codec
     frames = 0
     cpu0, t0 = time.process_time(), time.perf_counter()
     for payload in packets:
