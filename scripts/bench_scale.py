@@ -159,7 +159,7 @@ async def run_senders(args: argparse.Namespace) -> None:
             return packet
 
     async with contextlib.AsyncExitStack() as stack:
-        for i in range(args.n):
+        for i in range(args.first, args.first + args.n):
             publisher = await stack.enter_async_context(publish(args.url, ReplayTrack(), source=f"s{i}", codec="VP8"))
             for _ in range(200):  # one at a time: the server limits sessions still connecting per address
                 if publisher.pc.connectionState == "connected":
@@ -212,18 +212,21 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
     log = open(workdir / f"daemon-{n}.log", "wb")
     daemon = subprocess.Popen([sys.executable, "-m", "visual_agent.cli", "run", "--config", str(cfg_path)],
                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    senders = None
+    senders: list[subprocess.Popen] = []
     try:
         wait_until(lambda: _up(url), 60, "daemon page")
         time.sleep(1.0)
         rss_idle = proc_rss_mb(daemon.pid)
-        senders = subprocess.Popen([sys.executable, __file__, "--sender", "--url", url, "--n", str(n), "--clip", str(clip),
-                                    "--fps", str(args.fps)], stdout=subprocess.PIPE, text=True,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert senders.stdout is not None
-        line = senders.stdout.readline()
-        if line.strip() != "connected":
-            raise RuntimeError(f"senders: {line!r}")
+        procs = max(1, min(args.sender_procs, n))
+        for p in range(procs):  # stream i goes to process i * procs // n, names s0..s<n-1> in order
+            first, count = p * n // procs, (p + 1) * n // procs - p * n // procs
+            senders.append(subprocess.Popen([sys.executable, __file__, "--sender", "--url", url, "--n", str(count),
+                                             "--first", str(first), "--clip", str(clip), "--fps", str(args.fps)],
+                                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}))
+            assert senders[-1].stdout is not None
+            line = senders[-1].stdout.readline()
+            if line.strip() != "connected":
+                raise RuntimeError(f"senders: {line!r}")
         names = [f"s{i}" for i in range(n)]
         wait_until(lambda: all(scrape(url).get(("visual_agent_frames_received_total", s), 0) > 30 for s in names),
                    30, "frames on every stream")
@@ -256,21 +259,24 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         if spy is not None:
             spy.wait(timeout=args.seconds + 30)
             profile = summarize_py_spy(spy_out)
-        senders.send_signal(signal.SIGTERM)
-        out, _ = senders.communicate(timeout=30)
-        sender = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+        sender_cpu = 0.0
+        for proc in senders:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+            sender_cpu += json.loads(out.strip().splitlines()[-1])["sender_cpu_pct"] if out.strip() else float("nan")
         return {
             "streams": n, "cpu_pct": round(100 * cpu / wall, 1), "loop_thread_cpu_pct": round(100 * loop_cpu / wall, 1),
             "other_threads_cpu_pct": round(100 * (cpu - loop_cpu) / wall, 1), "rss_mb": round(rss, 1), "rss_peak_mb": round(rss_peak, 1),
             "rss_idle_mb": round(rss_idle, 1), "rss_per_stream_mb": round((rss - rss_idle) / n, 2),
             "fps_min": round(min(fps), 1), "fps_median": round(statistics.median(fps), 1),
             "age_p50_ms": round(1000 * percentile(ages, 50), 1), "age_p99_ms": round(1000 * percentile(ages, 99), 1),
-            "age_probes": len(ages), "sender_cpu_pct": round(sender.get("sender_cpu_pct", float("nan")), 1),
+            "age_probes": len(ages), "sender_cpu_pct": round(sender_cpu, 1),
+            "sender_procs": len(senders),
             "rss_by_mapping_mb": mappings, **({"py_spy": profile} if profile else {}), "threads": threads,
         }
     finally:
-        for proc in (senders, daemon):
-            if proc is not None and proc.poll() is None:
+        for proc in [*senders, daemon]:
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(20)
@@ -330,7 +336,10 @@ def main() -> None:
     # child mode
     parser.add_argument("--sender", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--sender-procs", type=int, default=1,
+                        help="spread the publishers over this many child processes (their Python RTP path is not free)")
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sender:
