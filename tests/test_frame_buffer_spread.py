@@ -72,10 +72,14 @@ def test_frame_buffer_spread_refuses_zero():
 
 @pytest.mark.webrtc
 @pytest.mark.timeout(60)
-async def test_frame_buffer_spread_live_stream_k_frames_over_the_window(webrtc_server_factory):
-    """A real 640x480@30 aiortc stream: 8 frames held (not 32), and k = 1..8 frames over the 2 s window."""
+async def test_frame_buffer_spread_live_stream_k_frames_over_the_window(webrtc_server_factory, stub_llm):
+    """A real 640x480@30 aiortc stream: 8 frames held (not 32), k = 1..8 frames over the 2 s window, and a question
+    for `agent.max_frames` frames sends the model 8 distinct frames (the stand-in LLM counts the images)."""
+    from providers import create_provider
+    from visual_agent.agent import VisualAgent
     from visual_agent.config import parse_config
     from visual_agent.daemon import ingest_config
+    from visual_agent.messages import Question
 
     config = ingest_config(parse_config({"webrtc": {"port": 0, "host_candidate_addresses": ["127.0.0.1"]}}))
     assert config.buffer_spread_frames == 7 and config.buffer_max_seconds == 2.0  # agent.max_frames - 1, window_s
@@ -96,4 +100,15 @@ async def test_frame_buffer_spread_live_stream_k_frames_over_the_window(webrtc_s
             assert len(picks) == k and picks[-1] is held[-1], k
             if k >= 2:
                 assert picks[-1].received_at - picks[0].received_at > 1.2, k  # spread over the window
+        provider = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": stub_llm.model})
+        agent = VisualAgent(llm=provider, webrtc_driver=server, provider_name="openai")
+        try:
+            answer = await agent.ask(Question(question="What moved?", source="cam", frames=8))
+        finally:
+            await agent.close()
+            await provider.aclose()
+    assert answer.error is None, answer.error
+    assert len(answer.frames) == 8 and stub_llm.images_in_last_request() == 8
+    ages = [f.age_s for f in answer.frames]
+    assert ages == sorted(ages, reverse=True) and ages[0] - ages[-1] > 1.2, ages  # oldest first, over the window
     assert megabytes < 3.7  # 8 frames of 0.46 MB (32 consecutive frames were 14.7 MB and covered 1.07 s)
