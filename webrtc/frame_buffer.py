@@ -178,22 +178,27 @@ class FrameBuffer:
         item = BufferedFrame(frame=frame, pts=frame.pts, time_base=frame.time_base, received_at=now, seq=self._received)
         self._frames.append(item)
         self._arrivals.append(now)
+        if self.spread_frames is not None:
+            self._spread()
         self._trim(now)
         self._state = BufferState.LIVE
         self._wake()
         return item
 
+    def _spread(self) -> None:
+        """After a put: the newest until now stays only if it comes a gap after the frame kept before it, and the
+        oldest go while more are kept than `spread_frames`."""
+        frames = self._frames
+        assert self.spread_frames is not None
+        if len(frames) >= 3 and frames[-2].received_at - frames[-3].received_at < self._spread_gap_s():
+            del frames[-2]
+            self._dropped += 1
+        while len(frames) > self.spread_frames + 1:
+            frames.popleft()
+            self._dropped += 1
+
     def _trim(self, now: float) -> None:
         frames = self._frames
-        if self.spread_frames is not None and len(frames) >= 3:
-            # the newest until now stays only if it comes a gap after the frame kept before it; the oldest goes when
-            # more are kept than asked
-            if frames[-2].received_at - frames[-3].received_at < self._spread_gap_s():
-                del frames[-2]
-                self._dropped += 1
-            while len(frames) > self.spread_frames + 1:
-                frames.popleft()
-                self._dropped += 1
         while len(frames) > self.max_frames:
             frames.popleft()
             self._dropped += 1
