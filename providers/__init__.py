@@ -33,7 +33,7 @@ from .errors import (
 from .factory import create_provider
 from .openai_compatible import OpenAICompatibleProvider
 from .registry import DEFAULT_PROVIDER_KIND, ProviderKind, embedding_kinds, provider_kind, provider_kinds, register
-from .streaming import ToolCallsEvent
+from .streaming import ToolCallsEvent, UsageEvent
 from .vllm_server import VLLMProvider, normalize_vllm_base_url
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ __all__ = [
     "ToolCallsEvent",
     "ToolsNotSupportedError",
     "Usage",
+    "UsageEvent",
     "VLLMNativeConfig",
     "VLLMNativeProvider",
     "VLLMProvider",

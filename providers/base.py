@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # streaming imports ToolCall from here; the event is only named in an annotation
-    from .streaming import ToolCallsEvent
+if TYPE_CHECKING:  # streaming imports ToolCall from here; the events are only named in an annotation
+    from .streaming import ToolCallsEvent, UsageEvent
 
 __all__ = ["Capabilities", "ChatResponse", "LLMProvider", "ToolCall", "Usage"]
 
@@ -93,9 +93,9 @@ class LLMProvider(abc.ABC):
         """The answer to `messages` (OpenAI chat messages; see providers.messages for content forms)."""
 
     @abc.abstractmethod
-    def astream(self, messages: Sequence[dict[str, Any]], **opts: Any) -> AsyncIterator[str | ToolCallsEvent]:
-        """Text deltas of the answer as they are generated; when `tools` were passed, maybe one ToolCallsEvent last
-        (see providers.streaming)."""
+    def astream(self, messages: Sequence[dict[str, Any]], **opts: Any) -> AsyncIterator[str | ToolCallsEvent | UsageEvent]:
+        """Text deltas of the answer as they are generated; when `tools` were passed, maybe one ToolCallsEvent after
+        them, and with `stream_options={"include_usage": True}` one UsageEvent last (see providers.streaming)."""
 
     @abc.abstractmethod
     async def list_models(self) -> list[str]:

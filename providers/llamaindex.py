@@ -138,12 +138,12 @@ class ProviderLLM(FunctionCallingLLM):
     async def _stream(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> AsyncGenerator[ChatResponse, None]:
         wire = await asyncio.to_thread(_to_provider_messages, messages)
         text = ""
-        stream: Any = self._provider.astream(wire, **kwargs)  # an async generator: str deltas, then maybe a ToolCallsEvent
+        stream: Any = self._provider.astream(wire, **kwargs)  # str deltas, then maybe a ToolCallsEvent and a UsageEvent
         async with contextlib.aclosing(stream) as items:
             async for item in items:
                 if isinstance(item, ToolCallsEvent):
                     yield ChatResponse(message=_assistant_message(text, item.tool_calls), delta="")
-                elif item:
+                elif isinstance(item, str) and item:
                     text += item
                     yield ChatResponse(message=_assistant_message(text, ()), delta=item)
 

@@ -34,7 +34,7 @@ from .errors import (
     translate_openai_error,
 )
 from .messages import normalize_messages, to_openai_messages
-from .streaming import ToolCallAssembler, ToolCallsEvent, tools_requested
+from .streaming import ToolCallAssembler, ToolCallsEvent, UsageEvent, tools_requested, usage_requested
 
 __all__ = ["OpenAICompatibleProvider"]
 
@@ -68,6 +68,7 @@ REQUEST_OPTIONS = frozenset(
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "stream_options",
         "user",
         "metadata",
         "reasoning_effort",
@@ -90,6 +91,8 @@ class OpenAICompatibleProvider(LLMProvider):
         self.base_url = self._base_url(self.config)
         self._api_key = self.config.resolved_api_key()
         self._closed = False
+        self._stream_usage_refused = False
+        """True once the server refused `stream_options` (an older OpenAI-compatible server): not asked again."""
         self._encoder: JpegEncoder | None = None
         # The client builds its httpx pool now but connects only on the first request.
         self._client = openai.AsyncOpenAI(
@@ -204,6 +207,7 @@ class OpenAICompatibleProvider(LLMProvider):
         return min(INITIAL_BACKOFF_S * 2.0**attempt, MAX_BACKOFF_S) * (1 - 0.25 * random.random())
 
     async def achat(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> ChatResponse:
+        opts.pop("stream_options", None)  # a stream's; an answer in one piece reports its usage anyway
         request = await self._request(messages, opts)
         started = time.perf_counter()
         completion = await self._create(request)
@@ -228,14 +232,32 @@ class OpenAICompatibleProvider(LLMProvider):
             finish_reason=choice.finish_reason,
         )
 
-    async def astream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> AsyncIterator[str | ToolCallsEvent]:
-        """Text deltas; with `tools`, then one ToolCallsEvent holding the calls the model made (if any)."""
-        with_tools = tools_requested(opts)
+    async def astream(
+        self, messages: Sequence[Mapping[str, Any]], **opts: Any
+    ) -> AsyncIterator[str | ToolCallsEvent | UsageEvent]:
+        """Text deltas; with `tools`, then one ToolCallsEvent holding the calls the model made (if any); with
+        `stream_options={"include_usage": True}`, then one UsageEvent when the server reported usage.
+
+        A server that refuses `stream_options` (HTTP 400 naming it) is asked again without them, and never again.
+        """
+        with_tools, with_usage = tools_requested(opts), usage_requested(opts)
+        if self._stream_usage_refused:
+            opts = {k: v for k, v in opts.items() if k != "stream_options"}
         request = await self._request(messages, opts)
-        stream = await self._create(request, stream=True)
+        try:
+            stream = await self._create(request, stream=True)
+        except ProviderStatusError as exc:
+            if "stream_options" not in request or exc.status not in (400, 422) or "stream_options" not in exc.message:
+                raise
+            self._stream_usage_refused = True
+            log.info("%s refuses stream_options (%s): streamed answers from it report no usage", self.base_url, exc)
+            del request["stream_options"]
+            stream = await self._create(request, stream=True)
         calls = ToolCallAssembler()
+        usage = None
         try:
             async for chunk in stream:
+                usage = getattr(chunk, "usage", None) or usage  # the last chunk, without choices, when asked for
                 for choice in chunk.choices[:1]:
                     delta = choice.delta
                     if delta is None:
@@ -252,6 +274,8 @@ class OpenAICompatibleProvider(LLMProvider):
         assembled = calls.calls()
         if with_tools and assembled:
             yield ToolCallsEvent(assembled)
+        if with_usage and usage is not None:
+            yield UsageEvent(Usage(usage.prompt_tokens, usage.completion_tokens))
 
     async def list_models(self) -> list[str]:
         if self._closed:

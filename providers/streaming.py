@@ -1,9 +1,13 @@
-"""What `astream` yields besides text: the tool calls of a streamed answer, assembled.
+"""What `astream` yields besides text: the tool calls of a streamed answer, assembled, and its token counts.
 
-`astream` stays an async iterator of text deltas (`str`), so `"".join(...)` consumers keep working. Only when a
-call passes `tools` (and `tool_choice` is not "none") may one more item follow the last text delta: a
-`ToolCallsEvent` with every call complete (OpenAI streams a call's name and JSON arguments in pieces; they are
-put together here). Consumers that pass tools tell the two apart with `isinstance(item, str)`.
+`astream` stays an async iterator of text deltas (`str`), so `"".join(...)` consumers keep working. Other items
+follow the last text delta only when the call asked for them, in this order:
+
+- with `tools` (and `tool_choice` not "none"): a `ToolCallsEvent` with every call complete (OpenAI streams a call's
+  name and JSON arguments in pieces; they are put together here);
+- with OpenAI's own `stream_options={"include_usage": True}`: a `UsageEvent`, when the backend reported usage.
+
+Consumers that ask for either tell them apart from text with `isinstance(item, str)`.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import ToolCall
+from .base import ToolCall, Usage
 
-__all__ = ["ToolCallAssembler", "ToolCallsEvent", "tools_requested"]
+__all__ = ["ToolCallAssembler", "ToolCallsEvent", "UsageEvent", "tools_requested", "usage_requested"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,21 @@ class ToolCallsEvent:
 
     tool_calls: tuple[ToolCall, ...]
     finish_reason: str = "tool_calls"
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """The token counts of a streamed answer, yielded last when the call passed `stream_options={"include_usage": True}`
+    (the answer's cost, and what the context budget learns from)."""
+
+    usage: Usage
+
+
+def usage_requested(opts: Mapping[str, Any]) -> bool:
+    """Whether a call's options ask for the streamed answer's usage (the only case in which `astream` yields a
+    UsageEvent)."""
+    options = opts.get("stream_options")
+    return isinstance(options, Mapping) and bool(options.get("include_usage"))
 
 
 def tools_requested(opts: Mapping[str, Any]) -> bool:

@@ -44,7 +44,7 @@ from .messages import (
     load_image,
     normalize_messages,
 )
-from .streaming import ToolCallsEvent
+from .streaming import ToolCallsEvent, UsageEvent, usage_requested
 
 __all__ = ["SAMPLING_OPTIONS", "VLLMNativeProvider"]
 
@@ -68,7 +68,8 @@ SAMPLING_OPTIONS = frozenset(
     }
 )
 OTHER_OPTIONS = frozenset(
-    {"tools", "tool_choice", "structured_outputs", "guided_json", "response_format", "max_completion_tokens", "extra_body"}
+    {"tools", "tool_choice", "structured_outputs", "guided_json", "response_format", "max_completion_tokens", "extra_body",
+     "stream_options"}
 )
 FETCH_TIMEOUT_S = 30.0
 
@@ -265,29 +266,35 @@ class VLLMNativeProvider(LLMProvider):
             token_ids=tuple(token_ids),
         )
 
-    async def astream(self, messages: Sequence[Mapping[str, Any]], **opts: Any) -> AsyncIterator[str | ToolCallsEvent]:
-        """Text deltas; with `tools`, the text outside tool calls, then one ToolCallsEvent (as `achat` parses them)."""
+    async def astream(
+        self, messages: Sequence[Mapping[str, Any]], **opts: Any
+    ) -> AsyncIterator[str | ToolCallsEvent | UsageEvent]:
+        """Text deltas; with `tools`, the text outside tool calls, then one ToolCallsEvent (as `achat` parses them);
+        with `stream_options={"include_usage": True}`, then one UsageEvent (the engine's own token counts)."""
         tools = self._check_tools(opts)
+        count = _TokenCount()
         if tools:
-            async with contextlib.aclosing(self._stream_with_tools(messages, opts, tools)) as items:
+            async with contextlib.aclosing(self._stream_with_tools(messages, opts, tools, count)) as items:
                 async for item in items:
                     yield item
-            return
-        async with contextlib.aclosing(self._generate(messages, opts)) as outputs:
-            async for output in outputs:
-                delta = output.outputs[0].text
-                if delta:
-                    yield delta
+        else:
+            async with contextlib.aclosing(self._generate(messages, opts, count)) as outputs:
+                async for output in outputs:
+                    delta = output.outputs[0].text
+                    if delta:
+                        yield delta
+        if usage_requested(opts):
+            yield UsageEvent(count.usage())
 
     async def _stream_with_tools(
-        self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any], tools: list[dict[str, Any]]
+        self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any], tools: list[dict[str, Any]], count: _TokenCount
     ) -> AsyncGenerator[str | ToolCallsEvent, None]:
         """vLLM's streaming tool parser keeps call syntax out of the text deltas; the calls themselves are parsed
         from the whole answer at the end by the same parser `achat` uses, so both modes give the same calls."""
         parser, request = self._tool_parser(tools)
         text = ""
         token_ids: list[int] = []
-        async with contextlib.aclosing(self._generate(messages, opts)) as outputs:
+        async with contextlib.aclosing(self._generate(messages, opts, count)) as outputs:
             async for output in outputs:
                 completion = output.outputs[0]
                 delta, delta_ids = completion.text, list(completion.token_ids)
@@ -314,7 +321,9 @@ class VLLMNativeProvider(LLMProvider):
         if calls:
             yield ToolCallsEvent(tuple(calls))
 
-    async def _generate(self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any]) -> AsyncGenerator[Any, None]:
+    async def _generate(
+        self, messages: Sequence[Mapping[str, Any]], opts: dict[str, Any], count: _TokenCount | None = None
+    ) -> AsyncGenerator[Any, None]:
         # Config problems are refused before anything is loaded: they should not cost an engine start.
         tools = self._check_tools(opts)
         normalized = normalize_messages(messages)
@@ -336,6 +345,8 @@ class VLLMNativeProvider(LLMProvider):
                 if isinstance(item, Finished):
                     done = True
                     raise self._engine_error(item.error) from item.error
+                if count is not None:
+                    count.add(item)
                 yield item
                 if item.finished:
                     done = True
@@ -510,3 +521,19 @@ class VLLMNativeProvider(LLMProvider):
             for i, call in enumerate(info.tool_calls)
         ]
         return info.content or "", calls
+
+
+class _TokenCount:
+    """Prompt and completion tokens of one streamed request, counted from the engine's delta outputs."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def add(self, output: Any) -> None:
+        if output.prompt_token_ids:
+            self.prompt_tokens = len(output.prompt_token_ids)
+        self.completion_tokens += len(output.outputs[0].token_ids)
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from providers import EmbeddingsNotSupportedError, MessageFormatError, OpenAICompatibleProvider
+from providers import EmbeddingsNotSupportedError, MessageFormatError, OpenAICompatibleProvider, UsageEvent
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(120)]
 
@@ -69,6 +69,19 @@ async def test_openai_compatible_streams_several_deltas(llm):
     whole = await llm.achat(messages, max_tokens=12, extra_body={"min_tokens": 6})
     assert len(deltas) >= 2 and all(isinstance(d, str) and d for d in deltas)
     assert "".join(deltas) == whole.text  # temperature 0: the stream is the same answer, in pieces
+
+
+async def test_openai_compatible_streamed_usage_when_asked(llm):
+    """With `stream_options={"include_usage": True}` the server's usage comes last, as a UsageEvent equal to what
+    `achat` reports for the same answer; without it the stream is text only."""
+    messages = [{"role": "user", "content": {"text": "describe the scene", "images": [_image(3)]}}]
+    fixed = {"max_tokens": 12, "extra_body": {"min_tokens": 12}}
+    items = [d async for d in llm.astream(messages, stream_options={"include_usage": True}, **fixed)]
+    whole = await llm.achat(messages, **fixed)
+    plain = [d async for d in llm.astream(messages, **fixed)]
+    assert isinstance(items[-1], UsageEvent) and all(isinstance(d, str) for d in items[:-1])
+    assert items[-1].usage == whole.usage and whole.usage.completion_tokens == 12
+    assert "".join(items[:-1]) == whole.text == "".join(plain) and all(isinstance(d, str) for d in plain)
 
 
 async def test_openai_compatible_eight_concurrent_requests_all_answered(llm):

@@ -199,3 +199,32 @@ async def test_agent_without_tools_answers_have_no_tool_calls_key(tool_server):
         answers, partials = await _ask_both_ways(agent)
     assert all(a["error"] is None and "tool_calls" not in a for a in answers), answers
     assert "".join(p["delta"] for p in partials) == answers[1]["text"]
+
+
+async def test_stream_usage_asked_of_a_server_that_refuses_stream_options(stub_llm):
+    """An older OpenAI-compatible server answers 400 to `stream_options`: the answer still streams (asked again
+    without them, no UsageEvent), and the provider does not ask that server again."""
+    stub_llm.refuse_stream_options = True
+    llm = OpenAICompatibleProvider(base_url=stub_llm.base_url, model_name=stub_llm.model)
+    messages = [{"role": "user", "content": "hello"}]
+    try:
+        first = [d async for d in llm.astream(messages, stream_options={"include_usage": True})]
+        second = [d async for d in llm.astream(messages, stream_options={"include_usage": True})]
+    finally:
+        await llm.aclose()
+    assert "".join(first) == stub_llm.reply == "".join(second)
+    assert all(isinstance(d, str) for d in first + second)
+    assert ["stream_options" in r for r in stub_llm.requests] == [True, False, False]
+
+
+async def test_stream_usage_comes_last_after_the_tool_calls(stub_llm):
+    """Both events asked for: text, then the ToolCallsEvent (none here: the stand-in calls no tool), then usage."""
+    from providers import Usage, UsageEvent
+
+    llm = OpenAICompatibleProvider(base_url=stub_llm.base_url, model_name=stub_llm.model)
+    try:
+        items = [d async for d in llm.astream([{"role": "user", "content": "hello"}],
+                                              stream_options={"include_usage": True})]
+    finally:
+        await llm.aclose()
+    assert items[-1] == UsageEvent(Usage(1, 1)) and "".join(items[:-1]) == stub_llm.reply

@@ -85,8 +85,9 @@ async def test_metrics_move_by_exactly_the_traffic(tmp_path, running_mosquitto, 
     assert d("visual_agent_answer_seconds_count") == 5
     assert d("visual_agent_answer_seconds_sum") > 0
     assert d("visual_agent_stage_seconds_sum", stage="llm") > 0
-    # the stand-in reports usage 1 + 1 per non-streamed request (three: m-ok-1, m-ok-2, m-page)
-    assert d("visual_agent_llm_tokens_total", kind="prompt") == 3 == d("visual_agent_llm_tokens_total", kind="completion")
+    # the stand-in reports usage 1 + 1 per request (four: m-ok-1, m-ok-2, m-page, and m-stream, asked with
+    # stream_options)
+    assert d("visual_agent_llm_tokens_total", kind="prompt") == 4 == d("visual_agent_llm_tokens_total", kind="completion")
     # live readings at scrape time
     assert value(after, "visual_agent_peers") == 1
     assert value(after, "visual_agent_mqtt_connected") == 1 and value(after, "visual_agent_mqtt_outbox") == 0
@@ -118,7 +119,8 @@ async def test_metrics_token_counts_match_the_vllm_servers_own(tmp_path, running
             theirs_before = parse(await asyncio.to_thread(lambda: urllib.request.urlopen(vllm_metrics).read().decode()))
             for i in range(2):
                 peer.publish(f"{topic_prefix}/cam/ask", json.dumps({"id": f"t-{i}", "question": "what is this?"}))
-            got = await answers_by_id(peer, {"t-0", "t-1"}, timeout=60)
+            peer.publish(f"{topic_prefix}/cam/ask", json.dumps({"id": "t-s", "question": "and this?", "stream": True}))
+            got = await answers_by_id(peer, {"t-0", "t-1", "t-s"}, timeout=60)
             ours = await asyncio.to_thread(scrape, daemon.page_url + "/metrics")
             theirs = parse(await asyncio.to_thread(lambda: urllib.request.urlopen(vllm_metrics).read().decode()))
     assert all(a["error"] is None and a["source"] == "cam" for a in got.values()), got

@@ -15,6 +15,7 @@ from providers import (
     MessageFormatError,
     ProviderConnectionError,
     ToolsNotSupportedError,
+    UsageEvent,
     VLLMNativeProvider,
     create_provider,
 )
@@ -244,6 +245,18 @@ async def test_vllm_native_streams_tokens(native_provider):
     deltas = [d async for d in native_provider.astream(messages, **FULL)]
     whole = await native_provider.achat(messages, **FULL)
     assert len(deltas) >= 2 and "".join(deltas) == whole.text
+
+
+@vllm
+@pytest.mark.timeout(180)
+async def test_vllm_native_streamed_usage_when_asked(native_provider):
+    """The engine's own counts, last, when `stream_options` asks for them: the same as `achat` reports."""
+    messages = _ask(_image(5))
+    items = [d async for d in native_provider.astream(messages, stream_options={"include_usage": True}, **FULL)]
+    whole = await native_provider.achat(messages, **FULL)
+    assert isinstance(items[-1], UsageEvent) and items[-1].usage == whole.usage
+    assert whole.usage.completion_tokens == 16 and whole.usage.prompt_tokens > IMAGE_TOKENS
+    assert "".join(items[:-1]) == whole.text
 
 
 @vllm

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from providers.deadline import answer_by
 from providers.errors import ContextLengthError
-from providers.streaming import ToolCallsEvent
+from providers.streaming import ToolCallsEvent, UsageEvent
 
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig, EmbeddingsMode
 from .context_budget import ContextBudget, Fitted
@@ -306,14 +306,20 @@ class VisualAgent:
         """(text, model, prompt tokens when reported, tool calls); `streamed[0]` counts the partials already sent;
         `timing` gets the first streamed piece's time and the reported usage.
 
-        Tool calls come the same way from `achat` and `astream` (there as one `ToolCallsEvent` after the text)."""
+        Tool calls come the same way from `achat` and `astream` (there as one `ToolCallsEvent` after the text); a
+        streamed answer's usage is asked for (`stream_options`) and comes as a `UsageEvent` last."""
         model = self.llm.model
+        usage = None
         if on_partial is not None and self.llm.capabilities.streaming:
             parts: list[str] = []
             calls: list[ToolCall] = []
-            async for item in self.llm.astream(messages, **opts):
+            stream_opts = {"stream_options": {"include_usage": True}, **opts}
+            async for item in self.llm.astream(messages, **stream_opts):
                 if isinstance(item, ToolCallsEvent):  # after the text, when tools were passed: never streamed as text
                     calls = list(item.tool_calls)
+                    continue
+                if isinstance(item, UsageEvent):
+                    usage = item.usage
                     continue
                 if not isinstance(item, str) or not item:
                     continue
@@ -322,13 +328,14 @@ class VisualAgent:
                     timing.first_token_at = time.monotonic()
                 streamed[0] += 1
                 await on_partial(streamed[0], item)
-            return "".join(parts), self.llm.model or model, None, calls
-        response = await self.llm.achat(messages, **opts)
-        usage = response.usage
+            text, model, tool_calls = "".join(parts), self.llm.model or model, calls
+        else:
+            response = await self.llm.achat(messages, **opts)
+            usage = response.usage
+            text, model, tool_calls = response.text, response.model or model, list(response.tool_calls)
         if timing is not None and usage is not None:
             timing.prompt_tokens, timing.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        return (response.text, response.model or model, usage.prompt_tokens if usage is not None else None,
-                list(response.tool_calls))
+        return text, model, usage.prompt_tokens if usage is not None else None, tool_calls
 
     def build_messages(self, content: Any, history: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         """The chat request: the system prompt, the earlier (question, answer) turns, then this question's content.
