@@ -240,12 +240,10 @@ class VLLMNativeProvider(LLMProvider):
         tools = self._check_tools(opts)
         text: list[str] = []
         token_ids: list[int] = []
-        prompt_tokens = 0
+        count = _TokenCount()
         finish_reason = None
-        async with contextlib.aclosing(self._generate(messages, opts)) as outputs:
+        async with contextlib.aclosing(self._generate(messages, opts, count)) as outputs:
             async for output in outputs:
-                if output.prompt_token_ids:
-                    prompt_tokens = len(output.prompt_token_ids)
                 completion = output.outputs[0]
                 text.append(completion.text)
                 token_ids.extend(completion.token_ids)
@@ -259,7 +257,7 @@ class VLLMNativeProvider(LLMProvider):
         return ChatResponse(
             text=answer,
             tool_calls=calls,
-            usage=Usage(prompt_tokens, len(token_ids)),
+            usage=count.usage(),
             model=self.config.model_name,
             latency_s=time.perf_counter() - started,
             finish_reason=finish_reason,
@@ -524,7 +522,7 @@ class VLLMNativeProvider(LLMProvider):
 
 
 class _TokenCount:
-    """Prompt and completion tokens of one streamed request, counted from the engine's delta outputs."""
+    """Prompt and completion tokens of one request, counted from the engine's delta outputs (`achat` and `astream`)."""
 
     def __init__(self) -> None:
         self.prompt_tokens = 0
