@@ -88,9 +88,10 @@ class WebRTCServer:
         self.metrics_exposition: Callable[[], tuple[bytes, str]] | None = None
         """Returns (body, content type) for GET /metrics (the daemon's Prometheus registry); None: 404."""
         self.buffers: dict[str, FrameBuffer] = {}
-        self._sources_version = 0
-        self._sources_event: asyncio.Event | None = None
         """One `FrameBuffer` per source name (configured sources and peers)."""
+        self._sources_version = 0
+        """Goes up by one whenever a source is added to or removed from `buffers` (`wait_sources_changed`)."""
+        self._sources_event: asyncio.Event | None = None
         self.guard: HttpGuard | None = None
         """The Host/Origin/token checks (made at start, when the certificate's names are known)."""
         self.app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._guarded])
