@@ -102,30 +102,11 @@ def proc_rss_mb(pid: int) -> float:
 
 def encode_clip(width: int, height: int, fps: int, frames: int, path: Path) -> None:
     """VP8 packets of `frames` frames, the first a keyframe and no other (the replay loops on it)."""
-    import av
+    from tests.fixtures.webrtc import encode_moving_clip
 
-    from tests.fixtures.webrtc import CounterVideoTrack
-
-    track = CounterVideoTrack(width, height, fps, moving=True)
-    ctx = av.CodecContext.create("libvpx", "w")
-    ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
-    ctx.time_base = fractions.Fraction(1, fps)
-    ctx.framerate = fractions.Fraction(fps, 1)
-    ctx.bit_rate = 1_500_000 * width * height // (640 * 480)
-    ctx.gop_size = frames
-    ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "kf-max-dist": str(frames)}
-    packets: list[bytes] = []
-
-    async def make() -> None:
-        track._start = -1e9  # no pacing while encoding
-        for i in range(frames):
-            frame = await track.recv()
-            frame.pts, frame.time_base = i, ctx.time_base
-            packets.extend(bytes(p) for p in ctx.encode(frame))
-        packets.extend(bytes(p) for p in ctx.encode(None))
-
-    asyncio.run(make())
-    path.write_text(json.dumps([p.hex() for p in packets]))
+    packets = encode_moving_clip("libvpx", width, height, fps, frames, gop=frames,
+                                 bit_rate=1_500_000 * width * height // (640 * 480))
+    path.write_text(json.dumps([bytes(p).hex() for p in packets]))
 
 
 # --- senders (child process) --------------------------------------------------------------------

@@ -3,7 +3,6 @@ the server's receivers use it."""
 
 from __future__ import annotations
 
-import asyncio
 import fractions
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.fixtures.webrtc import CounterVideoTrack, publish
+from tests.fixtures.webrtc import CounterVideoTrack, encode_moving_clip, publish
 from webrtc import decoders
 from webrtc.decoders import FFmpegVideoDecoder
 
@@ -25,28 +24,10 @@ class EncodedFrame:
 
 
 def encoded_clip(codec: str, frames: int = 45) -> list[EncodedFrame]:
-    """A moving 640x480 clip (a scrolling band and a square, as a camera) through a real encoder."""
-    track = CounterVideoTrack(640, 480, 30, moving=True)
-    track._start = -1e9  # no real-time pacing
-    encoder = av.CodecContext.create(codec, "w")
-    encoder.width, encoder.height, encoder.pix_fmt = 640, 480, "yuv420p"
-    encoder.time_base = fractions.Fraction(1, 30)
-    encoder.bit_rate = 1_000_000
-    encoder.gop_size = 30  # a keyframe, then inter frames and another keyframe: golden/reference updates both ways
-    if codec == "libx264":
-        encoder.options = {"tune": "zerolatency", "preset": "ultrafast", "bframes": "0"}
-    else:
-        encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-
-    async def make() -> list[EncodedFrame]:
-        out = []
-        for i in range(frames):
-            frame = await track.recv()
-            frame.pts, frame.time_base = i, encoder.time_base
-            out += [EncodedFrame(bytes(p), i * 3000) for p in encoder.encode(frame)]
-        return out + [EncodedFrame(bytes(p), 0) for p in encoder.encode(None)]
-
-    return asyncio.run(make())
+    """A moving 640x480 clip (a scrolling band and a square, as a camera) through a real encoder, a keyframe every
+    30 frames (golden/reference updates both ways)."""
+    packets = encode_moving_clip(codec, 640, 480, 30, frames, gop=30, bit_rate=1_000_000)
+    return [EncodedFrame(bytes(p), (p.pts or 0) * 3000) for p in packets]
 
 
 def planes(frame: av.VideoFrame) -> list[np.ndarray]:
