@@ -316,6 +316,14 @@ class WebRTCServer:
         r.add_get("/healthz", self._handle_healthz)
         r.add_get("/metrics", self._handle_metrics)
 
+    def add_route(self, method: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        """Serve one more route (the daemon's event and console APIs) behind the same guard as every other: the
+        token, the Host/Origin checks and the policy headers apply. Call before `start()` (aiohttp freezes its
+        router then); `webrtc` stays free of our other packages because the caller brings the handler."""
+        if self._http is not None:
+            raise RuntimeError("add_route must be called before start()")
+        self.app.router.add_route(method, path, handler)
+
     async def _read_body(self, request: web.Request, content_type: str) -> bytes:
         if request.content_type != content_type:
             raise SignalingError(
