@@ -1,0 +1,102 @@
+"""The embedded broker's memory under attack: megabyte messages, a persistent session that hoards an offline queue,
+and sessions opened to be kept. The queues are measured in amqtt's own session queues (what the daemon holds);
+each test says what a legitimate client saw meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.fixtures.broker_clients import Mqtt311
+from tests.waiting import wait_until
+from visual_agent.broker import EmbeddedBroker
+from visual_agent.config import MqttConfig
+from visual_agent.mqtt import MqttMessager
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]
+
+PREFIX = "lim"
+MB = 1024 * 1024
+
+
+def _queued(broker: EmbeddedBroker) -> tuple[int, int]:
+    """(messages, payload bytes) in every session's offline queue, read from amqtt's sessions."""
+    count = size = 0
+    for session, _ in broker._broker._sessions.values():
+        queued = list(session.retained_messages._queue)
+        count += len(queued)
+        size += sum(len(m.data) for m in queued)
+    return count, size
+
+
+def _publish_all(port: int, topic: str, payloads: list[bytes]) -> None:
+    with Mqtt311(port) as attacker:
+        for payload in payloads:
+            attacker.client.publish(topic, payload, qos=1)
+        attacker.client.publish("flood/done", b"", qos=1).wait_for_publish(30)
+
+
+def _hoard(port: int, client_id: str) -> None:
+    """A persistent session subscribed to everything, then gone: the broker queues for it."""
+    with Mqtt311(port, client_id=client_id, clean=False) as hoarder:
+        assert hoarder.connack == 0 and hoarder.subscribe("#") == [1]
+
+
+async def test_broker_offline_queue_is_bounded_by_count_and_bytes():
+    """The finding: a persistent session subscribed to `#` disconnects, then 150 messages are published outside the
+    prefix. The session's queue keeps at most `embedded_max_queued_messages` / `embedded_max_queued_bytes` (the
+    rest is dropped, counted); the hoarder gets what was kept when it comes back; a subscriber meanwhile got all."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0, embedded_max_queued_messages=20, embedded_max_queued_bytes=MB)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        await asyncio.to_thread(_hoard, broker.port, "hoarder")
+        with await asyncio.to_thread(Mqtt311, broker.port) as legit:
+            await asyncio.to_thread(legit.subscribe, "flood/#")
+            await asyncio.to_thread(_publish_all, broker.port, "flood/x", [bytes(200 * 1024)] * 150)
+            got = await asyncio.to_thread(legit.until, "flood/done", 60)
+        print(f"legitimate subscriber during the flood: {len(got) - 1} of 150 messages")
+        assert len(got) == 151
+        count, size = _queued(broker)
+        print(f"queued for the hoarder: {count} messages, {size} bytes")
+        assert size <= MB and count <= 20, (count, size)
+        assert broker.describe()["queue_dropped"] >= 150 - count
+        with await asyncio.to_thread(Mqtt311, broker.port, client_id="hoarder", clean=False) as back:
+            kept = await asyncio.to_thread(back.until, "flood/done", 30)
+        assert len(kept) == count  # what was kept (the sentinel last), nothing lost of it
+        assert _queued(broker) == (0, 0)
+
+
+async def test_broker_closes_a_connection_that_sends_a_megabyte():
+    """150 x 1 MB (the finding's flood) stops at the first message: the connection is closed before the body is
+    read (counted); nothing is queued; a legitimate client still round-trips; the daemon's own client may publish
+    more than a client's limit (its evidence pictures)."""
+    async with EmbeddedBroker.from_config(MqttConfig(prefix=PREFIX, embedded_port=0)) as broker:
+        await asyncio.to_thread(_hoard, broker.port, "hoarder")
+        with await asyncio.to_thread(Mqtt311, broker.port) as attacker:
+            for _ in range(150):
+                attacker.client.publish("flood/x", bytes(MB), qos=1)
+            await wait_until(lambda: broker.describe().get("message_too_large") or _queued(broker)[0] >= 150, 60,
+                             "the megabyte refused (or all 150 queued)")
+        assert _queued(broker) == (0, 0), f"queued for the hoarder: {_queued(broker)} (messages, bytes)"
+        daemon_cfg = broker.daemon_client_config(MqttConfig(host="127.0.0.1", port=broker.port, prefix=PREFIX,
+                                                            max_payload_bytes=2 * MB))
+        async with MqttMessager(daemon_cfg, subscriptions=[f"{PREFIX}/big"]) as daemon:
+            await daemon.publish(f"{PREFIX}/big", bytes(512 * 1024), wait=True)
+            assert len((await daemon.next_message(10)).payload) == 512 * 1024
+        with await asyncio.to_thread(Mqtt311, broker.port) as legit:
+            assert legit.connack == 0 and await asyncio.to_thread(legit.subscribe, "ok/#") == [1]
+            legit.client.publish("ok/1", b"hello", qos=1)
+            assert [m.payload for m in await asyncio.to_thread(legit.until, "ok/1")] == [b"hello"]
+
+
+async def test_broker_keeps_a_bounded_number_of_sessions():
+    """Persistent sessions opened and left (each could hoard a queue) are kept up to `embedded_max_sessions`; the
+    longest-disconnected are forgotten (counted); a legitimate persistent client's newest session survives."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0, embedded_max_sessions=5)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        for i in range(30):
+            await asyncio.to_thread(_hoard, broker.port, f"hoarder-{i}")
+        await asyncio.to_thread(_hoard, broker.port, "legit")
+        await wait_until(lambda: len(broker._broker._sessions) <= 5, 10,
+                         f"at most 5 sessions kept (now {len(broker._broker._sessions)})")
+        assert "legit" in broker._broker._sessions and broker.describe()["sessions_evicted"] == 26
