@@ -25,6 +25,7 @@ from .homeassistant import HomeAssistantDiscovery
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
 from .rules import RuleControl, RuleDiscovery, RuleEngine
+from .subscription_check import SubscriptionCheck
 from .telemetry import Telemetry
 from .topics import Topics
 
@@ -94,6 +95,8 @@ class Daemon:
         self.rules: RuleEngine | None = None
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
+        self.subscription_check: SubscriptionCheck | None = None
+        """Whether the broker delivers what the daemon subscribes to (not needed with the embedded broker)."""
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -122,6 +125,8 @@ class Daemon:
             await self.agent.start()
             await self._start_rules()
             await self._connect_mqtt()  # after the agent subscribed: `online` means questions are taken
+            if self.messager is not None and self.broker is None:  # a broker's ACL may drop what it let us subscribe
+                self.subscription_check = SubscriptionCheck(self.messager).start()
             self.driver.healthz_extra = self.health
             self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
         except BaseException as exc:
@@ -236,6 +241,7 @@ class Daemon:
         return {
             "broker": self.messager.describe() if self.messager else {"state": "disabled"},
             **({"embedded_broker": self.broker.describe()} if self.broker is not None else {}),
+            **({"subscriptions": self.subscription_check.describe()} if self.subscription_check else {}),
             "llm": {"provider": self.config.provider_name(), **self.llm_state},
             "agent": self.agent.describe_state() if self.agent else None,
             "rules": self.rules.describe() if self.rules else None,
@@ -251,6 +257,8 @@ class Daemon:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._probe
+        if self.subscription_check is not None:
+            await self.subscription_check.close()
         if self.rules_control is not None:
             await self.rules_control.close()
         if self.rules_messager is not None:
