@@ -6,11 +6,11 @@ a client with its own credentials (client id `<client_id>-check`) subscribes to 
 and publishes a probe there; a probe that does not come back within `timeout_s` is a refused subscription, logged
 as an error and shown in /healthz (`subscriptions`).
 
-- `<prefix>/ask` (MQTT 5 only): a question about a source nobody holds, with the check's own reply topic, so the
-  daemon's immediate `unknown_source` answer reaches nobody else (over 3.1.1 it would go to every asker: unchecked).
-- `<prefix>/+/ask`: a question on `<prefix>/<random>/ask`, a source topic no daemon subscribes.
+- `<prefix>/+/ask`: a probe on `<prefix>/<random>/ask`, a source topic no daemon subscribes, so no daemon takes it
+  for a question.
 - `<prefix>/rules/set`: never published (it would replace the rules); a retained rule set, when there is one, must
   arrive, else it is reported unchecked.
+- `<prefix>/ask` is reported unchecked: every daemon on the broker would take a probe there for a question.
 
 The embedded broker needs no check: its rights are the daemon's own (`broker_acl`).
 """
@@ -24,7 +24,6 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from .config import MqttProtocol
 from .topics import Topics
 
 if TYPE_CHECKING:
@@ -97,21 +96,15 @@ class SubscriptionCheck:
         topics, nonce = Topics(daemon.config.prefix), secrets.token_hex(6)
         check_id = f"{daemon.client_id}-check"
         nowhere = f"subscription-check-{nonce}"
-        probe = json.dumps({"id": nowhere, "question": "subscription check", "source": nowhere}).encode()
-        probes = {topics.source_ask(nowhere): probe}
-        v5 = daemon.protocol is MqttProtocol.V5
-        if v5:
-            probes[topics.ask] = probe
-        else:
-            self.unchecked.append(topics.ask)
+        probes = {topics.source_ask(nowhere): json.dumps({"subscription_check": nonce}).encode()}
+        self.unchecked.append(f"{topics.ask} (a probe there would be a question to every daemon)")
         client = MqttMessager(daemon.config, host=daemon.host, port=daemon.port, client_id=check_id,
                               persistent_session=False, name="mqtt-check",
                               subscriptions=[*probes, topics.rules_set])
         try:
             await client.start(timeout=self.timeout_s)
-            reply = f"{daemon.config.allowed_response_prefixes()[0]}{check_id}"
             for topic, payload in probes.items():
-                await client.publish(topic, payload, response_topic=reply if v5 else None, wait=True)
+                await client.publish(topic, payload, wait=True)
             back: set[str] = set()
             rules_read = False
             loop = asyncio.get_running_loop()
