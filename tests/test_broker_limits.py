@@ -5,6 +5,7 @@ each test says what a legitimate client saw meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -100,3 +101,49 @@ async def test_broker_keeps_a_bounded_number_of_sessions():
         await wait_until(lambda: len(broker._broker._sessions) <= 5, 10,
                          f"at most 5 sessions kept (now {len(broker._broker._sessions)})")
         assert "legit" in broker._broker._sessions and broker.describe()["sessions_evicted"] == 26
+
+
+def _slow_subscriber(port: int) -> socket.socket:
+    """A connected client subscribed to `#` (QoS 0) that then never reads: the broker's sends to it back up."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client_id = b"slow"
+    connect = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    s.sendall(bytes([0x10, len(connect)]) + connect)
+    assert s.recv(4) == b"\x20\x02\x00\x00"  # CONNACK accepted
+    subscribe = b"\x00\x01" + b"\x00\x01#" + b"\x00"
+    s.sendall(bytes([0x82, len(subscribe)]) + subscribe)
+    assert s.recv(5) == b"\x90\x03\x00\x01\x00"  # SUBACK QoS 0
+    return s
+
+
+async def test_broker_bounds_what_waits_for_a_client_that_does_not_read():
+    """A connected client subscribes to `#` and stops reading; 100 x 200 KiB are published. What the broker holds
+    for it (messages waiting to be written to its socket) stays within `embedded_max_queued_bytes` plus one message
+    (the rest is dropped, counted); a reading subscriber got all 100."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0, embedded_max_queued_bytes=MB)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        slow = await asyncio.to_thread(_slow_subscriber, broker.port)
+        try:
+            with await asyncio.to_thread(Mqtt311, broker.port) as legit:
+                await asyncio.to_thread(legit.subscribe, "flood/#")
+                await asyncio.to_thread(_publish_all, broker.port, "flood/x", [bytes(200 * 1024)] * 100)
+                got = await asyncio.to_thread(legit.until, "flood/done", 60)
+            held = _held_for(broker, "slow")
+            print(f"reading subscriber: {len(got) - 1} of 100; held for the one that does not read: {held} bytes")
+            assert len(got) == 101
+            assert held <= MB + 256 * 1024, held
+        finally:
+            slow.close()
+
+
+def _held_for(broker: EmbeddedBroker, client_id: str) -> int:
+    """Bytes the broker holds for `client_id`: payloads of its unfinished sends (amqtt's `mqtt_publish` tasks, each
+    waiting for the connection's write lock) plus its socket's write buffer."""
+    handler = broker._broker._sessions[client_id][1]
+    waiting = 0
+    for task in asyncio.all_tasks():
+        frame = task.get_coro().cr_frame
+        if frame is not None and frame.f_code.co_name == "mqtt_publish" and frame.f_locals.get("self") is handler:
+            waiting += len(frame.f_locals.get("data") or b"")
+    return waiting + handler.writer._writer.transport.get_write_buffer_size()

@@ -15,8 +15,9 @@ What it adds to amqtt (each found missing by trying it as an attacker would; doc
   that is not the daemon may not use an id the daemon holds (else anyone who read the id in /healthz could
   disconnect the daemon, or leave its session with rights that may not publish its answers).
 - Bounds (`broker_limits`): connection slots that idle sockets cannot hold, descriptors freed as soon as a socket
-  ends before its CONNECT, a CONNECT window, a packet size, offline queues per session (count and bytes), kept
-  sessions, retained messages. Each refusal is counted in `describe()` (/healthz) and logged, rate-limited.
+  ends before its CONNECT, a CONNECT window, a packet size, what waits for each session (offline, or unsent to a
+  client that does not read: count and bytes), kept sessions, retained messages. Each refusal is counted in
+  `describe()` (/healthz) and logged, rate-limited.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .broker_acl import DAEMON_USERNAME, TopicRights
-from .broker_limits import BrokerLimits, ConnectionGate, OfflineQueues, RateLimitedLog, RateLimitFilter
+from .broker_limits import BrokerLimits, ConnectionGate, RateLimitedLog, RateLimitFilter, SessionQueues
 from .errors import EmbeddedBrokerError
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class EmbeddedBroker:
         lim = self.limits
         self.gate = ConnectionGate(max_connections=lim.max_connections, max_pending=lim.max_pending,
                                    counters=self.counters, log=self.log)
-        self.queues = OfflineQueues(max_messages=lim.max_queued_messages, max_bytes=lim.max_queued_bytes,
+        self.queues = SessionQueues(max_messages=lim.max_queued_messages, max_bytes=lim.max_queued_bytes,
                                     counters=self.counters, log=self.log)
         self.daemon_sessions: dict[str, dict[str, Any]] = {}
         """Client ids the daemon's own client connected with -> that session's fields as the daemon set them."""

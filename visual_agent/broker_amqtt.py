@@ -79,8 +79,11 @@ def guarded_broker_class(base: type) -> type:
                     await writer.drain()
                 return
             guard.gate.mark_connected(writer)
-            if isinstance(reader, PacketSizeGuard) and guard.is_daemon(client_session):
-                reader.max_bytes = None  # its own evidence pictures may be larger than a client's limit
+            if guard.is_daemon(client_session):
+                if isinstance(reader, PacketSizeGuard):
+                    reader.max_bytes = None  # its own evidence pictures may be larger than a client's limit
+            elif args:
+                guard.queues.count_sends(client_session.client_id, args[0])  # args[0]: its BrokerProtocolHandler
             await super()._handle_client_session(reader, writer, client_session, *args)
 
         async def _authenticate(self, session: Any, listener: Any) -> bool:
@@ -121,7 +124,9 @@ def guarded_broker_class(base: type) -> type:
                 return rights.may_publish(username, topic)
             if action == Action.SUBSCRIBE:
                 return rights.may_subscribe(username, topic)
-            return rights.may_receive(username, topic)
+            if not rights.may_receive(username, topic):
+                return False
+            return self._guard.is_daemon(session) or self._guard.queues.may_send(session.client_id)
 
         async def retain_message(self, source_session: Any, topic_name: str | None, data: Any, qos: int | None = None) -> None:
             if data and topic_name is not None and source_session is not None and not self._guard.may_retain(

@@ -9,7 +9,9 @@ a flood must not grow memory or descriptors, nor the log.
   every slot holds a connected client. Idle sockets therefore cannot lock a client out, whatever their number.
 - `PacketSizeGuard`: reads the MQTT fixed header of each packet as amqtt reads it and stops a packet longer than
   `max_bytes` before its body is read into memory.
-- `OfflineQueues`: the bytes queued for each disconnected persistent session (amqtt keeps an unbounded queue).
+- `SessionQueues`: what waits for each session, bounded in messages and bytes: the offline queue of a disconnected
+  persistent session (amqtt's has no bound), and the sends not yet written to a connected client that does not read
+  (amqtt starts one task per message, each waiting for the connection's write lock).
 - `RateLimitedLog`: one line per kind of refusal per interval, saying how many were not logged.
 """
 
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["BrokerLimits", "ConnectionGate", "OfflineQueues", "PacketSizeGuard", "PacketTooLarge", "RateLimitFilter", "RateLimitedLog"]
+__all__ = ["BrokerLimits", "ConnectionGate", "PacketSizeGuard", "PacketTooLarge", "RateLimitFilter", "RateLimitedLog", "SessionQueues"]
 
 LOG_INTERVAL_S = 10.0
 
@@ -177,36 +179,68 @@ class PacketSizeGuard:
         self._reader.feed_eof()
 
 
-class OfflineQueues:
-    """Bytes queued per disconnected persistent session (amqtt's `Session.retained_messages` has no bound)."""
+class SessionQueues:
+    """Messages and bytes waiting for each session: queued while it is away, or being sent while it is connected."""
 
     def __init__(self, *, max_messages: int, max_bytes: int, counters: dict[str, int], log: RateLimitedLog) -> None:
         self.max_messages, self.max_bytes = max_messages, max_bytes
         self._counters = counters
         self._log = log
-        self._bytes: dict[str, int] = {}
+        self._queued: dict[str, int] = {}
+        """client id -> payload bytes in its offline queue."""
+        self._sending: dict[str, list[int]] = {}
+        """client id -> [sends not finished, their payload bytes]."""
 
     def admit(self, session: Any, size: int) -> bool:
         """True when a message of `size` bytes may join `session`'s offline queue (then counted in it)."""
-        queued = self._bytes.get(session.client_id, 0)
+        queued = self._queued.get(session.client_id, 0)
         if session.retained_messages.qsize() >= self.max_messages:
             why = f"{self.max_messages} messages (mqtt.embedded_max_queued_messages)"
         elif queued + size > self.max_bytes:
             why = f"{self.max_bytes} bytes (mqtt.embedded_max_queued_bytes)"
         else:
-            self._bytes[session.client_id] = queued + size
+            self._queued[session.client_id] = queued + size
             return True
-        self._counters["queue_dropped"] += 1
-        self._log.warning("queue", "embedded broker: the offline queue of client %r is full (%s); dropped a message",
-                          str(session.client_id)[:100], why)
+        self._refused(session.client_id, f"its offline queue is full ({why})")
         return False
 
     def drained(self, client_id: str) -> None:
-        """The session's queue was delivered or deleted."""
-        self._bytes.pop(client_id, None)
+        """The session's offline queue was delivered or deleted."""
+        self._queued.pop(client_id, None)
+
+    def count_sends(self, client_id: str, handler: Any) -> None:
+        """Wrap amqtt's `handler.mqtt_publish` so the sends to `client_id` not finished yet are counted."""
+        send, sending = handler.mqtt_publish, self._sending
+
+        async def counted(topic: str, data: Any, qos: Any, retain: bool, ack_timeout: Any = None) -> Any:
+            entry = sending.setdefault(client_id, [0, 0])
+            size = len(data or b"")
+            entry[0] += 1
+            entry[1] += size
+            try:
+                return await send(topic, data, qos, retain, ack_timeout)
+            finally:
+                entry[0] -= 1
+                entry[1] -= size
+                if entry[0] <= 0 and sending.get(client_id) is entry:
+                    del sending[client_id]
+
+        handler.mqtt_publish = counted
+
+    def may_send(self, client_id: str) -> bool:
+        """False when a connected client already has as much waiting to be written as an offline queue may hold."""
+        count, size = self._sending.get(client_id, (0, 0))
+        if count < self.max_messages and size < self.max_bytes:
+            return True
+        self._refused(client_id, f"it does not read ({count} messages, {size} bytes not sent yet)")
+        return False
 
     def total_bytes(self) -> int:
-        return sum(self._bytes.values())
+        return sum(self._queued.values()) + sum(size for _, size in self._sending.values())
+
+    def _refused(self, client_id: str, why: str) -> None:
+        self._counters["queue_dropped"] += 1
+        self._log.warning("queue", "embedded broker: dropped a message for client %r: %s", str(client_id)[:100], why)
 
 
 @dataclass(frozen=True)
