@@ -138,12 +138,12 @@ async def test_broker_bounds_what_waits_for_a_client_that_does_not_read():
 
 
 def _held_for(broker: EmbeddedBroker, client_id: str) -> int:
-    """Bytes the broker holds for `client_id`: payloads of its unfinished sends (amqtt's `mqtt_publish` tasks, each
-    waiting for the connection's write lock) plus its socket's write buffer."""
+    """Payload bytes the broker holds for `client_id`: its unfinished sends (amqtt's `mqtt_publish` tasks, each
+    waiting for the connection's write lock or for its socket to drain)."""
     handler = broker._broker._sessions[client_id][1]
     waiting = 0
     for task in asyncio.all_tasks():
         frame = task.get_coro().cr_frame
         if frame is not None and frame.f_code.co_name == "mqtt_publish" and frame.f_locals.get("self") is handler:
             waiting += len(frame.f_locals.get("data") or b"")
-    return waiting + handler.writer._writer.transport.get_write_buffer_size()
+    return waiting

@@ -10,8 +10,8 @@ a flood must not grow memory or descriptors, nor the log.
 - `PacketSizeGuard`: reads the MQTT fixed header of each packet as amqtt reads it and stops a packet longer than
   `max_bytes` before its body is read into memory.
 - `SessionQueues`: what waits for each session, bounded in messages and bytes: the offline queue of a disconnected
-  persistent session (amqtt's has no bound), and the sends not yet written to a connected client that does not read
-  (amqtt starts one task per message, each waiting for the connection's write lock).
+  persistent session (amqtt's has no bound), and the packets not yet written to a connected client that does not
+  read (amqtt starts one task per message, each waiting for the connection's write lock).
 - `RateLimitedLog`: one line per kind of refusal per interval, saying how many were not logged.
 """
 
@@ -189,7 +189,7 @@ class SessionQueues:
         self._queued: dict[str, int] = {}
         """client id -> payload bytes in its offline queue."""
         self._sending: dict[str, list[int]] = {}
-        """client id -> [sends not finished, their payload bytes]."""
+        """client id -> [packets not written yet, their payload bytes]."""
 
     def admit(self, session: Any, size: int) -> bool:
         """True when a message of `size` bytes may join `session`'s offline queue (then counted in it)."""
@@ -209,23 +209,24 @@ class SessionQueues:
         self._queued.pop(client_id, None)
 
     def count_sends(self, client_id: str, handler: Any) -> None:
-        """Wrap amqtt's `handler.mqtt_publish` so the sends to `client_id` not finished yet are counted."""
-        send, sending = handler.mqtt_publish, self._sending
+        """Wrap amqtt's `handler._send_packet` so the packets to `client_id` not written yet are counted (each waits
+        for the connection's write lock, then for its socket to drain: a client that does not read holds them all)."""
+        send, sending = handler._send_packet, self._sending
 
-        async def counted(topic: str, data: Any, qos: Any, retain: bool, ack_timeout: Any = None) -> Any:
+        async def counted(packet: Any) -> Any:
             entry = sending.setdefault(client_id, [0, 0])
-            size = len(data or b"")
+            size = len(getattr(packet, "data", None) or b"")
             entry[0] += 1
             entry[1] += size
             try:
-                return await send(topic, data, qos, retain, ack_timeout)
+                return await send(packet)
             finally:
                 entry[0] -= 1
                 entry[1] -= size
                 if entry[0] <= 0 and sending.get(client_id) is entry:
                     del sending[client_id]
 
-        handler.mqtt_publish = counted
+        handler._send_packet = counted
 
     def may_send(self, client_id: str) -> bool:
         """False when a connected client already has as much waiting to be written as an offline queue may hold."""
