@@ -34,7 +34,7 @@ from .llm_errors import llm_error
 from .messages import Answer, FrameRef, Question, new_id, parse_question, partial_payload
 from .model_call import ModelCall, ModelRequest, ModelResponse, PartialCallback
 from .rules.lookback import LookbackStore, lookback_frames
-from .sampling import TakenFrame, select_frames
+from .sampling import TakenFrame, resolve_source, take_frames
 from .telemetry import Counts, Telemetry, Via
 from .timings import QuestionTiming
 from .topics import Topics
@@ -349,11 +349,14 @@ class VisualAgent:
     async def _answer(self, question: Question, via: Via, on_partial: PartialCallback | None, timing: QuestionTiming,
                       deadline: float, used: list[TakenFrame] | None) -> Answer:
         timing.started_at = time.monotonic()
-        source = self._resolve_source(question.source)
+        cfg = self.config
+        source = resolve_source(self.driver, question.source, cfg.default_source)
         question.source = source
+        assert self.driver is not None  # `resolve_source` found the source there
         try:
             async with asyncio.timeout_at(deadline):
-                taken = await self._take_frames(source, question.frames or self.config.frames)
+                taken = await take_frames(self.driver.get_buffer(source), source, question.frames or cfg.frames,
+                                          cfg.window_s, cfg.frame_wait_s)
                 if question.lookback_s:  # "what just happened?": look-back images first (the budget drops them first)
                     taken = await lookback_frames(self.lookbacks.get(source), question.lookback_s, taken) + taken
         except TimeoutError:
@@ -375,35 +378,6 @@ class VisualAgent:
             provider=self.provider_name, trimmed=response.trimmed or None,
             tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls],
         )
-
-    def _resolve_source(self, name: str | None) -> str:
-        known = list(self.driver.source_names()) if self.driver is not None else []
-        if name is None:
-            name = self.config.default_source or (known[0] if known else None)
-            if name is None:
-                raise QuestionError(ErrorType.NO_FRAME, "no source yet: open the page and connect a camera, or "
-                                    "configure a source")
-            if name not in known:
-                raise QuestionError(ErrorType.NO_FRAME, f"the default source {name!r} is not connected yet; known "
-                                    f"sources: {_few(known)}")
-        if name not in known:
-            raise QuestionError(ErrorType.UNKNOWN_SOURCE, f"no source {name!r}; known sources: {_few(known)}")
-        return name
-
-    async def _take_frames(self, source: str, k: int) -> list[TakenFrame]:
-        assert self.driver is not None  # `_resolve_source` found the source there
-        buffer = self.driver.get_buffer(source)
-        frames = select_frames(buffer, k, self.config.window_s)
-        if not frames:
-            try:
-                await buffer.wait_for_frame(self.config.frame_wait_s)
-            except TimeoutError:
-                raise QuestionError(
-                    ErrorType.NO_FRAME, f"source {source!r} has no frame yet (waited {self.config.frame_wait_s:g} s); "
-                    "is its camera connected and sending video?"
-                ) from None
-            frames = select_frames(buffer, k, self.config.window_s)
-        return frames
 
     def history(self, source: str, conversation: str | None = None) -> list[Turn]:
         """The (question, answer) pairs kept for a question on `source` in `conversation` (see `agent.history`)."""
@@ -445,10 +419,3 @@ class VisualAgent:
                 "context_tokens": self.budget.context_tokens, "last_answer_at": self.last_answer_at,
                 "last_error": self.last_error}
 
-
-def _few(names: list[str], shown: int = 5) -> str:
-    """At most `shown` source names for an error answer (a daemon may hold many), then how many more."""
-    if not names:
-        return "none yet"
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more

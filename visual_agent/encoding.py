@@ -34,8 +34,7 @@ if TYPE_CHECKING:
     from encoders import EmbeddingCache, JpegEncoder
     from providers import LLMProvider
 
-    from .model_call import Recalled
-    from .sampling import TakenFrame
+    from .sampling import Recalled, TakenFrame
 
 __all__ = ["EMBEDDING_CACHE_MAX_BYTES", "EmbeddingFunction", "FrameEncoding", "load_embedder"]
 

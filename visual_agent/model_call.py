@@ -25,6 +25,7 @@ from providers.base import ToolCallsEvent, UsageEvent
 from providers.errors import ContextLengthError
 
 from .context_budget import ContextBudget, Fitted
+from .sampling import Recalled
 from .telemetry import Via
 
 if TYPE_CHECKING:
@@ -34,32 +35,12 @@ if TYPE_CHECKING:
     from .sampling import TakenFrame
     from .timings import QuestionTiming
 
-__all__ = ["ModelCall", "ModelRequest", "ModelResponse", "PartialCallback", "Recalled"]
+__all__ = ["ModelCall", "ModelRequest", "ModelResponse", "PartialCallback"]
 
 logger = logging.getLogger(__name__)
 
 PartialCallback = Callable[[int, str], Awaitable[None]]
 """``async (seq, delta)`` for each streamed piece (seq counts from 1)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Recalled:
-    """Something seen before, for a question about the past: a stored image with what was said about it."""
-
-    text: str
-    """What the agent said then (an answer, a description, a rule's reason), or a caption."""
-    image: Any = None
-    """The stored picture: JPEG bytes (sent as they are), or a decoded picture (`av.VideoFrame`, RGB array, PIL
-    image); None: text only."""
-    at: float | None = None
-    """When it was seen, unix seconds (shown to the model)."""
-    source: str | None = None
-
-    def caption(self) -> str:
-        """The text the model reads beside the image: when, where, what."""
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at)) if self.at is not None else None
-        head = " ".join(p for p in (when, self.source) if p)
-        return f"[{head}] {self.text}" if head else self.text
 
 
 @dataclass(frozen=True, kw_only=True)
