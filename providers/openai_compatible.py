@@ -80,7 +80,7 @@ REQUEST_OPTIONS = frozenset(
 
 
 class OpenAICompatibleProvider(LLMProvider):
-    """Chat with any OpenAI-compatible endpoint; `config` is a dict with the seed's keys or an
+    """Chat with any OpenAI-compatible endpoint; `config` is a dict with the documented keys or an
     OpenAICompatibleConfig."""
 
     config_class: type[OpenAICompatibleConfig] = OpenAICompatibleConfig

@@ -48,7 +48,7 @@ from visual_agent.broker import EmbeddedBroker  # noqa: E402
 from visual_agent.config import AgentConfig, MqttConfig  # noqa: E402
 from visual_agent.intakes import serve  # noqa: E402
 from visual_agent.mqtt import MqttMessager  # noqa: E402
-from visual_agent.topics import topics  # noqa: E402
+from visual_agent.topics import Topics  # noqa: E402
 from webrtc import WebRTCConfig, WebRTCServer  # noqa: E402
 
 MODEL = "instant"
@@ -140,7 +140,7 @@ async def bench(n: int, interval_s: float, width: int, height: int, frames: int,
         port, broker_name = embedded.port, f"embedded amqtt {embedded.port}"
     mqtt_cfg = MqttConfig(host="127.0.0.1", port=port)
     prefix = "bench"
-    t = topics(prefix)
+    t = Topics(prefix).as_dict()
     server = WebRTCServer(WebRTCConfig(host="127.0.0.1", port=0, host_candidate_addresses=["127.0.0.1"]))
     await server.start()
     llm = create_provider({"provider": "openai", "base_url": llm_server.base_url, "model_name": MODEL, "max_retries": 0})

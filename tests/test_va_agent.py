@@ -21,7 +21,7 @@ from visual_agent.config import AgentConfig, MqttConfig
 from visual_agent.intakes import serve
 from visual_agent.mqtt import MqttMessager
 from visual_agent.mqtt_intake import MqttQuestions
-from visual_agent.topics import topics
+from visual_agent.topics import Topics
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
 
@@ -50,7 +50,7 @@ def answers(peer, n, topic, timeout=10.0):
 
 async def test_agent_mqtt_answer_has_id_frames_and_fresh_ages(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
         peer.publish(t["ask"], json.dumps({"id": "q-1", "question": "what is there?", "frames": 3}))
@@ -66,7 +66,7 @@ async def test_agent_mqtt_answer_has_id_frames_and_fresh_ages(running_mosquitto,
 
 async def test_agent_bad_input_gets_error_answers_and_keeps_running(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
         bad = [
@@ -95,7 +95,7 @@ async def test_agent_bad_input_gets_error_answers_and_keeps_running(running_mosq
 
 async def test_agent_streams_partials_before_the_answer_and_remembers(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(f"{topic_prefix}/answer/#")  # answers and partials (and `answer` itself), in arrival order
     stub_llm.reply = "one two three four"
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix) as agent:
@@ -117,7 +117,7 @@ async def test_agent_streams_partials_before_the_answer_and_remembers(running_mo
 
 async def test_agent_mqtt5_response_topic_and_correlation(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     mine = f"{topic_prefix}/reply/me"
     peer.subscribe(mine)
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
@@ -128,7 +128,7 @@ async def test_agent_mqtt5_response_topic_and_correlation(running_mosquitto, pah
 
 async def test_agent_busy_beyond_max_in_flight(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     stub_llm.delay_s = 1.0
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, max_in_flight=1):
@@ -143,7 +143,7 @@ async def test_agent_busy_beyond_max_in_flight(running_mosquitto, paho_peer, top
 
 async def test_agent_timeout_and_unreachable_llm(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     stub_llm.delay_s = 3.0
     async with streaming_publisher(webrtc_server):
@@ -162,7 +162,7 @@ async def test_agent_timeout_and_unreachable_llm(running_mosquitto, paho_peer, t
 
 async def test_agent_no_frame_yet(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     async with running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, frame_wait_s=0.2):
         peer.publish(t["ask"], json.dumps({"id": "n1", "question": "anything?"}))
@@ -172,7 +172,7 @@ async def test_agent_no_frame_yet(running_mosquitto, paho_peer, topic_prefix, we
 
 async def test_agent_close_fails_in_flight_with_shutdown(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     stub_llm.delay_s = 5.0
     async with streaming_publisher(webrtc_server):
@@ -189,7 +189,7 @@ async def test_agent_close_fails_in_flight_with_shutdown(running_mosquitto, paho
 
 async def test_agent_data_channel_question_streams_back(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    peer.subscribe(topics(topic_prefix)["answer"])
+    peer.subscribe(Topics(topic_prefix).as_dict()["answer"])
     stub_llm.reply = "red and blue bars"
     async with streaming_publisher(webrtc_server) as pub, running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
         await pub.wait_open()
@@ -273,7 +273,7 @@ async def test_agent_scene_change_description(running_mosquitto, paho_peer, topi
 async def test_agent_shared_group_answers_each_question_once(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     """Two daemons in one shared group split the questions; every question is answered exactly once."""
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     driver = BufferDriver("cam")
     driver.get_buffer("cam").put(solid(100))
@@ -338,7 +338,7 @@ async def test_daemon_sends_jpeg_at_the_configured_encoder_size_and_quality(stub
 async def test_agent_close_answers_received_questions_not_yet_taken(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     """Questions the messager received (and acknowledged) but the agent had not taken still get a `shutdown` answer."""
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port), status_topic=f"{topic_prefix}/status")
@@ -448,7 +448,7 @@ async def test_agent_scene_watch_survives_a_source_that_leaves(stub_llm):
 async def test_agent_answers_busy_for_questions_a_full_inbox_dropped(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     """The messager's inbox is bounded; a question it has to drop still gets one answer (`busy`), never none."""
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port, inbox_max=1),
@@ -504,7 +504,7 @@ async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(ru
                                                                               webrtc_server, stub_llm):
     """While in-flight questions get their grace period, a question typed on the page is answered `shutdown`."""
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     stub_llm.delay_s = 3.0
     async with streaming_publisher(webrtc_server) as pub:
         await pub.wait_open()

@@ -40,7 +40,7 @@ from .model_call import ModelRequest, ModelResponse, Recalled
 from .mqtt import IncomingMessage, MqttMessager
 from .sampling import SceneChangeDetector, select_frames
 from .telemetry import Via
-from .topics import Topics, topics
+from .topics import Topics
 
 __all__ = [
     "AgentCore",
@@ -89,5 +89,4 @@ __all__ = [
     "partial_payload",
     "run_daemon",
     "select_frames",
-    "topics",
 ]

@@ -2,8 +2,7 @@
 
 One object owns the whole choice, so the daemon and a `VisualAgent` built by hand decide it the same way:
 - `encoder.embeddings` (`EmbeddingsMode`): `auto` sends embeddings when the provider takes them, `clip` always
-  (refused at once if the provider cannot take them), `off` never. The agent's older `frames_as` spellings
-  (`jpeg`, `embeddings`) still work, with a DeprecationWarning.
+  (refused at once if the provider cannot take them), `off` never.
 - JPEG: one `JpegEncoder` (`encoder.jpeg_max_side`, `encoder.jpeg_quality`), run in a worker thread; several
   questions on the same frames share one encoding, also while it runs.
 - Embeddings: the given `embedding_function`, else the encoder of the provider's model family, picked from its
@@ -21,7 +20,6 @@ import base64
 import collections
 import contextlib
 import logging
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +108,7 @@ class FrameEncoding:
             raise ValueError(f"{name} cannot take image embeddings; use provider {kinds} with enable_mm_embeds: true, "
                              "or drop the embedding function (frames then go as JPEG)")
         if self.mode is EmbeddingsMode.OFF and embedding_function is not None:
-            raise ValueError("JPEG frames were asked for (frames_as='jpeg' / encoder.embeddings: off): drop the "
+            raise ValueError("JPEG frames were asked for (encoder.embeddings: off): drop the "
                              "embedding_function, or ask for embeddings")
         if self.mode is EmbeddingsMode.CLIP and not takes:
             raise ValueError(f"{name} cannot take image embeddings; use provider {kinds} with enable_mm_embeds: true, "
@@ -247,20 +245,6 @@ class FrameEncoding:
         if self._clip is not None:
             with contextlib.suppress(Exception):
                 await self._clip.aclose()
-
-
-def frames_as_mode(frames_as: str | EmbeddingsMode) -> EmbeddingsMode:
-    """`VisualAgent(frames_as=...)`: the config's values, or the older `jpeg`/`embeddings` with a DeprecationWarning."""
-    if isinstance(frames_as, str) and frames_as in _OLD_FRAMES_AS:
-        warnings.warn(f"frames_as={frames_as!r} is deprecated; use {_OLD_FRAMES_AS[frames_as].value!r} "
-                      "(the values of encoder.embeddings)", DeprecationWarning, stacklevel=3)
-    try:
-        return embeddings_mode(frames_as)
-    except ValueError:
-        raise ValueError(f"frames_as must be auto, clip or off (or the older jpeg, embeddings), got {frames_as!r}") from None
-
-
-_OLD_FRAMES_AS = {"jpeg": EmbeddingsMode.OFF, "embeddings": EmbeddingsMode.CLIP}
 
 
 def _decoded(images: list[Any]) -> list[Any]:
