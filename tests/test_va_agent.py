@@ -537,3 +537,26 @@ def test_encoding_refuses_jpeg_mode_with_an_embedding_function():
     with pytest.raises(ValueError, match="encoder.embeddings: off"):
         FrameEncoding(TakesEmbeddings(), mode="off", embedding_function=embed)
     assert FrameEncoding(TakesEmbeddings(), mode="off").embedding_function is None
+
+
+async def test_close_called_twice_at_once_returns_when_the_first_is_done(stub_llm):
+    """A second `close()` while the first runs waits for it (the daemon's used to return at once, before the peers,
+    the MQTT connection and the LLM were closed)."""
+    from visual_agent.config import parse_config
+    from visual_agent.daemon import Daemon
+
+    config = parse_config({
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0},
+        "webrtc": {"host": "127.0.0.1", "port": 0, "host_candidate_addresses": ["127.0.0.1"]},
+        "mqtt": {"enabled": False},
+    }, environ={})
+    daemon = Daemon(config)
+    await daemon.start()
+    agent = daemon.agent
+    first = asyncio.ensure_future(daemon.close())
+    await asyncio.sleep(0)  # the first call is under way
+    await daemon.close()
+    assert first.done()
+    first = asyncio.ensure_future(agent.close())  # closed already: both return at once
+    await agent.close()
+    await first
