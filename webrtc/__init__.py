@@ -45,6 +45,7 @@ handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"
 candidates aioice offers, process-wide (see `webrtc.ice`).
 """
 
+from .catalog import SourceCatalog
 from .config import (
     DEFAULT_BUFFER_MAX_FRAMES,
     DEFAULT_BUFFER_MAX_SECONDS,
@@ -74,6 +75,7 @@ from .frame_buffer import BufferedFrame, BufferState, FrameBuffer, FrameBufferSt
 from .http_guard import DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
 from .ice import current_host_addresses, restrict_host_addresses
 from .peers import PeerKind, PeerSession
+from .registry import PeerRegistry
 from .server import DataMessageCallback, WebRTCDriver, WebRTCServer, names_preview
 from .sources import SourceRunner
 from .tls import certificate_names, server_ssl_context
@@ -99,8 +101,10 @@ __all__ = [
     "PeerError",
     "PeerKind",
     "PeerNotFoundError",
+    "PeerRegistry",
     "PeerSession",
     "SignalingError",
+    "SourceCatalog",
     "SourceConfig",
     "SourceError",
     "SourceKind",
