@@ -37,8 +37,8 @@ is shown as it is. Browsers allow the camera only on https:// or http://localhos
 Security (docs/SECURITY.md): `WebRTCConfig.tls_certfile`/``tls_keyfile`` serve HTTPS; ``auth_token`` makes
 signaling, ``/webrtc-config``, the /healthz detail and added routes take ``Authorization: Bearer`` (the page
 reads it from ``/#token=``); every request passes the Host/Origin checks of `HttpGuard`; sources made by peers
-(``max_sources``), pending sessions per address (``max_pending_per_client``) and slow requests
-(``header_timeout_s``, ``body_timeout_s``) are bounded.
+(``max_sources``), pending sessions per address and in all (``max_pending_per_client``, ``max_pending``) and
+slow requests (``header_timeout_s``, ``body_timeout_s``) are bounded.
 
 ICE: `WebRTCConfig.ice_servers` (STUN/TURN, credentials masked in reprs) are used by the server's peers and
 handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"]``) restricts the host

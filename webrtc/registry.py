@@ -2,8 +2,17 @@
 
 It admits peers (limits on peers and pending sessions, source names, the holder of a name), negotiates their
 offers with aiortc, wires their tracks and data channels, watches them (a peer that never connects, or whose video
-stops, is dropped) and drops them. The HTTP surface (`server.py`) calls `answer()`; nothing here knows HTTP
-beyond the status a `SignalingError` carries.
+stops, is dropped) and drops them.
+
+Pending sessions (answered, not connected yet) are bounded per address (`max_pending_per_client`) and all
+together (`max_pending`), so offers that never connect cannot hold every peer slot, from however many addresses.
+When there is no room, the oldest pending session that had `PENDING_GRACE_S` to connect yields to the new offer,
+unless the new offer's address itself left a session unconnected within `NO_SHOW_MEMORY_S` (a flood from a few
+addresses cannot push out the publishers it competes with). A source's rightful publisher (its reconnect, proven
+with the old session's secret) takes its old session's slot and is never refused for lack of room.
+
+The HTTP surface (`server.py`) calls `answer()`; nothing here knows HTTP beyond the status a `SignalingError`
+carries.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -36,6 +46,12 @@ DataMessageCallback = Callable[[str, str, str], "Awaitable[Any] | Any"]
 """``callback(source_name, peer_id, text)``; may be a coroutine function."""
 
 MAX_MESSAGES_IN_FLIGHT_PER_PEER = 8
+PENDING_GRACE_S = 2.0
+"""A pending session has at least this long (or `connect_timeout_s`, if shorter) to connect before it may yield."""
+NO_SHOW_MEMORY_S = 60.0
+"""How long an address whose session never connected may not push pending sessions out."""
+NO_SHOWS_KEPT = 4096
+"""Addresses remembered for that (least recently seen forgotten first): the memory an outsider can grow is bounded."""
 
 
 class PeerRegistry:
@@ -53,6 +69,10 @@ class PeerRegistry:
         self._negotiating: dict[str, int] = {}
         """Offers being answered right now, per client address."""
         self._counter = itertools.count(1)
+        self._replacing: set[str] = set()
+        """Sources whose rightful publisher's reconnect is being negotiated (one at a time each)."""
+        self._no_shows: OrderedDict[str, float] = OrderedDict()
+        """Address -> when a session from it was dropped without ever connecting (`NO_SHOW_MEMORY_S`)."""
         self.closed = False
         """Set by the server's close: every offer is refused from then on."""
 
@@ -60,6 +80,11 @@ class PeerRegistry:
     def negotiating(self) -> int:
         """Offers being negotiated now (they hold a peer slot until admitted or refused)."""
         return sum(self._negotiating.values())
+
+    @property
+    def pending(self) -> int:
+        """Sessions not connected yet: being negotiated, or answered and connecting."""
+        return self.negotiating + sum(1 for p in self.peers.values() if not p.ever_connected)
 
     def get(self, peer_id: str) -> PeerSession:
         try:
@@ -111,13 +136,43 @@ class PeerRegistry:
         return self._negotiating.get(remote, 0) + sum(
             1 for p in self.peers.values() if p.remote == remote and not p.ever_connected)
 
-    def _admit(self, remote: str, holder: PeerSession | None) -> None:
-        """Refuse an offer for which there is no room (429 or 503)."""
-        if self._pending_from(remote) >= self.config.max_pending_per_client:
-            raise SignalingError(f"{self.config.max_pending_per_client} sessions from this address are still "
+    def _admit(self, remote: str, name: str, holder: PeerSession | None) -> None:
+        """Make room for an offer from `remote` for source `name`, or refuse it (429 or 503)."""
+        if holder is not None:  # the rightful publisher reconnecting: its new session takes the old one's slot
+            if name in self._replacing:
+                raise SignalingError(f"a reconnect for source {name!r} is already being answered", status=429)
+            return
+        c = self.config
+        if self._pending_from(remote) >= c.max_pending_per_client:
+            raise SignalingError(f"{c.max_pending_per_client} sessions from this address are still "
                                  "connecting; try again when they connect or time out", status=429)
-        if len(self.peers) + self.negotiating - (holder is not None) >= self.config.max_peers:
-            raise TooManyPeersError(f"peer limit of {self.config.max_peers} reached; try again later")
+        while self.pending >= c.max_pending or len(self.peers) + self.negotiating >= c.max_peers:
+            victim = self._yielding(remote)
+            if victim is None:
+                if self.pending >= c.max_pending:
+                    raise SignalingError(f"{self.pending} sessions are still connecting (webrtc.max_pending="
+                                         f"{c.max_pending}); try again shortly", status=503)
+                raise TooManyPeersError(f"peer limit of {c.max_peers} reached; try again later")
+            self._note_no_show(victim)
+            self._let_go(victim, f"not connected after {time.monotonic() - victim.created_at:.1f} s; yielded its "
+                                 "slot to a new offer")
+
+    def _yielding(self, remote: str) -> PeerSession | None:
+        """The pending session that gives way to an offer from `remote`: the oldest that had its chance to connect;
+        None when there is none, or when `remote` itself recently left a session unconnected."""
+        seen = self._no_shows.get(remote)
+        if seen is not None and time.monotonic() - seen < NO_SHOW_MEMORY_S:
+            return None
+        grace = min(PENDING_GRACE_S, self.config.connect_timeout_s)
+        now = time.monotonic()
+        ready = [p for p in self.peers.values() if not p.ever_connected and now - p.created_at >= grace]
+        return min(ready, key=lambda p: p.created_at, default=None)
+
+    def _note_no_show(self, peer: PeerSession) -> None:
+        self._no_shows.pop(peer.remote, None)
+        self._no_shows[peer.remote] = time.monotonic()
+        while len(self._no_shows) > NO_SHOWS_KEPT:
+            self._no_shows.popitem(last=False)
 
     async def answer(self, sdp: object, source: object, kind: PeerKind, *, remote: str = "",
                      replaces: object = None) -> PeerSession:
@@ -130,8 +185,10 @@ class PeerRegistry:
         offer = check_offer_sdp(sdp)
         name, auto = self._source_for_peer(source, kind)
         holder = self._holder(name, replaces)  # a reconnect frees its old slot
-        self._admit(remote, holder)
+        self._admit(remote, name, holder)
         self._negotiating[remote] = self._negotiating.get(remote, 0) + 1
+        if holder is not None:
+            self._replacing.add(name)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[
             RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
             for s in self.config.ice_servers
@@ -155,6 +212,8 @@ class PeerRegistry:
             self._negotiating[remote] -= 1
             if not self._negotiating[remote]:
                 del self._negotiating[remote]
+            if holder is not None:
+                self._replacing.discard(name)
         try:  # the checks again, now without an await before admission: others may have come meanwhile
             if self.closed:
                 raise SignalingError("the server is shutting down", status=503)
@@ -242,6 +301,7 @@ class PeerRegistry:
             left = connect_by - time.monotonic()
             if left <= 0:
                 why = f"not connected after {self.config.connect_timeout_s:g} s"
+                self._note_no_show(peer)
                 break
             await asyncio.sleep(min(left, 0.25))
         while why is None and idle is not None and self.peers.get(peer.id) is peer:
