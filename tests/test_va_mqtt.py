@@ -65,6 +65,27 @@ async def test_messager_status_online_then_offline_retained(running_mosquitto, p
     assert got.payload == b"offline" and got.retain
 
 
+async def test_messager_close_twice_at_once_closes_once(running_mosquitto, paho_peer, topic_prefix):
+    """A second `close()` while the first is publishing ``offline`` waits for it instead of closing a second time
+    beside it (``offline`` is published once) and returns with the messager closed."""
+    status = f"{topic_prefix}/status"
+    peer = paho_peer("5")
+    peer.subscribe(status)
+    m = MqttMessager(_cfg(running_mosquitto), status_topic=status)
+    await m.start()
+    assert (await asyncio.to_thread(peer.get, 5)).payload == b"online"
+    first = asyncio.create_task(m.close())
+    await asyncio.sleep(0)  # the first call is under way
+    await m.close()
+    assert m.state == "closed"
+    await first
+    peer.publish(status, b"marker", qos=1).wait_for_publish(5)
+    seen = [(await asyncio.to_thread(peer.get, 5)).payload]
+    while seen[-1] != b"marker":
+        seen.append((await asyncio.to_thread(peer.get, 5)).payload)
+    assert seen == [b"offline", b"marker"], seen
+
+
 async def test_messager_last_will_on_lost_connection(running_mosquitto, paho_peer, topic_prefix):
     status = f"{topic_prefix}/status"
     peer = paho_peer("5")

@@ -90,6 +90,7 @@ class MqttMessager:
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
         self._closed = False
+        self._close_done: asyncio.Future[None] | None = None
         self.last_error: str | None = None
         """Why the last connection attempt or connection failed (for /healthz and `check`)."""
 
@@ -162,9 +163,16 @@ class MqttMessager:
 
     async def close(self, *, publish_offline: bool = True) -> None:
         """Publish ``offline`` (if connected), end the session unless it is kept (a fixed client id), disconnect, stop
-        the tasks. Safe twice."""
-        if self._closed:
-            return
+        the tasks. Safe twice: a concurrent or later call waits until the first is done."""
+        if self._close_done is None:
+            self._close_done = asyncio.get_running_loop().create_future()
+            try:
+                await self._close(publish_offline)
+            finally:
+                self._close_done.set_result(None)
+        await asyncio.shield(self._close_done)
+
+    async def _close(self, publish_offline: bool) -> None:
         self._closing = True
         bridge = self._bridge
         if bridge is not None and self.connected:
