@@ -228,7 +228,7 @@ async def test_webrtc_security_pending_peers_from_many_addresses_do_not_lock_out
         seen: list[str] = []
         started = asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(25):  # more than two connect timeouts
+            async with asyncio.timeout(40):  # several connect timeouts
                 while True:
                     try:
                         async with publish(server.url, CounterVideoTrack(160, 120), source="real") as pub:
@@ -244,7 +244,7 @@ async def test_webrtc_security_pending_peers_from_many_addresses_do_not_lock_out
                         seen.append(str(refused).split(":")[0])
                         await asyncio.sleep(0.5)
         except TimeoutError:
-            pytest.fail(f"locked out for 25 s: {len(seen)} tries, answered {sorted(set(seen))}; flood answers {flood}")
+            pytest.fail(f"locked out for 40 s: {len(seen)} tries, answered {sorted(set(seen))}; flood answers {flood}")
         assert answer == "seen: hello", (seen, answer)
         assert pending <= server.config.max_pending, (pending, flood)  # one cap for the whole pending pool
         print(f"publisher during the flood: {len(seen)} refusals {sorted(set(seen))}, first frame after {connected_s:.1f} s, "

@@ -197,7 +197,7 @@ class WebRTCConfig:
     """Most pending (not yet connected) peers per client IP address; more get HTTP 429."""
     max_pending: int = DEFAULT_MAX_PENDING
     """Most pending peers from all addresses together (so they never hold every peer slot); when full, the oldest
-    that had its chance to connect yields to a new offer, else HTTP 503."""
+    that had its chance to connect (5 s, at most half of connect_timeout_s) yields to a new offer, else HTTP 503."""
     max_sources: int = DEFAULT_MAX_SOURCES
     """Most sources made by peers (configured ones not counted); ended ones are freed oldest first, else HTTP 503."""
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S

@@ -46,8 +46,9 @@ DataMessageCallback = Callable[[str, str, str], "Awaitable[Any] | Any"]
 """``callback(source_name, peer_id, text)``; may be a coroutine function."""
 
 MAX_MESSAGES_IN_FLIGHT_PER_PEER = 8
-PENDING_GRACE_S = 2.0
-"""A pending session has at least this long (or `connect_timeout_s`, if shorter) to connect before it may yield."""
+PENDING_GRACE_S = 5.0
+"""A pending session has this long (at most half of `connect_timeout_s`) to connect before it may yield: ICE and
+DTLS over a slow network or TURN take a few seconds."""
 NO_SHOW_MEMORY_S = 60.0
 """How long an address whose session never connected may not push pending sessions out."""
 NO_SHOWS_KEPT = 4096
@@ -163,7 +164,7 @@ class PeerRegistry:
         seen = self._no_shows.get(remote)
         if seen is not None and time.monotonic() - seen < NO_SHOW_MEMORY_S:
             return None
-        grace = min(PENDING_GRACE_S, self.config.connect_timeout_s)
+        grace = min(PENDING_GRACE_S, self.config.connect_timeout_s / 2)
         now = time.monotonic()
         ready = [p for p in self.peers.values() if not p.ever_connected and now - p.created_at >= grace]
         return min(ready, key=lambda p: p.created_at, default=None)
