@@ -143,7 +143,7 @@ async def test_fuzz_offer_and_whip_never_500_nor_leak(webrtc_server, caplog):
                 await post("/offer", json.dumps({"type": "offer", "sdp": mutated}).encode(), "application/json")
                 await post("/offer", json.dumps(body, allow_nan=True).encode(), "application/json")
     assert 400 in seen
-    await wait_until(lambda: webrtc_server.peers() == [] and webrtc_server._pending == 0, timeout=10,
+    await wait_until(lambda: webrtc_server.peers() == [] and webrtc_server.registry.negotiating == 0, timeout=10,
                      what="no peer or pending session left")
     await wait_until(lambda: tasks_now() <= before, timeout=10, what="no task left")
     # aiortc's own connect task, started by setRemoteDescription, fails on an offer whose data channel section was
