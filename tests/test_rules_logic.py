@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.errors import ConfigError
 from visual_agent.rules import (
     ANSWER_SCHEMA,

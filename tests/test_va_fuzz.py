@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from tests.fixtures.webrtc import offer_sdp, tasks_now
 from tests.waiting import wait_until
-from visual_agent.config import Config, parse_config
+from visual_agent.config import Config
+from visual_agent.config_loading import parse_config
 from visual_agent.errors import ConfigError, QuestionError
 from visual_agent.messages import Question, parse_question
 

@@ -54,7 +54,7 @@ async def test_va_security_run_refuses_the_network_without_a_token(tmp_path):
 
 
 def test_va_security_new_webrtc_keys_take_env_overrides():
-    from visual_agent.config import parse_config
+    from visual_agent.config_loading import parse_config
 
     cfg = parse_config({}, environ={
         "VISUAL_AGENT__WEBRTC__AUTH_TOKEN": "1234567890123456",
@@ -68,7 +68,7 @@ def test_va_security_new_webrtc_keys_take_env_overrides():
         "VISUAL_AGENT__WEBRTC__HOST": "0.0.0.0",
         "VISUAL_AGENT__WEBRTC__ALLOW_UNAUTHENTICATED": "false",
     })
-    web = cfg.webrtc_config()
+    web = cfg.webrtc
     assert (web.auth_token, web.allowed_hosts, web.max_sources, web.max_pending_per_client) == (
         "1234567890123456", ["cam.local", "192.168.1.5"], 5, 3)
     assert (web.header_timeout_s, web.body_timeout_s, web.tls_certfile, web.tls_keyfile) == (

@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .config import Config, MqttProtocol, load_config
+from .config import Config, MqttProtocol
+from .config_loading import load_config
 from .errors import ConfigError, MessagingError, VisualAgentError
 
 __all__ = ["main"]
@@ -258,7 +259,7 @@ async def _check_llm(config: Config, timeout: float) -> bool:
     if in_process:
         print(f"llm     OK    in-process {config.provider_name()} will load {', '.join(models)} at start (not loaded by check)")
         return True
-    wanted = config.llm.get("model_name")
+    wanted = getattr(config.llm.config, "model_name", None)
     if wanted and models and wanted not in models:
         print(f"llm     FAIL  {config.describe_llm()}: model {wanted!r} not served; served: {', '.join(models)}")
         return False
@@ -291,7 +292,7 @@ async def _check_encoder(config: Config) -> bool:
 
 
 def _check_http(config: Config) -> bool:
-    web = config.webrtc_config()
+    web = config.webrtc
     if web.port == 0 or _port_free(web.host, web.port):
         scheme = "https" if web.tls_certfile else "http"
         print(f"page    OK    will be served on {scheme}://{web.host}:{web.port}/"

@@ -66,12 +66,16 @@ def ingest_config(config: Config) -> Any:
     """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
     frame and `agent.max_frames - 1` older ones spread over at least `agent.window_s` (not 32 consecutive decoded
     frames), so a question for `agent.max_frames` frames still gets them all."""
-    webrtc = config.webrtc_config()
-    if "buffer_spread_frames" not in config.webrtc:
-        webrtc.buffer_spread_frames = max(1, config.agent.max_frames - 1)
-        if "buffer_max_seconds" not in config.webrtc:
-            webrtc.buffer_max_seconds = max(webrtc.buffer_max_seconds, config.agent.window_s)
-    return webrtc
+    from dataclasses import replace
+
+    webrtc = config.webrtc
+    given = webrtc.keys_set
+    if "buffer_spread_frames" in given:
+        return webrtc
+    derived: dict[str, Any] = {"buffer_spread_frames": max(1, config.agent.max_frames - 1)}
+    if "buffer_max_seconds" not in given:
+        derived["buffer_max_seconds"] = max(webrtc.buffer_max_seconds, config.agent.window_s)
+    return replace(webrtc, **derived)
 
 
 class Daemon:
