@@ -24,6 +24,7 @@ from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
+from .page_link import show_on_terminal
 from .rules import RuleControl, RuleDiscovery, RuleEngine
 from .telemetry import Telemetry
 from .topics import Topics
@@ -133,9 +134,9 @@ class Daemon:
             if _is_startup_error(exc):  # a page port in use, a provider that cannot be built: a message, not a traceback
                 raise VisualAgentError(f"cannot start: {exc}") from exc
             raise
-        if self.driver.config.auth_token:  # the token goes to the terminal only, never into a log line
-            logger.info("page: %s/ (token required; the URL with it is printed on stdout)", self.driver.url)
-            print(f"page: {self.driver.page_url()}", flush=True)
+        if self.driver.config.auth_token:  # the token goes to a terminal only, never into a log line or the journal
+            logger.info("page: %s/ (token required; `visual-agent url` prints the URL with it)", self.driver.url)
+            show_on_terminal(f"page: {self.driver.page_url()}")
         else:
             logger.info("page: %s/", self.driver.url)
         uses_embeddings = self.encoding is not None and self.encoding.uses_embeddings
