@@ -195,3 +195,21 @@ def test_config_one_default_per_setting():
     from providers import VLLMServerConfig
 
     assert parse_config({"llm": {"provider": "vllm"}}, environ={}).llm.config.base_url == VLLMServerConfig().base_url
+
+
+@pytest.mark.parametrize("section, key", [("agent", "frames"), ("agent", "question_timeout_s"), ("mqtt", "port"),
+                                          ("mqtt", "keepalive_s"), ("encoder", "jpeg_quality"), ("webrtc", "port"),
+                                          ("webrtc", "buffer_max_seconds"), ("llm", "temperature"), ("llm", "max_tokens"),
+                                          ("rules", None)])
+def test_config_booleans_are_not_numbers(section, key):
+    """`true` is refused wherever a number goes (it used to be read as 1 or 1.0), naming the key."""
+    if key is None:  # a section without a numeric key: a rule's
+        data = {"rules": [{"name": "r", "source": "door", "question": "q?", "check_every_s": True}]}
+        key = "check_every_s"
+    else:
+        data = {section: {key: True}}
+    with pytest.raises(ConfigError, match=f"{key}.*(boolean|bool)"):
+        parse_config(data, environ={})
+    env = {"VISUAL_AGENT__AGENT__MAX_IN_FLIGHT": "true"}
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        parse_config({}, environ=env)

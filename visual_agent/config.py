@@ -16,7 +16,7 @@ import enum
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PlainValidator, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from encoders.jpeg import DEFAULT_JPEG_QUALITY
@@ -27,6 +27,7 @@ from providers.registry import ProviderSettings, provider_kind, provider_kinds
 from webrtc.config import SourceConfig, WebRTCConfig, mask_url_secrets
 
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
+from .strict_numbers import NumbersNotBooleans
 
 __all__ = [
     "AgentConfig",
@@ -90,7 +91,7 @@ DEFAULT_EMBEDDED_MAX_RETAINED_BYTES = 64 * 1024
 DEFAULT_HA_DISCOVERY_PREFIX = "homeassistant"
 
 
-class _Section(BaseModel):
+class _Section(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 

@@ -291,11 +291,18 @@ class WebRTCConfig:
         return config
 
 
+_NUMBER_TYPES = frozenset({"int", "float", "int | None", "float | None"})
+
+
 def _known(cls: type, data: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """`data` when every key is a field of `cls` and no number field is given a boolean (`true` is not 1)."""
     names = {f.name for f in fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
         raise WebRTCConfigError(f"{section}: unknown keys {unknown}; known: {sorted(names)}")
+    for f in fields(cls):
+        if isinstance(data.get(f.name), bool) and str(f.type) in _NUMBER_TYPES:
+            raise WebRTCConfigError(f"{section}.{f.name} must be a number, not a boolean (got {data[f.name]!r})")
     return dict(data)
 
 

@@ -36,8 +36,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["ClientErrorLogger", "DeadlineSite", "HttpGuard", "RateLimitedLog", "bearer_token_ok",
-           "content_security_policy", "inline_styles", "is_text"]
+__all__ = ["DeadlineSite", "HttpGuard", "bearer_token_ok", "content_security_policy", "inline_styles"]
 
 logger = logging.getLogger(__name__)
 
