@@ -13,19 +13,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, PlainValidator, SecretStr, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
 from encoders.jpeg import DEFAULT_JPEG_QUALITY
 from encoders.jpeg import DEFAULT_MAX_SIDE as DEFAULT_JPEG_MAX_SIDE
-from providers.config import is_secret_key
 from providers.registry import DEFAULT_PROVIDER_KIND as DEFAULT_PROVIDER
-from providers.registry import ProviderSettings, provider_kind, provider_kinds
-from webrtc.config import SourceConfig, WebRTCConfig, mask_url_secrets
+from providers.registry import ProviderSettings, provider_kind
+from webrtc.config import SourceConfig, WebRTCConfig
 
+from .config_readers import Shown, default_llm, masked, read_llm, read_sources, read_webrtc
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 from .strict_numbers import NumbersNotBooleans
 
@@ -44,7 +42,6 @@ __all__ = [
     "TelemetryConfig",
     "TlsConfig",
     "embeddings_mode",
-    "masked",
 ]
 
 # agent
@@ -396,88 +393,17 @@ class TelemetryConfig(_Section):
     """`service.name` of the traces (one per daemon or replica group)."""
 
 
-def _section_error(section: str, exc: Exception) -> PydanticCustomError:
-    """A section owned by another package refused its input: its own message, without the (long) input."""
-    return PydanticCustomError("section", "{message}", {"message": f"{section}: {exc}"})
-
-
-def _read_llm(value: Any) -> ProviderSettings:
-    """The `llm` section as `ProviderSettings` (providers/registry.py checks the kind and its keys)."""
-    if isinstance(value, ProviderSettings):
-        return value
-    value = {} if value is None else value
-    if not isinstance(value, Mapping):
-        raise _section_error("llm", TypeError(f"must be a mapping, got {type(value).__name__}"))
-    name = value.get("provider", DEFAULT_PROVIDER)
-    if name not in provider_kinds():
-        raise PydanticCustomError("section", "{message}", {
-            "message": f"llm.provider must be one of {sorted(provider_kinds())}, got {name!r}"})
-    try:
-        return ProviderSettings.from_mapping(value)
-    except Exception as exc:
-        raise _section_error("llm", exc) from exc
-
-
-def _read_webrtc(value: Any) -> WebRTCConfig:
-    """The `webrtc` section as `webrtc.WebRTCConfig` (its keys are defined there)."""
-    if isinstance(value, WebRTCConfig):
-        return value
-    if not isinstance(value, Mapping):
-        raise _section_error("webrtc", TypeError(f"must be a mapping, got {type(value).__name__}"))
-    try:
-        return WebRTCConfig.from_mapping(value)
-    except Exception as exc:
-        raise _section_error("webrtc", exc) from exc
-
-
-def _read_sources(value: Any) -> list[SourceConfig]:
-    """The `sources` list as `webrtc.SourceConfig` objects (their keys are defined there)."""
-    if value is None:
-        return []
-    if not isinstance(value, (list, tuple)):
-        raise _section_error("sources", TypeError(f"must be a list, got {type(value).__name__}"))
-    out = []
-    for i, item in enumerate(value):
-        try:
-            if isinstance(item, SourceConfig):
-                out.append(item)
-            elif isinstance(item, Mapping):
-                out.append(SourceConfig.from_mapping(item))
-            else:
-                raise TypeError(f"must be a mapping, got {type(item).__name__}")
-        except Exception as exc:
-            raise _section_error(f"sources[{i}]", exc) from exc
-    return out
-
-
-def _default_llm() -> ProviderSettings:
-    return ProviderSettings.from_mapping({"provider": DEFAULT_PROVIDER})
-
-
-class _Shown:
-    """A value's repr with URL secrets masked (for `Config`'s repr)."""
-
-    def __init__(self, value: Any) -> None:
-        self.text = masked(repr(value))
-
-    def __repr__(self) -> str:
-        return self.text
-
-
 class Config(_Section):
     """The whole daemon config."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
-                              arbitrary_types_allowed=True)
-
-    llm: Annotated[ProviderSettings, PlainValidator(_read_llm)] = Field(default_factory=_default_llm)
+    llm: Annotated[ProviderSettings, PlainValidator(read_llm)] = Field(default_factory=default_llm)
     """Provider config: `provider` (a kind of providers/registry.py: openai, vllm, vllm_native; vllm when absent) and
     that provider's keys (see providers/config.py), read once into the kind's typed config."""
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     """Frame encoding."""
-    webrtc: Annotated[WebRTCConfig, PlainValidator(_read_webrtc)] = Field(default_factory=WebRTCConfig)
+    webrtc: Annotated[WebRTCConfig, PlainValidator(read_webrtc)] = Field(default_factory=WebRTCConfig)
     """The HTTP/WebRTC server (webrtc.WebRTCConfig keys; `keys_set` says which the file gave)."""
-    sources: Annotated[list[SourceConfig], PlainValidator(_read_sources)] = Field(default_factory=list)
+    sources: Annotated[list[SourceConfig], PlainValidator(read_sources)] = Field(default_factory=list)
     """Cameras, RTSP streams, files (webrtc.SourceConfig keys); browsers and WHIP publishers add theirs."""
     agent: AgentConfig = Field(default_factory=AgentConfig)
     """The agent."""
@@ -492,19 +418,17 @@ class Config(_Section):
 
     def __repr_args__(self):
         for key, value in super().__repr_args__():
-            yield key, (_Shown(value) if key in ("llm", "webrtc", "sources") else value)
+            yield key, (Shown(value) if key in ("llm", "webrtc", "sources") else value)
 
     @field_validator("rules")
     @classmethod
     def _rules_ok(cls, value: list[RuleConfig]) -> list[RuleConfig]:
         return check_rule_set(value)
 
-    def webrtc_config(self) -> WebRTCConfig:
-        """The `webrtc` section (the same object as `self.webrtc`)."""
+    def webrtc_config(self) -> WebRTCConfig:  # `self.webrtc`, for callers written before it was typed
         return self.webrtc
 
-    def source_configs(self) -> list[SourceConfig]:
-        """The `sources` section (a copy of the list `self.sources`)."""
+    def source_configs(self) -> list[SourceConfig]:  # a copy of `self.sources`, for callers written before it was typed
         return list(self.sources)
 
     def provider_name(self) -> str:
@@ -523,18 +447,3 @@ class Config(_Section):
         where = getattr(settings, "base_url", None) or ("in-process" if in_process else "")
         model = getattr(settings, "model_name", None) or "auto"
         return f"{self.llm.kind} {masked(where)} model={model}".strip()
-
-
-_is_secret = is_secret_key  # one rule for secret keys, shared with the providers' reprs
-
-
-def masked(value: Any) -> Any:
-    """`value` with the values of secret keys masked, at any depth (a section's input holds its password), and
-    secrets in URLs (``rtsp://user:password@camera``, ``?token=``) hidden."""
-    if isinstance(value, Mapping):
-        return {k: ("***" if isinstance(k, str) and _is_secret(k) and v else masked(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [masked(v) for v in value]
-    if isinstance(value, str):
-        return mask_url_secrets(value)
-    return value

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from providers.config import is_secret_key
 
-from .config import Config, masked
+from .config import Config
+from .config_readers import masked
 from .errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "PACKAGED_DEFAULT", "env_overrides", "load_config", "parse_config", "read_default_text"]
