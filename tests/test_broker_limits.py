@@ -105,16 +105,26 @@ async def test_broker_keeps_a_bounded_number_of_sessions():
 
 def _slow_subscriber(port: int) -> socket.socket:
     """A connected client subscribed to `#` (QoS 0) that then never reads: the broker's sends to it back up."""
-    s = socket.create_connection(("127.0.0.1", port))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     client_id = b"slow"
     connect = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
     s.sendall(bytes([0x10, len(connect)]) + connect)
-    assert s.recv(4) == b"\x20\x02\x00\x00"  # CONNACK accepted
+    assert _recv_exactly(s, 4) == b"\x20\x02\x00\x00"  # CONNACK accepted
     subscribe = b"\x00\x01" + b"\x00\x01#" + b"\x00"
     s.sendall(bytes([0x82, len(subscribe)]) + subscribe)
-    assert s.recv(5) == b"\x90\x03\x00\x01\x00"  # SUBACK QoS 0
+    assert _recv_exactly(s, 5) == b"\x90\x03\x00\x01\x00"  # SUBACK QoS 0
     return s
+
+
+def _recv_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 async def test_broker_bounds_what_waits_for_a_client_that_does_not_read():

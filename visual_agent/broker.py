@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .broker_acl import DAEMON_USERNAME, TopicRights
 from .broker_limits import BrokerLimits, ConnectionGate, RateLimitedLog, RateLimitFilter, SessionQueues
+from .config import DEFAULT_EMBEDDED_HOST, DEFAULT_EMBEDDED_PORT
 from .errors import EmbeddedBrokerError
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ __all__ = ["DAEMON_USERNAME", "BrokerLimits", "EmbeddedBroker"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BIND_HOST = "127.0.0.1"
 _SESSION_FIELDS = ("username", "password", "will_flag", "will_message", "will_topic", "will_qos", "keep_alive")
 """What amqtt copies from a reconnecting client onto the existing session of its id (amqtt 0.12)."""
 _COUNTERS = ("auth_failures", "client_id_refused", "publish_denied", "subscribe_denied", "retain_refused",
@@ -52,7 +52,7 @@ _COUNTERS = ("auth_failures", "client_id_refused", "publish_denied", "subscribe_
 class EmbeddedBroker:
     """Start with `await start()` (or `async with`); `port` is the bound port; `close()` is idempotent."""
 
-    def __init__(self, port: int = 1883, *, host: str = DEFAULT_BIND_HOST, username: str | None = None,
+    def __init__(self, port: int = DEFAULT_EMBEDDED_PORT, *, host: str = DEFAULT_EMBEDDED_HOST, username: str | None = None,
                  password: str | None = None, prefix: str | None = None, discovery_prefix: str | None = "homeassistant",
                  limits: BrokerLimits | None = None) -> None:
         self.host = host

@@ -25,6 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .config import (
+    DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S,
+    DEFAULT_EMBEDDED_MAX_CONNECTIONS,
+    DEFAULT_EMBEDDED_MAX_MESSAGE_BYTES,
+    DEFAULT_EMBEDDED_MAX_PENDING,
+    DEFAULT_EMBEDDED_MAX_QUEUED_BYTES,
+    DEFAULT_EMBEDDED_MAX_QUEUED_MESSAGES,
+    DEFAULT_EMBEDDED_MAX_RETAINED,
+    DEFAULT_EMBEDDED_MAX_RETAINED_BYTES,
+    DEFAULT_EMBEDDED_MAX_SESSIONS,
+)
+
 __all__ = ["BrokerLimits", "ConnectionGate", "PacketSizeGuard", "PacketTooLarge", "RateLimitFilter", "RateLimitedLog", "SessionQueues"]
 
 LOG_INTERVAL_S = 10.0
@@ -246,25 +258,25 @@ class SessionQueues:
 
 @dataclass(frozen=True)
 class BrokerLimits:
-    """The embedded broker's bounds (the `mqtt.embedded_*` keys; docs/SECURITY.md lists the defaults)."""
+    """The embedded broker's bounds (the `mqtt.embedded_*` keys, whose defaults these are; docs/SECURITY.md lists them)."""
 
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S
     """A socket that sends no CONNECT within this is closed."""
-    max_connections: int = 256
+    max_connections: int = DEFAULT_EMBEDDED_MAX_CONNECTIONS
     """Sockets held at once, connected or not."""
-    max_pending: int = 128
+    max_pending: int = DEFAULT_EMBEDDED_MAX_PENDING
     """Sockets that have not sent CONNECT yet; a new one beyond it closes the oldest of them."""
-    max_message_bytes: int = 256 * 1024
+    max_message_bytes: int = DEFAULT_EMBEDDED_MAX_MESSAGE_BYTES
     """Largest packet read from a client other than the daemon's own; a larger one closes the connection."""
-    max_queued_messages: int = 100
-    """Messages queued per disconnected persistent session."""
-    max_queued_bytes: int = 1024 * 1024
-    """Payload bytes queued per disconnected persistent session."""
-    max_sessions: int = 64
+    max_queued_messages: int = DEFAULT_EMBEDDED_MAX_QUEUED_MESSAGES
+    """Messages waiting for one session (offline, or not yet written to it)."""
+    max_queued_bytes: int = DEFAULT_EMBEDDED_MAX_QUEUED_BYTES
+    """Payload bytes waiting for one session (offline, or not yet written to it)."""
+    max_sessions: int = DEFAULT_EMBEDDED_MAX_SESSIONS
     """Disconnected persistent sessions kept; beyond it the longest-disconnected one is forgotten."""
-    max_retained: int = 1000
+    max_retained: int = DEFAULT_EMBEDDED_MAX_RETAINED
     """Retained topics kept."""
-    max_retained_bytes: int = 64 * 1024
+    max_retained_bytes: int = DEFAULT_EMBEDDED_MAX_RETAINED_BYTES
     """Largest retained payload kept (larger ones are delivered, not retained)."""
 
     @classmethod
