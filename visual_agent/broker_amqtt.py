@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .broker_limits import PacketSizeGuard
-
-if TYPE_CHECKING:
-    from .broker import EmbeddedBroker
 
 __all__ = ["guarded_broker_class"]
 
@@ -29,13 +26,14 @@ def _close(transport: asyncio.WriteTransport) -> None:
 
 
 def guarded_broker_class(base: type) -> type:
-    """A subclass of amqtt's `Broker` (`base`) that asks `guard` (an `EmbeddedBroker`) at each step."""
+    """A subclass of amqtt's `Broker` (`base`) that asks `guard` (the `EmbeddedBroker` that starts it; typed `Any` here,
+    as broker.py imports this module) at each step."""
     from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
     from amqtt.contexts import Action
     from amqtt.errors import AMQTTError
 
     class _GuardedBroker(base):
-        def __init__(self, config: dict[str, Any], *, guard: EmbeddedBroker) -> None:
+        def __init__(self, config: dict[str, Any], *, guard: Any) -> None:
             super().__init__(config)
             self._guard = guard
 
