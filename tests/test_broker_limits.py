@@ -5,6 +5,7 @@ each test says what a legitimate client saw meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 import pytest
@@ -157,3 +158,22 @@ def _held_for(broker: EmbeddedBroker, client_id: str) -> int:
         if frame is not None and frame.f_code.co_name == "mqtt_publish" and frame.f_locals.get("self") is handler:
             waiting += len(frame.f_locals.get("data") or b"")
     return waiting
+
+
+async def test_broker_refusals_are_prometheus_counters():
+    """The refusals /healthz counts are on /metrics too (`BrokerCollector` on the daemon's registry)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from visual_agent.broker_metrics import BrokerCollector
+
+    async with EmbeddedBroker.from_config(MqttConfig(prefix=PREFIX, embedded_port=0)) as broker:
+        registry = CollectorRegistry()
+        registry.register(BrokerCollector(broker))
+        assert 'visual_agent_embedded_broker_refusals_total{kind="message_too_large"} 0.0' in generate_latest(registry).decode()
+        with await asyncio.to_thread(Mqtt311, broker.port) as attacker:
+            attacker.client.publish("flood/x", bytes(MB), qos=1)
+            await wait_until(lambda: broker.describe()["message_too_large"] >= 1, 30, "the megabyte refused")
+        text = generate_latest(registry).decode()
+        refused = re.search(r'visual_agent_embedded_broker_refusals_total\{kind="message_too_large"\} (\S+)', text)
+        assert refused and float(refused.group(1)) >= 1, text  # paho may have sent it again after the close
+        assert 'visual_agent_embedded_broker_connections{state="pending"} 0.0' in text

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .agent import VisualAgent
 from .broker import EmbeddedBroker
+from .broker_metrics import BrokerCollector
 from .config import Config
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
@@ -168,6 +169,8 @@ class Daemon:
         telemetry = Telemetry()
         if cfg.metrics:
             self.metrics = AgentMetrics(self.driver, self.messager)
+            if self.broker is not None:
+                self.metrics.registry.register(BrokerCollector(self.broker))
             telemetry.add(self.metrics)
             if self.driver is not None:
                 self.driver.metrics_exposition = self.metrics.exposition
