@@ -65,8 +65,11 @@ async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncodin
 def ingest_config(config: Config) -> Any:
     """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
     frame and `agent.max_frames - 1` older ones spread over at least `agent.window_s` (not 32 consecutive decoded
-    frames), so a question for `agent.max_frames` frames still gets them all."""
+    frames), so a question for `agent.max_frames` frames still gets them all; the older ones kept at
+    `encoder.jpeg_max_side`, the size they are sent at."""
     webrtc = config.webrtc_config()
+    if "buffer_older_max_side" not in config.webrtc:
+        webrtc.buffer_older_max_side = config.encoder.jpeg_max_side
     if "buffer_spread_frames" not in config.webrtc:
         webrtc.buffer_spread_frames = max(1, config.agent.max_frames - 1)
         if "buffer_max_seconds" not in config.webrtc:
