@@ -44,7 +44,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import decoders
+from . import decoders, loss, sockets
 from .config import SourceConfig, WebRTCConfig, validate_source_name
 from .errors import PeerNotFoundError, SignalingError, TooManyPeersError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
@@ -295,7 +295,7 @@ class WebRTCServer:
     def _new_buffer(self, name: str) -> FrameBuffer:
         c = self.config
         return FrameBuffer(name, max_frames=c.buffer_max_frames, max_seconds=c.buffer_max_seconds,
-                           spread_frames=c.buffer_spread_frames,
+                           spread_frames=c.buffer_spread_frames, older_max_side=c.buffer_older_max_side,
                            first_frame_timeout_s=c.first_frame_timeout_s)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -405,6 +405,8 @@ class WebRTCServer:
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
         decoders.install()  # here, not at start: a daemon with no peer never imports aiortc
+        loss.install()  # a lost packet costs a tenth of a second and a PLI, not seconds
+        sockets.install()  # larger UDP receive buffers for the sockets ICE binds next
         if self._closed or self._http is None:
             raise SignalingError("the server is shutting down", status=503)
         offer = check_offer_sdp(sdp)
