@@ -4,6 +4,7 @@ the server's receivers use it."""
 from __future__ import annotations
 
 import fractions
+import threading
 from dataclasses import dataclass
 
 import av
@@ -63,6 +64,7 @@ def test_decoders_install_wraps_aiortc_once_and_leaves_audio_to_it():
     assert decoders.install() is True
     wrapper = rtcrtpreceiver.get_decoder
     assert decoders.install() is True and rtcrtpreceiver.get_decoder is wrapper  # not wrapped twice
+    assert rtcrtpreceiver.decoder_worker is decoders.hand_over_worker
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
     opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
     before = decoders.decoders_made["vp8"]
@@ -82,5 +84,7 @@ async def test_decoders_serve_the_server_receivers(webrtc_server):
         buffer = webrtc_server.get_buffer("cam")
         first = await buffer.wait_for_frame(10)
         newest = await buffer.wait_for_frame(10, newer_than=first.seq + 10)
+        workers = [getattr(t, "_target", None) for t in threading.enumerate() if t.name == "video-decoder"]
+    assert workers and all(w is decoders.hand_over_worker for w in workers)  # frames came through our hand-over
     assert decoders.decoders_made["vp8"] == before + 1
     assert (newest.width, newest.height, newest.frame.format.name) == (320, 240, "yuv420p")

@@ -10,19 +10,27 @@ FFmpeg's default starts a slice thread per core for every stream, and one thread
 
 aiortc has no hook for choosing a decoder, so `install()` wraps the `get_decoder` that its receiver module imported.
 It is idempotent, and leaves aiortc as it is (with a warning) where that name is gone or FFmpeg lacks a decoder.
+
+It also replaces aiortc's `decoder_worker`, the loop each receiver's decoder thread runs, by `hand_over_worker`: the same
+loop, but each decoded frame reaches the track's queue with one `call_soon_threadsafe(put_nowait)` instead of
+`run_coroutine_threadsafe(queue.put(frame))`, which made the event loop's thread create a Task, run a coroutine and
+settle two futures for every frame of every stream (BENCHMARKS.md, "WebRTC ingest": the decode floor).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
+import queue
+import threading
 from fractions import Fraction
 from typing import Any, cast
 
 import av
 from av.video.codeccontext import VideoCodecContext
 
-__all__ = ["FFmpegVideoDecoder", "decoders_made", "install"]
+__all__ = ["FFmpegVideoDecoder", "decoders_made", "hand_over_worker", "install"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,34 @@ class FFmpegVideoDecoder:
         packet.pts = encoded_frame.timestamp
         packet.time_base = _VIDEO_TIME_BASE
         return list(self.codec.decode(packet))
+
+
+def hand_over_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue, output_q: asyncio.Queue,
+                     decode_error: threading.Event) -> None:
+    """aiortc's `decoder_worker` (same arguments, same behaviour), handing frames to the loop at the cost of one
+    callback each. The track's queue is unbounded, so `put_nowait` is what `put` did; callbacks keep their order."""
+    from aiortc import rtcrtpreceiver
+
+    codec_name = None
+    decoder: Any = None
+    while True:
+        task = input_q.get()
+        if task is None:
+            loop.call_soon_threadsafe(output_q.put_nowait, None)  # the track has ended
+            break
+        codec, encoded_frame = task
+        if codec.name != codec_name:
+            decoder = rtcrtpreceiver.get_decoder(codec)
+            codec_name = codec.name
+        try:
+            frames = decoder.decode(encoded_frame)
+        except av.FFmpegError as exc:  # keep the decoder's state, as aiortc does: the next keyframe repairs it
+            logger.warning("failed to decode a %s frame: %s", codec.name, exc)
+            decode_error.set()
+            continue
+        for frame in frames:
+            loop.call_soon_threadsafe(output_q.put_nowait, frame)
+    del decoder
 
 
 def _available(name: str) -> bool:
@@ -80,4 +116,8 @@ def install() -> bool:
 
     get_decoder._visual_agent_wrapper = True  # type: ignore[attr-defined]
     rtcrtpreceiver.get_decoder = get_decoder
+    if callable(getattr(rtcrtpreceiver, "decoder_worker", None)):
+        rtcrtpreceiver.decoder_worker = hand_over_worker
+    else:
+        logger.warning("aiortc.rtcrtpreceiver has no decoder_worker: keeping its own frame hand-over")
     return True
