@@ -56,6 +56,12 @@ def thread_cpu() -> dict[int, float]:
     return out
 
 
+def py_spy() -> str:
+    """py-spy beside this interpreter (a venv's bin/ need not be on PATH), else the one on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else "py-spy"
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -166,8 +172,8 @@ async def run_receiver(args: argparse.Namespace) -> dict:
         spy = None
         if args.py_spy:
             spy_out = record + ".spy"
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--duration", str(int(args.seconds)),
-                                    "--format", "raw", "--threads", "--nonblocking", "--output", spy_out],
+            spy = subprocess.Popen([py_spy(), "record", "--pid", str(os.getpid()), "--duration", str(int(args.seconds)),
+                                    "--format", "raw", "--threads", "--nonblocking", "--rate", "500", "--output", spy_out],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu_before, proc0 = thread_cpu(), time.process_time()
         received0 = buf.stats().received
@@ -262,7 +268,7 @@ def hand_over_cost(frames: int = 20_000) -> dict[str, float]:
 STAGES = {
     "UDP read (asyncio _read_ready + recvfrom)": ("_SelectorDatagramTransport._read_ready",),
     "ICE / STUN datagram dispatch": ("StunProtocol.datagram_received", "Connection.data_received"),
-    "DTLS record demux": ("RTCDtlsTransport._recv_next",),
+    "DTLS transport's receive loop (_recv_next; holds SRTP and RTP handling)": ("RTCDtlsTransport._recv_next",),
     "SRTP unprotect": ("Session.unprotect", "Session.unprotect_rtcp"),
     "RTP parse": ("RtpPacket.parse",),
     "RTP handling (RTCRtpReceiver._handle_rtp_packet)": ("RTCRtpReceiver._handle_rtp_packet",),
@@ -284,6 +290,7 @@ def receive_path_profile(path: Path) -> dict:
     """Busy samples (not waiting in the selector, a lock or a queue) by thread, and each receive stage's inclusive
     share of them."""
     threads: dict[str, int] = {}
+    leaves: dict[str, int] = {}
     stages = dict.fromkeys(STAGES, 0)
     total = 0
     for line in path.read_text().splitlines():
@@ -292,19 +299,21 @@ def receive_path_profile(path: Path) -> dict:
             continue
         frames = stack.split(";")
         if any(frames[-1].startswith(idle) for idle in ("EpollSelector.select ", "Condition.wait ", "Queue.get ",
-                                                         "Event.wait ", "select ")):
-            continue
+                                                         "Event.wait ", "select ", "_worker ")):
+            continue  # waiting: the selector, a lock, a queue, an idle executor thread (SimpleQueue.get is C)
         n = int(count)
         total += n
         thread = frames[0].split("): ", 1)[-1]
         threads[thread] = threads.get(thread, 0) + n
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + n
         names = {f.split(" (", 1)[0] for f in frames[1:]}
         for stage, funcs in STAGES.items():
             if any(name in names for name in funcs):
                 stages[stage] += n
     pct = lambda v: round(100 * v / max(total, 1), 1)  # noqa: E731
     return {"busy_samples": total, "threads_pct": {k: pct(v) for k, v in sorted(threads.items(), key=lambda kv: -kv[1])},
-            "stages_pct": {k: pct(v) for k, v in stages.items()}}
+            "stages_pct": {k: pct(v) for k, v in stages.items()},
+            "self_pct": {k: pct(v) for k, v in sorted(leaves.items(), key=lambda kv: -kv[1])[:15]}}
 
 
 def main() -> None:
@@ -358,7 +367,10 @@ def main() -> None:
         print(f"py-spy: {spy['busy_samples']} busy samples; threads " +
               ", ".join(f"{k} {v} %" for k, v in spy["threads_pct"].items()))
         for stage, share in spy["stages_pct"].items():
-            print(f"  {stage:<66} {share:5.1f} %")
+            print(f"  {stage:<72} {share:5.1f} %")
+        print("  self time:")
+        for leaf, share in spy["self_pct"].items():
+            print(f"    {share:5.1f} %  {leaf}")
     if args.json:
         print(json.dumps(r, indent=2))
 

@@ -55,6 +55,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 VIDEO_CLOCK = 90_000
 
 
+def py_spy() -> str:
+    """py-spy beside this interpreter (a venv's bin/ need not be on PATH), else the one on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else "py-spy"
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -248,7 +254,7 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         spy = None
         if args.py_spy:
             spy_out = workdir / f"py-spy-{n}.txt"
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(daemon.pid), "--duration", str(int(args.seconds)),
+            spy = subprocess.Popen([py_spy(), "record", "--pid", str(daemon.pid), "--duration", str(int(args.seconds)),
                                     "--format", "raw", "--threads", "--output", str(spy_out), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         udp0 = udp_counters()

@@ -131,6 +131,39 @@ def test_media_sockets_get_the_larger_receive_buffer():
     assert asyncio.run(bind()) == 2 * size  # Linux reports the doubled bookkeeping size
 
 
+def test_media_datagrams_skip_the_stun_parse_and_stun_still_works(monkeypatch):
+    """An RTP datagram reaches the ICE connection's queue without a STUN parse; a STUN request is still parsed."""
+    import asyncio
+
+    import aioice
+    from aioice import ice, stun
+
+    assert sockets.install_media_demux() is True
+    wrapped = ice.StunProtocol.datagram_received
+    assert sockets.install_media_demux() is True and ice.StunProtocol.datagram_received is wrapped
+    parsed = []
+    real_parse = stun.parse_message
+    monkeypatch.setattr(stun, "parse_message", lambda data: parsed.append(data) or real_parse(data))
+
+    async def run() -> tuple[object, int]:
+        connection = aioice.Connection(ice_controlling=True, components=1)
+        await connection.get_component_candidates(component=1, addresses=["127.0.0.1"])
+        try:
+            protocol = connection._protocols[0]
+            rtp = bytes([0x80, 0x60]) + bytes(100)
+            protocol.datagram_received(rtp, ("127.0.0.1", 9))
+            got = await asyncio.wait_for(connection._queue.get(), 5)
+            request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+            protocol.datagram_received(bytes(request), ("127.0.0.1", 9))  # no credentials: answered with an error
+            return got, len(parsed)
+        finally:
+            await connection.close()
+
+    got, parses = asyncio.run(run())
+    assert got == (bytes([0x80, 0x60]) + bytes(100), 1)
+    assert parses == 1  # only the STUN request
+
+
 def test_a_kernel_cap_is_logged(caplog, monkeypatch):
     from aioice import turn
 

@@ -6,6 +6,11 @@ its sockets late and the kernel dropped 11,960 datagrams in 10 s for full buffer
 daemon"); every loss then stalls a stream until the picture is repaired (`webrtc/loss.py`). `install()` raises that
 constant to what the kernel grants an unprivileged process (`net.core.rmem_max`), and says so in the log when the
 kernel caps the request. A buffer is a ceiling, not an allocation: memory is used only while datagrams wait.
+
+`install()` also lets those sockets hand media on without trying it as STUN first: aioice parses every datagram as a
+STUN message and passes it on when the parse raises, an exception per RTP packet on the event loop's thread. The
+first byte already tells them apart (RFC 7983: STUN 0-3, DTLS 20-63, RTP/RTCP 128-191), so a datagram whose first
+byte is not STUN's goes straight where aioice's own fallback sends it.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from typing import Any
 
-__all__ = ["WANTED_RCVBUF_BYTES", "granted_rcvbuf", "install", "installed_rcvbuf"]
+__all__ = ["WANTED_RCVBUF_BYTES", "granted_rcvbuf", "install", "install_media_demux", "installed_rcvbuf"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +41,36 @@ def granted_rcvbuf(wanted: int) -> int:
     return got // 2 if sys.platform.startswith("linux") else got
 
 
+def install_media_demux() -> bool:
+    """Wrap aioice's `StunProtocol.datagram_received` so non-STUN datagrams skip the STUN parse; True when wrapped."""
+    try:
+        from aioice import ice
+    except ImportError:
+        return False
+    protocol = getattr(ice, "StunProtocol", None)
+    original = getattr(protocol, "datagram_received", None)
+    if protocol is None or original is None:
+        logger.warning("aioice has no StunProtocol.datagram_received: media datagrams keep aioice's STUN parse")
+        return False
+    if getattr(original, "_visual_agent_demux", False):
+        return True
+
+    def datagram_received(self: Any, data: bytes, addr: tuple[Any, ...]) -> None:
+        if data and data[0] > 3:  # DTLS, RTP or RTCP: what aioice does when the STUN parse fails
+            self.receiver.data_received(data, self.local_candidate.component)
+            return
+        original(self, data, addr)
+
+    datagram_received._visual_agent_demux = True  # type: ignore[attr-defined]
+    protocol.datagram_received = datagram_received
+    return True
+
+
 def install(wanted: int = WANTED_RCVBUF_BYTES) -> int | None:
     """Make aioice ask for `wanted` bytes of receive buffer (or what the kernel grants, if less) on the sockets it
     binds from now on; the size asked, or None where aioice is not importable."""
     global installed_rcvbuf
+    install_media_demux()
     try:
         from aioice import turn
     except ImportError:
