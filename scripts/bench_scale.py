@@ -356,6 +356,7 @@ def main() -> None:
     parser.add_argument("--probe-s", type=float, default=0.25)
     parser.add_argument("--clip-frames", type=int, default=60)
     parser.add_argument("--set", action="append", default=[], help="daemon config SECTION.KEY=VALUE")
+    parser.add_argument("--logs", help="keep the daemons' logs and configs in this folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object per N instead of a table")
     parser.add_argument("--py-spy", action="store_true", help="profile the daemon during the window (py-spy)")
     # child mode
@@ -372,7 +373,8 @@ def main() -> None:
         return
     width, height = (int(x) for x in args.res.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(args.logs) if args.logs else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         clip = workdir / "clip.json"
         encode_clip(width, height, args.fps, args.clip_frames, clip)
         print(f"{args.res}@{args.fps}, {args.seconds:g} s per N, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"

@@ -111,13 +111,17 @@ def test_install_is_idempotent_and_audio_buffers_pass_through(buffer_class):
     assert all(frame is None and not pli for pli, frame in clock_free)
 
 
-def test_media_sockets_get_the_larger_receive_buffer():
+def test_media_sockets_get_the_receive_buffer_asked_for(monkeypatch):
     import asyncio
 
     import aioice
+    from aioice import turn
 
-    size = sockets.install()
-    assert size is not None and size >= 262144
+    monkeypatch.setattr(sockets, "installed_rcvbuf", None)
+    monkeypatch.setattr(turn, "UDP_SOCKET_BUFFER_SIZE", 262144)
+    assert sockets.install() == 262144  # None: aioice's own size
+    size = sockets.install(1 << 20)
+    assert size == 1 << 20 and sockets.install(2 << 20) == size  # the first size set stays
 
     async def bind() -> int:
         connection = aioice.Connection(ice_controlling=True, components=1)

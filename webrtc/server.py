@@ -406,7 +406,7 @@ class WebRTCServer:
 
         decoders.install()  # here, not at start: a daemon with no peer never imports aiortc
         loss.install()  # a lost packet costs a tenth of a second and a PLI, not seconds
-        sockets.install()  # larger UDP receive buffers for the sockets ICE binds next
+        sockets.install(self.config.udp_receive_buffer_bytes)  # media past aioice's STUN parse; its buffer size
         if self._closed or self._http is None:
             raise SignalingError("the server is shutting down", status=503)
         offer = check_offer_sdp(sdp)

@@ -1,16 +1,17 @@
-"""Larger kernel receive buffers for the media sockets, so a loop that reads its sockets late loses fewer datagrams.
+"""The media sockets: hand media datagrams on without a STUN parse, and optionally a larger kernel receive buffer.
 
-Each peer's media arrives on a UDP socket that aioice opens and sizes with `SO_RCVBUF` = its module constant
-`aioice.turn.UDP_SOCKET_BUFFER_SIZE` (256 KiB), read at every bind. At 48 streams of 640x480 on 2 cores the loop reads
-its sockets late and the kernel dropped 11,960 datagrams in 10 s for full buffers (BENCHMARKS.md, "Many streams in one
-daemon"); every loss then stalls a stream until the picture is repaired (`webrtc/loss.py`). `install()` raises that
-constant to what the kernel grants an unprivileged process (`net.core.rmem_max`), and says so in the log when the
-kernel caps the request. A buffer is a ceiling, not an allocation: memory is used only while datagrams wait.
+aioice parses every datagram a media socket receives as a STUN message and passes it on when the parse raises: an
+exception per RTP packet on the event loop's thread. The first byte already tells them apart (RFC 7983: STUN 0-3,
+DTLS 20-63, RTP/RTCP 128-191), so `install_media_demux()` sends a datagram whose first byte is not STUN's straight where
+aioice's own fallback sends it.
 
-`install()` also lets those sockets hand media on without trying it as STUN first: aioice parses every datagram as a
-STUN message and passes it on when the parse raises, an exception per RTP packet on the event loop's thread. The
-first byte already tells them apart (RFC 7983: STUN 0-3, DTLS 20-63, RTP/RTCP 128-191), so a datagram whose first
-byte is not STUN's goes straight where aioice's own fallback sends it.
+aioice sizes each media socket with `SO_RCVBUF` = `aioice.turn.UDP_SOCKET_BUFFER_SIZE` (256 KiB; Linux doubles it),
+read at every bind. `install(size)` raises that to `size` where the kernel grants it (`net.core.rmem_max` caps an
+unprivileged request; a warning says so). Measured here (BENCHMARKS.md, "Many streams in one daemon"), the default
+already holds 2.7 s of a 640x480 stream: datagrams are dropped only when the loop is seconds behind, and a larger
+buffer then turns loss into delay. With 8 MiB at 8 overloaded 720p streams each socket held 7 MB (13 s) of stale
+media, ICE's consent checks waited behind it, and peers were closed. So the default keeps aioice's size; a larger
+one (`webrtc.udp_receive_buffer_bytes`) suits high-bitrate cameras whose bursts outgrow it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import socket
 import sys
 from typing import Any
 
-__all__ = ["WANTED_RCVBUF_BYTES", "granted_rcvbuf", "install", "install_media_demux", "installed_rcvbuf"]
+__all__ = ["granted_rcvbuf", "install", "install_media_demux", "installed_rcvbuf"]
 
 logger = logging.getLogger(__name__)
 
-WANTED_RCVBUF_BYTES = 4 * 1024 * 1024
-"""What we ask for each media socket: some 2 s of a 1280x720 stream, or the backlog of 48 streams read 100 ms late."""
 
 installed_rcvbuf: int | None = None
 """The `SO_RCVBUF` request `install()` set (None before)."""
@@ -66,18 +65,19 @@ def install_media_demux() -> bool:
     return True
 
 
-def install(wanted: int = WANTED_RCVBUF_BYTES) -> int | None:
-    """Make aioice ask for `wanted` bytes of receive buffer (or what the kernel grants, if less) on the sockets it
-    binds from now on; the size asked, or None where aioice is not importable."""
+def install(wanted: int | None = None) -> int | None:
+    """Install the media demux, and with `wanted` make aioice ask for that many bytes of receive buffer (or what the
+    kernel grants, if less) on the sockets it binds from now on; the size aioice asks for, None where aioice is
+    missing. The first size set stays (every server of the process shares aioice)."""
     global installed_rcvbuf
     install_media_demux()
     try:
         from aioice import turn
     except ImportError:
         return None
-    if installed_rcvbuf is not None and turn.UDP_SOCKET_BUFFER_SIZE == installed_rcvbuf:
-        return installed_rcvbuf
     current = int(getattr(turn, "UDP_SOCKET_BUFFER_SIZE", 0))
+    if wanted is None or (installed_rcvbuf is not None and current == installed_rcvbuf):
+        return current
     granted = granted_rcvbuf(wanted)
     size = max(current, min(wanted, granted))
     if granted < wanted:
