@@ -310,6 +310,52 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         log.close()
 
 
+def buffers_only(args: argparse.Namespace, clip: Path, width: int, height: int) -> None:
+    """What a stream's decoded frames cost without the network and with no load sensitivity: in this process, N
+    streams of the clip, each through its own `FFmpegVideoDecoder` into a `FrameBuffer` as `visual-agent run` makes
+    it (newest + 7 older, 2 s), fed on a simulated 30 fps clock for 3 s; RSS per added stream, with the older frames
+    kept as decoded and kept at 512 px (`webrtc.buffer_older_max_side`), each in a fresh child process."""
+    for older in (None, 512):
+        code = (
+            "import json, sys, gc\n"
+            "from pathlib import Path\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from scripts.bench_scale import proc_rss_mb, feed_buffers\n"
+            f"print(json.dumps(feed_buffers({str(clip)!r}, {args.streams!r}, {older!r})))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{width}x{height}, older frames {'as decoded' if older is None else f'at {older} px'}: " +
+              "; ".join(f"{n} streams {rss:.1f} MB" for n, rss in rows) +
+              f"; per added stream {(rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0]):.2f} MB", flush=True)
+
+
+def feed_buffers(clip: str, streams: str, older: int | None) -> list[tuple[int, float]]:
+    """In this process: for each N, N decoders and buffers fed 90 frames of the clip; [(N, RSS MB)]."""
+    import av
+
+    from webrtc import FrameBuffer
+    from webrtc.decoders import FFmpegVideoDecoder
+
+    packets = [bytes.fromhex(p) for p in json.loads(Path(clip).read_text())]
+    now = [0.0]
+    held: list = []
+    out = []
+    for n in (int(x) for x in streams.split(",")):
+        while len(held) < n:
+            held.append((FFmpegVideoDecoder("vp8"), FrameBuffer(f"s{len(held)}", max_frames=32, max_seconds=2.0,
+                                                                spread_frames=7, older_max_side=older,
+                                                                clock=lambda: now[0])))
+        for i in range(90):
+            now[0] += 1 / 30
+            for decoder, buffer in held:
+                for frame in decoder.codec.decode(av.Packet(packets[i % len(packets)])):
+                    buffer.put(frame)
+        out.append((n, proc_rss_mb(os.getpid())))
+    return out
+
+
 def summarize_py_spy(path: Path, top: int = 15) -> dict:
     """Thread shares and the top self-time functions of a py-spy raw (collapsed stacks) record, over the samples
     that were not waiting (a thread blocked in a lock, a queue or the selector is idle, not busy)."""
@@ -357,6 +403,8 @@ def main() -> None:
     parser.add_argument("--clip-frames", type=int, default=60)
     parser.add_argument("--set", action="append", default=[], help="daemon config SECTION.KEY=VALUE")
     parser.add_argument("--logs", help="keep the daemons' logs and configs in this folder")
+    parser.add_argument("--buffers-only", action="store_true",
+                        help="no daemon, no network: decoders and buffers in-process, older frames as decoded vs 512 px")
     parser.add_argument("--json", action="store_true", help="print one JSON object per N instead of a table")
     parser.add_argument("--py-spy", action="store_true", help="profile the daemon during the window (py-spy)")
     # child mode
@@ -377,6 +425,9 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         clip = workdir / "clip.json"
         encode_clip(width, height, args.fps, args.clip_frames, clip)
+        if args.buffers_only:
+            buffers_only(args, clip, width, height)
+            return
         print(f"{args.res}@{args.fps}, {args.seconds:g} s per N, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
               f"{', ' + ' '.join(args.set) if args.set else ''}", flush=True)
         if not args.json:
