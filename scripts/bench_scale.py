@@ -131,10 +131,9 @@ def encode_clip(width: int, height: int, fps: int, frames: int, path: Path) -> N
 async def run_senders(args: argparse.Namespace) -> None:
     import av
     from aiortc import MediaStreamTrack
+    from aiortc.rtcrtpsender import RTCRtpSender
 
     from tests.fixtures.webrtc import publish
-
-    from aiortc.rtcrtpsender import RTCRtpSender
 
     packets = [bytes.fromhex(p) for p in json.loads(Path(args.clip).read_text())]
     keyframes = 0
