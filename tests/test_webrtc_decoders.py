@@ -88,3 +88,16 @@ async def test_decoders_serve_the_server_receivers(webrtc_server):
     assert workers and all(w is decoders.hand_over_worker for w in workers)  # frames came through our hand-over
     assert decoders.decoders_made["vp8"] == before + 1
     assert (newest.width, newest.height, newest.frame.format.name) == (320, 240, "yuv420p")
+
+
+def test_the_hand_over_keeps_the_newest_frames_when_the_loop_is_behind():
+    """`_deliver` runs on the loop: past MAX_QUEUED_FRAMES the oldest go, the newest and the end-of-track stay."""
+    import asyncio
+
+    q: asyncio.Queue = asyncio.Queue()
+    before = decoders.frames_dropped_behind
+    for i in range(10):
+        decoders._deliver(q, i)
+    decoders._deliver(q, None)
+    got = [q.get_nowait() for _ in range(q.qsize())]
+    assert got == [7, 8, 9, None] and decoders.frames_dropped_behind == before + 7

@@ -81,6 +81,19 @@ def test_gaps_close_together_ask_for_one_keyframe(buffer_class):
     assert sum(pli for pli, _ in results) == 2
 
 
+def test_lasting_loss_asks_for_keyframes_ever_less_often(buffer_class):
+    """A packet lost every 6 frames for 10 s: every gap is skipped, but the keyframe requests back off (0.5, 1, 2, 4 s
+    apart) instead of 2 a second."""
+    clock = Clock()
+    buffer = buffer_class(capacity=512, is_video=True, clock=clock)
+    packets = [p for f in range(300) for p in frame_packets(f * PACKETS_PER_FRAME, f)]
+    lost = {f * PACKETS_PER_FRAME + 1 for f in range(6, 300, 6)}
+    before = loss.gaps_skipped
+    results = feed(buffer, [p for i, p in enumerate(packets) if i not in lost], clock)
+    assert loss.gaps_skipped - before >= 45
+    assert 4 <= sum(pli for pli, _ in results) <= 6
+
+
 def test_a_retransmission_in_time_fills_the_gap(buffer_class):
     clock = Clock()
     buffer = buffer_class(capacity=512, is_video=True, clock=clock)

@@ -14,7 +14,10 @@ It is idempotent, and leaves aiortc as it is (with a warning) where that name is
 It also replaces aiortc's `decoder_worker`, the loop each receiver's decoder thread runs, by `hand_over_worker`: the same
 loop, but each decoded frame reaches the track's queue with one `call_soon_threadsafe(put_nowait)` instead of
 `run_coroutine_threadsafe(queue.put(frame))`, which made the event loop's thread create a Task, run a coroutine and
-settle two futures for every frame of every stream (BENCHMARKS.md, "WebRTC ingest": the decode floor).
+settle two futures for every frame of every stream (BENCHMARKS.md, "WebRTC ingest": the decode floor). The track's
+queue was unbounded: a loop running behind its decoders (48 overloaded streams) let decoded frames pile up there, over
+a gigabyte at the peak; `hand_over_worker` keeps at most `MAX_QUEUED_FRAMES` per track, dropping the oldest, as the
+newest-wins buffer behind it would.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from typing import Any, cast
 import av
 from av.video.codeccontext import VideoCodecContext
 
-__all__ = ["FFmpegVideoDecoder", "decoders_made", "hand_over_worker", "install"]
+__all__ = ["MAX_QUEUED_FRAMES", "FFmpegVideoDecoder", "decoders_made", "frames_dropped_behind", "hand_over_worker",
+           "install"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,12 @@ _VIDEO_TIME_BASE = Fraction(1, 90_000)  # the RTP video clock, as aiortc's own d
 
 _FFMPEG_DECODERS = {"video/vp8": "vp8", "video/h264": "h264"}
 """The MIME types we decode ourselves, and FFmpeg's decoder for each."""
+
+MAX_QUEUED_FRAMES = 4
+"""Decoded frames a track's queue holds for the loop at most; older ones are dropped when the loop is behind."""
+
+frames_dropped_behind = 0
+"""Decoded frames dropped because the loop had not taken the older ones yet (the tests and benchmarks read it)."""
 
 decoders_made: collections.Counter[str] = collections.Counter()
 """How many decoders `install()`'s wrapper has made, by FFmpeg decoder name (the tests read it)."""
@@ -57,10 +67,20 @@ class FFmpegVideoDecoder:
         return list(self.codec.decode(packet))
 
 
+def _deliver(output_q: asyncio.Queue, frame: Any) -> None:
+    """On the loop: queue a decoded frame, dropping the oldest ones beyond `MAX_QUEUED_FRAMES` (the end-of-track None
+    comes last and is never dropped)."""
+    global frames_dropped_behind
+    while output_q.qsize() >= MAX_QUEUED_FRAMES:
+        output_q.get_nowait()
+        frames_dropped_behind += 1
+    output_q.put_nowait(frame)
+
+
 def hand_over_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue, output_q: asyncio.Queue,
                      decode_error: threading.Event) -> None:
     """aiortc's `decoder_worker` (same arguments, same behaviour), handing frames to the loop at the cost of one
-    callback each. The track's queue is unbounded, so `put_nowait` is what `put` did; callbacks keep their order."""
+    callback each, the track's queue bounded (`_deliver`); callbacks keep their order."""
     from aiortc import rtcrtpreceiver
 
     codec_name = None
@@ -81,7 +101,7 @@ def hand_over_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue, outp
             decode_error.set()
             continue
         for frame in frames:
-            loop.call_soon_threadsafe(output_q.put_nowait, frame)
+            loop.call_soon_threadsafe(_deliver, output_q, frame)
     del decoder
 
 

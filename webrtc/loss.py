@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LOSS_WAIT_S", "PLI_INTERVAL_S", "RepairingJitterBuffer", "gaps_skipped", "install"]
+__all__ = ["LOSS_WAIT_S", "PLI_INTERVAL_S", "PLI_MAX_INTERVAL_S", "RepairingJitterBuffer", "gaps_skipped", "install"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ trips on a LAN."""
 PLI_INTERVAL_S = 0.5
 """Skips closer together than this report picture loss once: a keyframe asked for is on its way, and asking again
 while it comes would only add keyframes (large bursts) to a link that is already losing packets."""
+
+PLI_MAX_INTERVAL_S = 4.0
+"""While losses go on (a report within two intervals of the last), the interval doubles up to this: an overloaded
+receiver asking every stream for keyframes twice a second made the load worse (48 streams, BENCHMARKS.md)."""
 
 gaps_skipped = 0
 """Gaps skipped by every `RepairingJitterBuffer` (the tests and benchmarks read it)."""
@@ -60,6 +64,7 @@ def _make_class() -> type:
             self._stalled_since: float | None = None
             self._newest: int | None = None
             self._reported_at: float | None = None
+            self._interval = PLI_INTERVAL_S
 
         def add(self, packet: Any) -> tuple[bool, Any]:
             pli_flag, frame = super().add(packet)
@@ -75,8 +80,11 @@ def _make_class() -> type:
                 self._stalled_since = now
             elif now - self._stalled_since >= self.wait_s and self._skip_gap():
                 self._stalled_since = None
-                report = self._reported_at is None or now - self._reported_at >= PLI_INTERVAL_S
+                last = self._reported_at
+                report = last is None or now - last >= self._interval
                 if report:
+                    lossy = last is not None and now - last < 2 * self._interval
+                    self._interval = min(2 * self._interval, PLI_MAX_INTERVAL_S) if lossy else PLI_INTERVAL_S
                     self._reported_at = now
                 return pli_flag or report, self._remove_frame(packet.sequence_number)
             return pli_flag, frame
