@@ -315,13 +315,8 @@ def buffers_only(args: argparse.Namespace, clip: Path, width: int, height: int) 
     it (newest + 7 older, 2 s), fed on a simulated 30 fps clock for 3 s; RSS per added stream, with the older frames
     kept as decoded and kept at 512 px (`webrtc.buffer_older_max_side`), each in a fresh child process."""
     for older in (None, 512):
-        code = (
-            "import json, sys, gc\n"
-            "from pathlib import Path\n"
-            f"sys.path.insert(0, {str(ROOT)!r})\n"
-            "from scripts.bench_scale import proc_rss_mb, feed_buffers\n"
-            f"print(json.dumps(feed_buffers({str(clip)!r}, {args.streams!r}, {older!r})))\n"
-        )
+        code = (f"import json; from scripts.bench_scale import feed_buffers; "
+                f"print(json.dumps(feed_buffers({str(clip)!r}, {args.streams!r}, {older!r})))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         rows = json.loads(out.stdout.strip().splitlines()[-1])
