@@ -191,3 +191,45 @@ def test_a_kernel_cap_is_logged(caplog, monkeypatch):
         size = sockets.install(wanted=2 * rmem_max)
     assert size == max(262144, rmem_max)
     assert "net.core.rmem_max" in caplog.text and str(rmem_max // 1024) in caplog.text
+
+
+@pytest.mark.webrtc
+@pytest.mark.timeout(60)
+async def test_a_packet_lost_for_good_costs_a_keyframe_not_the_stream(webrtc_server):
+    """A real aiortc publisher whose one RTP packet (and every retransmission of it) never arrives: the server's
+    receiver skips the broken frame, asks the publisher's encoder for a keyframe, and frames keep coming. aiortc alone
+    stalls until 512 more packets have come (seconds at this bitrate) and the wait below fails."""
+    from aiortc.rtp import is_rtcp
+
+    from tests.fixtures.webrtc import CounterVideoTrack, publish
+    from tests.waiting import wait_until
+
+    track = CounterVideoTrack(320, 240, 30, moving=True)
+    async with publish(webrtc_server.url, track, source="cam", codec="VP8") as publisher:  # VP8 alone: no RTX
+        buffer = webrtc_server.get_buffer("cam")
+        await buffer.wait_for_frame(10)
+        sender = next(s for s in publisher.pc.getSenders() if s.track is track)
+        transport, lost, keyframes = sender.transport, [], []
+        send, send_keyframe = transport._send_rtp, sender._send_keyframe
+
+        async def lossy(data: bytes) -> None:
+            if not is_rtcp(data):
+                seq = int.from_bytes(data[2:4], "big")
+                if not lost and not data[1] & 0x80:  # a packet inside a frame (not its last)
+                    lost.append(seq)
+                if lost and seq == lost[0]:
+                    return  # lost, and so is every retransmission the NACK asks for
+            await send(data)
+
+        def keyframe_asked() -> None:
+            keyframes.append(buffer.latest().seq)
+            send_keyframe()
+
+        skipped = loss.gaps_skipped
+        transport._send_rtp = lossy
+        sender._send_keyframe = keyframe_asked
+        await wait_until(lambda: bool(lost), timeout=5, what="a packet to lose")
+        at_loss = buffer.latest().seq
+        after = await buffer.wait_for_frame(5, newer_than=at_loss + 15)
+    assert after.seq > at_loss + 15
+    assert loss.gaps_skipped > skipped and keyframes, (loss.gaps_skipped, skipped, keyframes)
