@@ -6,7 +6,7 @@ DTLS 20-63, RTP/RTCP 128-191), so `install_media_demux()` sends a datagram whose
 aioice's own fallback sends it.
 
 aioice sizes each media socket with `SO_RCVBUF` = `aioice.turn.UDP_SOCKET_BUFFER_SIZE` (256 KiB; Linux doubles it),
-read at every bind. `install(size)` raises that to `size` where the kernel grants it (`net.core.rmem_max` caps an
+read at every bind. `install(size)` sets it to `size` where the kernel grants it (`net.core.rmem_max` caps an
 unprivileged request; a warning says so). Measured here (BENCHMARKS.md, "Many streams in one daemon"), the default
 already holds 2.7 s of a 640x480 stream: datagrams are dropped only when the loop is seconds behind, and a larger
 buffer then turns loss into delay. With 8 MiB at 8 overloaded 720p streams each socket held 7 MB (13 s) of stale
@@ -79,11 +79,11 @@ def install(wanted: int | None = None) -> int | None:
     if wanted is None or (installed_rcvbuf is not None and current == installed_rcvbuf):
         return current
     granted = granted_rcvbuf(wanted)
-    size = max(current, min(wanted, granted))
+    size = min(wanted, granted)  # smaller than aioice's too: a shorter queue holds less stale media
     if granted < wanted:
         logger.warning(
-            "media sockets: asked the kernel for %d KiB of UDP receive buffer, it grants %d KiB "
-            "(net.core.rmem_max); at many streams raise it, e.g. `sysctl -w net.core.rmem_max=%d`",
+            "media sockets: webrtc.udp_receive_buffer_bytes asks for %d KiB of UDP receive buffer, the kernel grants "
+            "%d KiB (net.core.rmem_max); to get it: `sysctl -w net.core.rmem_max=%d`",
             wanted // 1024, granted // 1024, wanted,
         )
     else:
