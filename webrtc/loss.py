@@ -4,8 +4,10 @@ aiortc's receiver hands its decoder only whole frames, in order, from a jitter b
 never arrives (the kernel dropped it from a full socket buffer, and the one NACK aiortc sends for it was not answered
 in time) stops every later frame until 512 more packets have come, seconds at 640x480, and only then does the
 receiver send a PLI (picture loss indication). `RepairingJitterBuffer` gives a gap `LOSS_WAIT_S` for the NACK's
-retransmission; after that it drops the packets up to the end of the frame after the gap (the RTP marker bit) and
-reports picture loss, which aiortc's receiver turns into a PLI at once; the sender's keyframe repairs the picture.
+retransmission; after that it drops the packets up to the first frame end after the gap (an RTP marker bit), so the
+next frame starts clean, and reports picture loss, which aiortc's receiver turns into a PLI at once; the sender's
+keyframe repairs the picture. While losses go on the reports back off (`PLI_INTERVAL_S` doubling to
+`PLI_MAX_INTERVAL_S`), so an overloaded receiver does not add keyframe bursts to its load.
 Until it arrives the decoder sees frames whose reference is missing (brief artefacts, as after aiortc's own overflow).
 
 aiortc has no hook for its jitter buffer, so `install()` replaces the `JitterBuffer` name its receiver module imported
