@@ -101,3 +101,26 @@ def test_the_hand_over_keeps_the_newest_frames_when_the_loop_is_behind():
     decoders._deliver(q, None)
     got = [q.get_nowait() for _ in range(q.qsize())]
     assert got == [7, 8, 9, None] and decoders.frames_dropped_behind == before + 7
+
+
+def test_the_mailbox_holds_the_newest_frames_and_wakes_the_loop_once_while_it_is_busy():
+    """A decoder thread posting 100 frames while the loop is busy: one wake-up pending, the 4 newest kept, in order,
+    and the end of the track after them."""
+    import asyncio
+
+    async def run() -> tuple[list, int]:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        mailbox = decoders._Mailbox(loop, q)
+        scheduled = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda cb, *a: scheduled.append(cb) or real(cb, *a)  # type: ignore[method-assign]
+        thread = threading.Thread(target=lambda: ([mailbox.post(i) for i in range(100)], mailbox.end()))
+        thread.start()
+        thread.join()  # the loop has not run meanwhile: everything waits in the mailbox
+        got = [await asyncio.wait_for(q.get(), 5) for _ in range(5)]
+        return got, len(scheduled)
+
+    got, wakeups = asyncio.run(run())
+    assert got == [96, 97, 98, 99, None]
+    assert wakeups == 2  # one drain, one end

@@ -12,12 +12,12 @@ aiortc has no hook for choosing a decoder, so `install()` wraps the `get_decoder
 It is idempotent, and leaves aiortc as it is (with a warning) where that name is gone or FFmpeg lacks a decoder.
 
 It also replaces aiortc's `decoder_worker`, the loop each receiver's decoder thread runs, by `hand_over_worker`: the same
-loop, but each decoded frame reaches the track's queue with one `call_soon_threadsafe(put_nowait)` instead of
-`run_coroutine_threadsafe(queue.put(frame))`, which made the event loop's thread create a Task, run a coroutine and
-settle two futures for every frame of every stream (BENCHMARKS.md, "WebRTC ingest": the decode floor). The track's
-queue was unbounded: a loop running behind its decoders (48 overloaded streams) let decoded frames pile up there, over
-a gigabyte at the peak; `hand_over_worker` keeps at most `MAX_QUEUED_FRAMES` per track, dropping the oldest, as the
-newest-wins buffer behind it would.
+loop, but decoded frames reach the track's queue through a small mailbox and one `call_soon_threadsafe` per wake-up
+instead of `run_coroutine_threadsafe(queue.put(frame))`, which made the event loop's thread create a Task, run a
+coroutine and settle two futures for every frame of every stream (BENCHMARKS.md, "WebRTC ingest": the decode floor).
+aiortc's hand-over was unbounded too: a loop running behind its decoders (48 overloaded streams) let decoded frames
+pile up in its callbacks and the track's queue, over a gigabyte at the peak; the mailbox and the queue keep at most
+`MAX_QUEUED_FRAMES` each per track, dropping the oldest, as the newest-wins buffer behind them would.
 """
 
 from __future__ import annotations
@@ -77,18 +77,60 @@ def _deliver(output_q: asyncio.Queue, frame: Any) -> None:
     output_q.put_nowait(frame)
 
 
+class _Mailbox:
+    """The frames one decoder thread has handed over and the loop has not taken yet: at most `MAX_QUEUED_FRAMES`
+    (the oldest go), and at most one wake-up of the loop pending. A callback per frame would hold every frame decoded
+    while the loop is behind in the loop's own queue, unbounded, and wake it once per frame."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, output_q: asyncio.Queue) -> None:
+        self.loop, self.output_q = loop, output_q
+        self.frames: collections.deque[Any] = collections.deque(maxlen=MAX_QUEUED_FRAMES)
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, frame: Any) -> None:
+        """From the decoder thread."""
+        global frames_dropped_behind
+        with self.lock:
+            if len(self.frames) == self.frames.maxlen:
+                frames_dropped_behind += 1
+            self.frames.append(frame)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self.drain)
+
+    def drain(self) -> None:
+        """On the loop: move the waiting frames to the track's queue."""
+        with self.lock:
+            frames = list(self.frames)
+            self.frames.clear()
+            self.scheduled = False
+        for frame in frames:
+            _deliver(self.output_q, frame)
+
+    def end(self) -> None:
+        """From the decoder thread: the track has ended (after any frames still waiting)."""
+        self.loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        self.drain()
+        self.output_q.put_nowait(None)
+
+
 def hand_over_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue, output_q: asyncio.Queue,
                      decode_error: threading.Event) -> None:
-    """aiortc's `decoder_worker` (same arguments, same behaviour), handing frames to the loop at the cost of one
-    callback each, the track's queue bounded (`_deliver`); callbacks keep their order."""
+    """aiortc's `decoder_worker` (same arguments, same behaviour), handing frames to the loop through a `_Mailbox`:
+    at most one callback pending and `MAX_QUEUED_FRAMES` frames held per track, in order."""
     from aiortc import rtcrtpreceiver
 
+    mailbox = _Mailbox(loop, output_q)
     codec_name = None
     decoder: Any = None
     while True:
         task = input_q.get()
         if task is None:
-            loop.call_soon_threadsafe(output_q.put_nowait, None)  # the track has ended
+            mailbox.end()
             break
         codec, encoded_frame = task
         if codec.name != codec_name:
@@ -101,7 +143,7 @@ def hand_over_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue, outp
             decode_error.set()
             continue
         for frame in frames:
-            loop.call_soon_threadsafe(_deliver, output_q, frame)
+            mailbox.post(frame)
     del decoder
 
 
