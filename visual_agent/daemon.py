@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .agent import VisualAgent
 from .broker import EmbeddedBroker
 from .config import Config
+from .console import Console
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
@@ -94,6 +95,8 @@ class Daemon:
         self.rules: RuleEngine | None = None
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
+        self.console = Console(self)
+        """The page's console API (`visual_agent/console`): state, snapshots, rules."""
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -105,6 +108,7 @@ class Daemon:
             from webrtc import WebRTCServer
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
+            self.console.mount(self.driver)
             telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
@@ -199,6 +203,7 @@ class Daemon:
             await driver.broadcast(source, json.dumps({"type": "rule", **state}))
 
         self.rules.on_state.append(to_page)
+        self.console.watch_rules(self.rules)
         await self.rules.start()
         if self.messager is not None:
             host, port = self.messager.host, self.messager.port

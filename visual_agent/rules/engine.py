@@ -123,6 +123,9 @@ class RuleEngine:
                                          "errors": 0, "events": 0, "rule_sets": 0, "rule_sets_refused": 0}
         self.on_state: list[Any] = []
         """Called with (source, state JSON) after each publish (the page's live list uses it)."""
+        self.on_event: list[Any] = []
+        """Called with (event JSON, evidence JPEG, look-back strip JPEG) at each change (the console keeps the
+        newest evidence of each rule); the JPEGs are None for an `off` event."""
         self._rules: dict[str, RuleRuntime] = {}
         self._budgets: dict[str, CallBudget] = {}
         self.lookbacks = agent.lookbacks
@@ -324,10 +327,19 @@ class RuleEngine:
             "model": rule.model, "checks": rule.checks, "model_s": None if rule.last_model_s is None else round(rule.last_model_s, 4),
             "lookback": [{"pts": t.pts, "age_s": round(max(0.0, time.monotonic() - t.received_at), 3)} for t in before],
         }
-        if self.publisher is None:
+        if self.publisher is None and not self.on_event:
             return
+        evidence, sheet = None, None
         if change.state is OnOff.ON:
             evidence, sheet = await asyncio.to_thread(_evidence, entry.frame, before)
+        for hook in list(self.on_event):
+            with contextlib.suppress(Exception):
+                result = hook(event, evidence, sheet)
+                if asyncio.iscoroutine(result):
+                    await result
+        if self.publisher is None:
+            return
+        if evidence is not None:
             await self.publisher.publish(self.topics.rule_evidence(cfg.source, cfg.name), evidence, retain=True)
             if sheet is not None:
                 await self.publisher.publish(self.topics.rule_lookback(cfg.source, cfg.name), sheet, retain=True)
