@@ -16,9 +16,11 @@ from tests.rules_scene import BRIGHT, DARK, BrightnessJudge, write_scene_clip
 from visual_agent.config import parse_config
 from visual_agent.daemon import Daemon
 
-__all__ = ["TOKEN", "console_daemon", "get_json"]
+__all__ = ["QUESTION_REPLY", "TOKEN", "console_daemon", "get_json"]
 
 TOKEN = "console-test-token-0123456789abcdef"
+QUESTION_REPLY = "I see a numbered test picture."
+"""What the stand-in answers to a question (rule checks get the brightness judge's JSON)."""
 
 
 @contextlib.asynccontextmanager
@@ -27,7 +29,8 @@ async def console_daemon(tmp_path: Path, stub_llm: Any, *, mosquitto: Any = None
                          extra: dict[str, Any] | None = None) -> AsyncIterator[Daemon]:
     """A started daemon (token `TOKEN`) with source `door` (a 4-second dark/bright/dark clip, looping)."""
     clip = write_scene_clip(tmp_path / "door.mp4", [(1.0, DARK), (2.0, BRIGHT), (1.0, DARK)], width=320, height=240)
-    stub_llm.reply_fn = BrightnessJudge()
+    judge = BrightnessJudge()
+    stub_llm.reply_fn = lambda body: judge(body) if "structured_outputs" in body else QUESTION_REPLY
     mqtt = ({"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix} if mosquitto is not None
             else {"enabled": False})
     config = parse_config({

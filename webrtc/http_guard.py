@@ -29,13 +29,15 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["DeadlineSite", "HttpGuard", "bearer_token_ok", "content_security_policy", "inline_styles"]
+__all__ = ["PAGE_SCRIPTS", "DeadlineSite", "HttpGuard", "bearer_token_ok", "content_security_policy", "inline_styles"]
 
 logger = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/", "/app.js", "/healthz", "/favicon.ico"})
-"""Paths anyone who passes the Host check may GET: the page (it reads its token from the URL fragment) and
-the health summary."""
+PAGE_SCRIPTS = ("app.js", "console.js", "rules.js", "timeline.js")
+"""The page's scripts (``static/``), in the order index.html loads them."""
+PUBLIC_PATHS = frozenset({"/", *(f"/{s}" for s in PAGE_SCRIPTS), "/healthz", "/favicon.ico"})
+"""Paths anyone who passes the Host check may GET: the page and its scripts (it reads its token from the URL
+fragment) and the health summary."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON_PATHS = frozenset({"/offer", "/webrtc-config", "/healthz"})
 _WILDCARDS = ("0.0.0.0", "::", "")

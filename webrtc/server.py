@@ -3,7 +3,8 @@
 Endpoints (ARCHITECTURE.md):
 
 =========================  ===================================================================
-``GET /``                  the browser page (``static/index.html``; its script is ``GET /app.js``)
+``GET /``                  the browser page (``static/index.html``; its scripts ``GET /app.js``, ``/console.js``,
+                           ``/rules.js``, ``/timeline.js``)
 ``GET /webrtc-config``     ICE servers and limits for the page (TURN credentials included)
 ``POST /offer``            JSON ``{"sdp", "type": "offer", "source"?, "replaces"?}`` -> ``{"sdp", "type":
                            "answer", "peer_id", "source", "session_secret"}``
@@ -49,7 +50,7 @@ from .config import SourceConfig, WebRTCConfig, validate_source_name
 from .errors import PeerNotFoundError, SignalingError, TooManyPeersError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
 from .heap import trim_heap
-from .http_guard import DeadlineSite, HttpGuard, content_security_policy, inline_styles
+from .http_guard import PAGE_SCRIPTS, DeadlineSite, HttpGuard, content_security_policy, inline_styles
 from .ice import restrict_host_addresses
 from .peers import PeerKind, PeerSession
 from .sdp import add_bitrate_hint, check_offer_sdp
@@ -308,7 +309,8 @@ class WebRTCServer:
         r = self.app.router
         if self.config.serve_page:
             r.add_get("/", self._handle_index)
-            r.add_get("/app.js", self._handle_static)
+            for script in PAGE_SCRIPTS:
+                r.add_get(f"/{script}", self._handle_static)
         r.add_get("/webrtc-config", self._handle_page_config)
         r.add_post("/offer", self._handle_offer)
         r.add_post("/whip", self._handle_whip)
@@ -579,7 +581,7 @@ class WebRTCServer:
         return web.Response(text=_static_text("index.html"), content_type="text/html")
 
     async def _handle_static(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=_static_text("app.js"), content_type="application/javascript")
+        return web.Response(text=_static_text(request.path.lstrip("/")), content_type="application/javascript")
 
     async def _handle_page_config(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({

@@ -1,0 +1,154 @@
+"""The console page in headless Chromium against a real daemon (a looping file source, mosquitto, the STAND-IN
+model): on a phone, open the printed URL, see every source and its state, set up a rule, watch it turn on with its
+evidence, find the event afterwards; on a desktop, publish this browser's camera under a name that survives a
+reload and ask about another source; the token and LLM states say what to do. Screenshots go to
+`test-artifacts/screenshots/` (tests/fixtures/screens.py).
+
+The phone runs under the page's real Content-Security-Policy (`bypass_csp=False`), so the waits use locators,
+not evaluated strings.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.console_daemon import QUESTION_REPLY, TOKEN, console_daemon
+from tests.fixtures.screens import DESKTOP, PHONE
+
+pytestmark = [pytest.mark.browser, pytest.mark.webrtc, pytest.mark.mqtt, pytest.mark.timeout(150)]
+
+LAMP_QUESTION = "Is the light on?"
+
+
+async def test_console_phone_sees_sources_sets_a_rule_watches_it_turn_on_and_finds_the_event(
+        tmp_path, stub_llm, running_mosquitto, topic_prefix, chromium, screenshots_dir):
+    async with console_daemon(tmp_path, stub_llm, mosquitto=running_mosquitto, prefix=topic_prefix) as daemon:
+        context = await chromium.new_context(**PHONE, bypass_csp=False)
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text)
+                if m.type == "error" and not m.text.startswith("Failed to load resource") else None)  # 400s, 404s
+        try:
+            await page.goto(daemon.driver.page_url())  # the URL the daemon prints, token in the fragment
+            tile = page.locator(".tile[data-source=door]")
+            await tile.locator("img.shot:not(.hidden)").wait_for(timeout=20000)  # a live snapshot
+            assert "live" in await tile.inner_text() and "fps" in await tile.inner_text()
+            await page.locator("#chip-llm.ok").wait_for(timeout=15000)
+            await page.locator("#chip-broker.ok").wait_for(timeout=15000)
+            assert await page.inner_text("#chip-token") == "token accepted"
+            assert "Press Connect" in await page.inner_text("#notice")
+            assert "#token=" not in page.url  # moved out of the address bar
+            await page.screenshot(path=str(screenshots_dir / "phone-1-sources.png"))
+
+            await page.click("#rule-new")
+            await page.fill("#rule-name", "lamp")
+            await page.select_option("#rule-source", "door")
+            await page.fill("#rule-question", LAMP_QUESTION)
+            await page.fill("#rule-every", "0.1")  # under the minimum: refused with rules/set's message
+            await page.click("#rule-save")
+            error = page.locator("#rule-error")
+            await page.locator("#rule-error:not(:empty)").wait_for(timeout=10000)
+            assert "check_every_s" in await error.inner_text() and "0.5" in await error.inner_text()
+            assert daemon.rules.rules() == []
+            await page.locator("#rule-form").screenshot(path=str(screenshots_dir / "phone-2-rule-refused.png"))
+            for field, value in [("#rule-every", "0.5"), ("#rule-on", "1"), ("#rule-off", "1"),
+                                 ("#rule-cooldown", "0"), ("#rule-lookback", "1")]:
+                await page.fill(field, value)
+            await page.click("#rule-save")
+            await page.locator("#rule-form.hidden").wait_for(state="attached", timeout=10000)
+            rule = page.locator("#rule-lamp")
+            await rule.wait_for(timeout=10000)
+            assert [r.config.name for r in daemon.rules.rules()] == ["lamp"]
+
+            await page.locator("#rule-lamp.on").wait_for(timeout=40000)  # the clip turns bright
+            await rule.locator("img:not(.hidden):not(.strip)").wait_for(timeout=10000)  # its evidence
+            await rule.locator("img.strip:not(.hidden)").wait_for(timeout=10000)  # and the look-back strip
+            text = await rule.inner_text()
+            assert "lamp: on" in text and "mean brightness" in text and "since" in text
+            await rule.scroll_into_view_if_needed()
+            await page.screenshot(path=str(screenshots_dir / "phone-3-rule-on.png"))
+
+            if not _has_route(daemon, "/events"):  # no event store in this daemon: the panel is hidden, not empty
+                assert await page.locator("#timeline-section.hidden").count() == 1
+            else:
+                await page.locator("#timeline-section:not(.hidden)").wait_for(timeout=10000)
+                await page.select_option("#tl-kind", "rule")
+                await page.fill("#tl-q", "brightness")
+                found = page.locator(".event[data-kind=rule]").first
+                await found.wait_for(timeout=20000)
+                assert "lamp" in await found.inner_text()
+                await found.scroll_into_view_if_needed()
+                await page.screenshot(path=str(screenshots_dir / "phone-4-timeline.png"))
+                await found.locator("button").click()  # ask about this
+                assert (await page.input_value("#question")).startswith("About ")
+                assert await page.input_value("#ask-source") == "door"
+            assert errors == []
+        finally:
+            await context.close()
+
+
+async def test_console_desktop_keeps_its_camera_name_across_a_reload_and_asks_about_another_source(
+        tmp_path, stub_llm, running_mosquitto, topic_prefix, chromium, screenshots_dir):
+    async with console_daemon(tmp_path, stub_llm, mosquitto=running_mosquitto, prefix=topic_prefix) as daemon:
+        context = await chromium.new_context(**DESKTOP)
+        page = await context.new_page()
+        try:
+            await page.goto(daemon.driver.page_url())
+            name = await page.input_value("#source")
+            assert name.startswith("cam-")
+            await page.click("#connect")
+            await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'",
+                                         timeout=20000)
+            await page.locator(f".tile[data-source={name}] img.shot:not(.hidden)").wait_for(timeout=20000)
+            assert "(this device)" in await page.inner_text(f".tile[data-source={name}]")
+            await page.locator(".tile[data-source=door] button").click()  # Ask about door
+            assert await page.input_value("#ask-source") == "door"
+            await page.fill("#question", "What do you see?")
+            await page.click("#ask-button")
+            await page.wait_for_selector(".answer.done", timeout=20000)
+            assert await page.inner_text(".answer.done .text") == QUESTION_REPLY
+            assert "(door)" in await page.inner_text(".answer.done .q")
+            await page.screenshot(path=str(screenshots_dir / "desktop-1-console.png"), full_page=True)
+
+            await page.reload()  # the same name, and the old session is replaced, not refused
+            assert await page.input_value("#source") == name
+            await page.click("#connect")
+            await page.wait_for_function("window.agentPage.state === 'connected'", timeout=20000)
+            assert await page.evaluate("window.agentPage.source") == name
+            assert [p.source for p in daemon.driver.peers()] == [name]
+        finally:
+            await context.close()
+
+
+async def test_console_says_what_to_do_without_a_token_with_a_wrong_one_and_with_the_llm_down(
+        tmp_path, stub_llm, chromium, screenshots_dir):
+    async with console_daemon(tmp_path, stub_llm) as daemon:
+        context = await chromium.new_context(**PHONE)
+        page = await context.new_page()
+        try:
+            await page.goto(f"{daemon.driver.url}/")
+            await page.locator("#notice.bad").wait_for(timeout=10000)
+            assert "needs its token" in await page.inner_text("#notice")
+            await page.screenshot(path=str(screenshots_dir / "phone-token-needed.png"))
+            await page.goto(f"{daemon.driver.url}/#token=not-{TOKEN}")
+            await page.wait_for_function("document.getElementById('notice').innerText.includes('refused')",
+                                         timeout=10000)
+            assert await page.inner_text("#chip-token") == "token refused"
+        finally:
+            await context.close()
+        await stub_llm.close()  # the LLM goes away: the probe of a new daemon finds it unreachable
+    async with console_daemon(tmp_path, stub_llm) as daemon:
+        context = await chromium.new_context(**PHONE)
+        page = await context.new_page()
+        try:
+            await page.goto(daemon.driver.page_url())
+            await page.locator("#chip-llm.bad").wait_for(timeout=20000)
+            assert "does not answer" in await page.inner_text("#notice")
+            await page.screenshot(path=str(screenshots_dir / "phone-llm-down.png"))
+        finally:
+            await context.close()
+
+
+def _has_route(daemon, path: str) -> bool:
+    return any(r.canonical == path for r in daemon.driver.app.router.resources())
