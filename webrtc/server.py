@@ -46,6 +46,7 @@ from typing import Any
 from aiohttp import web
 
 from . import decoders
+from .addresses import reachable_hosts
 from .config import SourceConfig, WebRTCConfig, validate_source_name
 from .errors import PeerNotFoundError, SignalingError, TooManyPeersError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
@@ -108,6 +109,7 @@ class WebRTCServer:
         self._started_at: float | None = None
         self._closed = False
         self._port: int | None = None
+        self._certificate_names: list[str] = []
         for source in self.sources:
             self.buffers[source.name] = self._new_buffer(source.name)
         self._add_routes()
@@ -130,6 +132,7 @@ class WebRTCServer:
 
             ssl_context = server_ssl_context(c.tls_certfile, c.tls_keyfile)
             cert_names = certificate_names(c.tls_certfile)
+        self._certificate_names = list(cert_names)
         self.guard = HttpGuard(token=c.auth_token, tls=c.tls, bound_host=c.host, allowed_hosts=c.allowed_hosts,
                                certificate_names=cert_names,
                                csp=content_security_policy(inline_styles(_static_text("index.html"))))
@@ -203,9 +206,17 @@ class WebRTCServer:
         return f"{'https' if self.config.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def page_url(self, host: str | None = None) -> str:
-        """The page's URL with the token in its fragment (``/#token=...``): for the user's terminal, never a log."""
-        base = self.url if host is None else f"{'https' if self.config.tls else 'http'}://{host}:{self.port}"
+        """The page's URL with the token in its fragment (``/#token=...``): for the user's terminal, never a log.
+
+        With no `host`, a server bound to every interface names the first of `page_hosts()` (a certificate name or
+        a LAN address), which a phone can open, instead of ``0.0.0.0``."""
+        host = host or self.page_hosts()[0]
+        base = f"{'https' if self.config.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}"
         return f"{base}/#token={self.config.auth_token}" if self.config.auth_token else f"{base}/"
+
+    def page_hosts(self) -> list[str]:
+        """Where the page can be opened, best first (`webrtc.addresses.reachable_hosts`)."""
+        return reachable_hosts(self.config.host, self._certificate_names)
 
     # --- the daemon's API ----------------------------------------------------------------------
 

@@ -1,0 +1,31 @@
+"""The printed page URL names a host a phone can open: the certificate's name, else a LAN address, never 0.0.0.0."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.pki import TestCA
+from webrtc import WebRTCConfig, WebRTCServer
+from webrtc.addresses import lan_addresses, reachable_hosts
+
+pytestmark = [pytest.mark.webrtc]
+
+
+async def test_console_page_url_of_a_wildcard_server_names_the_certificate(tmp_path):
+    cert, key = TestCA(tmp_path).issue("server", ["camera-box.lan", "localhost", "127.0.0.1"])
+    config = WebRTCConfig(host="0.0.0.0", port=0, tls_certfile=str(cert), tls_keyfile=str(key), auth_token="t" * 32)
+    async with WebRTCServer(config) as server:
+        assert server.page_url() == f"https://camera-box.lan:{server.port}/#token={'t' * 32}"
+        assert server.page_hosts()[0] == "camera-box.lan" and "0.0.0.0" not in server.page_hosts()
+
+
+async def test_console_page_url_of_a_wildcard_server_without_tls_names_a_lan_address():
+    async with WebRTCServer(WebRTCConfig(host="0.0.0.0", port=0, auth_token="t" * 32)) as server:
+        host = server.page_hosts()[0]
+        assert host != "0.0.0.0" and server.page_url() == f"http://{host}:{server.port}/#token={'t' * 32}"
+        assert host in lan_addresses() or (not lan_addresses() and host == "127.0.0.1")
+
+
+def test_console_reachable_hosts_keeps_a_named_host_and_skips_wildcard_names():
+    assert reachable_hosts("127.0.0.1", ["camera-box.lan"]) == ["127.0.0.1"]
+    assert reachable_hosts("::", ["*.lan", "localhost", "cam.example"])[0] == "cam.example"
