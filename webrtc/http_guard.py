@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .plain_http import TlsOrHint
+
 __all__ = ["PAGE_SCRIPTS", "DeadlineSite", "HttpGuard", "bearer_token_ok", "content_security_policy", "inline_styles"]
 
 logger = logging.getLogger(__name__)
@@ -250,10 +252,16 @@ class DeadlineSite(web.TCPSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        self._server = await loop.create_server(
-            lambda: _DeadlineProtocol(server(), self), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, ssl_handshake_timeout=self.header_timeout_s if self._ssl_context else None,
-        )
+        def serve() -> asyncio.BaseProtocol:
+            return _DeadlineProtocol(server(), self)
+
+        if self._ssl_context is None:
+            self._server = await loop.create_server(serve, self._host, self._port, backlog=self._backlog)
+        else:  # TLS, or a redirect to https for a plain http:// request (plain_http.py)
+            context, timeout = self._ssl_context, self.header_timeout_s
+            self._server = await loop.create_server(
+                lambda: TlsOrHint(serve, context, handshake_timeout_s=timeout), self._host, self._port,
+                backlog=self._backlog)
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
