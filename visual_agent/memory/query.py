@@ -58,10 +58,16 @@ def words(text: str, *, drop_stop_words: bool = False) -> list[str]:
     return out
 
 
-def match_expression(terms: list[str], *, any_term: bool = False) -> str:
-    """An FTS5 MATCH string of quoted terms: all of them (AND), or with `any_term` any (OR)."""
+def match_expression(terms: list[str], *, any_term: bool = False, source: str | None = None) -> str:
+    """An FTS5 MATCH string of quoted terms: all of them (AND), or with `any_term` any (OR); with `source`, only in
+    rows whose source column holds the source name's words as a phrase."""
     quoted = ['"' + t.replace('"', '""') + '"' for t in terms]
-    return (" OR " if any_term else " AND ").join(quoted)
+    expression = (" OR " if any_term else " AND ").join(quoted)
+    source_words = words(source) if source else []
+    if not source_words:
+        return expression
+    phrase = '"' + " ".join(source_words).replace('"', '""') + '"'
+    return f"source : {phrase} AND ({expression})"
 
 
 @dataclass(frozen=True, slots=True)

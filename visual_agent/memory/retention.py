@@ -15,7 +15,7 @@ from .schema import IMAGE_SLOTS, rollback, used_bytes
 
 __all__ = ["DEFAULT_BATCH", "Retention"]
 
-DEFAULT_BATCH = 200
+DEFAULT_BATCH = 100
 """Events deleted per step."""
 _VACUUM_PAGES = 256
 """Free pages handed back to the file system per step (incremental vacuum)."""

@@ -4,7 +4,8 @@ WAL mode: readers never wait for the writer, and a committed event survives the 
 in the file system before `commit` returns; `synchronous=NORMAL` leaves only a power cut able to lose the newest
 commits). `auto_vacuum=INCREMENTAL` lets retention hand freed pages back a few at a time. Images live in their own
 table keyed ``event_id * IMAGE_SLOTS + n`` (n = 0: the thumbnail, 1..: a rule's look-back strip), so listing events
-never reads a JPEG and deleting an event's images is one range.
+never reads a JPEG and deleting an event's images is one range. The source is in the text index too (weight 0 in the
+ranking), so a text search on one source narrows inside the index; the exact source filter still applies.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ CREATE INDEX IF NOT EXISTS events_at ON events(at);
 CREATE INDEX IF NOT EXISTS events_source_at ON events(source, at);
 CREATE TABLE IF NOT EXISTS images (key INTEGER PRIMARY KEY, jpeg BLOB NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(
-    text, question, rule, content='events', content_rowid='id', tokenize='porter unicode61'
+    text, question, rule, source, content='events', content_rowid='id', tokenize='porter unicode61'
 );
 CREATE TRIGGER IF NOT EXISTS events_fts_insert AFTER INSERT ON events BEGIN
-    INSERT INTO events_fts(rowid, text, question, rule) VALUES (new.id, new.text, new.question, new.rule);
+    INSERT INTO events_fts(rowid, text, question, rule, source) VALUES (new.id, new.text, new.question, new.rule, new.source);
 END;
 CREATE TRIGGER IF NOT EXISTS events_fts_delete AFTER DELETE ON events BEGIN
-    INSERT INTO events_fts(events_fts, rowid, text, question, rule) VALUES ('delete', old.id, old.text, old.question, old.rule);
+    INSERT INTO events_fts(events_fts, rowid, text, question, rule, source)
+    VALUES ('delete', old.id, old.text, old.question, old.rule, old.source);
 END;
 """
 

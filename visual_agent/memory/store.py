@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 READERS = 2
 """Read connections (threads) at once: queries beyond them wait their turn instead of opening more."""
 _SECONDS_PER_DAY = 86400.0
+SEARCH_CANDIDATES = 1000
+"""Matches of a search ranked at most (the newest first)."""
+ID_WINDOW_SLACK_S = 600.0
+"""How far an event's time may lie from the time it was written (see `EventStore._id_window`)."""
 
 
 class EventStore:
@@ -55,7 +59,7 @@ class EventStore:
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._closed = False
+        self._thumbnailer = Thumbnailer(self.config.thumbnail_max_side, self.config.thumbnail_quality)
 
     def __repr__(self) -> str:
         return f"EventStore({str(self.path)!r}, {'open' if self.is_open else 'closed'})"
@@ -73,8 +77,7 @@ class EventStore:
             return True
         cfg = self.config
         retention = Retention(max_age_s=cfg.retention_days * _SECONDS_PER_DAY, max_bytes=int(cfg.max_mb * 1024 * 1024))
-        writer = EventWriter(self.path, retention, Thumbnailer(cfg.thumbnail_max_side, cfg.thumbnail_quality),
-                             queue_max=cfg.queue_max)
+        writer = EventWriter(self.path, retention, self._thumbnailer, queue_max=cfg.queue_max)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             writer.start()
@@ -127,6 +130,11 @@ class EventStore:
             return future
         return writer.submit(event)
 
+    def make_thumbnail(self, image: Any) -> bytes:
+        """The stored form of `image` (a frame, an RGB array or a JPEG): a JPEG of at most
+        `storage.thumbnail_max_side` (blocking: call it in a worker thread)."""
+        return self._thumbnailer.thumbnail(image)
+
     async def write(self, event: Event) -> int:
         """Queue `event` and wait until it is written; its id. Raises when it was dropped or the write failed."""
         return await asyncio.wrap_future(self.submit(event))
@@ -143,9 +151,10 @@ class EventStore:
         q = query or EventQuery()
         where, args = _filters(q, "e.")
         if q.q:
+            ids, id_args = self._id_window(q.since, q.until)
             sql = (f"SELECT {_prefixed('e.')} FROM events_fts JOIN events e ON e.id = events_fts.rowid "
-                   f"WHERE events_fts MATCH ?{where} ORDER BY events_fts.rowid DESC LIMIT ?")
-            args = [match_expression(words(q.q)), *args, q.limit]
+                   f"WHERE events_fts MATCH ?{ids}{where} ORDER BY events_fts.rowid DESC LIMIT ?")
+            args = [match_expression(words(q.q), source=q.source), *id_args, *args, q.limit]
         else:
             sql = f"SELECT {_prefixed('e.')} FROM events e WHERE 1{where} ORDER BY e.at DESC, e.id DESC LIMIT ?"
             args = [*args, q.limit]
@@ -153,15 +162,46 @@ class EventStore:
 
     def search(self, text: str, *, source: str | None = None, since: float | None = None, until: float | None = None,
                limit: int = 20) -> list[StoredEvent]:
-        """Events whose text best matches any word of `text` (FTS5 bm25: answers' own words weigh most), within the
-        filters; best first. Words like "when", "did", "the" are left out."""
+        """Events that best match the words of `text` within the filters, best first: those holding every word, then
+        those holding any, each ranked by FTS5's bm25 (an answer's own words weigh most). Words like "when", "did",
+        "the" are left out. Only the newest `SEARCH_CANDIDATES` matches of each kind are ranked, so a common word
+        over a long history costs no more than over a short one."""
         terms = words(text, drop_stop_words=True)
         if not terms:
             return []
         where, args = _filters(EventQuery(source=source, since=since, until=until), "e.")
-        sql = (f"SELECT {_prefixed('e.')} FROM events_fts JOIN events e ON e.id = events_fts.rowid "
-               f"WHERE events_fts MATCH ?{where} ORDER BY bm25(events_fts, 1.0, 0.3, 0.5) LIMIT ?")
-        return [row_to_event(r) for r in self._read(sql, [match_expression(terms, any_term=True), *args, limit])]
+        ids, id_args = self._id_window(since, until)
+        sql = (f"SELECT {_prefixed('e.')} FROM (SELECT rowid AS id, bm25(events_fts, 1.0, 0.3, 0.5, 0.0) AS score "
+               f"FROM events_fts WHERE events_fts MATCH ?{ids} ORDER BY rowid DESC LIMIT {SEARCH_CANDIDATES}) m "
+               f"JOIN events e ON e.id = m.id WHERE 1{where} ORDER BY m.score, e.id DESC LIMIT ?")
+        found: dict[int, StoredEvent] = {}
+        for any_term in ((False, True) if len(terms) > 1 else (False,)):
+            match = match_expression(terms, any_term=any_term, source=source)
+            for row in self._read(sql, [match, *id_args, *args, limit]):
+                event = row_to_event(row)
+                found.setdefault(event.id, event)
+            if len(found) >= limit:
+                break
+        return list(found.values())[:limit]
+
+    def _id_window(self, since: float | None, until: float | None) -> tuple[str, list[Any]]:
+        """A rowid range for the text index that holds every event of [since, until], found in the time index, so a
+        match in a short window never ranks the whole history. Ids grow in the order events are written and an
+        event is written within moments of its time, so `ID_WINDOW_SLACK_S` of slack on each side is ample; the
+        exact time filter still applies."""
+        clauses = ""
+        args: list[Any] = []
+        if since is not None:
+            row = self._read("SELECT id FROM events WHERE at >= ? ORDER BY at LIMIT 1", [since - ID_WINDOW_SLACK_S])
+            if not row:
+                return " AND 0", []
+            clauses, args = clauses + " AND events_fts.rowid >= ?", [*args, row[0][0]]
+        if until is not None:
+            row = self._read("SELECT id FROM events WHERE at <= ? ORDER BY at DESC LIMIT 1", [until + ID_WINDOW_SLACK_S])
+            if not row:
+                return " AND 0", []
+            clauses, args = clauses + " AND events_fts.rowid <= ?", [*args, row[0][0]]
+        return clauses, args
 
     def get(self, event_id: int) -> StoredEvent | None:
         rows = self._read(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", [int(event_id)])

@@ -33,6 +33,9 @@ BATCH_MAX = 64
 """Events inserted per transaction at most."""
 RETENTION_EVERY_S = 1.0
 """An idle writer checks the bounds this often."""
+RETENTION_PAUSE_S = 0.01
+"""Between two retention batches the writer waits this long (taking new events meanwhile), so a long sweep leaves
+the interpreter to the event loop most of the time."""
 
 
 class StoreUnavailableError(RuntimeError):
@@ -143,7 +146,7 @@ class EventWriter:
         next_sweep = 0.0
         more = False
         while True:
-            timeout = 0.0 if more else max(0.0, next_sweep - time.monotonic())
+            timeout = RETENTION_PAUSE_S if more else max(0.0, next_sweep - time.monotonic())
             try:
                 item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
