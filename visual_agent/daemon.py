@@ -23,6 +23,7 @@ from .console import Console
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
+from .memory.service import MemoryService
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
 from .rules import RuleControl, RuleDiscovery, RuleEngine
@@ -97,6 +98,8 @@ class Daemon:
         self.rules_messager: MqttMessager | None = None
         self.console = Console(self)
         """The page's console API (`visual_agent/console`): state, snapshots, rules."""
+        self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
+        """The event store, `GET /events` and `<prefix>/events/query` (`storage`)."""
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -109,6 +112,8 @@ class Daemon:
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
             self.console.mount(self.driver)
+            await self.memory.open()
+            self.memory.register_routes(self.driver.add_route)
             telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
@@ -126,6 +131,7 @@ class Daemon:
             await self.agent.start()
             await self._start_rules()
             await self._connect_mqtt()  # after the agent subscribed: `online` means questions are taken
+            await self.memory.start_mqtt(self.messager)
             self.driver.healthz_extra = self.health
             self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
         except BaseException as exc:
@@ -245,6 +251,7 @@ class Daemon:
             "agent": self.agent.describe_state() if self.agent else None,
             "rules": self.rules.describe() if self.rules else None,
             "lookback": self.agent.lookbacks.describe() if self.agent else None,
+            "storage": self.memory.health(),
         }
 
     async def close(self) -> None:
@@ -264,6 +271,7 @@ class Daemon:
             await self.rules.close()
         if self.agent is not None:
             await self.agent.close()
+        await self.memory.close()  # after the agent: its last answers are written
         if self.messager is not None:
             await self.messager.close()
         if self.driver is not None:

@@ -7,6 +7,8 @@ channel. Every route is served by the page's server behind its token guard (`Web
 | `GET /sources/<name>.jpg` | `snapshots.py` | the source's newest frame as a small JPEG (`ETag`: its frame seq) |
 | `GET/PUT/DELETE /api/rules[/<name>]` | `rules_api.py` | the rule set of `<prefix>/rules/set`, edited |
 | `GET /api/rules/<name>/evidence.jpg`, `lookback.jpg` | `rules_api.py` | the rule's newest `on` evidence |
+
+Rule changes also go into the event store (`rule_memory.py`), where the timeline (`GET /events`) finds them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .rule_memory import remember_rule_event
 from .rules_api import EvidenceStore, RulesApi
 from .snapshots import Snapshots
 from .state import console_state
@@ -44,8 +47,9 @@ class Console:
             driver.add_route(method, path, handler)
 
     def watch_rules(self, engine: Any) -> None:
-        """Keep each rule's newest evidence for the page."""
+        """Keep each rule's newest evidence for the page, and each change in the event store (the timeline)."""
         engine.on_event.append(self.evidence.keep)
+        engine.on_event.append(lambda event, evidence, sheet: remember_rule_event(self.daemon, event, evidence, sheet))
 
     async def state(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(console_state(self.daemon, evidence=self.evidence),
