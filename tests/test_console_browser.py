@@ -111,6 +111,16 @@ async def test_console_desktop_keeps_its_camera_name_across_a_reload_and_asks_ab
             assert "(door)" in await page.inner_text(".answer.done .q")
             await page.screenshot(path=str(screenshots_dir / "desktop-1-console.png"), full_page=True)
 
+            await page.click("#rule-new")  # a rule on the desktop too: its state, evidence and the timeline
+            for field, value in [("#rule-name", "lamp"), ("#rule-question", LAMP_QUESTION), ("#rule-every", "0.5"),
+                                 ("#rule-on", "1"), ("#rule-off", "1"), ("#rule-cooldown", "0")]:
+                await page.fill(field, value)
+            await page.select_option("#rule-source", "door")
+            await page.click("#rule-save")
+            await page.locator("#rule-lamp.on img:not(.hidden):not(.strip)").wait_for(timeout=40000)
+            await page.locator(".event[data-kind=rule]").first.wait_for(timeout=20000)
+            await page.screenshot(path=str(screenshots_dir / "desktop-2-rules-timeline.png"), full_page=True)
+
             await page.reload()  # the same name, and the old session is replaced, not refused
             assert await page.input_value("#source") == name
             await page.click("#connect")
@@ -152,3 +162,19 @@ async def test_console_says_what_to_do_without_a_token_with_a_wrong_one_and_with
 
 def _has_route(daemon, path: str) -> bool:
     return any(r.canonical == path for r in daemon.driver.app.router.resources())
+
+
+async def test_console_camera_says_when_it_delivers_fewer_fps_than_asked(tmp_path, stub_llm, chromium):
+    """Chromium's fake camera gives 30 fps (tests/fixtures/webrtc.py); asked for 60, the page says so."""
+    async with console_daemon(tmp_path, stub_llm) as daemon:
+        context = await chromium.new_context(**DESKTOP)
+        page = await context.new_page()
+        try:
+            await page.goto(daemon.driver.page_url().replace("/#", "/?res=640x480&fps=60&autostart=1#"))
+            await page.wait_for_function("document.getElementById('camera-note').innerText.includes('of the 60 asked')",
+                                         timeout=20000)
+            note = await page.inner_text("#camera-note")
+            delivered = int(note.split("delivers ")[1].split(" fps")[0])
+            assert 15 <= delivered < 51, note  # about the fake camera's 30, below 85 % of the 60 asked
+        finally:
+            await context.close()

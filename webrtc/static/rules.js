@@ -26,7 +26,8 @@ function ruleItem(name) {
   const strip = el("img", "strip hidden");
   strip.alt = `look-back before ${name} last turned on`;
   const noEvidence = el("span", "meta", "No evidence yet: it is kept when the rule turns on.");
-  evidence.append(shot, strip, noEvidence);
+  const caption = el("div", "meta caption hidden");
+  evidence.append(caption, shot, strip, noEvidence);
   const buttons = el("div", "row");
   const edit = el("button", "small", "Edit");
   edit.type = "button";
@@ -40,7 +41,7 @@ function ruleItem(name) {
   buttons.append(edit, remove, ask);
   li.append(line, question, detail, evidence, buttons);
   $("rules").appendChild(li);
-  item = rulesPanel.items[name] = { li, line, question, detail, shot, strip, noEvidence, edit, remove, urls: {} };
+  item = rulesPanel.items[name] = { li, line, question, detail, shot, strip, noEvidence, caption, edit, remove, urls: {} };
   return item;
 }
 
@@ -67,6 +68,8 @@ function drawRule(rule) {
 
 async function showEvidence(item, rule) {
   item.noEvidence.classList.toggle("hidden", !!rule.evidence);
+  item.caption.classList.toggle("hidden", !rule.evidence_at);
+  if (rule.evidence_at) item.caption.textContent = `Last turned on at ${sinceText(rule.evidence_at)}: the frame, and the seconds before it`;
   for (const [key, img] of [["evidence", item.shot], ["lookback", item.strip]]) {
     const url = rule[key];
     if (!url) { img.classList.add("hidden"); item.urls[key] = null; continue; }
