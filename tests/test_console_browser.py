@@ -52,7 +52,8 @@ async def test_console_phone_sees_sources_sets_a_rule_watches_it_turn_on_and_fin
             assert "check_every_s" in await error.inner_text() and "0.5" in await error.inner_text()
             assert daemon.rules.rules() == []
             await page.locator("#rule-form").screenshot(path=str(screenshots_dir / "phone-2-rule-refused.png"))
-            for field, value in [("#rule-every", "0.5"), ("#rule-on", "1"), ("#rule-off", "1"),
+            # off after 6 no's (3 s of dark): the clip's dark stretches last 2 s, so once on the rule stays on
+            for field, value in [("#rule-every", "0.5"), ("#rule-on", "1"), ("#rule-off", "6"),
                                  ("#rule-cooldown", "0"), ("#rule-lookback", "1")]:
                 await page.fill(field, value)
             await page.click("#rule-save")
