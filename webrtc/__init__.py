@@ -45,6 +45,7 @@ handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"
 candidates aioice offers, process-wide (see `webrtc.ice`).
 """
 
+from .addresses import WILDCARD_HOSTS, lan_addresses, reachable_hosts
 from .config import (
     DEFAULT_BUFFER_MAX_FRAMES,
     DEFAULT_BUFFER_MAX_SECONDS,
@@ -71,9 +72,10 @@ from .errors import (
     WebRTCError,
 )
 from .frame_buffer import BufferedFrame, BufferState, FrameBuffer, FrameBufferStats
-from .http_guard import DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
+from .http_guard import PAGE_SCRIPTS, DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
 from .ice import current_host_addresses, restrict_host_addresses
 from .peers import PeerKind, PeerSession
+from .plain_http import TlsOrHint
 from .server import DataMessageCallback, WebRTCDriver, WebRTCServer, names_preview
 from .sources import SourceRunner
 from .tls import certificate_names, server_ssl_context
@@ -86,6 +88,8 @@ __all__ = [
     "DEFAULT_MAX_PEERS",
     "DEFAULT_MAX_SOURCES",
     "DEFAULT_PORT",
+    "PAGE_SCRIPTS",
+    "WILDCARD_HOSTS",
     "BufferState",
     "BufferedFrame",
     "DataChannelClosedError",
@@ -105,6 +109,7 @@ __all__ = [
     "SourceError",
     "SourceKind",
     "SourceRunner",
+    "TlsOrHint",
     "TooManyPeersError",
     "WebRTCConfig",
     "WebRTCConfigError",
@@ -117,7 +122,9 @@ __all__ = [
     "current_host_addresses",
     "inline_styles",
     "is_loopback_host",
+    "lan_addresses",
     "names_preview",
+    "reachable_hosts",
     "restrict_host_addresses",
     "server_ssl_context",
 ]
