@@ -143,7 +143,7 @@ async def test_fuzz_offer_and_whip_never_500_nor_leak(webrtc_server, caplog):
                 await post("/offer", json.dumps({"type": "offer", "sdp": mutated}).encode(), "application/json")
                 await post("/offer", json.dumps(body, allow_nan=True).encode(), "application/json")
     assert 400 in seen
-    await wait_until(lambda: webrtc_server.peers() == [] and webrtc_server._pending == 0, timeout=10,
+    await wait_until(lambda: webrtc_server.peers() == [] and webrtc_server.registry.negotiating == 0, timeout=10,
                      what="no peer or pending session left")
     await wait_until(lambda: tasks_now() <= before, timeout=10, what="no task left")
     # aiortc's own connect task, started by setRemoteDescription, fails on an offer whose data channel section was
@@ -179,9 +179,9 @@ def _handful(seed: int = 11, n: int = 12) -> list[bytes]:
 @pytest.mark.timeout(90)
 async def test_fuzz_malformed_questions_each_get_one_error_answer(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     from tests.test_va_agent import running_agent
-    from visual_agent.agent import topics
+    from visual_agent.topics import Topics
 
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer = paho_peer("5")
     peer.subscribe(t["answer"])
     payloads = _handful()

@@ -202,6 +202,68 @@ async def test_webrtc_security_pending_flood_does_not_lock_out_publishers(webrtc
         await server.get_buffer("real").wait_for_frame(10)
 
 
+async def test_webrtc_security_pending_peers_from_many_addresses_do_not_lock_out_a_publisher(webrtc_server_factory):
+    """Finding: offers that never connect, two from each of 127.0.0.2-127.0.0.5 (under the per-address cap), held
+    all 8 peer slots and were made again as they timed out: a real publisher got 503 on every try. Must: the
+    pending cap covers the whole pending pool, and pending sessions that never connect yield to a publisher that
+    does. What the publisher saw (each HTTP answer, seconds until its first frame, a data-channel answer) is in
+    the assertion messages."""
+    server = await webrtc_server_factory(config(max_pending_per_client=2))  # max_peers: 8, connect_timeout_s: 10
+    server.on_data_message = lambda source, peer_id, text: server.send_data(peer_id, f"seen: {text}")
+    sdp = await offer_sdp()
+    flood: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def hold_slots(address: str) -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0))) as http:
+            while not stop.is_set():  # an offer again as soon as one is refused, timed out or pushed out
+                status = (await whip_post(http, server.url, sdp))[0]
+                flood[status] = flood.get(status, 0) + 1
+                if status != 201:
+                    await asyncio.sleep(0.05)
+
+    flooders = [asyncio.create_task(hold_slots(f"127.0.0.{i}"), name=f"flood-{i}") for i in range(2, 6)]
+    try:
+        await wait_until(lambda: flood.get(429, 0) + flood.get(503, 0) >= 8, what="the flood fills the slots")
+        seen: list[str] = []
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(40):  # several connect timeouts
+                while True:
+                    try:
+                        async with publish(server.url, CounterVideoTrack(160, 120), source="real") as pub:
+                            await server.get_buffer("real").wait_for_frame(10)
+                            connected_s = asyncio.get_running_loop().time() - started
+                            await pub.wait_open()
+                            pub.channel.send("hello")
+                            answer = await asyncio.wait_for(pub.messages.get(), 10)
+                            pending = sum(1 for p in server.peers() if not p.ever_connected)
+                            await _reconnect_at_first_try(server, pub)
+                            break
+                    except AssertionError as refused:  # publish() names the refusal: "POST /offer -> 503: ..."
+                        seen.append(str(refused).split(":")[0])
+                        await asyncio.sleep(0.5)
+        except TimeoutError:
+            pytest.fail(f"locked out for 40 s: {len(seen)} tries, answered {sorted(set(seen))}; flood answers {flood}")
+        assert answer == "seen: hello", (seen, answer)
+        assert pending <= server.config.max_pending, (pending, flood)  # one cap for the whole pending pool
+        print(f"publisher during the flood: {len(seen)} refusals {sorted(set(seen))}, first frame after {connected_s:.1f} s, "
+              f"data channel answered {answer!r}; flood answers {flood}")
+    finally:
+        stop.set()
+        await asyncio.gather(*flooders, return_exceptions=True)
+
+
+async def _reconnect_at_first_try(server: WebRTCServer, pub) -> None:
+    """The rightful publisher of a source (the old session's secret as proof) is never refused for lack of room."""
+    try:
+        async with publish(server.url, CounterVideoTrack(160, 120), source=pub.source, replaces=pub.secret) as again:
+            await wait_until(lambda: again.peer_id in [p.id for p in server.peers()]
+                             and pub.peer_id not in [p.id for p in server.peers()], what="the reconnect replaced it")
+    except AssertionError as refused:
+        pytest.fail(f"the source's own publisher was refused: {refused}")
+
+
 async def test_webrtc_security_pending_sessions_time_out(webrtc_server_factory):
     server = await webrtc_server_factory(config(connect_timeout_s=0.5, max_pending_per_client=1))
     sdp = await offer_sdp()

@@ -43,6 +43,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_PEER_IDLE_TIMEOUT_S = 10.0
 DEFAULT_MAX_SOURCES = 32
 DEFAULT_MAX_PENDING_PER_CLIENT = 2
+DEFAULT_MAX_PENDING = 4
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 10.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -194,6 +195,9 @@ class WebRTCConfig:
     """A pending peer (answered, not connected) is dropped after this many seconds (frees its slot)."""
     max_pending_per_client: int = DEFAULT_MAX_PENDING_PER_CLIENT
     """Most pending (not yet connected) peers per client IP address; more get HTTP 429."""
+    max_pending: int = DEFAULT_MAX_PENDING
+    """Most pending peers from all addresses together (so they never hold every peer slot); when full, the oldest
+    that had its chance to connect (5 s, at most half of connect_timeout_s) yields to a new offer, else HTTP 503."""
     max_sources: int = DEFAULT_MAX_SOURCES
     """Most sources made by peers (configured ones not counted); ended ones are freed oldest first, else HTTP 503."""
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
@@ -234,7 +238,7 @@ class WebRTCConfig:
             )
         if self.peer_idle_timeout_s is not None and self.peer_idle_timeout_s <= 0:
             raise WebRTCConfigError(f"webrtc.peer_idle_timeout_s must be > 0 or None, got {self.peer_idle_timeout_s!r}")
-        for name in ("max_pending_per_client", "max_sources"):
+        for name in ("max_pending_per_client", "max_pending", "max_sources"):
             if int(getattr(self, name)) < 1:
                 raise WebRTCConfigError(f"webrtc.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:

@@ -226,15 +226,28 @@ class DeadlineSite(web.TCPSite):
 
     The clock runs from the connection (TLS handshake included) and again from the end of each answer
     (so an idle keep-alive connection is closed after the same time); it stops while a request is handled.
+    aiohttp (3.14) has no request-head timeout of its own: `start` is `TCPSite.start` with the protocol factory
+    wrapped. It keeps its own copies of what it listens with; the one private attribute it writes is marked there.
     """
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, header_timeout_s: float,
-                 ssl_context: Any = None) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, shutdown_timeout=1.0)
+                 ssl_context: Any = None, backlog: int = 128) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog, shutdown_timeout=1.0)
+        self.web_runner = runner
+        self.listen_on = (host, port)
+        self.ssl_context = ssl_context
+        self.backlog = backlog
         self.header_timeout_s = header_timeout_s
+        self.listening: asyncio.Server | None = None
         self.connections: dict[Any, _DeadlineProtocol] = {}
         self.cut_off = 0
         """Connections closed for sending no request head in time."""
+
+    @property
+    def port(self) -> int:
+        """The bound port (the requested one before start)."""
+        sockets = self.listening.sockets if self.listening is not None else ()
+        return sockets[0].getsockname()[1] if sockets else self.listen_on[1]
 
     def request_started(self, transport: Any) -> None:
         proto = self.connections.get(transport)
@@ -247,23 +260,23 @@ class DeadlineSite(web.TCPSite):
             proto.arm()
 
     async def start(self) -> None:
-        # TCPSite.start with the protocol factory wrapped (aiohttp has no request-head timeout of its own)
-        await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
-        server = self._runner.server
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self.web_runner.server
         assert server is not None
         def serve() -> asyncio.BaseProtocol:
             return _DeadlineProtocol(server(), self)
 
-        if self._ssl_context is None:
-            self._server = await loop.create_server(serve, self._host, self._port, backlog=self._backlog)
+        host, port = self.listen_on
+        loop = asyncio.get_running_loop()
+        if self.ssl_context is None:
+            self.listening = await loop.create_server(serve, host, port, backlog=self.backlog)
         else:  # TLS, or a redirect to https for a plain http:// request (plain_http.py)
-            context, timeout = self._ssl_context, self.header_timeout_s
-            self._server = await loop.create_server(
-                lambda: TlsOrHint(serve, context, handshake_timeout_s=timeout), self._host, self._port,
-                backlog=self._backlog)
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+            context, timeout = self.ssl_context, self.header_timeout_s
+            self.listening = await loop.create_server(
+                lambda: TlsOrHint(serve, context, handshake_timeout_s=timeout), host, port, backlog=self.backlog)
+        # aiohttp's private attribute: `BaseSite.stop()` closes the server it finds in `_server` (pinned aiohttp
+        # range in pyproject.toml; tests/test_webrtc_server.py::test_deadline_site_aiohttp_internals fails if it moves).
+        self._server = self.listening
 
 
 _STYLE = re.compile(r"<style>(.*?)</style>", re.DOTALL)

@@ -7,8 +7,6 @@ channel. Every route is served by the page's server behind its token guard (`Web
 | `GET /sources/<name>.jpg` | `snapshots.py` | the source's newest frame as a small JPEG (`ETag`: its frame seq) |
 | `GET/PUT/DELETE /api/rules[/<name>]` | `rules_api.py` | the rule set of `<prefix>/rules/set`, edited |
 | `GET /api/rules/<name>/evidence.jpg`, `lookback.jpg` | `rules_api.py` | the rule's newest `on` evidence |
-
-Rule changes also go into the event store (`rule_memory.py`), where the timeline (`GET /events`) finds them.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .rule_memory import remember_rule_event
 from .rules_api import EvidenceStore, RulesApi
 from .snapshots import Snapshots
 from .state import console_state
@@ -29,8 +26,8 @@ __all__ = ["Console", "EvidenceStore", "RulesApi", "Snapshots", "console_state"]
 
 
 class Console:
-    """The console's routes for one daemon; `mount(driver)` before the driver starts, `watch_rules(engine)` once the
-    rule engine runs (its evidence is kept from then on)."""
+    """The console's routes for one daemon; `mount(driver)` before the driver starts, `watch(agent)` once the agent
+    exists (rule evidence is kept from then on)."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -46,10 +43,9 @@ class Console:
         for method, path, handler in self.rules.routes():
             driver.add_route(method, path, handler)
 
-    def watch_rules(self, engine: Any) -> None:
-        """Keep each rule's newest evidence for the page, and each change in the event store (the timeline)."""
-        engine.on_event.append(self.evidence.keep)
-        engine.on_event.append(lambda event, evidence, sheet: remember_rule_event(self.daemon, event, evidence, sheet))
+    def watch(self, agent: Any) -> None:
+        """Keep each rule's newest evidence for the page (`VisualAgent.observe`)."""
+        agent.observe(self.evidence.observe)
 
     async def state(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(console_state(self.daemon, evidence=self.evidence),

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..interfaces import AgentEvent, EventKind
 from ..rules import RuleSetError, parse_rule_set
 from ..rules.config import MAX_RULES_PAYLOAD_BYTES
 from ..topics import Topics
@@ -24,7 +25,10 @@ from ..topics import Topics
 if TYPE_CHECKING:
     from ..daemon import Daemon
 
-__all__ = ["EvidenceStore", "RulesApi"]
+__all__ = ["EVIDENCE_MAX_SIDE", "EvidenceStore", "RulesApi"]
+
+EVIDENCE_MAX_SIDE = 640
+"""Longest side of a rule's evidence picture, as the rule engine publishes it."""
 
 
 class EvidenceStore:
@@ -35,12 +39,16 @@ class EvidenceStore:
         self.daemon = daemon
         self._by_rule: dict[str, tuple[float, bytes, bytes | None]] = {}
 
-    def keep(self, event: dict[str, Any], evidence: bytes | None, sheet: bytes | None) -> None:
-        """The rule engine's `on_event` hook."""
-        if evidence is not None:
-            self._by_rule[event["rule"]] = (time.time(), evidence, sheet)
+    async def observe(self, event: AgentEvent) -> None:
+        """The agent's event observer: a rule that turned on leaves its frame (as JPEG, made in a worker thread)
+        and the look-back strip."""
+        change = event.rule
+        if event.kind is not EventKind.RULE or change is None or change.state != "on":
+            return
+        jpeg = await asyncio.to_thread(_evidence_jpeg, change.evidence.frame)
+        self._by_rule[change.rule] = (event.at, jpeg, change.lookback_jpeg)
         engine = self.daemon.rules
-        if engine is not None:
+        if engine is not None:  # a removed rule's evidence goes
             names = {r.config.name for r in engine.rules()}
             for name in [n for n in self._by_rule if n not in names]:
                 del self._by_rule[name]
@@ -142,6 +150,13 @@ class RulesApi:
         if jpeg is None:
             return _error(404, f"no {which} yet: it is kept when the rule turns on")
         return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _evidence_jpeg(frame: Any) -> bytes:
+    from encoders import JpegEncoder
+
+    jpeg: bytes = JpegEncoder(max_side=EVIDENCE_MAX_SIDE, quality=85).encode(frame)
+    return jpeg
 
 
 def _error(status: int, message: str) -> web.Response:
