@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 
-from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
+from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, ToolCallsEvent, Usage, UsageEvent
 from .config import OpenAICompatibleConfig, config_from
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ from .errors import (
     translate_openai_error,
 )
 from .messages import normalize_messages, to_openai_messages
-from .streaming import ToolCallAssembler, ToolCallsEvent, UsageEvent, tools_requested, usage_requested
+from .streaming import ToolCallAssembler, tools_requested, usage_requested
 
 __all__ = ["OpenAICompatibleProvider"]
 

@@ -16,9 +16,12 @@ from providers import create_provider
 from tests.agents import agent_over_mqtt
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.waiting import wait_until
-from visual_agent.agent import VisualAgent, topics
+from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
+from visual_agent.intakes import serve
 from visual_agent.mqtt import MqttMessager
+from visual_agent.mqtt_intake import MqttQuestions
+from visual_agent.topics import topics
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
 
@@ -277,11 +280,12 @@ async def test_agent_shared_group_answers_each_question_once(running_mosquitto, 
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model"})
     cfg = MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port, shared_group="g1")
     agents, messagers = [], []
+    stack = contextlib.AsyncExitStack()
     for _ in range(2):
         m = MqttMessager(cfg)
         await m.start()
         a = VisualAgent(llm=llm, messager=m, webrtc_driver=driver, prefix=topic_prefix, config=AgentConfig(max_in_flight=20))
-        await a.start()
+        await serve(stack, a)
         agents.append(a)
         messagers.append(m)
     try:
@@ -291,8 +295,7 @@ async def test_agent_shared_group_answers_each_question_once(running_mosquitto, 
         await asyncio.sleep(0.3)
         assert peer.messages.empty()  # no duplicates
     finally:
-        for a in agents:
-            await a.close()
+        await stack.aclose()
         for m in messagers:
             await m.close()
         await llm.aclose()
@@ -321,7 +324,7 @@ async def test_daemon_sends_jpeg_at_the_configured_encoder_size_and_quality(stub
     daemon = Daemon(config)
     await daemon.start()
     try:
-        assert daemon.agent.jpeg_encoder.config.quality == 30
+        assert daemon.agent.encoding.jpeg_encoder.config.quality == 30
         async with streaming_publisher(daemon.driver, width=320, height=240):
             answer = await daemon.agent.ask(Question(question="what?", source="cam"))
     finally:
@@ -341,8 +344,9 @@ async def test_agent_close_answers_received_questions_not_yet_taken(running_mosq
     messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port), status_topic=f"{topic_prefix}/status")
     await messager.start()
     agent = VisualAgent(llm=llm, messager=messager, prefix=topic_prefix, provider_name="openai")
+    intake = MqttQuestions(agent, messager)  # not entered: nothing takes the questions
     try:
-        await messager.subscribe(t["ask"])  # received, but no consumer takes them (the agent is not started)
+        await messager.subscribe(t["ask"])  # received, but no consumer takes them
         for i in range(3):
             peer.publish(t["ask"], json.dumps({"id": f"q{i}", "question": "?"}))
         for _ in range(250):
@@ -351,6 +355,7 @@ async def test_agent_close_answers_received_questions_not_yet_taken(running_mosq
             await asyncio.sleep(0.02)
         assert messager.stats.received == 3
         await agent.close(grace_s=0.1)
+        await intake.close()  # what the daemon's shutdown does: the questions not taken are answered
         got = await asyncio.to_thread(answers, peer, 3, t["answer"])
     finally:
         await messager.close()
@@ -368,6 +373,7 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
     import numpy as np
 
     from encoders import JpegEncoder
+    from visual_agent.encoding import FrameEncoding
     from visual_agent.messages import Question
 
     class CountingEncoder(JpegEncoder):
@@ -386,7 +392,7 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
     camera.get_buffer("desk").put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     encoder = CountingEncoder()
-    agent = VisualAgent(llm=llm, webrtc_driver=camera, jpeg_encoder=encoder)
+    agent = VisualAgent(llm=llm, webrtc_driver=camera, encoding=FrameEncoding(llm, jpeg_encoder=encoder))
     try:
         a, b = await asyncio.gather(agent.ask(Question(question="one?")), agent.ask(Question(question="two?")))
     finally:
@@ -429,13 +435,13 @@ async def test_agent_scene_watch_survives_a_source_that_leaves(stub_llm):
     camera = LeavingCamera()
     config = AgentConfig(scene_change=SceneChangeConfig(enabled=True, check_interval_s=0.02))
     agent = VisualAgent(llm=llm, webrtc_driver=camera, config=config)
-    await agent.start()
     try:
-        await wait_until(lambda: camera.reads_of_b >= 4, what="the watcher read source b four times")
-        (watcher,) = [t for t in agent._tasks if t.get_name() == "agent-scene-change"]
-        assert not watcher.done()
+        async with contextlib.AsyncExitStack() as stack:
+            intakes = await serve(stack, agent)
+            await wait_until(lambda: camera.reads_of_b >= 4, what="the watcher read source b four times")
+            (watcher,) = [t for t in intakes.triggers._tasks if t.get_name() == "agent-scene-change"]
+            assert not watcher.done()
     finally:
-        await agent.close()
         await llm.aclose()
 
 
@@ -449,18 +455,20 @@ async def test_agent_answers_busy_for_questions_a_full_inbox_dropped(running_mos
                             status_topic=f"{topic_prefix}/status")
     await messager.start()
     agent = VisualAgent(llm=llm, messager=messager, prefix=topic_prefix, provider_name="openai")
-    await agent.start()
+    stack = contextlib.AsyncExitStack()
+    intakes = await serve(stack, agent)
     try:
-        (consumer,) = [task for task in agent._tasks if task.get_name() == "agent-mqtt-questions"]
+        (consumer,) = [task for task in intakes.mqtt._tasks if task.get_name() == "agent-mqtt-questions"]
         consumer.cancel()  # a consumer that has fallen behind: the inbox (1) fills
         await asyncio.sleep(0.05)
         for i in range(3):
             peer.publish(t["ask"], json.dumps({"id": f"q{i}", "question": "?"}))
         busy = await asyncio.to_thread(answers, peer, 2, t["answer"])
-        await agent.close(grace_s=0.1)
+        await agent.drain(0.1)
+        await stack.aclose()
         (last,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
     finally:
-        await agent.close()
+        await stack.aclose()
         await messager.close()
         await llm.aclose()
     assert messager.stats.inbox_dropped == 2
@@ -506,7 +514,7 @@ async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(ru
                 if agent.in_flight:
                     break
                 await asyncio.sleep(0.02)
-            closing = asyncio.ensure_future(agent.close())
+            closing = asyncio.ensure_future(agent.drain())
             await asyncio.sleep(0.2)
             pub.channel.send(json.dumps({"id": "late-page", "question": "still there?"}))
             got = json.loads(await asyncio.wait_for(pub.messages.get(), 5))
@@ -514,8 +522,9 @@ async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(ru
     assert got["id"] == "late-page" and got["error"]["type"] == "shutdown"
 
 
-def test_agent_refuses_frames_as_jpeg_with_an_embedding_function():
-    """`frames_as="jpeg"` forces JPEG (the guide): given together with an embedding function, it is an error, not ignored."""
+def test_encoding_refuses_jpeg_mode_with_an_embedding_function():
+    """`encoder.embeddings: off` forces JPEG: given together with an embedding function, it is an error, not ignored."""
+    from visual_agent.encoding import FrameEncoding
 
     class TakesEmbeddings:
         class capabilities:
@@ -525,6 +534,6 @@ def test_agent_refuses_frames_as_jpeg_with_an_embedding_function():
     async def embed(frames):
         raise AssertionError("not called")
 
-    with pytest.raises(ValueError, match="frames_as='jpeg'"):
-        VisualAgent(llm=TakesEmbeddings(), embedding_function=embed, frames_as="jpeg")
-    assert VisualAgent(llm=TakesEmbeddings(), frames_as="jpeg").embedding_function is None
+    with pytest.raises(ValueError, match="encoder.embeddings: off"):
+        FrameEncoding(TakesEmbeddings(), mode="off", embedding_function=embed)
+    assert FrameEncoding(TakesEmbeddings(), mode="off").embedding_function is None

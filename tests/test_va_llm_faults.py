@@ -20,7 +20,8 @@ import pytest
 
 from tests.agents import agent_over_mqtt
 from tests.fixtures.faulty_llm import REPLY, FaultyLLM
-from visual_agent.agent import VisualAgent, topics
+from visual_agent.agent import VisualAgent
+from visual_agent.topics import topics
 from webrtc import FrameBuffer
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]

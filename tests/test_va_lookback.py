@@ -20,7 +20,8 @@ from tests.agents import agent_over_mqtt
 from tests.rules_scene import BRIGHT, DARK, counter_of_gray, decode_gray, write_scene_clip
 from tests.test_rules_engine import Buffers, solid
 from tests.waiting import wait_until
-from visual_agent.agent import VisualAgent, topics
+from visual_agent.agent import VisualAgent
+from visual_agent.topics import topics
 from visual_agent.config import AgentConfig
 from visual_agent.errors import ErrorType, QuestionError
 from visual_agent.messages import Question, parse_question

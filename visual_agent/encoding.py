@@ -17,6 +17,7 @@ One object owns the whole choice, so the daemon and a `VisualAgent` built by han
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import logging
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from encoders import EmbeddingCache, JpegEncoder
     from providers import LLMProvider
 
+    from .model_call import Recalled
     from .sampling import TakenFrame
 
 __all__ = ["EMBEDDING_CACHE_MAX_BYTES", "EmbeddingFunction", "FrameEncoding", "load_embedder"]
@@ -152,12 +154,30 @@ class FrameEncoding:
         if self.embedding_function == self._default_embeddings:
             await self._embedder()
 
-    async def content(self, text: str, frames: Sequence[TakenFrame], source: str) -> Any:
-        """The user message's content: text plus the frames as embeddings or `image_url` parts."""
+    async def content(self, text: str, frames: Sequence[TakenFrame], source: str,
+                      recalled: Sequence[Recalled] = ()) -> Any:
+        """The user message's content: text plus the frames as embeddings or `image_url` parts. `recalled` (a
+        question about the past): stored images, each after its caption, before the live frames."""
         if self.embedding_function is not None:
-            return {"text": text, "image_embeddings": await self.embedding_function([f.frame for f in frames])}
-        return [{"type": "text", "text": text}] + [
+            pictures = await asyncio.to_thread(_decoded, [r.image for r in recalled if r.image is not None])
+            captions = [r.caption() for r in recalled]
+            return {"text": "\n".join([text, *captions]),
+                    "image_embeddings": await self.embedding_function(pictures + [f.frame for f in frames])}
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        for item in recalled:
+            parts.append({"type": "text", "text": item.caption()})
+            if item.image is not None:
+                parts.append({"type": "image_url", "image_url": {"url": await self._stored_url(item.image)}})
+        return parts + [
             {"type": "image_url", "image_url": {"url": url}} for url in await self._jpeg_urls(frames, source)]
+
+    async def _stored_url(self, image: Any) -> str:
+        """A stored picture as a data URL: JPEG bytes as they are, anything else encoded (in a worker thread)."""
+        if isinstance(image, bytes | bytearray):
+            return "data:image/jpeg;base64," + base64.b64encode(bytes(image)).decode("ascii")
+        encoder = self.jpeg_encoder
+        assert encoder is not None
+        return await asyncio.to_thread(encoder.data_url, image)
 
     async def _jpeg_urls(self, frames: Sequence[TakenFrame], source: str) -> list[str]:
         # Several questions on the same frames encode them once, also while the encoding runs: the cache holds the
@@ -242,3 +262,15 @@ def frames_as_mode(frames_as: str | EmbeddingsMode) -> EmbeddingsMode:
 
 
 _OLD_FRAMES_AS = {"jpeg": EmbeddingsMode.OFF, "embeddings": EmbeddingsMode.CLIP}
+
+
+def _decoded(images: list[Any]) -> list[Any]:
+    """Stored pictures for an embedding encoder: JPEG bytes decoded to RGB arrays, others as they are (CPU work:
+    a worker thread)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return [np.asarray(Image.open(io.BytesIO(bytes(i))).convert("RGB")) if isinstance(i, bytes | bytearray) else i
+            for i in images]

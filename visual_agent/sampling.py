@@ -10,7 +10,6 @@ only, in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,6 @@ from encoders import to_array
 __all__ = [
     "SceneChangeDetector",
     "TakenFrame",
-    "Trigger",
     "select_frames",
     "thumbnail",
     "thumbnail_distance",
@@ -30,17 +28,6 @@ __all__ = [
 
 THUMB_WIDTH = 32
 THUMB_HEIGHT = 18
-
-
-class Trigger(str, enum.Enum):
-    """Why the agent looked."""
-
-    QUESTION = "question"
-    """Someone asked (MQTT or the page)."""
-    PERIODIC = "periodic"
-    """`agent.periodic_interval_s` passed."""
-    SCENE_CHANGE = "scene_change"
-    """The picture changed past `agent.scene_change.threshold`."""
 
 
 @dataclass(frozen=True, slots=True)
