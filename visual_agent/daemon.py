@@ -103,7 +103,7 @@ class Daemon:
         self.console = Console(self)
         """The page's console API (`visual_agent/console`): state, snapshots, rules."""
         self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
-        """The event store, `GET /events` and `<prefix>/events/query` (`storage`)."""
+        """The event store, `GET /events`, `<prefix>/events/query`, questions about the past, scene memory."""
         self._stack = contextlib.AsyncExitStack()
         """Everything started, closed in reverse by `close`."""
         self._closed: asyncio.Future[None] | None = None
@@ -120,7 +120,7 @@ class Daemon:
             stack.push_async_callback(self.driver.close)
             self.console.mount(self.driver)
             await self.memory.open()
-            stack.push_async_callback(self.memory.close)  # after the agent's close: its last answers are written
+            stack.push_async_callback(self.memory.close)  # after the agent and its intakes: their last events kept
             self.memory.register_routes(self.driver.add_route)
             telemetry = self._build_telemetry()
             await self.driver.start()
@@ -138,8 +138,10 @@ class Daemon:
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.observe(self.homeassistant.observe)
+            self.memory.attach(self.agent)
             self.console.watch(self.agent)
             self.intakes = await serve(stack, self.agent)
+            await self.memory.start_trigger(stack, self.agent, threshold=cfg.agent.scene_change.threshold)
             await self._start_rules()
             await self._connect_mqtt()  # after the intakes subscribed: `online` means questions are taken
             await self.memory.start_mqtt(self.messager)
