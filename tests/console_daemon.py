@@ -39,6 +39,7 @@ async def console_daemon(tmp_path: Path, stub_llm: Any, *, mosquitto: Any = None
         "sources": [{"name": "door", "kind": "file", "url": str(clip), "loop": True}],
         "mqtt": mqtt,
         "rules": config_rules or [],
+        "storage": {"path": str(tmp_path / "events")},  # this test's events only: the timeline shows nothing older
         **(extra or {}),
     }, environ={})
     daemon = Daemon(config)
