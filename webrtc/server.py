@@ -45,7 +45,15 @@ from .catalog import SourceCatalog
 from .config import SourceConfig, WebRTCConfig
 from .errors import SignalingError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
-from .http_guard import PAGE_SCRIPTS, DeadlineSite, HttpGuard, content_security_policy, inline_styles
+from .http_guard import (
+    PAGE_SCRIPTS,
+    ClientErrorLogger,
+    DeadlineSite,
+    HttpGuard,
+    content_security_policy,
+    inline_styles,
+    is_text,
+)
 from .ice import restrict_host_addresses
 from .peers import PeerKind, PeerSession
 from .registry import DataMessageCallback, PeerRegistry
@@ -124,6 +132,7 @@ class WebRTCServer:
         if c.host_candidate_addresses is not None:
             restrict_host_addresses(c.host_candidate_addresses)
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0,
+                               logger=ClientErrorLogger(logging.getLogger("aiohttp.server")),
                                keepalive_timeout=c.header_timeout_s, lingering_time=c.body_timeout_s)
         await runner.setup()
         site = DeadlineSite(runner, c.host, c.port, header_timeout_s=c.header_timeout_s, ssl_context=ssl_context)
@@ -383,8 +392,11 @@ class WebRTCServer:
                 raise SignalingError('body must be a JSON object {"sdp", "type": "offer", "source"?}')
             if data.get("type") != "offer":
                 raise SignalingError(f"type must be 'offer', got {data.get('type')!r}")
+            for key in ("sdp", "source", "replaces"):  # "\ud800" is valid JSON but no text: refused here, not a 500
+                if isinstance(data.get(key), str) and not is_text(data[key]):
+                    raise SignalingError(f"{key} is not valid Unicode text (it holds a lone surrogate escape)")
             peer = await self.registry.answer(data.get("sdp"), data.get("source"), PeerKind.BROWSER,
-                                      remote=request.remote or "", replaces=data.get("replaces"))
+                                              remote=request.remote or "", replaces=data.get("replaces"))
         except SignalingError as exc:
             logger.info("POST /offer refused (%d): %s", exc.status, exc.reason)
             response = web.json_response({"error": exc.reason}, status=exc.status, headers=_retry_after(exc))

@@ -62,7 +62,7 @@ def _llm(daemon: Daemon) -> dict[str, Any]:
         "provider": daemon.config.provider_name(),
         "state": state.get("state", "unknown"),
         "reachable": {"ok": True, "unreachable": False}.get(state.get("state", "unknown")),
-        "model": getattr(daemon.llm, "model", None) or daemon.config.llm.get("model_name"),
+        "model": getattr(daemon.llm, "model", None) or getattr(daemon.config.llm.config, "model_name", None),
         "models": state.get("models"),
         "detail": state.get("detail"),
         "last_error": agent.get("last_error"),

@@ -135,7 +135,7 @@ async function connect() {
   setPill("pc-state", "connecting");
   try {
     const configResponse = await fetch("webrtc-config", { headers: authHeaders() });
-    if (configResponse.status === 401) throw new Error(tokenProblem());
+    if (configResponse.status === 401) throw new Error(tokenProblem());  // missing or refused: what to do
     if (configResponse.status !== 200) throw new Error(`the server answered ${configResponse.status} to webrtc-config`);
     const config = await configResponse.json();
     page.maxMessageBytes = config.maxMessageBytes || null;
