@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from tests.rules_scene import BRIGHT, DARK, BrightnessJudge, write_scene_clip
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon
 
 __all__ = ["QUESTION_REPLY", "TOKEN", "console_daemon", "get_json"]
