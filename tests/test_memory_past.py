@@ -19,7 +19,7 @@ from tests.fixtures.mqtt import PahoPeer
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.memory_scene import ColourWitness, colour_of_jpeg, write_colour_clip
 from tests.waiting import wait_until
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon
 from visual_agent.memory import EventQuery
 

@@ -13,7 +13,7 @@ from tests.fixtures.llm_stub import StubLLM, start_stub_llm
 from tests.fixtures.mqtt import PahoPeer
 from tests.rules_scene import BRIGHT, DARK, BrightnessJudge, decode_gray, write_scene_clip
 from tests.waiting import wait_until
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon
 from visual_agent.memory import EventQuery
 

@@ -232,7 +232,7 @@ def _wait_sync(predicate, timeout: float = 20.0, what: str = "condition") -> Non
 
 
 def test_memory_storage_config_keys(tmp_path: Path) -> None:
-    from visual_agent.config import parse_config
+    from visual_agent.config_loading import parse_config
     from visual_agent.errors import ConfigError
     from visual_agent.memory import default_state_dir
 
