@@ -18,7 +18,7 @@ function timelineQuery() {
 }
 
 function eventTitle(event) {
-  if (event.kind === "rule") return `rule ${event.rule || "?"} turned ${event.state || "?"}`;
+  if (event.kind === "rule") return "rule event";  // its text says which rule and how it turned
   if (event.kind === "answer" && event.question) return `Q: ${event.question}`;
   return event.kind;
 }
