@@ -35,6 +35,7 @@ async def test_console_state_says_what_runs_and_needs_the_token(tmp_path, stub_l
         assert state["llm"]["state"] == "ok" and state["llm"]["reachable"] is True
         assert state["llm"]["model"] == stub_llm.model
         assert state["broker"]["state"] == "connected" and state["broker"]["outbox"] == 0
+        assert state["storage"]["state"] == "ok" and state["storage"]["used_mb"] >= 0
         [door] = state["sources"]
         assert door["name"] == "door" and door["snapshot"] == "sources/door.jpg"
         assert door["publisher"]["kind"] == "file" and door["publisher"]["state"] == "running"

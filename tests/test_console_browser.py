@@ -36,6 +36,7 @@ async def test_console_phone_sees_sources_sets_a_rule_watches_it_turn_on_and_fin
             assert "live" in await tile.inner_text() and "fps" in await tile.inner_text()
             await page.locator("#chip-llm.ok").wait_for(timeout=15000)
             await page.locator("#chip-broker.ok").wait_for(timeout=15000)
+            await page.locator("#chip-storage.ok").wait_for(timeout=15000)
             assert await page.inner_text("#chip-token") == "token accepted"
             assert "Press Connect" in await page.inner_text("#notice")
             assert "#token=" not in page.url  # moved out of the address bar

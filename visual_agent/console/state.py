@@ -1,4 +1,4 @@
-"""The console's state at a glance (`GET /api/state`): the daemon, the LLM, the broker, the token, every source
+"""The console's state at a glance (`GET /api/state`): the daemon, the LLM, the broker, the event store, the token, every source
 with its publisher, and every rule with its live state, in one small JSON document the page polls about once a
 second.
 
@@ -28,6 +28,7 @@ def console_state(daemon: Daemon, *, evidence: Any = None) -> dict[str, Any]:
         "token": {"required": bool(driver is not None and driver.config.auth_token)},
         "llm": _llm(daemon),
         "broker": _broker(daemon),
+        "storage": _storage(daemon),
         "sources": source_states(health),
         "rules": _rules(daemon, evidence),
     }
@@ -77,6 +78,12 @@ def _broker(daemon: Daemon) -> dict[str, Any]:
     d = messager.describe()
     return {"state": d["state"], "broker": d["broker"], "embedded": daemon.broker is not None,
             "outbox": d["outbox"], "outbox_max": d["outbox_max"], "last_error": d["last_error"]}
+
+
+def _storage(daemon: Daemon) -> dict[str, Any]:
+    """The event store's state (the timeline's source): ok, failing, unavailable or disabled, and its size."""
+    h = daemon.memory.health()
+    return {"state": h.get("state"), "used_mb": h.get("used_mb"), "error": h.get("error") or h.get("last_error")}
 
 
 def _rules(daemon: Daemon, evidence: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 // The console's state at a glance and its source tiles: polls GET api/state about once a second, draws the header's
-// chips (daemon, LLM, broker, token), one tile per source with a live snapshot (GET sources/<name>.jpg, sent with
+// chips (daemon, LLM, broker, event store, token), one tile per source with a live snapshot (GET sources/<name>.jpg, sent with
 // the token, so the picture is fetched and shown as a data: URL), and says in the notice what to do next.
 // A server without the console API (the webrtc package alone) answers 404: the page is then the camera page only.
 "use strict";
@@ -78,6 +78,10 @@ function showChips(state) {
   if (b.state === "disabled") chip("chip-broker", "MQTT off", "");
   else chip("chip-broker", `broker ${b.state}${b.outbox ? ` · ${b.outbox} waiting` : ""}`, b.state === "connected" ? "ok" : "bad");
   $("chip-broker").title = b.last_error || b.broker || "";
+  const store = state.storage || { state: "disabled" };
+  if (store.state === "disabled") chip("chip-storage", "events not kept", "");
+  else chip("chip-storage", `events ${store.state}${store.used_mb != null ? ` · ${store.used_mb} MB` : ""}`, store.state === "ok" ? "ok" : "bad");
+  $("chip-storage").title = store.error || "";
   chip("chip-token", state.token.required ? "token accepted" : "no token (open to this network)", state.token.required ? "ok" : "warn");
 }
 
@@ -185,7 +189,7 @@ async function pollState() {
   if (result.status === 404) {  // no console API here: the camera page alone
     konsole.available = false;
     for (const id of ["sources-section", "rules-section"]) $(id).classList.add("hidden");
-    for (const id of ["chip-daemon", "chip-llm", "chip-broker", "chip-token"]) $(id).classList.add("hidden");
+    for (const id of ["chip-daemon", "chip-llm", "chip-broker", "chip-storage", "chip-token"]) $(id).classList.add("hidden");
     return "stop";
   }
   if (result.status === 401) {
