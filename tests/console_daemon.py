@@ -26,8 +26,9 @@ QUESTION_REPLY = "I see a numbered test picture."
 @contextlib.asynccontextmanager
 async def console_daemon(tmp_path: Path, stub_llm: Any, *, mosquitto: Any = None, prefix: str = "va",
                          config_rules: list[dict[str, Any]] | None = None,
-                         extra: dict[str, Any] | None = None) -> AsyncIterator[Daemon]:
-    """A started daemon (token `TOKEN`) with source `door` (a 4-second dark/bright/dark clip, looping)."""
+                         extra: dict[str, Any] | None = None, loop: bool = True) -> AsyncIterator[Daemon]:
+    """A started daemon (token `TOKEN`) with source `door` (a 4-second dark/bright/dark clip, looping unless
+    `loop=False`)."""
     clip = write_scene_clip(tmp_path / "door.mp4", [(1.0, DARK), (2.0, BRIGHT), (1.0, DARK)], width=320, height=240)
     judge = BrightnessJudge()
     stub_llm.reply_fn = lambda body: judge(body) if "structured_outputs" in body else QUESTION_REPLY
@@ -36,7 +37,7 @@ async def console_daemon(tmp_path: Path, stub_llm: Any, *, mosquitto: Any = None
     config = parse_config({
         "llm": {"provider": "vllm", "base_url": stub_llm.base_url, "model_name": stub_llm.model},
         "webrtc": {"host": "127.0.0.1", "port": 0, "host_candidate_addresses": ["127.0.0.1"], "auth_token": TOKEN},
-        "sources": [{"name": "door", "kind": "file", "url": str(clip), "loop": True}],
+        "sources": [{"name": "door", "kind": "file", "url": str(clip), "loop": loop}],
         "mqtt": mqtt,
         "rules": config_rules or [],
         "storage": {"path": str(tmp_path / "events")},  # this test's events only: the timeline shows nothing older
