@@ -45,7 +45,7 @@ handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"
 candidates aioice offers, process-wide (see `webrtc.ice`).
 """
 
-from .addresses import WILDCARD_HOSTS, lan_addresses, reachable_hosts
+from .addresses import WILDCARD_HOSTS, lan_addresses, page_url, reachable_hosts
 from .catalog import SourceCatalog
 from .config import (
     DEFAULT_BUFFER_MAX_FRAMES,
@@ -128,6 +128,7 @@ __all__ = [
     "is_loopback_host",
     "lan_addresses",
     "names_preview",
+    "page_url",
     "reachable_hosts",
     "restrict_host_addresses",
     "server_ssl_context",

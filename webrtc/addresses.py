@@ -1,5 +1,5 @@
-"""Which address to print in the page's URL: a server bound to every interface (0.0.0.0, ::) is reached by a phone
-at one of the certificate's names or at this machine's LAN address, never at ``0.0.0.0``."""
+"""The page's URL, and which address to print in it: a server bound to every interface (0.0.0.0, ::) is reached by a
+phone at one of the certificate's names or at this machine's LAN address, never at ``0.0.0.0``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
-__all__ = ["WILDCARD_HOSTS", "lan_addresses", "reachable_hosts"]
+from .config import WebRTCConfig
+from .tls import certificate_names
+
+__all__ = ["WILDCARD_HOSTS", "lan_addresses", "page_url", "reachable_hosts"]
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 _PROBE = ("192.0.2.1", 9)
@@ -44,3 +47,14 @@ def reachable_hosts(bound: str, certificate_names: Iterable[str] = ()) -> list[s
     names = [n for n in certificate_names if "*" not in n and n not in ("localhost", "127.0.0.1", "::1")]
     hosts = names + [a for a in lan_addresses() if a not in names]
     return hosts or ["127.0.0.1"]
+
+
+def page_url(config: WebRTCConfig, port: int, host: str | None = None) -> str:
+    """The page's URL with the token in its fragment (``/#token=...``): for a person's terminal, never a log. With no
+    `host`, the first of `reachable_hosts` (the certificate's names read from `config.tls_certfile`)."""
+    if host is None:
+        names = certificate_names(config.tls_certfile) if config.tls_certfile else []
+        host = reachable_hosts(config.host, names)[0]
+    name = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    base = f"{'https' if config.tls else 'http'}://{name}:{port}/"
+    return f"{base}#token={config.auth_token}" if config.auth_token else base

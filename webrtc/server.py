@@ -3,8 +3,7 @@
 Endpoints (ARCHITECTURE.md):
 
 =========================  ===================================================================
-``GET /``                  the browser page (``static/index.html``; its scripts ``GET /app.js``, ``/console.js``,
-                           ``/rules.js``, ``/timeline.js``)
+``GET /``                  the browser page (``static/index.html``; its scripts: ``http_guard.PAGE_SCRIPTS``)
 ``GET /webrtc-config``     ICE servers and limits for the page (TURN credentials included)
 ``POST /offer``            JSON ``{"sdp", "type": "offer", "source"?, "replaces"?}`` -> ``{"sdp", "type":
                            "answer", "peer_id", "source", "session_secret"}``
@@ -40,20 +39,13 @@ from typing import Any
 
 from aiohttp import web
 
-from .addresses import reachable_hosts
+from . import http_guard
+from .addresses import page_url
 from .catalog import SourceCatalog
 from .config import SourceConfig, WebRTCConfig
 from .errors import SignalingError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
-from .http_guard import (
-    PAGE_SCRIPTS,
-    ClientErrorLogger,
-    DeadlineSite,
-    HttpGuard,
-    content_security_policy,
-    inline_styles,
-    is_text,
-)
+from .http_guard import ClientErrorLogger, DeadlineSite, HttpGuard, content_security_policy, inline_styles, is_text
 from .ice import restrict_host_addresses
 from .peers import PeerKind, PeerSession
 from .registry import DataMessageCallback, PeerRegistry
@@ -104,7 +96,6 @@ class WebRTCServer:
         self._closing: asyncio.Future[None] | None = None
         """Set by the first `close()`; later callers await it."""
         self._port: int | None = None
-        self._certificate_names: list[str] = []
         self._add_routes()
 
     def __repr__(self) -> str:
@@ -125,7 +116,6 @@ class WebRTCServer:
 
             ssl_context = server_ssl_context(c.tls_certfile, c.tls_keyfile)
             cert_names = certificate_names(c.tls_certfile)
-        self._certificate_names = list(cert_names)
         self.guard = HttpGuard(token=c.auth_token, tls=c.tls, bound_host=c.host, allowed_hosts=c.allowed_hosts,
                                certificate_names=cert_names,
                                csp=content_security_policy(inline_styles(_static_text("index.html"))))
@@ -209,17 +199,8 @@ class WebRTCServer:
         return f"{'https' if self.config.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def page_url(self, host: str | None = None) -> str:
-        """The page's URL with the token in its fragment (``/#token=...``): for the user's terminal, never a log.
-
-        With no `host`, a server bound to every interface names the first of `page_hosts()` (a certificate name or
-        a LAN address), which a phone can open, instead of ``0.0.0.0``."""
-        host = host or self.page_hosts()[0]
-        base = f"{'https' if self.config.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}"
-        return f"{base}/#token={self.config.auth_token}" if self.config.auth_token else f"{base}/"
-
-    def page_hosts(self) -> list[str]:
-        """Where the page can be opened, best first (`webrtc.addresses.reachable_hosts`)."""
-        return reachable_hosts(self.config.host, self._certificate_names)
+        """The page's URL with its token (`webrtc.addresses.page_url`: never 0.0.0.0): for a terminal, never a log."""
+        return page_url(self.config, self.port, host)
 
     # --- the daemon's API ----------------------------------------------------------------------
 
@@ -305,7 +286,7 @@ class WebRTCServer:
         r = self.app.router
         if self.config.serve_page:
             r.add_get("/", self._handle_index)
-            for script in PAGE_SCRIPTS:
+            for script in http_guard.PAGE_SCRIPTS:
                 r.add_get(f"/{script}", self._handle_static)
         r.add_get("/webrtc-config", self._handle_page_config)
         r.add_post("/offer", self._handle_offer)
