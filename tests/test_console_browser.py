@@ -40,6 +40,8 @@ async def test_console_phone_sees_sources_sets_a_rule_watches_it_turn_on_and_fin
             assert await page.inner_text("#chip-token") == "token accepted"
             assert "Press Connect" in await page.inner_text("#notice")
             assert "#token=" not in page.url  # moved out of the address bar
+            icon = await page.get_attribute("link[rel=icon]", "href")
+            assert icon.startswith("data:image/svg+xml,")  # a favicon, inline: no request, allowed by the policy
             await page.screenshot(path=str(screenshots_dir / "phone-1-sources.png"))
 
             await page.click("#rule-new")
