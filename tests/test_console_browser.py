@@ -125,6 +125,22 @@ async def test_console_desktop_keeps_its_camera_name_across_a_reload_and_asks_ab
             await page.locator(".event[data-kind=rule]").first.wait_for(timeout=20000)
             await page.screenshot(path=str(screenshots_dir / "desktop-2-rules-timeline.png"), full_page=True)
 
+            rule = page.locator("#rule-lamp")  # edit: the form comes filled in, the name fixed
+            await rule.get_by_role("button", name="Edit").click()
+            assert await page.input_value("#rule-question") == LAMP_QUESTION
+            assert await page.get_attribute("#rule-name", "readonly") is not None
+            await page.fill("#rule-question", "Is the lamp lit?")
+            await page.click("#rule-save")
+            await page.wait_for_function("document.getElementById('rule-lamp')?.innerText.includes('Is the lamp lit?')",
+                                         timeout=10000)
+            assert [r.config.question for r in daemon.rules.rules()] == ["Is the lamp lit?"]
+            delete = rule.get_by_role("button", name="Delete")  # delete: a second press confirms
+            await delete.click()
+            assert daemon.rules.rules() and "sure" in await rule.inner_text()
+            await rule.get_by_role("button", name="Delete: sure?").click()
+            await page.locator("#rule-lamp").wait_for(state="detached", timeout=10000)
+            assert daemon.rules.rules() == [] and await page.is_visible("#rules-empty")
+
             await page.reload()  # the same name, and the old session is replaced, not refused
             assert await page.input_value("#source") == name
             await page.click("#connect")
