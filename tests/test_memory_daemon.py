@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures.mqtt import PahoPeer
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]

@@ -19,9 +19,8 @@ from .config import (
     MqttProtocol,
     SceneChangeConfig,
     TlsConfig,
-    load_config,
-    parse_config,
 )
+from .config_loading import load_config, parse_config
 from .daemon import Daemon, run_daemon
 from .encoding import FrameEncoding
 from .errors import (
@@ -34,13 +33,17 @@ from .errors import (
     VisualAgentError,
 )
 from .homeassistant import HomeAssistantDiscovery
-from .interfaces import FrameSource, MessageTransport, PageChannel
+from .interfaces import AgentCore, AgentEvent, EventKind, FrameSource, MessageTransport, PageChannel, RuleChange
 from .messages import Answer, FrameRef, Question, parse_question, partial_payload
+from .model_call import ModelRequest, ModelResponse, Recalled
 from .mqtt import IncomingMessage, MqttMessager
-from .sampling import SceneChangeDetector, Trigger, select_frames
-from .topics import Topics, topics
+from .sampling import SceneChangeDetector, select_frames
+from .telemetry import Via
+from .topics import Topics
 
 __all__ = [
+    "AgentCore",
+    "AgentEvent",
     "AgentConfig",
     "Answer",
     "BrokerRefusedError",
@@ -51,6 +54,7 @@ __all__ = [
     "EmbeddedBrokerError",
     "EmbeddingsMode",
     "EncoderConfig",
+    "EventKind",
     "ErrorType",
     "FrameEncoding",
     "FrameRef",
@@ -60,6 +64,8 @@ __all__ = [
     "IncomingMessage",
     "MessageTransport",
     "MessagingError",
+    "ModelRequest",
+    "ModelResponse",
     "MqttConfig",
     "MqttMessager",
     "MqttProtocol",
@@ -67,11 +73,13 @@ __all__ = [
     "Question",
     "QuestionError",
     "QuestionTiming",
+    "Recalled",
+    "RuleChange",
     "SceneChangeConfig",
     "SceneChangeDetector",
     "TlsConfig",
     "Topics",
-    "Trigger",
+    "Via",
     "VisualAgent",
     "VisualAgentError",
     "load_config",
@@ -80,5 +88,4 @@ __all__ = [
     "partial_payload",
     "run_daemon",
     "select_frames",
-    "topics",
 ]
