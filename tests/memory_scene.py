@@ -81,7 +81,8 @@ class ColourWitness:
         if shown or "Stored observations" in question:
             with self.lock:
                 self.past_requests.append(shown)
-            asked = next((c for c in COLOURS if c in question.lower()), None)
+            asked_words = re.findall(r"[a-z]+", question.splitlines()[0].lower()) if question else []
+            asked = next((c for c in COLOURS if c in asked_words), None)
             times = [_CAPTION.match(c).group(1) for c, colour in shown if colour == asked]
             return f"{asked} at {', '.join(times)}" if times else f"no {asked} scene was seen"
         images = [p for p in parts if p.get("type") == "image_url"]

@@ -105,7 +105,7 @@ class Daemon:
         self.rules_messager: MqttMessager | None = None
         self.intakes: Intakes | None = None
         self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
-        """The event store, `GET /events` and `<prefix>/events/query` (`storage`)."""
+        """The event store, `GET /events`, `<prefix>/events/query`, questions about the past, scene memory."""
         self._stack = contextlib.AsyncExitStack()
         """Everything started, closed in reverse by `close`."""
         self._closed: asyncio.Future[None] | None = None
@@ -139,7 +139,9 @@ class Daemon:
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.observe(self.homeassistant.observe)
+            self.memory.attach(self.agent)
             self.intakes = await serve(stack, self.agent)
+            await self.memory.start_trigger(stack, self.agent, threshold=cfg.agent.scene_change.threshold)
             await self._start_rules()
             await self._connect_mqtt()  # after the intakes subscribed: `online` means questions are taken
             await self.memory.start_mqtt(self.messager)
