@@ -12,7 +12,12 @@ retention sweep.
 3. Size: bytes per stored event with its thumbnail, times the default memory trigger's most events per source-day
    (one per `storage.memory.every_s` = 60 s: 1440).
 4. Retention: a store of `--sweep-events` events, half past `storage.retention_days`, opened while the loop probe
-   runs; the sweep's duration and the loop's longest stall.
+   runs; the sweep's duration and the loop's longest stall, against the same sweep in a child process (baseline:
+   what is left there is the machine's, not the interpreter's).
+5. Scene memory's cost: the `memory` trigger on one source fed here (320x240 at 10 fps) through a `VisualAgent` and
+   the stand-in model of tests/fixtures/llm_stub.py, for `--trigger-s` seconds of a static scene (sensor noise only)
+   and of a scene that changes every 0.5 s, with `every_s` scaled down to 2 s: model calls and rows per `every_s`
+   period, then per source-hour at the default `every_s` (60 s).
 
   unshare -n bash -c 'ip link set lo up && ~/.cache/visual-agent/venv/bin/python scripts/bench_memory.py'
   (--sizes 10000 100000 for a quicker run). The machine is shared: figures are indicative.
@@ -37,10 +42,18 @@ sys.path.insert(0, str(ROOT))
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 
+from providers import create_provider  # noqa: E402
+from tests.fixtures.llm_stub import start_stub_llm  # noqa: E402
 from tests.fixtures.webrtc import colour_bars_yuv  # noqa: E402
 from tests.loop_probe import loop_gaps  # noqa: E402
+from visual_agent.agent import VisualAgent  # noqa: E402
 from visual_agent.memory import Event, EventQuery, EventStore, StorageConfig  # noqa: E402
+from visual_agent.memory.config import MemoryTriggerConfig  # noqa: E402
+from visual_agent.memory.recorder import EventRecorder  # noqa: E402
+from visual_agent.memory.scene_memory import SceneMemory  # noqa: E402
 from visual_agent.memory.schema import connect, create_schema  # noqa: E402
+from visual_agent.telemetry import Via  # noqa: E402
+from webrtc import FrameBuffer  # noqa: E402
 
 SOURCES = [f"cam{i}" for i in range(8)]
 SUBJECTS = ["a person", "a man", "a woman", "a child", "a dog", "a cat", "a courier", "a cyclist", "two people",
@@ -247,12 +260,75 @@ def sweep_child(directory: str, expected: int) -> None:
     store.close()
 
 
+# --- 5. scene memory's cost --------------------------------------------------------------------------------------
+
+
+class Feed:
+    """One source at 10 fps, 320x240: a grey level plus sensor noise; `changing` flips the level every 0.5 s."""
+
+    def __init__(self, changing: bool) -> None:
+        self.buffer = FrameBuffer("cam", max_frames=8, max_seconds=2)
+        self.changing = changing
+        self._rng = np.random.default_rng(0)
+
+    def source_names(self) -> list[str]:
+        return ["cam"]
+
+    def get_buffer(self, name: str) -> FrameBuffer:
+        if name != "cam":
+            raise KeyError(name)
+        return self.buffer
+
+    async def run(self) -> None:
+        n = 0
+        while True:
+            level = (60 if (n // 5) % 2 else 190) if self.changing else 120
+            yuv = np.full((360, 320), 128, np.uint8)
+            yuv[:240] = np.clip(level + self._rng.integers(-6, 6, (240, 320)), 0, 255)
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts = n
+            self.buffer.put(frame)
+            n += 1
+            await asyncio.sleep(0.1)
+
+
+async def bench_trigger(tmp: Path, seconds: float, every_s: float = 2.0) -> dict:
+    stub = await start_stub_llm()
+    stub.reply = "a person walks past the front door carrying a parcel"
+    out: dict = {}
+    try:
+        for scene in ("static", "changing every 0.5 s"):
+            feed = Feed(changing=scene != "static")
+            feeder = asyncio.create_task(feed.run())
+            store = EventStore(StorageConfig(path=str(tmp / f"trigger-{len(out)}")))
+            assert await store.start()
+            llm = create_provider({"provider": "openai", "base_url": stub.base_url, "api_key": "x",
+                                   "model_name": stub.model})
+            agent = VisualAgent(llm=llm, webrtc_driver=feed)
+            agent.observe(EventRecorder(store))
+            calls_before = len(stub.request_times)
+            config = MemoryTriggerConfig(enabled=True, every_s=every_s, check_interval_s=0.5)
+            async with agent, SceneMemory(agent, feed, config, threshold=0.12, via=Via.SCENE_MEMORY) as trigger:
+                await asyncio.sleep(seconds)
+            feeder.cancel()
+            await asyncio.to_thread(store.flush, 30)
+            rows = store.count()
+            out[scene] = {"calls": len(stub.request_times) - calls_before, "rows": rows, "periods": seconds / every_s,
+                          "bytes": _db_bytes(store.path), "counters": dict(trigger.counters)}
+            await store.aclose()
+            await llm.aclose()
+    finally:
+        await stub.close()
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--insert-events", type=int, default=300)
     parser.add_argument("--sweep-events", type=int, default=100_000)
+    parser.add_argument("--trigger-s", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--sweep-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,6 +370,14 @@ async def main() -> None:
         for where, r in sweeps.items():
             print(f"   {where:26s} in {r['sweep_s']:.1f} s; loop stall max {r['loop_max_stall_ms']:.2f} / "
                   f"p99 {r['loop_p99_stall_ms']:.2f} ms")
+        trig = await bench_trigger(tmp, args.trigger_s)
+        results["trigger"] = trig
+        print(f"5. scene memory ({args.trigger_s:g} s per scene, every_s 2 s; per source-hour at every_s 60 s)")
+        for scene, r in trig.items():
+            per_period = max(0, r["calls"] - 1) / max(1.0, r["periods"] - 1)  # after the first frame's description
+            print(f"   {scene:22s} {r['calls']} model calls, {r['rows']} rows ({r['counters']}); "
+                  f"{per_period:.2f} per every_s; per source-hour at every_s 60: {60 * per_period:.0f} calls and rows, "
+                  f"{60 * per_period * per_event / 1048576:.2f} MiB (+ the first frame's once)")
     if args.json:
         print(json.dumps(results, default=str))
 
