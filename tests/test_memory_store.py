@@ -244,3 +244,5 @@ def test_memory_storage_config_keys(tmp_path: Path) -> None:
     assert default_state_dir({}) == Path.home() / ".local/state/visual-agent"
     with pytest.raises(ConfigError, match="storage.max_mb"):
         parse_config({"storage": {"max_mb": 0}}, environ={})
+    with pytest.raises(ConfigError, match="storage.retention_days"):
+        parse_config({"storage": {"retention_days": True}}, environ={})  # a boolean is not a number

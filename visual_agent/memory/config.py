@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from ..strict_numbers import NumbersNotBooleans
 
 __all__ = [
     "DEFAULT_MEMORY_PROMPT",
@@ -39,7 +41,7 @@ def default_state_dir(environ: dict[str, str] | None = None) -> Path:
     return root / STATE_DIR_NAME
 
 
-class _Section(BaseModel):
+class _Section(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
