@@ -160,6 +160,8 @@ async def test_console_says_what_to_do_without_a_token_with_a_wrong_one_and_with
             await page.goto(f"{daemon.driver.url}/")
             await page.locator("#notice.bad").wait_for(timeout=10000)
             assert "needs its token" in await page.inner_text("#notice")
+            for panel in ("#sources-section", "#rules-section", "#timeline-section", "#chip-llm"):
+                assert await page.is_hidden(panel), f"{panel} shown without the token: an empty panel"
             await page.screenshot(path=str(screenshots_dir / "phone-token-needed.png"))
             await page.goto(f"{daemon.driver.url}/#token=not-{TOKEN}")
             await page.wait_for_function("document.getElementById('notice').innerText.includes('refused')",

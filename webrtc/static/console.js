@@ -192,6 +192,7 @@ async function pollState() {
     for (const id of ["chip-daemon", "chip-llm", "chip-broker", "chip-storage", "chip-token"]) $(id).classList.add("hidden");
     return "stop";
   }
+  document.body.classList.toggle("locked", result.status === 401);  // nothing to show without the token
   if (result.status === 401) {
     konsole.problem = "token";
     chip("chip-token", sessionStorage.getItem(TOKEN_KEY) ? "token refused" : "token needed", "bad");
