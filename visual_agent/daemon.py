@@ -124,6 +124,7 @@ class Daemon:
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
             stack.push_async_callback(self.driver.close)
             self.console.mount(self.driver)
+            stack.push_async_callback(self.console.close)
             await self.memory.open()
             stack.push_async_callback(self.memory.close)  # after the agent and its intakes: their last events kept
             self.memory.register_routes(self.driver.add_route)

@@ -3,7 +3,7 @@ channel. Every route is served by the page's server behind its token guard (`Web
 
 | route | module | what |
 | --- | --- | --- |
-| `GET /api/state` | `state.py` | daemon, LLM, broker, token, sources and rules at a glance |
+| `GET /api/state` | `state.py`, `llm_watch.py` | daemon, LLM (probed while a page watches), broker, events, token, sources, rules |
 | `GET /sources/<name>.jpg` | `snapshots.py` | the source's newest frame as a small JPEG (`ETag`: its frame seq) |
 | `GET/PUT/DELETE /api/rules[/<name>]` | `rules_api.py` | the rule set of `<prefix>/rules/set`, edited |
 | `GET /api/rules/<name>/evidence.jpg`, `lookback.jpg` | `rules_api.py` | the rule's newest `on` evidence |
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .llm_watch import LlmWatch
 from .rules_api import EvidenceStore, RulesApi
 from .snapshots import Snapshots
 from .state import console_state
@@ -22,7 +23,7 @@ from .state import console_state
 if TYPE_CHECKING:
     from ..daemon import Daemon
 
-__all__ = ["Console", "EvidenceStore", "RulesApi", "Snapshots", "console_state"]
+__all__ = ["Console", "EvidenceStore", "LlmWatch", "RulesApi", "Snapshots", "console_state"]
 
 
 class Console:
@@ -34,6 +35,8 @@ class Console:
         self.evidence = EvidenceStore(daemon)
         self.rules = RulesApi(daemon, self.evidence)
         self.snapshots: Snapshots | None = None
+        self.llm = LlmWatch()
+        """Probes the LLM again while a page watches (`llm_watch.py`)."""
 
     def mount(self, driver: Any) -> None:
         """Add the console's routes to `driver` (a `WebRTCServer` not yet started)."""
@@ -47,8 +50,14 @@ class Console:
         """Keep each rule's newest evidence for the page (`VisualAgent.observe`)."""
         agent.observe(self.evidence.observe)
 
+    async def close(self) -> None:
+        """Stop what the console started (an LLM probe in flight). Safe twice."""
+        await self.llm.close()
+
     async def state(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(console_state(self.daemon, evidence=self.evidence),
+        if self.daemon.llm_state.get("state") != "unknown":  # after the daemon's own start probe
+            self.llm.poke(self.daemon.llm)
+        return web.json_response(console_state(self.daemon, evidence=self.evidence, llm_watch=self.llm),
                                  headers={"Cache-Control": "no-store"})
 
     async def snapshot(self, request: web.Request) -> web.StreamResponse:

@@ -18,15 +18,16 @@ if TYPE_CHECKING:
 __all__ = ["console_state", "source_states"]
 
 
-def console_state(daemon: Daemon, *, evidence: Any = None) -> dict[str, Any]:
-    """The document of `GET /api/state`; `evidence` (an `EvidenceStore`) adds each rule's evidence URLs."""
+def console_state(daemon: Daemon, *, evidence: Any = None, llm_watch: Any = None) -> dict[str, Any]:
+    """The document of `GET /api/state`; `evidence` (an `EvidenceStore`) adds each rule's evidence URLs, `llm_watch`
+    (an `LlmWatch`) the newest probe of the LLM."""
     driver = daemon.driver
     health = driver.health(detail=True) if driver is not None else {"status": "starting"}
     return {
         "at": round(time.time(), 3),
         "daemon": {"status": health.get("status"), "uptime_s": health.get("uptime_s"), "version": _version()},
         "token": {"required": bool(driver is not None and driver.config.auth_token)},
-        "llm": _llm(daemon),
+        "llm": _llm(daemon, llm_watch.latest if llm_watch is not None else None),
         "broker": _broker(daemon),
         "storage": _storage(daemon),
         "sources": source_states(health),
@@ -56,8 +57,10 @@ def source_states(health: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _llm(daemon: Daemon) -> dict[str, Any]:
+def _llm(daemon: Daemon, probe: dict[str, Any] | None) -> dict[str, Any]:
     state = dict(daemon.llm_state)
+    if probe is not None and daemon.llm_state.get("state") != "unknown":  # the newest probe wins over the start's
+        state = {**state, **probe} if probe["state"] == "unreachable" else {**state, "state": "ok", "detail": None}
     agent = daemon.agent.describe_state() if daemon.agent is not None else {}
     return {
         "provider": daemon.config.provider_name(),
