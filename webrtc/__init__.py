@@ -25,8 +25,8 @@ and then replaces it. When a peer leaves, a named source's buffer stays (state `
 age out after ``buffer_max_seconds`` as in a live buffer, the newest stays readable) and the next peer under
 that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers that never connect
 (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCDriver` is
-another name of `WebRTCServer`, kept for code written against it. ``await driver.wait_sources_changed(version)`` returns once sources were added
-or removed since ``version`` (the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own
+another name of `WebRTCServer`, kept for code written against it.
+``await driver.wait_sources_changed(version)`` returns once sources were added or removed since ``version`` (the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own
 VP8/H.264 decoders, one thread per stream beside the event loop (decoders.py says why).
 
 The page (GET /) sends each question as data-channel text ``{"id", "question", "stream": true, "source"}``;
