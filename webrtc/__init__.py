@@ -26,8 +26,9 @@ age out after ``buffer_max_seconds`` as in a live buffer, the newest stays reada
 that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers that never connect
 (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCDriver` is
 another name of `WebRTCServer`, kept for code written against it.
-``await driver.wait_sources_changed(version)`` returns once sources were added or removed since ``version`` (the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own
-VP8/H.264 decoders, one thread per stream beside the event loop (decoders.py says why).
+``await driver.wait_sources_changed(version)`` returns once sources were added or removed since ``version``
+(the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own VP8/H.264 decoders,
+one thread per stream beside the event loop (decoders.py says why).
 
 The page (GET /) sends each question as data-channel text ``{"id", "question", "stream": true, "source"}``;
 it renders partials ``{"id", "seq", "delta"}`` in ``seq`` order and replaces them with the final answer
