@@ -12,8 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
-import os
 import logging
+import os
 import queue
 import sqlite3
 import threading
