@@ -542,7 +542,7 @@ def test_encoding_refuses_jpeg_mode_with_an_embedding_function():
 async def test_close_called_twice_at_once_returns_when_the_first_is_done(stub_llm):
     """A second `close()` while the first runs waits for it (the daemon's used to return at once, before the peers,
     the MQTT connection and the LLM were closed)."""
-    from visual_agent.config import parse_config
+    from visual_agent.config_loading import parse_config
     from visual_agent.daemon import Daemon
 
     config = parse_config({
