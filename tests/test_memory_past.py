@@ -36,9 +36,10 @@ async def witness_llm():
     await stub.close()
 
 
-def config(tmp_path: Path, stub: Any, mosquitto: Any, prefix: str, clip: Path, **memory: Any) -> Any:
+def config(tmp_path: Path, stub: Any, mosquitto: Any, prefix: str, clip: Path, llm: dict[str, Any] | None = None,
+           **memory: Any) -> Any:
     return parse_config({
-        "llm": {"provider": "openai", "base_url": stub.base_url, "api_key": "x", "model_name": stub.model},
+        "llm": {"provider": "openai", "base_url": stub.base_url, "api_key": "x", "model_name": stub.model, **(llm or {})},
         "webrtc": {"host": "127.0.0.1", "port": 0, "host_candidate_addresses": ["127.0.0.1"], "auth_token": TOKEN},
         "sources": [{"name": "clip", "kind": "file", "url": str(clip), "loop": True}],
         "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix, "reconnect_min_s": 0.1},
@@ -168,6 +169,34 @@ async def test_memory_past_question_without_a_store(tmp_path, witness_llm, runni
     try:
         refused = await ask_mqtt(peer, topic_prefix, {"id": "n1", "question": "when?", "since": 1000})
         assert refused["error"]["type"] == "bad_payload" and "storage.enabled" in refused["error"]["message"]
+    finally:
+        peer.close()
+        await daemon.close()
+
+
+async def test_memory_past_question_fits_the_context_by_showing_fewer_events(tmp_path, witness_llm, running_mosquitto,
+                                                                             topic_prefix):
+    """Eight long stored texts do not fit a 600-token model: the lower-ranked half is left out until they do, and
+    the answer says how many (`trimmed.events`) and cites only the events shown."""
+    stub, witness = witness_llm
+    clip = write_colour_clip(tmp_path / "scenes.mp4", [(1.0, "red")])
+    daemon = Daemon(config(tmp_path, stub, running_mosquitto, topic_prefix, clip, llm={"context_tokens": 600},
+                           enabled=False))
+    await daemon.start()
+    peer = PahoPeer(running_mosquitto.host, running_mosquitto.port)
+    try:
+        store = daemon.memory.store
+        assert store is not None
+        from visual_agent.memory import Event
+
+        for i in range(8):
+            await store.write(Event(source="clip", kind="memory", at=1000.0 + i,
+                                    text=f"number {i}: " + "a long and winding description of the scene " * 10))
+        answer = await ask_mqtt(peer, topic_prefix, {"id": "fit", "question": "what happened?", "since": 900,
+                                                     "until": 2000})
+        assert answer["error"] is None, answer
+        assert answer["trimmed"]["events"] >= 4 and len(answer["events"]) == 8 - answer["trimmed"]["events"]
+        assert [e["at"] for e in answer["events"]] == sorted(e["at"] for e in answer["events"])
     finally:
         peer.close()
         await daemon.close()

@@ -102,6 +102,18 @@ def test_memory_query_rejects_bad_parameters() -> None:
     assert EventQuery.from_mapping({"q": "?!*"}).q is None
 
 
+def test_memory_store_files_are_private(tmp_path: Path) -> None:
+    """The store holds camera pictures: its directory and files are for their owner only."""
+    store = _store(tmp_path / "state")
+    try:
+        _write(store, Event(source="s", kind="answer", text="x", image=_colour((1, 1, 1), 32, 32)))
+        assert (tmp_path / "state").stat().st_mode & 0o077 == 0
+        for name in ("events.db", "events.db-wal", "events.db-shm"):
+            assert (tmp_path / "state" / name).stat().st_mode & 0o077 == 0, name
+    finally:
+        store.close()
+
+
 def test_memory_store_restart_keeps_events(tmp_path: Path) -> None:
     store = _store(tmp_path)
     ids = [_write(store, Event(source="door", kind="answer", text=f"answer {i}", image=_colour((9, 9, 9), 32, 32)))

@@ -2,8 +2,10 @@
 from the event store instead of the live frames.
 
 1. retrieve the best-matching events of the window (`retrieval.recall`: text rank, then the most recent);
-2. give the model their thumbnails and texts, oldest first, each with its time and source (`model_call.Recalled`),
-   through the core's one call to the model (the context budget drops the oldest pictures first; their texts stay);
+2. give the model their thumbnails and texts, oldest first, each with its time and source (`model_call.Recalled`;
+   a text is cut at `MAX_TEXT_CHARS`), through the core's one call to the model (the context budget drops the oldest
+   pictures first; their texts stay); when even the texts do not fit the model's context, the lower-ranked half of
+   the events is left out and the model asked again (the answer's `trimmed.events` counts them);
 3. answer with `events: [{"id", "at", "source"}]`, the events the model was shown, so "when did X happen?" answers
    carry the times. A window with nothing stored gets an answer saying so, without a model call.
 """
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PAST_SYSTEM_PROMPT", "PastQuestions"]
 
+MAX_TEXT_CHARS = 300
+"""What the model reads of one stored event's text at most."""
 PAST_SYSTEM_PROMPT = (
     "You answer questions about what cameras saw earlier, from stored observations. Each observation gives its "
     "time in square brackets, its source, what was said then, and usually its picture. Answer from them only, "
@@ -61,25 +65,39 @@ class PastQuestions:
         if not events:
             return Answer(id=question.id, question=question.question, source=question.source, events=[],
                           text=f"Nothing was recorded{_where(question.source)} {_window(since, until)}.")
-        recalled = [Recalled(text=_said(e), image=jpeg, at=e.at, source=e.source)
-                    for e, jpeg in zip(events, pictures, strict=True)]
-        request = ModelRequest(
-            prompt=f"{question.question}\n\nStored observations{_where(question.source)} {_window(since, until)}, "
-                   "oldest first:",
-            via=Via.MEMORY, asker="memory", source=question.source, recalled=recalled, system_prompt=PAST_SYSTEM_PROMPT,
-            options=self.options, on_partial=on_partial, question_id=question.id)
-        response = await self.core.call_model(request, deadline=deadline, timing=timing)
+        shown = len(events)
+        while True:
+            chosen = sorted(range(shown), key=lambda i: (events[i].at, events[i].id))  # oldest first
+            request = ModelRequest(
+                prompt=f"{question.question}\n\nStored observations{_where(question.source)} "
+                       f"{_window(since, until)}, oldest first:",
+                via=Via.MEMORY, asker="memory", source=question.source, system_prompt=PAST_SYSTEM_PROMPT,
+                recalled=[Recalled(text=_said(events[i]), image=pictures[i], at=events[i].at, source=events[i].source)
+                          for i in chosen],
+                options=self.options, on_partial=on_partial, question_id=question.id)
+            try:
+                response = await self.core.call_model(request, deadline=deadline, timing=timing)
+                break
+            except QuestionError as exc:
+                if exc.type is not ErrorType.CONTEXT_EXCEEDED or shown == 1:
+                    raise
+                shown //= 2  # even the texts do not fit: keep the better half
+        trimmed = dict(response.trimmed or {})
+        if shown < len(events):
+            trimmed["events"] = len(events) - shown
         return Answer(id=question.id, question=question.question, text=response.text, source=question.source,
-                      model=response.model, trimmed=response.trimmed or None, events=[e.ref() for e in events])
+                      model=response.model, trimmed=trimmed or None, events=[events[i].ref() for i in chosen])
 
 
 def _said(event: StoredEvent) -> str:
     """What the model reads of an event beside its time and source."""
     if event.kind == "rule":
-        return event.text
-    if event.kind == "answer" and event.question:
-        return f"asked {event.question!r}, answered: {event.text}"
-    return f"{event.kind}: {event.text}"
+        said = event.text
+    elif event.kind == "answer" and event.question:
+        said = f"asked {event.question[:100]!r}, answered: {event.text}"
+    else:
+        said = f"{event.kind}: {event.text}"
+    return said if len(said) <= MAX_TEXT_CHARS else said[:MAX_TEXT_CHARS - 3] + "..."
 
 
 def _where(source: str | None) -> str:

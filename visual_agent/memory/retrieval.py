@@ -2,8 +2,8 @@
 
 The best text matches of the question's words in the window come first (`EventStore.search`: events holding every
 word, then any, ranked by FTS5's bm25); when they are fewer than `limit`, the most recent events of the window fill
-the rest, so "what happened at the door this morning?" still sees the morning. Returned oldest first, the order the
-model reads them in.
+the rest, so "what happened at the door this morning?" still sees the morning. Returned best first (the matches by rank,
+then the recent ones newest first): the caller keeps as many as fit and shows them oldest first.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["recall"]
 
 async def recall(store: EventStore, text: str, *, source: str | None, since: float | None, until: float | None,
                  limit: int) -> list[StoredEvent]:
-    """Up to `limit` events of [since, until] (and `source`) for a question, oldest first."""
+    """Up to `limit` events of [since, until] (and `source`) for a question, best first."""
     chosen = {e.id: e for e in await store.asearch(text, source=source, since=since, until=until, limit=limit)}
     if len(chosen) < limit:
         recent = await store.aquery(EventQuery(source=source, since=since, until=until, limit=limit))
@@ -25,4 +25,4 @@ async def recall(store: EventStore, text: str, *, source: str | None, since: flo
             if len(chosen) >= limit:
                 break
             chosen.setdefault(event.id, event)
-    return sorted(chosen.values(), key=lambda e: (e.at, e.id))
+    return list(chosen.values())

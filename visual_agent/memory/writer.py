@@ -10,8 +10,10 @@ succeed once space is freed).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -130,6 +132,7 @@ class EventWriter:
 
     def _run(self) -> None:
         try:
+            _create_private(self.path)
             conn = connect(self.path)
             create_schema(conn)
         except BaseException as exc:
@@ -228,6 +231,13 @@ class EventWriter:
 
     def used_bytes(self) -> int:
         return self.retention.last_used_bytes
+
+
+def _create_private(path: Path) -> None:
+    """Create the store's file readable by its owner only (it holds camera pictures); SQLite gives its -wal and -shm
+    files the same mode. An existing file keeps its mode."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def _insert(conn: sqlite3.Connection, event: Event, images: list[bytes]) -> int:
