@@ -71,17 +71,20 @@ async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncodin
 def ingest_config(config: Config) -> Any:
     """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
     frame and `agent.max_frames - 1` older ones spread over at least `agent.window_s` (not 32 consecutive decoded
-    frames), so a question for `agent.max_frames` frames still gets them all."""
+    frames), so a question for `agent.max_frames` frames still gets them all; the older ones kept at
+    `encoder.jpeg_max_side`, the size they are sent at."""
     from dataclasses import replace
 
     webrtc = config.webrtc
     given = webrtc.keys_set
-    if "buffer_spread_frames" in given:
-        return webrtc
-    derived: dict[str, Any] = {"buffer_spread_frames": max(1, config.agent.max_frames - 1)}
-    if "buffer_max_seconds" not in given:
-        derived["buffer_max_seconds"] = max(webrtc.buffer_max_seconds, config.agent.window_s)
-    return replace(webrtc, **derived)
+    derived: dict[str, Any] = {}
+    if "buffer_older_max_side" not in given:
+        derived["buffer_older_max_side"] = config.encoder.jpeg_max_side
+    if "buffer_spread_frames" not in given:
+        derived["buffer_spread_frames"] = max(1, config.agent.max_frames - 1)
+        if "buffer_max_seconds" not in given:
+            derived["buffer_max_seconds"] = max(webrtc.buffer_max_seconds, config.agent.window_s)
+    return replace(webrtc, **derived) if derived else webrtc
 
 
 class Daemon:
