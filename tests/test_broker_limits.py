@@ -129,10 +129,10 @@ def _recv_exactly(s: socket.socket, n: int) -> bytes:
 
 
 async def test_broker_bounds_what_waits_for_a_client_that_does_not_read():
-    """A connected client subscribes to `#` and stops reading; 100 x 200 KiB are published. What the broker holds
-    for it (messages waiting to be written to its socket) stays within `embedded_max_queued_bytes` plus one message
-    (the rest is dropped, counted); a reading subscriber got all 100."""
-    cfg = MqttConfig(prefix=PREFIX, embedded_port=0, embedded_max_queued_bytes=MB)
+    """A connected client subscribes to `#` and stops reading; 100 x 200 KiB (20 MB) are published. What the broker
+    holds for it (messages waiting to be written to its socket) stays within `embedded_max_unsent_bytes` (8 MiB) plus
+    one message (the rest is dropped, counted); a reading subscriber got all 100."""
+    cfg = MqttConfig(prefix=PREFIX, embedded_port=0)
     async with EmbeddedBroker.from_config(cfg) as broker:
         slow = await asyncio.to_thread(_slow_subscriber, broker.port)
         try:
@@ -143,7 +143,8 @@ async def test_broker_bounds_what_waits_for_a_client_that_does_not_read():
             held = _held_for(broker, "slow")
             print(f"reading subscriber: {len(got) - 1} of 100; held for the one that does not read: {held} bytes")
             assert len(got) == 101
-            assert held <= MB + 256 * 1024, held
+            assert held <= 8 * MB + 256 * 1024, held
+            assert broker.describe()["queue_dropped"] > 0
         finally:
             slow.close()
 

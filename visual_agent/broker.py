@@ -8,8 +8,8 @@ What it adds to amqtt (each found missing by trying it as an attacker would; doc
   bound beyond loopback they are required (`EmbeddedBrokerError` otherwise).
 - Topic rights (`broker_acl.TopicRights`): the daemon's own client logs in with a random per-start credential and
   alone publishes under `<prefix>/`; others ask (`<prefix>/ask`, `<prefix>/<source>/ask`) but may not read the
-  questions; only the daemon and the operator (the configured broker user) set the rules and Home Assistant's
-  discovery configs.
+  questions, and query the event store (`<prefix>/events/query`); only the daemon and the operator (the configured
+  broker user) set the rules and Home Assistant's discovery configs.
 - The daemon's client id is its own: amqtt takes a client id over (disconnecting its holder) and copies the
   newcomer's credentials onto the existing session before it checks them; here a newcomer is checked first, and one
   that is not the daemon may not use an id the daemon holds (else anyone who read the id in /healthz could
@@ -72,6 +72,7 @@ class EmbeddedBroker:
         self.gate = ConnectionGate(max_connections=lim.max_connections, max_pending=lim.max_pending,
                                    counters=self.counters, log=self.log)
         self.queues = SessionQueues(max_messages=lim.max_queued_messages, max_bytes=lim.max_queued_bytes,
+                                    max_unsent_bytes=lim.max_unsent_bytes,
                                     counters=self.counters, log=self.log)
         self.daemon_sessions: dict[str, dict[str, Any]] = {}
         """Client ids the daemon's own client connected with -> that session's fields as the daemon set them."""

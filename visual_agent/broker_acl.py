@@ -7,6 +7,7 @@ lets in (on loopback without a password: every local user).
 | topic | publish | subscribe / receive |
 | --- | --- | --- |
 | `<prefix>/ask`, `<prefix>/<source>/ask` (questions) | anyone | the daemon only: questions are write-only |
+| `<prefix>/events/query` (a question about the event store) | anyone | anyone |
 | `<prefix>/rules/set` (the rule set) | the daemon and the operator | anyone |
 | `<discovery_prefix>/.../config` (Home Assistant discovery) | the daemon and the operator | anyone |
 | anything else under `<prefix>/` (answers, status, states) | the daemon only | anyone |
@@ -46,6 +47,10 @@ class TopicRights:
         parts = topic[len(self.prefix) + 1:].split("/")
         return parts == ["ask"] or (len(parts) == 2 and parts[1] == "ask" and parts[0] not in ("", "rules"))
 
+    def is_request(self, topic: str) -> bool:
+        """A request others send the daemon besides questions: `<prefix>/events/query`."""
+        return self.prefix is not None and topic == f"{self.prefix}/events/query"
+
     def is_operator_topic(self, topic: str) -> bool:
         """The rule set, or a Home Assistant discovery config: what reconfigures the daemon or Home Assistant."""
         if self.prefix is not None and topic == f"{self.prefix}/rules/set":
@@ -53,7 +58,7 @@ class TopicRights:
         return bool(self.discovery_prefix) and topic.startswith(f"{self.discovery_prefix}/") and topic.endswith("/config")
 
     def may_publish(self, username: str | None, topic: str) -> bool:
-        if username == DAEMON_USERNAME or self.is_question(topic):
+        if username == DAEMON_USERNAME or self.is_question(topic) or self.is_request(topic):
             return True
         if self.is_operator_topic(topic):
             if self.operator is not None and username == self.operator:

@@ -35,11 +35,14 @@ from .config import (
     DEFAULT_EMBEDDED_MAX_RETAINED,
     DEFAULT_EMBEDDED_MAX_RETAINED_BYTES,
     DEFAULT_EMBEDDED_MAX_SESSIONS,
+    DEFAULT_EMBEDDED_MAX_UNSENT_BYTES,
 )
 
 __all__ = ["BrokerLimits", "ConnectionGate", "PacketSizeGuard", "PacketTooLarge", "RateLimitFilter", "RateLimitedLog", "SessionQueues"]
 
 LOG_INTERVAL_S = 10.0
+UNSENT_TOTAL_FACTOR = 8
+"""All connected clients together hold at most this many times `max_unsent_bytes` waiting to be written."""
 
 
 class RateLimitedLog:
@@ -194,8 +197,12 @@ class PacketSizeGuard:
 class SessionQueues:
     """Messages and bytes waiting for each session: queued while it is away, or being sent while it is connected."""
 
-    def __init__(self, *, max_messages: int, max_bytes: int, counters: dict[str, int], log: RateLimitedLog) -> None:
+    def __init__(self, *, max_messages: int, max_bytes: int, max_unsent_bytes: int, counters: dict[str, int],
+                 log: RateLimitedLog) -> None:
         self.max_messages, self.max_bytes = max_messages, max_bytes
+        self.max_unsent_bytes = max_unsent_bytes
+        """Per connected client; all together at most `UNSENT_TOTAL_FACTOR` times this. A reading client under load
+        may lag several megabytes in a burst; one that does not read holds at most this."""
         self._counters = counters
         self._log = log
         self._queued: dict[str, int] = {}
@@ -241,12 +248,17 @@ class SessionQueues:
         handler._send_packet = counted
 
     def may_send(self, client_id: str) -> bool:
-        """False when a connected client already has as much waiting to be written as an offline queue may hold."""
-        count, size = self._sending.get(client_id, (0, 0))
-        if count < self.max_messages and size < self.max_bytes:
+        """False when a connected client already has `max_unsent_bytes` waiting to be written, or all clients
+        together `UNSENT_TOTAL_FACTOR` times that."""
+        size = self._sending.get(client_id, (0, 0))[1]
+        if size < self.max_unsent_bytes and self._unsent_total() < UNSENT_TOTAL_FACTOR * self.max_unsent_bytes:
             return True
-        self._refused(client_id, f"it does not read ({count} messages, {size} bytes not sent yet)")
+        self._refused(client_id, f"it does not read fast enough ({size} bytes not written yet; "
+                                 "mqtt.embedded_max_unsent_bytes)")
         return False
+
+    def _unsent_total(self) -> int:
+        return sum(size for _, size in self._sending.values())
 
     def total_bytes(self) -> int:
         return sum(self._queued.values()) + sum(size for _, size in self._sending.values())
@@ -272,6 +284,8 @@ class BrokerLimits:
     """Messages waiting for one session (offline, or not yet written to it)."""
     max_queued_bytes: int = DEFAULT_EMBEDDED_MAX_QUEUED_BYTES
     """Payload bytes waiting for one session (offline, or not yet written to it)."""
+    max_unsent_bytes: int = DEFAULT_EMBEDDED_MAX_UNSENT_BYTES
+    """Payload bytes waiting to be written to one connected client; all clients together: 8 times this."""
     max_sessions: int = DEFAULT_EMBEDDED_MAX_SESSIONS
     """Disconnected persistent sessions kept; beyond it the longest-disconnected one is forgotten."""
     max_retained: int = DEFAULT_EMBEDDED_MAX_RETAINED

@@ -24,6 +24,7 @@ from providers.registry import ProviderSettings, provider_kind
 from webrtc.config import SourceConfig, WebRTCConfig
 
 from .config_readers import Shown, default_llm, masked, read_llm, read_sources, read_webrtc
+from .memory.config import StorageConfig
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 from .strict_numbers import NumbersNotBooleans
 
@@ -91,6 +92,7 @@ DEFAULT_EMBEDDED_MAX_MESSAGE_BYTES = 256 * 1024
 DEFAULT_EMBEDDED_MAX_QUEUED_MESSAGES = 100
 DEFAULT_EMBEDDED_MAX_QUEUED_BYTES = 1024 * 1024
 DEFAULT_EMBEDDED_MAX_SESSIONS = 64
+DEFAULT_EMBEDDED_MAX_UNSENT_BYTES = 8 * 1024 * 1024
 DEFAULT_HA_DISCOVERY_PREFIX = "homeassistant"
 
 
@@ -305,6 +307,9 @@ class MqttConfig(_Section):
     """Messages queued for one disconnected persistent session; more are dropped."""
     embedded_max_queued_bytes: int = Field(DEFAULT_EMBEDDED_MAX_QUEUED_BYTES, ge=1024)
     """Payload bytes queued for one disconnected persistent session; more are dropped."""
+    embedded_max_unsent_bytes: int = Field(DEFAULT_EMBEDDED_MAX_UNSENT_BYTES, ge=64 * 1024)
+    """Payload bytes waiting to be written to one connected client (one that does not read holds them); more are
+    dropped for it. All clients together hold at most 8 times this."""
     embedded_max_sessions: int = Field(DEFAULT_EMBEDDED_MAX_SESSIONS, ge=1)
     """Disconnected persistent sessions the embedded broker keeps; beyond it the longest-disconnected is forgotten."""
     prefix: str = DEFAULT_PREFIX
@@ -430,6 +435,8 @@ class Config(_Section):
     """MQTT."""
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     """Metrics and traces."""
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """The event store (visual_agent.memory.StorageConfig keys): where, how long, how much; the `memory` trigger."""
     rules: list[RuleConfig] = Field(default_factory=list)
     """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)

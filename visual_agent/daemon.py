@@ -22,10 +22,12 @@ from .agent import VisualAgent
 from .broker import EmbeddedBroker
 from .broker_metrics import BrokerCollector
 from .config import Config
+from .console import Console
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
 from .intakes import Intakes, serve
+from .memory.service import MemoryService
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
 from .page_link import show_on_terminal
@@ -71,17 +73,20 @@ async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncodin
 def ingest_config(config: Config) -> Any:
     """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
     frame and `agent.max_frames - 1` older ones spread over at least `agent.window_s` (not 32 consecutive decoded
-    frames), so a question for `agent.max_frames` frames still gets them all."""
+    frames), so a question for `agent.max_frames` frames still gets them all; the older ones kept at
+    `encoder.jpeg_max_side`, the size they are sent at."""
     from dataclasses import replace
 
     webrtc = config.webrtc
     given = webrtc.keys_set
-    if "buffer_spread_frames" in given:
-        return webrtc
-    derived: dict[str, Any] = {"buffer_spread_frames": max(1, config.agent.max_frames - 1)}
-    if "buffer_max_seconds" not in given:
-        derived["buffer_max_seconds"] = max(webrtc.buffer_max_seconds, config.agent.window_s)
-    return replace(webrtc, **derived)
+    derived: dict[str, Any] = {}
+    if "buffer_older_max_side" not in given:
+        derived["buffer_older_max_side"] = config.encoder.jpeg_max_side
+    if "buffer_spread_frames" not in given:
+        derived["buffer_spread_frames"] = max(1, config.agent.max_frames - 1)
+        if "buffer_max_seconds" not in given:
+            derived["buffer_max_seconds"] = max(webrtc.buffer_max_seconds, config.agent.window_s)
+    return replace(webrtc, **derived) if derived else webrtc
 
 
 class Daemon:
@@ -107,6 +112,10 @@ class Daemon:
         self.subscription_check: SubscriptionCheck | None = None
         """Whether the broker delivers what the daemon subscribes to (not needed with the embedded broker)."""
         self.intakes: Intakes | None = None
+        self.console = Console(self)
+        """The page's console API (`visual_agent/console`): state, snapshots, rules."""
+        self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
+        """The event store, `GET /events`, `<prefix>/events/query`, questions about the past, scene memory."""
         self._stack = contextlib.AsyncExitStack()
         """Everything started, closed in reverse by `close`."""
         self._closed: asyncio.Future[None] | None = None
@@ -121,6 +130,11 @@ class Daemon:
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
             stack.push_async_callback(self.driver.close)
+            self.console.mount(self.driver)
+            stack.push_async_callback(self.console.close)
+            await self.memory.open()
+            stack.push_async_callback(self.memory.close)  # after the agent and its intakes: their last events kept
+            self.memory.register_routes(self.driver.add_route)
             telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
@@ -137,9 +151,13 @@ class Daemon:
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.observe(self.homeassistant.observe)
+            self.memory.attach(self.agent)
+            self.console.watch(self.agent)
             self.intakes = await serve(stack, self.agent)
+            await self.memory.start_trigger(stack, self.agent, threshold=cfg.agent.scene_change.threshold)
             await self._start_rules()
             await self._connect_mqtt()  # after the intakes subscribed: `online` means questions are taken
+            await self.memory.start_mqtt(self.messager)
             if self.messager is not None and self.broker is None:  # a broker's ACL may drop what it let us subscribe
                 self.subscription_check = SubscriptionCheck(self.messager).start()
                 stack.push_async_callback(self.subscription_check.close)
@@ -272,6 +290,7 @@ class Daemon:
             "agent": self.agent.describe_state() if self.agent else None,
             "rules": self.rules.describe() if self.rules else None,
             "lookback": self.agent.lookbacks.describe() if self.agent else None,
+            "storage": self.memory.health(),
         }
 
     async def close(self) -> None:
