@@ -186,8 +186,9 @@ class Daemon:
             self._stack.push_async_callback(self.broker.close)
             port = self.broker.port or port
             client_config = self.broker.daemon_client_config(client_config)  # its own credentials: may publish status
+        # Questions are acknowledged once answered (the MQTT intake settles each message it takes).
         self.messager = MqttMessager(client_config, host=host, port=port, status_topic=Topics(mqtt.prefix).status,
-                                     name="mqtt")
+                                     settle_by_consumer=True, name="mqtt")
         self._stack.push_async_callback(self.messager.close)
 
     async def _connect_mqtt(self) -> None:
