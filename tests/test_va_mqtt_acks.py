@@ -106,6 +106,10 @@ def test_release_queue_acks_the_head_run_in_arrival_order():
     assert queue.arrived(9, 0, dup=False) is not None and len(queue) == 0  # QoS 0: nothing to acknowledge
     a()  # settling twice does nothing
     assert acked == [5, 6, 7]
+    d = queue.arrived(8, 1, dup=False)
+    assert d and queue.arrived(8, 1, dup=True) is None  # resent on the same connection: not new, one place
+    d()
+    assert acked == [5, 6, 7, 8] and len(queue) == 0
 
 
 def test_release_queue_after_a_reconnect_acks_in_the_order_of_the_redeliveries():
@@ -128,3 +132,18 @@ def test_release_queue_after_a_reconnect_acks_in_the_order_of_the_redeliveries()
     queue.reconnected(session_present=False)  # a new session: the broker forgot message 3
     lost()
     assert acked == [2, 1] and len(queue) == 0
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_messager_replica_in_a_shared_group_starts_a_clean_session(mosquitto_factory, protocol):
+    """A replica (`mqtt.shared_group`, its session ending with the connection) connects with clean start, so a broker
+    that hands a dead member's unacknowledged share to the others (EMQX, HiveMQ) may; a lone daemon with a fixed id
+    resumes its session (mosquitto's log: `c1` / `c0`)."""
+    broker = mosquitto_factory(listener_extra="log_type debug\n")
+    for group, clean in (("replicas", "c1"), (None, "c0")):
+        client_id = f"va-{uuid.uuid4().hex[:8]}"
+        cfg = MqttConfig(host=broker.host, port=broker.port, protocol=protocol, client_id=client_id, shared_group=group)
+        async with MqttMessager(cfg.for_client(), settle_by_consumer=True):
+            pass
+        seen = re.findall(rf"as {client_id} \(p\d, (c\d)", broker.log.read_text())
+        assert seen == [clean], (group, seen)

@@ -11,11 +11,10 @@ attempt. Another named task keeps the connection alive (paho's pings). Both are 
   expiry `mqtt.session_expiry_s`, 3.1.1 clean_session False), so questions asked while the daemon is down are
   delivered at its next start. With the random default id, MQTT 5 keeps the session while connected (a broker
   restart keeps our subscription) and ends it on a clean stop; MQTT 3.1.1 uses a clean session (no orphans).
-- QoS-1 redeliveries (DUP) of a message already received are dropped, so a question is answered once.
-- Acknowledgements (PUBACK) in arrival order (`mqtt_acks.ReleaseQueue`): at receipt, or with `settle_by_consumer`
-  when the consumer calls the message's `settle()` (the daemon: once the question's answer is published), so a
-  question taken but not answered stays in the broker's session if the process dies. With a shared group the
-  session starts clean: a broker that hands a dead member's unacknowledged messages on does so at once.
+- QoS-1 redeliveries (DUP) of a message already received are dropped, so a question is answered once. PUBACKs go
+  in arrival order (`mqtt_acks`): at receipt, or (`settle_by_consumer`) when the consumer calls `msg.settle()`, so
+  a question taken but not answered stays in the broker's session if the process dies. A shared group whose
+  session ends with the connection starts clean, so a broker may hand a dead member's share on.
 - Retained ``<prefix>/status``: ``online`` after each connect, ``offline`` on `close()` and as the last will.
 - Publishing never blocks and never raises for a missing connection: while offline, messages wait in a bounded
   outbox (oldest dropped, logged, counted) and go out after the reconnect.
@@ -132,8 +131,9 @@ class MqttMessager:
         }
 
     def _clean_start(self) -> bool:
-        """A replica (`shared_group`) starts clean: its unacknowledged share is the live members' to take."""
-        return not self.persistent_session or self.config.shared_group is not None
+        """A replica (`shared_group`) whose session ends with its connection starts clean: a broker that hands a
+        dead member's unacknowledged share to the live members (EMQX, HiveMQ) does so at once."""
+        return not self.persistent_session or (self.config.shared_group is not None and self.config.session_expiry_s == 0)
 
     def _session_while_connected(self) -> bool:
         return self.persistent_session and (self.keeps_session or self.protocol is MqttProtocol.V5)
@@ -325,7 +325,7 @@ class MqttMessager:
             self.config,
             client_id=self.client_id,
             protocol=self.protocol,
-            clean_session=not self.keeps_session or self.config.shared_group is not None,
+            clean_session=not self.keeps_session or self._clean_start(),
             will_topic=self.status_topic,
             will_payload=STATUS_OFFLINE,
             on_message=self._receive,

@@ -8,6 +8,8 @@ and a `settle` callable; settling marks it done, and the run of done messages at
 After a reconnect to a kept session the broker sends every unacknowledged message again, with its packet id and
 DUP set, before new ones: the messages still waiting are set aside and each takes the place of its redelivery
 (that copy is not handed out again). With a new session the broker forgot them: they are never acknowledged.
+A broker that resends an unacknowledged message on the same connection (EMQX's `retry_interval`) is answered the
+same way: the copy is not new, and its place is already in the queue.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class ReleaseQueue:
         """A message came: its `settle`, or None for the redelivery of one that is still here (not new: drop it)."""
         if qos == 0:
             return _nothing
+        if dup and any(place.mid == mid for place in self._queue):
+            return None  # sent again on this connection: its place is already here
         earlier = self._set_aside.pop(mid, None) if dup else None
         if earlier is not None:
             self._queue.append(earlier)

@@ -7,7 +7,7 @@ so every paho callback runs on the loop's thread; only the blocking TCP/TLS conn
 opens the socket there, so `on_socket_open` and the first `on_socket_register_write` may come from that thread
 and are handed to the loop). Each acknowledgement (CONNACK, SUBACK, UNSUBACK, PUBACK) resolves a future.
 
-paho does not acknowledge what it receives (`manual_ack=True`): `ack()` sends a received message's PUBACK when the
+With QoS 1 paho does not acknowledge what it receives (`manual_ack=True`): `ack()` sends a received message's PUBACK when the
 session policy says it is dealt with (`mqtt_acks.ReleaseQueue`), so a message taken but not dealt with stays in the
 broker's session if the process dies.
 
@@ -129,7 +129,8 @@ class PahoBridge:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else clean_session,
             reconnect_on_failure=False,
-            manual_ack=True,
+            # QoS 2 is acknowledged (PUBREC) at receipt anyway, and paho leaves an unknown PUBREL unanswered in this mode.
+            manual_ack=config.qos == 1,
         )
         if config.username is not None:
             client.username_pw_set(config.username, config.password.get_secret_value() if config.password else None)
