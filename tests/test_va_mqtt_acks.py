@@ -8,6 +8,7 @@ debug log) when the messages are settled out of order; `ReleaseQueue` as a unit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -17,10 +18,14 @@ import pytest
 from tests.fixtures.daemon import daemon_process, free_tcp_port
 from tests.fixtures.mqtt import PahoPeer
 from tests.test_va_mqtt_faults import _answers, _config, _kept_session_asker, _status, _video_source, held_llm  # noqa: F401
+from providers import create_provider
 from tests.waiting import wait_until
-from visual_agent.config import MqttConfig
+from visual_agent.agent import VisualAgent
+from visual_agent.config import AgentConfig, MqttConfig
+from visual_agent.intakes import serve
 from visual_agent.mqtt import MqttMessager
 from visual_agent.mqtt_acks import ReleaseQueue
+from visual_agent.topics import Topics
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]
 
@@ -147,3 +152,31 @@ async def test_messager_replica_in_a_shared_group_starts_a_clean_session(mosquit
             pass
         seen = re.findall(rf"as {client_id} \(p\d, (c\d)", broker.log.read_text())
         assert seen == [clean], (group, seen)
+
+
+async def test_mqtt_intake_settles_what_is_not_a_question_so_nothing_waits_behind_it(running_mosquitto, paho_peer,
+                                                                                  topic_prefix, stub_llm):
+    """A bad payload is settled when its error answer is out, a question when its answer is: each acknowledged, and
+    the bad one first (it arrived first), so it never holds the question's acknowledgement back."""
+    peer = paho_peer("5")
+    t = Topics(topic_prefix)
+    peer.subscribe(t.answer)
+    llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
+    messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port), settle_by_consumer=True)
+    await messager.start()
+    agent = VisualAgent(llm=llm, messager=messager, prefix=topic_prefix, provider_name="openai",
+                        config=AgentConfig(frame_wait_s=0.1))
+    async with contextlib.AsyncExitStack() as stack:
+        await serve(stack, agent)
+        try:
+            peer.publish(t.ask, b"{not json")
+            peer.publish(t.ask, json.dumps({"id": "q", "question": "anyone?"}))
+            got = [json.loads((await asyncio.to_thread(peer.get, 10, t.answer)).payload) for _ in range(2)]
+            await wait_until(lambda: messager.describe()["unacknowledged"] == 0, what="both acknowledged")
+        finally:
+            await stack.aclose()
+            await messager.close()
+            await llm.aclose()
+    assert [a["error"]["type"] for a in got if a["id"] != "q"] == ["bad_payload"], got
+    assert [a["id"] for a in got].count("q") == 1
+    assert messager.stats.received == 2
