@@ -15,10 +15,10 @@ import uuid
 
 import pytest
 
+from providers import create_provider
 from tests.fixtures.daemon import daemon_process, free_tcp_port
 from tests.fixtures.mqtt import PahoPeer
-from tests.test_va_mqtt_faults import _answers, _config, _kept_session_asker, _status, _video_source, held_llm  # noqa: F401
-from providers import create_provider
+from tests.test_va_mqtt_faults import HeldLLM, _answers, _config, _kept_session_asker, _status, _video_source
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
@@ -28,6 +28,13 @@ from visual_agent.mqtt_acks import ReleaseQueue
 from visual_agent.topics import Topics
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def held_llm():
+    llm = await HeldLLM().start()
+    yield llm
+    await llm.close()
 
 
 async def test_daemon_killed_during_an_llm_call_answers_that_question_after_its_restart(tmp_path, mosquitto_factory,
