@@ -2,12 +2,12 @@
 
 Imports nothing else of this project. The daemon uses it like this::
 
-    from webrtc import FrameTimeoutError, SourceConfig, WebRTCConfig, WebRTCDriver
+    from webrtc import FrameTimeoutError, SourceConfig, WebRTCConfig, WebRTCServer
 
-    driver = WebRTCDriver(WebRTCConfig(port=8080), [SourceConfig(name="door", kind="rtsp", url="rtsp://...")])
+    driver = WebRTCServer(WebRTCConfig(port=8080), [SourceConfig(name="door", kind="rtsp", url="rtsp://...")])
     driver.on_data_message = on_text          # (source_name, peer_id, text) -> None | awaitable
     driver.healthz_extra = lambda: {"broker": "connected", "llm": "ready"}
-    driver.app.router.add_get("/mine", handler)   # extra routes: before start()
+    driver.add_route("GET", "/mine", handler)  # extra routes behind the same guard: before start()
     async with driver:                         # or: await driver.start() ... await driver.close()
         buffer = driver.get_buffer("door")     # or driver.buffers["door"]; driver.source_names()
         newest = await buffer.wait_for_frame(timeout=5)   # FrameTimeoutError (a TimeoutError) if none
@@ -24,10 +24,11 @@ same name gets 409 unless its offer's ``replaces`` is the first one's ``session_
 and then replaces it. When a peer leaves, a named source's buffer stays (state ``ended``; its frames
 age out after ``buffer_max_seconds`` as in a live buffer, the newest stays readable) and the next peer under
 that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers that never connect
-(``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCServer` and
-`WebRTCDriver` are the same class. ``await driver.wait_sources_changed(version)`` returns once sources were added
-or removed since ``version`` (the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own
-VP8/H.264 decoders, one thread per stream beside the event loop (decoders.py says why).
+(``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCDriver` is
+another name of `WebRTCServer`, kept for code written against it.
+``await driver.wait_sources_changed(version)`` returns once sources were added or removed since ``version``
+(the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own VP8/H.264 decoders,
+one thread per stream beside the event loop (decoders.py says why).
 
 The page (GET /) sends each question as data-channel text ``{"id", "question", "stream": true, "source"}``;
 it renders partials ``{"id", "seq", "delta"}`` in ``seq`` order and replaces them with the final answer
@@ -45,6 +46,7 @@ handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"
 candidates aioice offers, process-wide (see `webrtc.ice`).
 """
 
+from .addresses import WILDCARD_HOSTS, lan_addresses, page_url, reachable_hosts
 from .catalog import SourceCatalog
 from .config import (
     DEFAULT_BUFFER_MAX_FRAMES,
@@ -72,9 +74,10 @@ from .errors import (
     WebRTCError,
 )
 from .frame_buffer import BufferedFrame, BufferState, FrameBuffer, FrameBufferStats
-from .http_guard import DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
+from .http_guard import PAGE_SCRIPTS, DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
 from .ice import current_host_addresses, restrict_host_addresses
 from .peers import PeerKind, PeerSession
+from .plain_http import TlsOrHint
 from .registry import PeerRegistry
 from .server import DataMessageCallback, WebRTCDriver, WebRTCServer, names_preview
 from .sources import SourceRunner
@@ -88,6 +91,8 @@ __all__ = [
     "DEFAULT_MAX_PEERS",
     "DEFAULT_MAX_SOURCES",
     "DEFAULT_PORT",
+    "PAGE_SCRIPTS",
+    "WILDCARD_HOSTS",
     "BufferState",
     "BufferedFrame",
     "DataChannelClosedError",
@@ -109,6 +114,7 @@ __all__ = [
     "SourceError",
     "SourceKind",
     "SourceRunner",
+    "TlsOrHint",
     "TooManyPeersError",
     "WebRTCConfig",
     "WebRTCConfigError",
@@ -121,7 +127,10 @@ __all__ = [
     "current_host_addresses",
     "inline_styles",
     "is_loopback_host",
+    "lan_addresses",
     "names_preview",
+    "page_url",
+    "reachable_hosts",
     "restrict_host_addresses",
     "server_ssl_context",
 ]
