@@ -7,9 +7,9 @@ so every paho callback runs on the loop's thread; only the blocking TCP/TLS conn
 opens the socket there, so `on_socket_open` and the first `on_socket_register_write` may come from that thread
 and are handed to the loop). Each acknowledgement (CONNACK, SUBACK, UNSUBACK, PUBACK) resolves a future.
 
-With QoS 1 paho does not acknowledge what it receives (`manual_ack=True`): `ack()` sends a received message's PUBACK when the
-session policy says it is dealt with (`mqtt_acks.ReleaseQueue`), so a message taken but not dealt with stays in the
-broker's session if the process dies.
+With QoS 1 paho does not acknowledge what it receives (`manual_ack=True`): `ack()` sends a received message's
+PUBACK when the session policy says it is dealt with (`mqtt_acks.ReleaseQueue`), so a message taken but not dealt
+with stays in the broker's session if the process dies.
 
 Only paho's public API is used (`socket()`, the callback attributes, `loop_read/loop_write/loop_misc`); a test
 (`test_va_mqtt.py::test_bridge_uses_no_private_attributes`) fails if a private one creeps back in.
