@@ -322,7 +322,8 @@ class MqttConfig(_Section):
     outbox_max: int = Field(DEFAULT_OUTBOX_MAX, ge=1)
     """Answers kept while the broker is away; the oldest is dropped (and logged) beyond it."""
     inbox_max: int = Field(DEFAULT_INBOX_MAX, ge=1)
-    """Received messages waiting for the agent; beyond it they are dropped and logged."""
+    """Received messages waiting for the agent; beyond it they are dropped and logged. With MQTT 5 also the receive
+    maximum: the most questions the broker sends before the first of them is answered and acknowledged."""
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
     """Larger question payloads get a `bad_payload` error answer."""
     shared_group: str | None = None

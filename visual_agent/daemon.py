@@ -204,8 +204,10 @@ class Daemon:
             self._stack.push_async_callback(self.broker.close)
             port = self.broker.port or port
             client_config = self.broker.daemon_client_config(client_config)  # its own credentials: may publish status
+        # A question is acknowledged once answered (the MQTT intake settles each message), so one a dead daemon held
+        # stays at the broker; the embedded broker dies with us and times a missing PUBACK out after 5 s: at receipt.
         self.messager = MqttMessager(client_config, host=host, port=port, status_topic=Topics(mqtt.prefix).status,
-                                     name="mqtt")
+                                     settle_by_consumer=not mqtt.embedded, name="mqtt")
         self._stack.push_async_callback(self.messager.close)
 
     async def _connect_mqtt(self) -> None:
