@@ -1,7 +1,7 @@
 """`Admission`: whether a request to the model may start now, by who asks, and a fair turn for those that wait.
 
 Every caller names its asker: an MQTT client (its response topic, else `mqtt`), a page peer, `rules`,
-`descriptions`, `memory`, `mcp`. At most `agent.max_in_flight` requests run at once. When all slots are taken, a
+`descriptions`, `memory`. At most `agent.max_in_flight` requests run at once. When all slots are taken, a
 request may wait for one, within bounds an outsider cannot raise: at most `agent.max_queued_per_asker` waiting per
 asker, `agent.max_queued` waiting in all, each for at most `agent.queue_wait_s` (and never past its own deadline);
 beyond those it gets `busy` at once. A freed slot goes to the waiting asker with the fewest requests in flight,
