@@ -19,7 +19,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from providers.deadline import answer_by
@@ -107,6 +107,9 @@ class VisualAgent:
         """The newest error answer (type, message, when): /healthz shows what is failing now, the counts how often."""
         self.last_answer_at: float | None = None
         self._observers: list[EventObserver] = []
+        self.recall: Callable[..., Awaitable[Answer]] | None = None
+        """Answers questions about the past (`since`/`until`) from the event store (`memory.PastQuestions.answer`,
+        set by the daemon); None: such questions are refused."""
         self._question_tasks: set[asyncio.Task[Any]] = set()
         self._closed: asyncio.Future[None] | None = None
 
@@ -183,7 +186,8 @@ class VisualAgent:
         self.telemetry.question(via)
         cfg = self.config
         return parse_question(payload, max_bytes=self.max_payload_bytes, max_chars=cfg.max_question_chars,
-                              max_frames=cfg.max_frames, max_lookback_s=cfg.question_lookback_max_s())
+                              max_frames=cfg.max_frames, max_lookback_s=cfg.question_lookback_max_s(),
+                              past=self.recall is not None)
 
     def admit(self, asker: str, question_id: Any = None) -> QuestionError | None:
         """None when `asker` may ask now or wait its turn; else the `shutdown` or `busy` error to answer with."""
@@ -361,6 +365,8 @@ class VisualAgent:
     async def _answer(self, question: Question, via: Via, on_partial: PartialCallback | None, timing: QuestionTiming,
                       deadline: float, used: list[TakenFrame] | None) -> Answer:
         timing.started_at = time.monotonic()
+        if question.about_the_past and self.recall is not None:  # from the event store, not the live frames
+            return await self.recall(question, on_partial=on_partial, deadline=deadline, timing=timing)
         cfg = self.config
         source = resolve_source(self.driver, question.source, cfg.default_source)
         question.source = source

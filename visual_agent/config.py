@@ -24,6 +24,7 @@ from providers.registry import ProviderSettings, provider_kind
 from webrtc.config import SourceConfig, WebRTCConfig
 
 from .config_readers import Shown, default_llm, masked, read_llm, read_sources, read_webrtc
+from .memory.config import StorageConfig
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 from .strict_numbers import NumbersNotBooleans
 
@@ -421,6 +422,8 @@ class Config(_Section):
     """MQTT."""
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     """Metrics and traces."""
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """The event store (visual_agent.memory.StorageConfig keys): where, how long, how much; the `memory` trigger."""
     rules: list[RuleConfig] = Field(default_factory=list)
     """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from .agent import VisualAgent
 from .broker import EmbeddedBroker
 from .config import Config
+from .console import Console
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
 from .intakes import Intakes, serve
+from .memory.service import MemoryService
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
 from .page_link import show_on_terminal
@@ -103,6 +105,10 @@ class Daemon:
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
         self.intakes: Intakes | None = None
+        self.console = Console(self)
+        """The page's console API (`visual_agent/console`): state, snapshots, rules."""
+        self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
+        """The event store, `GET /events`, `<prefix>/events/query`, questions about the past, scene memory."""
         self._stack = contextlib.AsyncExitStack()
         """Everything started, closed in reverse by `close`."""
         self._closed: asyncio.Future[None] | None = None
@@ -117,6 +123,11 @@ class Daemon:
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
             stack.push_async_callback(self.driver.close)
+            self.console.mount(self.driver)
+            stack.push_async_callback(self.console.close)
+            await self.memory.open()
+            stack.push_async_callback(self.memory.close)  # after the agent and its intakes: their last events kept
+            self.memory.register_routes(self.driver.add_route)
             telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
@@ -133,9 +144,13 @@ class Daemon:
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.observe(self.homeassistant.observe)
+            self.memory.attach(self.agent)
+            self.console.watch(self.agent)
             self.intakes = await serve(stack, self.agent)
+            await self.memory.start_trigger(stack, self.agent, threshold=cfg.agent.scene_change.threshold)
             await self._start_rules()
             await self._connect_mqtt()  # after the intakes subscribed: `online` means questions are taken
+            await self.memory.start_mqtt(self.messager)
             self.driver.healthz_extra = self.health
             probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
             stack.push_async_callback(_cancelled, probe)
@@ -262,6 +277,7 @@ class Daemon:
             "agent": self.agent.describe_state() if self.agent else None,
             "rules": self.rules.describe() if self.rules else None,
             "lookback": self.agent.lookbacks.describe() if self.agent else None,
+            "storage": self.memory.health(),
         }
 
     async def close(self) -> None:

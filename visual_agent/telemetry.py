@@ -43,6 +43,8 @@ class Via(str, enum.Enum):
     """A rule's yes/no check (`rules.RuleEngine`)."""
     MEMORY = "memory"
     """A question about the past, answered from stored events."""
+    SCENE_MEMORY = "scene_memory"
+    """The agent's own description for the event store, after the picture changed (`storage.memory`)."""
 
     @property
     def asked(self) -> bool:
@@ -52,7 +54,7 @@ class Via(str, enum.Enum):
     @property
     def describes(self) -> bool:
         """True for the agent's own descriptions (published on `<prefix>/<source>/description`)."""
-        return self in (Via.PERIODIC, Via.SCENE)
+        return self in (Via.PERIODIC, Via.SCENE, Via.SCENE_MEMORY)
 
 
 def outcome_of(answer: Answer) -> str:
