@@ -55,6 +55,9 @@ DEFAULT_FRAMES = 1
 DEFAULT_WINDOW_S = 2.0
 DEFAULT_HISTORY_TURNS = 4
 DEFAULT_MAX_IN_FLIGHT = 4
+DEFAULT_MAX_QUEUED_PER_ASKER = 4
+DEFAULT_MAX_QUEUED = 32
+DEFAULT_QUEUE_WAIT_S = 10.0
 DEFAULT_QUESTION_TIMEOUT_S = 60.0
 DEFAULT_FRAME_WAIT_S = 2.0
 DEFAULT_MAX_QUESTION_CHARS = 2000
@@ -199,9 +202,16 @@ class AgentConfig(_Section):
     """The context budget never lowers `max_tokens` below this; a question that leaves less room gets a
     `context_exceeded` error."""
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
-    """Questions answered at once; more get a `busy` error answer."""
+    """Questions answered at once; more wait for a slot (`queue_wait_s`), in turn by asker, or get `busy`."""
+    max_queued_per_asker: int = Field(DEFAULT_MAX_QUEUED_PER_ASKER, ge=0)
+    """Questions one asker (an MQTT response topic, a page tab, the rules...) may have waiting for a slot; more get
+    `busy` at once. 0: nothing waits."""
+    max_queued: int = Field(DEFAULT_MAX_QUEUED, ge=0)
+    """Questions waiting for a slot, all askers together; more get `busy` at once."""
+    queue_wait_s: float = Field(DEFAULT_QUEUE_WAIT_S, ge=0)
+    """Longest a question waits for a slot before a `busy` answer (it counts against `question_timeout_s`)."""
     question_timeout_s: float = Field(DEFAULT_QUESTION_TIMEOUT_S, gt=0)
-    """Whole time allowed per question (frame wait, encoding, LLM)."""
+    """Whole time allowed per question, from its arrival (waiting for a slot, frame wait, encoding, LLM)."""
     frame_wait_s: float = Field(DEFAULT_FRAME_WAIT_S, ge=0)
     """How long a question waits for a source's first frame before a `no_frame` error."""
     max_question_chars: int = Field(DEFAULT_MAX_QUESTION_CHARS, ge=1)
