@@ -28,6 +28,7 @@ from providers.registry import DEFAULT_PROVIDER_KIND as DEFAULT_PROVIDER
 from providers.registry import provider_kind, provider_kinds
 
 from .errors import ConfigError
+from .mcp_server.config import McpConfig
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 
 __all__ = [
@@ -421,6 +422,8 @@ class Config(_Section):
     """MQTT."""
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     """Metrics and traces."""
+    mcp: McpConfig = Field(default_factory=McpConfig)
+    """The MCP server for other agents (visual_agent.mcp_server.McpConfig keys), on the page's port; off by default."""
     rules: list[RuleConfig] = Field(default_factory=list)
     """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)

@@ -94,6 +94,8 @@ class Daemon:
         self.rules: RuleEngine | None = None
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
+        self.mcp: Any = None
+        """`mcp_server.McpService` with `mcp.enabled`: the MCP endpoint on the page's port."""
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -105,6 +107,7 @@ class Daemon:
             from webrtc import WebRTCServer
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
+            self._mount_mcp()
             telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
@@ -121,6 +124,8 @@ class Daemon:
                 self.agent.on_answer = self.homeassistant.on_answer
             await self.agent.start()
             await self._start_rules()
+            if self.mcp is not None:
+                await self.mcp.start()
             await self._connect_mqtt()  # after the agent subscribed: `online` means questions are taken
             self.driver.healthz_extra = self.health
             self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
@@ -159,6 +164,19 @@ class Daemon:
             self.tracing = QuestionTracing(endpoint=cfg.otlp_endpoint, service_name=cfg.service_name)
             telemetry.add(self.tracing)
         return telemetry
+
+    def _mount_mcp(self) -> None:
+        """The MCP endpoint on the page's server (`mcp.enabled`); a missing SDK is a `ConfigError` saying what to install."""
+        if not self.config.mcp.enabled:
+            return
+        from .mcp_server import McpUnavailableError, load_service
+
+        try:
+            service = load_service()
+        except McpUnavailableError as exc:
+            raise ConfigError(f"{self.config.path}: {exc}") from None
+        self.mcp = service(self, self.config.mcp)
+        self.mcp.mount(self.driver)
 
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
@@ -251,6 +269,8 @@ class Daemon:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._probe
+        if self.mcp is not None:
+            await self.mcp.close()
         if self.rules_control is not None:
             await self.rules_control.close()
         if self.rules_messager is not None:

@@ -34,6 +34,8 @@ class Via(str, enum.Enum):
     """`<prefix>/ask` or `<prefix>/<source>/ask`."""
     PAGE = "page"
     """Typed on the page (its data channel)."""
+    MCP = "mcp"
+    """The MCP tool `ask` (another agent)."""
     PERIODIC = "periodic"
     """The agent's own periodic description."""
     SCENE = "scene"

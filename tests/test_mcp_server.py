@@ -1,0 +1,107 @@
+"""The MCP server through the SDK's own streamable HTTP client, against a real daemon: a looping file source, real
+mosquitto and the STAND-IN model (tests/fixtures/llm_stub.py). Each tool returns the MQTT interface's JSON; the
+page's token guards the endpoint; bad arguments come back as tool errors that say what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from tests.mcp_client import TOKEN, endpoint, mcp_daemon, mcp_session, payload_of
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
+
+TOOLS = {"list_sources", "ask", "search_events", "get_rules", "set_rules"}
+RULE = {"name": "bright_room", "source": "cam", "question": "Is the room bright?", "check_every_s": 60}
+
+
+async def test_mcp_lists_tools_and_answers_questions_like_mqtt(tmp_path, running_mosquitto, paho_peer, topic_prefix,
+                                                               stub_llm):
+    stub_llm.reply = "a bright grey room"
+    listener = paho_peer("5")
+    listener.subscribe(f"{topic_prefix}/answer")
+    async with mcp_daemon(tmp_path, running_mosquitto, stub_llm, topic_prefix) as daemon, mcp_session(daemon) as session:
+        tools = await session.list_tools()
+        assert {t.name for t in tools.tools} == TOOLS
+        ask_schema = next(t for t in tools.tools if t.name == "ask").input_schema
+        assert ask_schema["required"] == ["question"]
+
+        sources = payload_of(await session.call_tool("list_sources", {}))
+        assert [s["source"] for s in sources["sources"]] == ["cam"] and sources["sources"][0]["state"] == "live"
+
+        result = await session.call_tool("ask", {"question": "What do you see?", "source": "cam"})
+        assert not result.is_error
+        answer = payload_of(result)
+        assert answer["text"] == "a bright grey room" and answer["source"] == "cam" and answer["error"] is None
+        assert result.structured_content == answer
+        copied = json.loads((await asyncio.to_thread(listener.get, 10, f"{topic_prefix}/answer")).payload)
+        assert copied == answer  # the same JSON MQTT listeners get
+        assert len(stub_llm.requests) == 1
+
+
+async def test_mcp_rules_share_the_mqtt_rule_set(tmp_path, running_mosquitto, paho_peer, topic_prefix, stub_llm):
+    watcher = paho_peer("5")
+    watcher.subscribe(f"{topic_prefix}/rules/error")
+    async with mcp_daemon(tmp_path, running_mosquitto, stub_llm, topic_prefix) as daemon, mcp_session(daemon) as session:
+        assert payload_of(await session.call_tool("get_rules", {})) == {"rules": [], "set": []}
+        result = await session.call_tool("set_rules", {"rules": [RULE]})
+        assert not result.is_error
+        taken = payload_of(result)
+        assert [r["rule"] for r in taken["rules"]] == ["bright_room"] and taken["rules"][0]["origin"] == "mqtt"
+        assert taken["set"][0]["question"] == RULE["question"] and taken["set"][0]["check_every_s"] == 60
+        # the set is the retained `<prefix>/rules/set`: what a restart (or an MQTT client) reads back
+        late = paho_peer("5")
+        late.subscribe(f"{topic_prefix}/rules/set")
+        retained = await asyncio.to_thread(late.get, 10, f"{topic_prefix}/rules/set")
+        assert retained.retain and json.loads(retained.payload) == [RULE]
+        # a refused set: the `rules/error` JSON as a tool error, published there too, and nothing changes
+        refused = await session.call_tool("set_rules", {"rules": [{**RULE, "name": "Bad Name"}]})
+        assert refused.is_error
+        error = payload_of(refused)
+        assert "rule 0 ('Bad Name'): name" in error["error"]
+        published = json.loads((await asyncio.to_thread(watcher.get, 10, f"{topic_prefix}/rules/error")).payload)
+        assert published == error
+        assert [r["rule"] for r in payload_of(await session.call_tool("get_rules", {}))["rules"]] == ["bright_room"]
+        # an empty set removes the MQTT rules
+        assert payload_of(await session.call_tool("set_rules", {"rules": []})) == {"rules": [], "set": []}
+
+
+async def test_mcp_bad_arguments_are_tool_errors(tmp_path, running_mosquitto, topic_prefix, stub_llm):
+    async with mcp_daemon(tmp_path, running_mosquitto, stub_llm, topic_prefix) as daemon, mcp_session(daemon) as session:
+        wrong_type = await session.call_tool("ask", {"question": "hi", "frames": "many"})
+        assert wrong_type.is_error and "frames" in wrong_type.content[0].text
+        missing = await session.call_tool("ask", {})
+        assert missing.is_error and "question" in missing.content[0].text
+        too_many = await session.call_tool("ask", {"question": "hi", "frames": 1000})
+        assert too_many.is_error and payload_of(too_many)["error"]["type"] == "bad_payload"
+        unknown = await session.call_tool("ask", {"question": "hi", "source": "garage"})
+        assert unknown.is_error
+        assert payload_of(unknown)["error"] == {"type": "unknown_source", "message": "no source 'garage'; known sources: cam"}
+        not_a_list = await session.call_tool("set_rules", {"rules": "everything"})
+        assert not_a_list.is_error and "rules" in not_a_list.content[0].text
+        assert stub_llm.requests == []  # none of them reached the model
+
+
+async def test_mcp_refuses_a_missing_or_wrong_token(tmp_path, running_mosquitto, topic_prefix, stub_llm):
+    import httpx2
+
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with mcp_daemon(tmp_path, running_mosquitto, stub_llm, topic_prefix) as daemon:
+        async with httpx2.AsyncClient(timeout=10) as http:
+            url = endpoint(daemon)
+            for auth in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN}):
+                response = await http.post(url, json=init, headers={**headers, **auth})
+                assert response.status_code == 401, auth
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            good = await http.post(url, json=init, headers={**headers, "Authorization": f"Bearer {TOKEN}"})
+            assert good.status_code == 200 and good.json()["result"]["serverInfo"]["name"] == "visual-agent"
+        with pytest.raises(BaseExceptionGroup) as refused:  # the SDK client's task groups wrap its error
+            async with mcp_session(daemon, token="wrong-token"):
+                raise AssertionError("the SDK client got a session with a wrong token")
+        assert refused.group_contains(MCPError, match="error response", depth=2)
+        assert stub_llm.requests == []
