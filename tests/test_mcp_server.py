@@ -11,6 +11,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.mcp_client import TOKEN, endpoint, mcp_daemon, mcp_session, payload_of
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
 
@@ -105,3 +106,25 @@ async def test_mcp_refuses_a_missing_or_wrong_token(tmp_path, running_mosquitto,
                 raise AssertionError("the SDK client got a session with a wrong token")
         assert refused.group_contains(MCPError, match="error response", depth=2)
         assert stub_llm.requests == []
+
+
+async def test_mcp_bounds_calls_and_bodies(tmp_path, running_mosquitto, topic_prefix, stub_llm):
+    import httpx2
+
+    stub_llm.delay_s = 2.0
+    async with mcp_daemon(tmp_path, running_mosquitto, stub_llm, topic_prefix,
+                          mcp={"enabled": True, "max_in_flight": 1, "max_body_bytes": 2048}) as daemon, \
+            mcp_session(daemon) as session:
+        slow = asyncio.ensure_future(session.call_tool("ask", {"question": "What do you see?"}))
+        await wait_until(lambda: len(stub_llm.requests) == 1, 20, "the question at the model")
+        busy = await session.call_tool("list_sources", {})
+        assert busy.is_error and "busy" in busy.content[0].text and "mcp.max_in_flight" in busy.content[0].text
+        assert not (await slow).is_error  # the call in flight is not disturbed
+        assert daemon.mcp.stats() == {"in_flight": 0, "refused_busy": 1}
+        auth = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json, text/event-stream"}
+        async with httpx2.AsyncClient(timeout=10) as http:
+            big = await http.post(endpoint(daemon), content=b"{" + b" " * 4096 + b"}",
+                                  headers={**auth, "Content-Type": "application/json"})
+            assert big.status_code == 413
+            stream = await http.get(endpoint(daemon), headers=auth)
+            assert stream.status_code == 405  # stateless: no server-to-client stream is held open

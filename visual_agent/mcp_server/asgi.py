@@ -3,7 +3,7 @@ the daemon's own port, behind the same guard (token, Host and Origin checks, TLS
 
 Only what the MCP endpoint needs: the request body is read first (bounded in size and time), then handed over in one
 `http.request` message; the response is streamed as the application sends it; `http.disconnect` follows once the
-application is done (a client that goes away mid-answer is noticed by aiohttp, which closes the connection).
+application is done, or as soon as the client has gone away (a write to it failed).
 """
 
 from __future__ import annotations
@@ -84,9 +84,12 @@ def asgi_handler(app: AsgiApp, *, max_body_bytes: int, body_timeout_s: float) ->
                     response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
                 await response.prepare(request)
             elif message["type"] == "http.response.body" and response is not None:
-                await response.write(bytes(message.get("body", b"")))
-                if not message.get("more_body", False):
-                    await response.write_eof()
+                try:
+                    await response.write(bytes(message.get("body", b"")))
+                    if not message.get("more_body", False):
+                        await response.write_eof()
+                except ConnectionError:  # the client went away: nothing more to send it
+                    finished.set()
 
         try:
             await app(_scope(request), receive, send)

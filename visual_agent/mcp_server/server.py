@@ -1,10 +1,11 @@
 """`McpService`: the MCP server (official `mcp` SDK, streamable HTTP) on the daemon's own port, at `mcp.path`.
 
 The SDK's session manager runs stateless with JSON responses: each POST is one JSON-RPC exchange, no session is kept
-between requests (nothing an outside caller can grow), and a GET stream is refused. Requests reach it through the
-page's server (`WebRTCServer.add_route`), so the token, Host/Origin checks, TLS and deadlines are the page's; the SDK's
-own Host checks are off (the guard's are stricter and follow `webrtc.allowed_hosts`). At most `mcp.max_in_flight`
-tool calls run at once; more get a `busy` tool error. This module imports the SDK: import it only when MCP is on.
+between requests (nothing an outside caller can grow); only POST is routed, so no GET stream is held open (405).
+Requests reach it through the page's server (`WebRTCServer.add_route`), so the token, Host/Origin checks, TLS and
+deadlines are the page's; the SDK's own Host checks are off (the guard's are stricter and follow
+`webrtc.allowed_hosts`). At most `mcp.max_in_flight` tool calls run at once; more get a `busy` tool error. This module
+imports the SDK: import it only when MCP is on.
 """
 
 import asyncio
@@ -143,7 +144,7 @@ class McpService:
         """Serve the endpoint on `driver` (a `WebRTCServer` not yet started), behind its guard."""
         handler = asgi_handler(self.server.session_manager.handle_request, max_body_bytes=self.config.max_body_bytes,
                                body_timeout_s=driver.config.body_timeout_s)
-        driver.add_route("*", self.config.path, handler)
+        driver.add_route("POST", self.config.path, handler)  # stateless: no GET stream, no session to DELETE (405)
 
     async def start(self) -> None:
         """Run the session manager in a task of its own (its task group lives there from start to close)."""
