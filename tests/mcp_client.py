@@ -29,6 +29,7 @@ async def mcp_daemon(tmp_path: Path, mosquitto: Any, stub: Any, prefix: str, **s
         "sources": [{"name": "cam", "kind": "file", "url": str(clip), "loop": True}],
         "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "prefix": prefix},
         "mcp": {"enabled": True},
+        "storage": {"path": str(tmp_path / "state")},
         **sections,
     }, environ={})
     daemon = Daemon(config)

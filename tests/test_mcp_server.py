@@ -5,8 +5,11 @@ page's token guards the endpoint; bad arguments come back as tool errors that sa
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
+import cv2
+import numpy as np
 import pytest
 from mcp.shared.exceptions import MCPError
 
@@ -68,6 +71,36 @@ async def test_mcp_rules_share_the_mqtt_rule_set(tmp_path, running_mosquitto, pa
         assert [r["rule"] for r in payload_of(await session.call_tool("get_rules", {}))["rules"]] == ["bright_room"]
         # an empty set removes the MQTT rules
         assert payload_of(await session.call_tool("set_rules", {"rules": []})) == {"rules": [], "set": []}
+
+
+async def test_mcp_search_events_returns_what_the_mqtt_query_returns(tmp_path, running_mosquitto, paho_peer,
+                                                                      topic_prefix, stub_llm):
+    from visual_agent.memory import Event, EventKind
+
+    asker = paho_peer("5")
+    asker.subscribe(f"{topic_prefix}/events/result")
+    async with mcp_daemon(tmp_path, running_mosquitto, stub_llm, topic_prefix) as daemon, mcp_session(daemon) as session:
+        store = daemon.memory.store
+        red = np.zeros((120, 160, 3), np.uint8)
+        red[..., 0] = 255
+        first = await store.write(Event(source="cam", kind=EventKind.ANSWER, text="a red parcel at the door",
+                                        question="what is there?", at=1_700_000_000.0, image=red))
+        await store.write(Event(source="cam", kind=EventKind.DESCRIPTION, text="an empty porch", at=1_700_000_060.0))
+        result = await session.call_tool("search_events", {"query": "parcel", "source": "cam"})
+        assert not result.is_error
+        found = payload_of(result)
+        assert [e["id"] for e in found["events"]] == [first] and found["events"][0]["at"] == 1_700_000_000.0
+        images = [c for c in result.content if c.type == "image"]
+        assert len(images) == 1 and images[0].mime_type == "image/jpeg"
+        thumb = cv2.imdecode(np.frombuffer(base64.b64decode(images[0].data), np.uint8), cv2.IMREAD_COLOR)
+        assert thumb[..., 2].mean() > 200 and thumb[..., 0].mean() < 50  # the red frame (BGR)
+        asker.publish(f"{topic_prefix}/events/query", json.dumps({"q": "parcel", "source": "cam"}), qos=1)
+        over_mqtt = json.loads((await asyncio.to_thread(asker.get, 10, f"{topic_prefix}/events/result")).payload)
+        assert over_mqtt == found == result.structured_content  # the same JSON
+        window = payload_of(await session.call_tool("search_events", {"since": 1_700_000_030.0, "until": 1_700_000_100.0}))
+        assert [e["text"] for e in window["events"]] == ["an empty porch"]
+        bad = await session.call_tool("search_events", {"kind": "gossip"})
+        assert bad.is_error and payload_of(bad)["error"]["type"] == "bad_payload" and "kind" in payload_of(bad)["error"]["message"]
 
 
 async def test_mcp_bad_arguments_are_tool_errors(tmp_path, running_mosquitto, topic_prefix, stub_llm):

@@ -29,6 +29,7 @@ from providers.registry import provider_kind, provider_kinds
 
 from .errors import ConfigError
 from .mcp_server.config import McpConfig
+from .memory.config import StorageConfig
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 
 __all__ = [
@@ -422,6 +423,8 @@ class Config(_Section):
     """MQTT."""
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     """Metrics and traces."""
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """The event store (visual_agent.memory.StorageConfig keys): where, how long, how much; the `memory` trigger."""
     mcp: McpConfig = Field(default_factory=McpConfig)
     """The MCP server for other agents (visual_agent.mcp_server.McpConfig keys), on the page's port; off by default."""
     rules: list[RuleConfig] = Field(default_factory=list)

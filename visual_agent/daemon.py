@@ -22,6 +22,7 @@ from .config import Config
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
+from .memory.service import MemoryService
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
 from .rules import RuleControl, RuleDiscovery, RuleEngine
@@ -94,6 +95,8 @@ class Daemon:
         self.rules: RuleEngine | None = None
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
+        self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
+        """The event store, `GET /events` and `<prefix>/events/query` (`storage`)."""
         self.mcp: Any = None
         """`mcp_server.McpService` with `mcp.enabled`: the MCP endpoint on the page's port."""
         self._probe: asyncio.Task[None] | None = None
@@ -107,6 +110,8 @@ class Daemon:
             from webrtc import WebRTCServer
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
+            await self.memory.open()
+            self.memory.register_routes(self.driver.add_route)
             self._mount_mcp()
             telemetry = self._build_telemetry()
             await self.driver.start()
@@ -127,6 +132,7 @@ class Daemon:
             if self.mcp is not None:
                 await self.mcp.start()
             await self._connect_mqtt()  # after the agent subscribed: `online` means questions are taken
+            await self.memory.start_mqtt(self.messager)
             self.driver.healthz_extra = self.health
             self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
         except BaseException as exc:
@@ -258,6 +264,7 @@ class Daemon:
             "agent": self.agent.describe_state() if self.agent else None,
             "rules": self.rules.describe() if self.rules else None,
             "lookback": self.agent.lookbacks.describe() if self.agent else None,
+            "storage": self.memory.health(),
         }
 
     async def close(self) -> None:
@@ -279,6 +286,7 @@ class Daemon:
             await self.rules.close()
         if self.agent is not None:
             await self.agent.close()
+        await self.memory.close()  # after the agent: its last answers are written
         if self.messager is not None:
             await self.messager.close()
         if self.driver is not None:

@@ -115,6 +115,16 @@ class Topics:
         """Retained JPEG strip of the source's look-back thumbnails before the rule last turned on."""
         return f"{self.rule(source, name)}/evidence/lookback"
 
+    @property
+    def events_query(self) -> str:
+        """Event-store queries in (the filters of `GET /events`, MQTT request/response)."""
+        return f"{self.prefix}/events/query"
+
+    @property
+    def events_result(self) -> str:
+        """Answers to event queries that named no response topic (MQTT 3.1.1), or a forbidden one."""
+        return f"{self.prefix}/events/result"
+
     def ha_component(self, discovery_prefix: str, component: str, node_id: str, object_id: str) -> str:
         """Home Assistant's discovery config topic of one entity (`binary_sensor`, `image`, ...)."""
         return f"{discovery_prefix}/{component}/{node_id}/{ha_object_id(object_id)}/config"

@@ -5,7 +5,7 @@ images to show beside it), or raises `ToolArgumentError` with a message for the 
 | --- | --- |
 | `list_sources` | `{"sources": [...]}`: each source's buffer state, as `/healthz` lists them |
 | `ask` | the answer JSON of `<prefix>/answer`, and the newest frame the answer used as an image |
-| `search_events` | `{"events": [...]}` of `<prefix>/events/query` / `GET /events`, and the first thumbnails |
+| `search_events` | `{"id": null, "events": [...], "error"}` of `<prefix>/events/query`, and the first thumbnails |
 | `get_rules` | `{"rules": [state JSON of `<prefix>/<source>/rules/<name>`], "set": [the MQTT rule set]}` |
 | `set_rules` | the same as `get_rules` once applied; refused: the `{"error", "at"}` of `<prefix>/rules/error` |
 
@@ -121,24 +121,24 @@ class DaemonTools:
                             source: str | None = None, kind: str | None = None, limit: int | None = None) -> ToolResult:
         from ..memory import EventQuery, EventQueryError, StoreUnavailableError
 
-        store = getattr(self.daemon, "store", None)
+        store = self.daemon.memory.store
         if store is None:
-            raise ToolArgumentError("this daemon keeps no event store (storage is off)")
+            raise ToolArgumentError("this daemon keeps no events (storage.enabled is false)")
         params = {"q": query, "since": since, "until": until, "source": source, "kind": kind, "limit": limit}
         try:
-            wanted = EventQuery.from_mapping({k: v for k, v in params.items() if v is not None})
-            events = await store.aquery(wanted)
-        except EventQueryError as exc:
-            raise ToolArgumentError(str(exc)) from None
+            events = await store.aquery(EventQuery.from_mapping({k: v for k, v in params.items() if v is not None}))
+        except EventQueryError as exc:  # the answer `<prefix>/events/query` gives
+            return ToolResult({"id": None, "events": [], "error": {"type": "bad_payload", "message": str(exc)}}, error=True)
         except StoreUnavailableError as exc:
-            raise ToolArgumentError(f"the event store is unavailable: {exc}") from None
+            return ToolResult({"id": None, "events": [], "error": {"type": "store_unavailable", "message": str(exc)}},
+                              error=True)
         images: list[bytes] = []
         for event in events:
             if len(images) >= self.config.max_images:
                 break
             if event.has_thumbnail and (jpeg := await store.athumbnail(event.id)) is not None:
                 images.append(jpeg)
-        return ToolResult({"events": [e.as_dict() for e in events]}, images)
+        return ToolResult({"id": None, "events": [e.as_dict() for e in events], "error": None}, images)
 
     # --- rules --------------------------------------------------------------------------------------
 
