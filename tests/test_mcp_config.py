@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from tests.fixtures.daemon import run_cli, write_config
 from visual_agent.config import parse_config
 from visual_agent.daemon import Daemon
 from visual_agent.errors import ConfigError
@@ -43,3 +45,19 @@ async def test_mcp_enabled_without_the_sdk_says_what_to_install(monkeypatch):
                                           r"pip install 'visual-agent\[mcp\]'"):
         await daemon.start()
     await daemon.close()
+
+
+async def test_mcp_check_says_whether_the_sdk_is_there(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    blocked = tmp_path / "light"
+    (blocked / "mcp").mkdir(parents=True)
+    (blocked / "mcp" / "__init__.py").write_text("raise ImportError(\"No module named 'mcp' (the light install)\")\n")
+    cfg = write_config(tmp_path / "mcp.yaml", {
+        "llm": {"provider": "vllm", "base_url": "http://127.0.0.1:9/v1"}, "mqtt": {"enabled": False},
+        "webrtc": {"host": "127.0.0.1", "port": 0, "auth_token": "a-long-enough-t0ken"}, "mcp": {"enabled": True}})
+    rc, out, _ = await run_cli("check", "--config", str(cfg), "--timeout", "2", env={"PYTHONPATH": str(root)})
+    assert "mcp     OK    tools at http://127.0.0.1:0/mcp (token required)" in out
+    rc, out, _ = await run_cli("check", "--config", str(cfg), "--timeout", "2",
+                               env={"PYTHONPATH": f"{blocked}:{root}"})
+    assert rc != 0 and "mcp     FAIL  mcp.enabled is true but the MCP SDK cannot be imported" in out
+    assert "pip install 'visual-agent[mcp]'" in out
