@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
+from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, ToolCallsEvent, Usage, UsageEvent
 from .config import OpenAICompatibleConfig, VLLMNativeConfig, VLLMServerConfig
 from .errors import (
     AuthenticationError,
@@ -33,7 +33,6 @@ from .errors import (
 from .factory import create_provider
 from .openai_compatible import OpenAICompatibleProvider
 from .registry import DEFAULT_PROVIDER_KIND, ProviderKind, embedding_kinds, provider_kind, provider_kinds, register
-from .streaming import ToolCallsEvent, UsageEvent
 from .vllm_server import VLLMProvider, normalize_vllm_base_url
 
 if TYPE_CHECKING:

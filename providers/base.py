@@ -6,12 +6,9 @@ import abc
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # streaming imports ToolCall from here; the events are only named in an annotation
-    from .streaming import ToolCallsEvent, UsageEvent
-
-__all__ = ["Capabilities", "ChatResponse", "LLMProvider", "ToolCall", "Usage"]
+__all__ = ["Capabilities", "ChatResponse", "LLMProvider", "ToolCall", "ToolCallsEvent", "Usage", "UsageEvent"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +49,22 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class ToolCallsEvent:
+    """`astream`'s item after the last text delta when tools were passed: every tool call of the answer, complete."""
+
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: str = "tool_calls"
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """`astream`'s last item when the call passed `stream_options={"include_usage": True}`: the streamed answer's
+    token counts (its cost, and what the context budget learns from)."""
+
+    usage: Usage
 
 
 @dataclass(frozen=True, kw_only=True)

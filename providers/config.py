@@ -1,4 +1,4 @@
-"""Typed provider configs built from the seed's dict keys (`base_url`, `vllm_base_url`, `model_name`, ...).
+"""Typed provider configs built from the documented dict keys (`base_url`, `vllm_base_url`, `model_name`, ...).
 
 Each provider takes a dict (as read from YAML) or its config object. Unknown keys are refused with the list of
 known ones, so a misspelt key fails at start-up instead of being ignored. `api_key`, header values and secret-looking
@@ -161,7 +161,7 @@ class VLLMServerConfig(OpenAICompatibleConfig):
     """A vLLM OpenAI-compatible server; vLLM's sampling extras go into the request's `extra_body`."""
 
     base_url: str = DEFAULT_VLLM_BASE_URL
-    """The server, with or without a trailing `/v1` or `/` (the seed's key `vllm_base_url` maps here)."""
+    """The server, with or without a trailing `/v1` or `/` (the documented key `vllm_base_url` maps here)."""
     top_k: int | None = None
     """vLLM sampling: consider only the k most likely tokens (None: server default)."""
     top_p: float | None = None
@@ -215,12 +215,12 @@ class VLLMNativeConfig:
         return f"VLLMNativeConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
-# The seed's spellings that differ from the field names.
+# The documented keys that differ from the field names.
 _ALIASES: dict[type, dict[str, str]] = {VLLMServerConfig: {"vllm_base_url": "base_url", "vllm_api_key": "api_key"}}
 
 
 def config_from(cls: type[C], config: Mapping[str, Any] | C | None, **overrides: Any) -> C:
-    """`cls` built from a config object or a dict with the seed's keys; unknown keys are refused."""
+    """`cls` built from a config object or a dict with the documented keys; unknown keys are refused."""
     if isinstance(config, cls):
         return dataclasses.replace(config, **overrides) if overrides else config
     if config is not None and not isinstance(config, Mapping):

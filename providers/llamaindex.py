@@ -43,9 +43,8 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from .base import LLMProvider
+from .base import LLMProvider, ToolCallsEvent
 from .errors import MessageFormatError, ToolsNotSupportedError
-from .streaming import ToolCallsEvent
 
 __all__ = ["ProviderLLM"]
 

@@ -4,7 +4,7 @@ A message is an OpenAI chat message. Its `content` may be
 - a string;
 - an OpenAI content list: `{"type": "text", "text"}`, `{"type": "image_url", "image_url": {"url"}}`, and
   `{"type": "image", "image": <raw image>}` for pixels that have not been encoded yet;
-- the seed's dict `{"text": ..., "images": [...], "image_embeddings": tensor}` (images come before the text,
+- the documented dict `{"text": ..., "images": [...], "image_embeddings": tensor}` (images come before the text,
   the order LLaVA-style models were trained on).
 
 An image is an `av.VideoFrame`, an RGB `ndarray`, a PIL image, JPEG/PNG/GIF/WebP bytes, a `data:` URL or an
@@ -132,7 +132,7 @@ def _read_part(part: Any, where: str) -> Part:
     return OtherPart(dict(part))
 
 
-def _read_seed_dict(content: Mapping[str, Any], where: str) -> list[Part]:
+def _read_dict_content(content: Mapping[str, Any], where: str) -> list[Part]:
     unknown = set(content) - {"text", "images", "image_embeddings"}
     if unknown:
         raise MessageFormatError(
@@ -173,7 +173,7 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
         if content is None or isinstance(content, str):
             out.append(Message(role, text=content, extra=extra))
         elif isinstance(content, Mapping):
-            out.append(Message(role, parts=_read_seed_dict(content, f"{where}.content"), extra=extra))
+            out.append(Message(role, parts=_read_dict_content(content, f"{where}.content"), extra=extra))
         elif isinstance(content, (list, tuple)):
             parts = [_read_part(p, f"{where}.content[{j}]") for j, p in enumerate(content)]
             out.append(Message(role, parts=parts, extra=extra))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 
-from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
+from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, ToolCallsEvent, Usage, UsageEvent
 from .config import OpenAICompatibleConfig, config_from
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ from .errors import (
     translate_openai_error,
 )
 from .messages import normalize_messages, to_openai_messages
-from .streaming import ToolCallAssembler, ToolCallsEvent, UsageEvent, tools_requested, usage_requested
+from .streaming import ToolCallAssembler, tools_requested, usage_requested
 
 __all__ = ["OpenAICompatibleProvider"]
 
@@ -80,7 +80,7 @@ REQUEST_OPTIONS = frozenset(
 
 
 class OpenAICompatibleProvider(LLMProvider):
-    """Chat with any OpenAI-compatible endpoint; `config` is a dict with the seed's keys or an
+    """Chat with any OpenAI-compatible endpoint; `config` is a dict with the documented keys or an
     OpenAICompatibleConfig."""
 
     config_class: type[OpenAICompatibleConfig] = OpenAICompatibleConfig

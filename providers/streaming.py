@@ -1,4 +1,6 @@
-"""What `astream` yields besides text: the tool calls of a streamed answer, assembled, and its token counts.
+"""Helpers for what `astream` yields besides text: tool calls assembled from their streamed pieces, and whether a
+call asked for the items below (the item types, `ToolCallsEvent` and `UsageEvent`, live in `base.py` beside
+`ToolCall` and `Usage`).
 
 `astream` stays an async iterator of text deltas (`str`), so `"".join(...)` consumers keep working. Other items
 follow the last text delta only when the call asked for them, in this order:
@@ -16,25 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import ToolCall, Usage
+from .base import ToolCall
 
-__all__ = ["ToolCallAssembler", "ToolCallsEvent", "UsageEvent", "tools_requested", "usage_requested"]
-
-
-@dataclass(frozen=True)
-class ToolCallsEvent:
-    """The tool calls of a streamed answer, complete, yielded once after the last text delta."""
-
-    tool_calls: tuple[ToolCall, ...]
-    finish_reason: str = "tool_calls"
-
-
-@dataclass(frozen=True)
-class UsageEvent:
-    """The token counts of a streamed answer, yielded last when the call passed `stream_options={"include_usage": True}`
-    (the answer's cost, and what the context budget learns from)."""
-
-    usage: Usage
+__all__ = ["ToolCallAssembler", "tools_requested", "usage_requested"]
 
 
 def usage_requested(opts: Mapping[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, Usage
+from .base import Capabilities, ChatResponse, LLMProvider, ToolCall, ToolCallsEvent, Usage, UsageEvent
 from .config import VLLMNativeConfig, config_from
 from .embeddings import EmbeddingShape
 from .engine_worker import EngineWorker, Finished
@@ -44,7 +44,7 @@ from .messages import (
     load_image,
     normalize_messages,
 )
-from .streaming import ToolCallsEvent, UsageEvent, usage_requested
+from .streaming import usage_requested
 
 __all__ = ["SAMPLING_OPTIONS", "VLLMNativeProvider"]
 

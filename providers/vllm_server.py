@@ -1,4 +1,4 @@
-"""A vLLM OpenAI-compatible server: the seed's `vllm_base_url` in any spelling, model auto-detection, vLLM's
+"""A vLLM OpenAI-compatible server: the documented `vllm_base_url` in any spelling, model auto-detection, vLLM's
 sampling extras sent through `extra_body`. Everything else is OpenAICompatibleProvider.
 """
 
@@ -34,7 +34,7 @@ VLLM_EXTRA_OPTIONS = frozenset(
 def normalize_vllm_base_url(url: str) -> str:
     """`http://host:8000`, `.../`, `.../v1` and `.../v1/` all become `http://host:8000/v1`.
 
-    (The ancestor's `url.rstrip('/v1')` stripped characters, not a suffix: `http://host:8001/v1` lost its port's 1.)
+    (`url.rstrip('/v1')` would strip characters, not a suffix: `http://host:8001/v1` would lose its port's 1.)
     """
     if not isinstance(url, str) or not url.strip():
         raise ProviderConfigError("vllm_base_url is required, e.g. http://localhost:8000/v1")
@@ -105,6 +105,6 @@ class VLLMProvider(OpenAICompatibleProvider):
         for name in VLLM_EXTRA_OPTIONS & set(opts):
             extra[name] = opts.pop(name)
         if "guided_json" in extra:
-            # vLLM 0.12+ reads structured output from `structured_outputs`; the seed's name still works here.
+            # vLLM 0.12+ reads structured output from `structured_outputs`; the older `guided_json` still works here.
             extra["structured_outputs"] = {"json": extra.pop("guided_json")}
         return extra

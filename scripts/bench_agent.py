@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -42,10 +43,12 @@ from aiohttp import web  # noqa: E402
 
 from providers import create_provider  # noqa: E402
 from tests.fixtures.webrtc import CounterVideoTrack, publish  # noqa: E402
-from visual_agent.agent import VisualAgent, topics  # noqa: E402
+from visual_agent.agent import VisualAgent  # noqa: E402
 from visual_agent.broker import EmbeddedBroker  # noqa: E402
 from visual_agent.config import AgentConfig, MqttConfig  # noqa: E402
+from visual_agent.intakes import serve  # noqa: E402
 from visual_agent.mqtt import MqttMessager  # noqa: E402
+from visual_agent.topics import Topics  # noqa: E402
 from webrtc import WebRTCConfig, WebRTCServer  # noqa: E402
 
 MODEL = "instant"
@@ -137,7 +140,7 @@ async def bench(n: int, interval_s: float, width: int, height: int, frames: int,
         port, broker_name = embedded.port, f"embedded amqtt {embedded.port}"
     mqtt_cfg = MqttConfig(host="127.0.0.1", port=port)
     prefix = "bench"
-    t = topics(prefix)
+    t = Topics(prefix).as_dict()
     server = WebRTCServer(WebRTCConfig(host="127.0.0.1", port=0, host_candidate_addresses=["127.0.0.1"]))
     await server.start()
     llm = create_provider({"provider": "openai", "base_url": llm_server.base_url, "model_name": MODEL, "max_retries": 0})
@@ -149,7 +152,8 @@ async def bench(n: int, interval_s: float, width: int, height: int, frames: int,
     await asker.subscribe("bench/echo")
     agent = VisualAgent(llm=llm, messager=agent_mqtt, webrtc_driver=server,
                         config=AgentConfig(frames=frames, max_in_flight=8), prefix=prefix, provider_name="openai")
-    await agent.start()
+    stack = contextlib.AsyncExitStack()
+    await serve(stack, agent)
     results: dict = {"broker": broker_name}
     try:
         track = CounterVideoTrack(width, height, 30, moving=True)
@@ -207,7 +211,7 @@ async def bench(n: int, interval_s: float, width: int, height: int, frames: int,
                 await asyncio.sleep(interval_s)
             stats_after = server.get_buffer("cam").stats()
     finally:
-        await agent.close()
+        await stack.aclose()
         await asker.close()
         await agent_mqtt.close()
         await llm.aclose()

@@ -9,6 +9,7 @@ from typing import Any
 from providers import create_provider
 from visual_agent.agent import VisualAgent
 from visual_agent.config import DEFAULT_MAX_PAYLOAD_BYTES, AgentConfig, MqttConfig
+from visual_agent.intakes import serve
 from visual_agent.mqtt import MqttMessager
 
 
@@ -23,10 +24,12 @@ async def agent_over_mqtt(mosquitto: Any, prefix: str, driver: Any, llm: dict[st
     await messager.start()
     agent = VisualAgent(llm=provider, messager=messager, webrtc_driver=driver, config=AgentConfig(**agent_kw),
                         prefix=prefix, provider_name="openai", max_payload_bytes=max_payload_bytes)
-    await agent.start()
+    stack = contextlib.AsyncExitStack()
+    await serve(stack, agent)
     try:
         yield agent
     finally:
-        await agent.close(grace_s=0.5)
+        await agent.drain(0.5)
+        await stack.aclose()
         await messager.close()
         await provider.aclose()

@@ -41,9 +41,15 @@ async def test_mcp_lists_tools_and_answers_questions_like_mqtt(tmp_path, running
         answer = payload_of(result)
         assert answer["text"] == "a bright grey room" and answer["source"] == "cam" and answer["error"] is None
         assert result.structured_content == answer
+        images = [c for c in result.content if c.type == "image"]
+        assert len(images) == 1 and images[0].mime_type == "image/jpeg"
+        frame = cv2.imdecode(np.frombuffer(base64.b64decode(images[0].data), np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert frame.shape == (120, 160) and frame[40:].mean() > 128  # the bright frame of the clip the model saw
         copied = json.loads((await asyncio.to_thread(listener.get, 10, f"{topic_prefix}/answer")).payload)
         assert copied == answer  # the same JSON MQTT listeners get
         assert len(stub_llm.requests) == 1
+        metrics = daemon.metrics.exposition()[0].decode()
+        assert 'visual_agent_questions_total{via="mcp"} 1.0' in metrics
 
 
 async def test_mcp_rules_share_the_mqtt_rule_set(tmp_path, running_mosquitto, paho_peer, topic_prefix, stub_llm):

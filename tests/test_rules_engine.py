@@ -213,3 +213,58 @@ async def test_rules_engine_rules_on_one_frame_share_one_encoding_and_the_budget
     finally:
         feeding = False
         await feeder
+
+
+async def test_rules_engine_checks_go_through_the_agent_as_via_rule(stub_llm):
+    """A rule check is one more call through `VisualAgent.complete`: it shows in `visual_agent_questions_total
+    {via="rule"}`, the answers and stage histograms, one trace per check, and its state change reaches the agent's
+    event observers with the evidence frame."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from visual_agent.interfaces import EventKind
+    from visual_agent.metrics import AgentMetrics
+    from visual_agent.telemetry import Telemetry
+    from visual_agent.tracing import ROOT_SPAN, QuestionTracing
+
+    stub_llm.reply_fn = BrightnessJudge()
+    driver = Buffers("desk")
+    driver.buffers["desk"].put(solid(230))  # bright: the judge says yes
+    metrics, exporter = AgentMetrics(driver), InMemorySpanExporter()
+    tracing = QuestionTracing(exporter)
+    llm = create_provider({"provider": "vllm", "base_url": stub_llm.base_url, "model_name": stub_llm.model,
+                           "max_retries": 0})
+    agent = VisualAgent(llm=llm, webrtc_driver=driver, telemetry=Telemetry(metrics, tracing))
+    events = []
+    agent.observe(events.append)
+    engine = RuleEngine(agent, [RuleConfig(name="lamp", source="desk", question="Is the light on?", check_every_s=0.5,
+                                           only_on_change=False, on_after=1, off_after=1, cooldown_s=0)])
+
+    async def feed():  # the engine checks new frames only
+        while True:
+            driver.buffers["desk"].put(solid(230))
+            await asyncio.sleep(0.1)
+
+    feeder = asyncio.ensure_future(feed())
+    await engine.start()
+    try:
+        await wait_until(lambda: engine.stats()["checks"] >= 2 and events, 20, "two rule checks and the on event")
+    finally:
+        feeder.cancel()
+        await engine.close()
+        await agent.close()
+        await llm.aclose()
+        tracing.shutdown()
+    sample = metrics.registry.get_sample_value
+    checks = engine.stats()["checks"]
+    asked = sample("visual_agent_questions_total", {"via": "rule"})
+    ok, cut = sample("visual_agent_answers_total", {"outcome": "ok"}), sample("visual_agent_answers_total", {"outcome": "shutdown"})
+    assert ok == checks and asked == ok + cut and cut <= 1  # a check cut short by close() is one `shutdown` outcome
+    assert sample("visual_agent_stage_seconds_count", {"stage": "llm"}) == checks
+    assert sample("visual_agent_stage_seconds_count", {"stage": "encode"}) >= checks
+    assert agent.describe_state()["questions"] == {"rule": asked}  # /healthz counts the same
+    assert agent.describe_state()["counters"]["answers"] == checks
+    roots = [s for s in exporter.get_finished_spans() if s.name == ROOT_SPAN]
+    assert len(roots) == asked and {s.attributes["visual_agent.via"] for s in roots} == {"rule"}
+    (event,) = [e for e in events if e.kind is EventKind.RULE]
+    assert event.rule.rule == "lamp" and (event.rule.previous, event.rule.state) == ("off", "on")
+    assert event.rule.answer is True and event.rule.evidence.frame is not None and event.source == "desk"

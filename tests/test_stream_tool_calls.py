@@ -8,6 +8,7 @@ The random tiny LLaVA cannot choose to call a tool, so a regex (structured outpu
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -132,22 +133,30 @@ def _camera():
 
 
 async def _ask_both_ways(agent):
-    """The same question answered without and with streaming, through `answer_and_send` (what MQTT and the page
-    use), then the agent closed; returns the two answers' payloads and the streamed partial payloads."""
+    """The same question answered without and with streaming, through `take` (what MQTT and the page use), then
+    the agent closed; returns the two answers' payloads and the streamed partial payloads."""
     from visual_agent.messages import Question
+    from visual_agent.telemetry import Via
 
     answers, partials = [], []
 
-    async def send_partial(payload):
-        partials.append(json.loads(payload))
+    class Collect:
+        def __init__(self):
+            self.done = asyncio.Event()
 
-    async def send_answer(answer):
-        answers.append(json.loads(answer.payload()))
+        async def partial(self, payload):
+            partials.append(json.loads(payload))
+
+        async def answer(self, answer):
+            answers.append(json.loads(answer.payload()))
+            self.done.set()
 
     try:
         for stream in (False, True):
-            await agent.answer_and_send(Question(question="weather?", source="desk", stream=stream), send_partial,
-                                        send_answer)
+            reply = Collect()
+            assert agent.take(Question(question="weather?", source="desk", stream=stream), reply, via=Via.MQTT,
+                              asker="test") is None
+            await reply.done.wait()
     finally:
         await agent.close()
     return answers, partials

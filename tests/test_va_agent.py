@@ -16,9 +16,12 @@ from providers import create_provider
 from tests.agents import agent_over_mqtt
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.waiting import wait_until
-from visual_agent.agent import VisualAgent, topics
+from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
+from visual_agent.intakes import serve
 from visual_agent.mqtt import MqttMessager
+from visual_agent.mqtt_intake import MqttQuestions
+from visual_agent.topics import Topics
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
 
@@ -47,7 +50,7 @@ def answers(peer, n, topic, timeout=10.0):
 
 async def test_agent_mqtt_answer_has_id_frames_and_fresh_ages(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
         peer.publish(t["ask"], json.dumps({"id": "q-1", "question": "what is there?", "frames": 3}))
@@ -63,7 +66,7 @@ async def test_agent_mqtt_answer_has_id_frames_and_fresh_ages(running_mosquitto,
 
 async def test_agent_bad_input_gets_error_answers_and_keeps_running(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
         bad = [
@@ -92,7 +95,7 @@ async def test_agent_bad_input_gets_error_answers_and_keeps_running(running_mosq
 
 async def test_agent_streams_partials_before_the_answer_and_remembers(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(f"{topic_prefix}/answer/#")  # answers and partials (and `answer` itself), in arrival order
     stub_llm.reply = "one two three four"
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix) as agent:
@@ -114,7 +117,7 @@ async def test_agent_streams_partials_before_the_answer_and_remembers(running_mo
 
 async def test_agent_mqtt5_response_topic_and_correlation(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     mine = f"{topic_prefix}/reply/me"
     peer.subscribe(mine)
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
@@ -125,7 +128,7 @@ async def test_agent_mqtt5_response_topic_and_correlation(running_mosquitto, pah
 
 async def test_agent_busy_beyond_max_in_flight(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     stub_llm.delay_s = 1.0
     async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, max_in_flight=1):
@@ -140,7 +143,7 @@ async def test_agent_busy_beyond_max_in_flight(running_mosquitto, paho_peer, top
 
 async def test_agent_timeout_and_unreachable_llm(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     stub_llm.delay_s = 3.0
     async with streaming_publisher(webrtc_server):
@@ -159,7 +162,7 @@ async def test_agent_timeout_and_unreachable_llm(running_mosquitto, paho_peer, t
 
 async def test_agent_no_frame_yet(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     async with running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, frame_wait_s=0.2):
         peer.publish(t["ask"], json.dumps({"id": "n1", "question": "anything?"}))
@@ -169,7 +172,7 @@ async def test_agent_no_frame_yet(running_mosquitto, paho_peer, topic_prefix, we
 
 async def test_agent_close_fails_in_flight_with_shutdown(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     stub_llm.delay_s = 5.0
     async with streaming_publisher(webrtc_server):
@@ -186,7 +189,7 @@ async def test_agent_close_fails_in_flight_with_shutdown(running_mosquitto, paho
 
 async def test_agent_data_channel_question_streams_back(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
     peer = paho_peer("5")
-    peer.subscribe(topics(topic_prefix)["answer"])
+    peer.subscribe(Topics(topic_prefix).as_dict()["answer"])
     stub_llm.reply = "red and blue bars"
     async with streaming_publisher(webrtc_server) as pub, running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix):
         await pub.wait_open()
@@ -270,18 +273,19 @@ async def test_agent_scene_change_description(running_mosquitto, paho_peer, topi
 async def test_agent_shared_group_answers_each_question_once(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     """Two daemons in one shared group split the questions; every question is answered exactly once."""
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     driver = BufferDriver("cam")
     driver.get_buffer("cam").put(solid(100))
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model"})
     cfg = MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port, shared_group="g1")
     agents, messagers = [], []
+    stack = contextlib.AsyncExitStack()
     for _ in range(2):
         m = MqttMessager(cfg)
         await m.start()
         a = VisualAgent(llm=llm, messager=m, webrtc_driver=driver, prefix=topic_prefix, config=AgentConfig(max_in_flight=20))
-        await a.start()
+        await serve(stack, a)
         agents.append(a)
         messagers.append(m)
     try:
@@ -291,8 +295,7 @@ async def test_agent_shared_group_answers_each_question_once(running_mosquitto, 
         await asyncio.sleep(0.3)
         assert peer.messages.empty()  # no duplicates
     finally:
-        for a in agents:
-            await a.close()
+        await stack.aclose()
         for m in messagers:
             await m.close()
         await llm.aclose()
@@ -321,7 +324,7 @@ async def test_daemon_sends_jpeg_at_the_configured_encoder_size_and_quality(stub
     daemon = Daemon(config)
     await daemon.start()
     try:
-        assert daemon.agent.jpeg_encoder.config.quality == 30
+        assert daemon.agent.encoding.jpeg_encoder.config.quality == 30
         async with streaming_publisher(daemon.driver, width=320, height=240):
             answer = await daemon.agent.ask(Question(question="what?", source="cam"))
     finally:
@@ -335,14 +338,15 @@ async def test_daemon_sends_jpeg_at_the_configured_encoder_size_and_quality(stub
 async def test_agent_close_answers_received_questions_not_yet_taken(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     """Questions the messager received (and acknowledged) but the agent had not taken still get a `shutdown` answer."""
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port), status_topic=f"{topic_prefix}/status")
     await messager.start()
     agent = VisualAgent(llm=llm, messager=messager, prefix=topic_prefix, provider_name="openai")
+    intake = MqttQuestions(agent, messager)  # not entered: nothing takes the questions
     try:
-        await messager.subscribe(t["ask"])  # received, but no consumer takes them (the agent is not started)
+        await messager.subscribe(t["ask"])  # received, but no consumer takes them
         for i in range(3):
             peer.publish(t["ask"], json.dumps({"id": f"q{i}", "question": "?"}))
         for _ in range(250):
@@ -351,6 +355,7 @@ async def test_agent_close_answers_received_questions_not_yet_taken(running_mosq
             await asyncio.sleep(0.02)
         assert messager.stats.received == 3
         await agent.close(grace_s=0.1)
+        await intake.close()  # what the daemon's shutdown does: the questions not taken are answered
         got = await asyncio.to_thread(answers, peer, 3, t["answer"])
     finally:
         await messager.close()
@@ -368,6 +373,7 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
     import numpy as np
 
     from encoders import JpegEncoder
+    from visual_agent.encoding import FrameEncoding
     from visual_agent.messages import Question
 
     class CountingEncoder(JpegEncoder):
@@ -386,7 +392,7 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
     camera.get_buffer("desk").put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     encoder = CountingEncoder()
-    agent = VisualAgent(llm=llm, webrtc_driver=camera, jpeg_encoder=encoder)
+    agent = VisualAgent(llm=llm, webrtc_driver=camera, encoding=FrameEncoding(llm, jpeg_encoder=encoder))
     try:
         a, b = await asyncio.gather(agent.ask(Question(question="one?")), agent.ask(Question(question="two?")))
     finally:
@@ -429,38 +435,40 @@ async def test_agent_scene_watch_survives_a_source_that_leaves(stub_llm):
     camera = LeavingCamera()
     config = AgentConfig(scene_change=SceneChangeConfig(enabled=True, check_interval_s=0.02))
     agent = VisualAgent(llm=llm, webrtc_driver=camera, config=config)
-    await agent.start()
     try:
-        await wait_until(lambda: camera.reads_of_b >= 4, what="the watcher read source b four times")
-        (watcher,) = [t for t in agent._tasks if t.get_name() == "agent-scene-change"]
-        assert not watcher.done()
+        async with contextlib.AsyncExitStack() as stack:
+            intakes = await serve(stack, agent)
+            await wait_until(lambda: camera.reads_of_b >= 4, what="the watcher read source b four times")
+            (watcher,) = [t for t in intakes.triggers._tasks if t.get_name() == "agent-scene-change"]
+            assert not watcher.done()
     finally:
-        await agent.close()
         await llm.aclose()
 
 
 async def test_agent_answers_busy_for_questions_a_full_inbox_dropped(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     """The messager's inbox is bounded; a question it has to drop still gets one answer (`busy`), never none."""
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port, inbox_max=1),
                             status_topic=f"{topic_prefix}/status")
     await messager.start()
     agent = VisualAgent(llm=llm, messager=messager, prefix=topic_prefix, provider_name="openai")
-    await agent.start()
+    stack = contextlib.AsyncExitStack()
+    intakes = await serve(stack, agent)
     try:
-        (consumer,) = [task for task in agent._tasks if task.get_name() == "agent-mqtt-questions"]
+        (consumer,) = [task for task in intakes.mqtt._tasks if task.get_name() == "agent-mqtt-questions"]
         consumer.cancel()  # a consumer that has fallen behind: the inbox (1) fills
         await asyncio.sleep(0.05)
         for i in range(3):
             peer.publish(t["ask"], json.dumps({"id": f"q{i}", "question": "?"}))
         busy = await asyncio.to_thread(answers, peer, 2, t["answer"])
-        await agent.close(grace_s=0.1)
+        await agent.drain(0.1)
+        await stack.aclose()
         (last,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
     finally:
-        await agent.close()
+        await stack.aclose()
         await messager.close()
         await llm.aclose()
     assert messager.stats.inbox_dropped == 2
@@ -496,7 +504,7 @@ async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(ru
                                                                               webrtc_server, stub_llm):
     """While in-flight questions get their grace period, a question typed on the page is answered `shutdown`."""
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     stub_llm.delay_s = 3.0
     async with streaming_publisher(webrtc_server) as pub:
         await pub.wait_open()
@@ -506,7 +514,7 @@ async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(ru
                 if agent.in_flight:
                     break
                 await asyncio.sleep(0.02)
-            closing = asyncio.ensure_future(agent.close())
+            closing = asyncio.ensure_future(agent.drain())
             await asyncio.sleep(0.2)
             pub.channel.send(json.dumps({"id": "late-page", "question": "still there?"}))
             got = json.loads(await asyncio.wait_for(pub.messages.get(), 5))
@@ -514,8 +522,9 @@ async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(ru
     assert got["id"] == "late-page" and got["error"]["type"] == "shutdown"
 
 
-def test_agent_refuses_frames_as_jpeg_with_an_embedding_function():
-    """`frames_as="jpeg"` forces JPEG (the guide): given together with an embedding function, it is an error, not ignored."""
+def test_encoding_refuses_jpeg_mode_with_an_embedding_function():
+    """`encoder.embeddings: off` forces JPEG: given together with an embedding function, it is an error, not ignored."""
+    from visual_agent.encoding import FrameEncoding
 
     class TakesEmbeddings:
         class capabilities:
@@ -525,6 +534,29 @@ def test_agent_refuses_frames_as_jpeg_with_an_embedding_function():
     async def embed(frames):
         raise AssertionError("not called")
 
-    with pytest.raises(ValueError, match="frames_as='jpeg'"):
-        VisualAgent(llm=TakesEmbeddings(), embedding_function=embed, frames_as="jpeg")
-    assert VisualAgent(llm=TakesEmbeddings(), frames_as="jpeg").embedding_function is None
+    with pytest.raises(ValueError, match="encoder.embeddings: off"):
+        FrameEncoding(TakesEmbeddings(), mode="off", embedding_function=embed)
+    assert FrameEncoding(TakesEmbeddings(), mode="off").embedding_function is None
+
+
+async def test_close_called_twice_at_once_returns_when_the_first_is_done(stub_llm):
+    """A second `close()` while the first runs waits for it (the daemon's used to return at once, before the peers,
+    the MQTT connection and the LLM were closed)."""
+    from visual_agent.config import parse_config
+    from visual_agent.daemon import Daemon
+
+    config = parse_config({
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0},
+        "webrtc": {"host": "127.0.0.1", "port": 0, "host_candidate_addresses": ["127.0.0.1"]},
+        "mqtt": {"enabled": False},
+    }, environ={})
+    daemon = Daemon(config)
+    await daemon.start()
+    agent = daemon.agent
+    first = asyncio.ensure_future(daemon.close())
+    await asyncio.sleep(0)  # the first call is under way
+    await daemon.close()
+    assert first.done()
+    first = asyncio.ensure_future(agent.close())  # closed already: both return at once
+    await agent.close()
+    await first

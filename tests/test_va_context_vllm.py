@@ -15,6 +15,7 @@ from aiohttp import ClientSession, web
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig
 from visual_agent.messages import Question
+from visual_agent.page_intake import PageQuestions
 
 pytestmark = pytest.mark.vllm
 
@@ -224,13 +225,14 @@ async def test_page_conversation_is_per_peer_and_survives_a_reconnect_only_with_
     camera = Camera("cam")
     async with RecordingProxy(vllm_server.base_url) as proxy:
         agent = make_agent(proxy.base_url, camera, max_tokens=24)
+        page = PageQuestions(agent, camera)
         try:
             camera.feed("cam", 2)
 
             async def ask(peer: str, text: str, conversation: str | None = None) -> dict:
                 n = len(camera.sent.get(peer, []))
                 payload = {"question": text, **({"conversation": conversation} if conversation else {})}
-                await agent.handle_data_message("cam", peer, json.dumps(payload))
+                await page.handle("cam", peer, json.dumps(payload))
                 await wait_for(lambda: len(camera.sent.get(peer, [])) > n)
                 answer = camera.sent[peer][-1]
                 assert answer["error"] is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from providers import create_provider
 from visual_agent import EmbeddingsMode, EncoderConfig, FrameEncoding, parse_config
 from visual_agent.daemon import Daemon
-from visual_agent.encoding import frames_as_mode
 from visual_agent.sampling import TakenFrame
 
 
@@ -47,16 +45,8 @@ def test_encoding_auto_picks_embeddings_only_when_the_provider_takes_them(tmp_pa
     assert not FrameEncoding(native_llm(tmp_path), mode="off").uses_embeddings
 
 
-def test_encoding_older_spellings_still_read_with_a_warning():
-    with pytest.warns(DeprecationWarning, match="'off'"):
-        assert frames_as_mode("jpeg") is EmbeddingsMode.OFF
-    with pytest.warns(DeprecationWarning, match="'clip'"):
-        assert frames_as_mode("embeddings") is EmbeddingsMode.CLIP
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert frames_as_mode("auto") is EmbeddingsMode.AUTO
-    with pytest.raises(ValueError, match="auto, clip or off"):
-        frames_as_mode("png")
+def test_encoding_config_reads_the_older_value_spelling():
+    """`encoder.embeddings: jpeg` in a user's file still means off (config values are an interface)."""
     cfg = parse_config({"encoder": {"embeddings": "jpeg"}}, environ={})
     assert cfg.encoder.embeddings is EmbeddingsMode.OFF
 

@@ -179,9 +179,9 @@ def _handful(seed: int = 11, n: int = 12) -> list[bytes]:
 @pytest.mark.timeout(90)
 async def test_fuzz_malformed_questions_each_get_one_error_answer(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     from tests.test_va_agent import running_agent
-    from visual_agent.agent import topics
+    from visual_agent.topics import Topics
 
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer = paho_peer("5")
     peer.subscribe(t["answer"])
     payloads = _handful()

@@ -9,14 +9,16 @@ import json
 
 import pytest
 
-from visual_agent.config import HomeAssistantConfig, MqttConfig
+from tests.rules_scene import BRIGHT, BrightnessJudge, write_scene_clip
+from visual_agent.config import HomeAssistantConfig, MqttConfig, parse_config
+from visual_agent.daemon import Daemon
 from visual_agent.errors import ErrorType, QuestionError
 from visual_agent.homeassistant import HomeAssistantDiscovery
 from visual_agent.messages import Answer, Question
 from visual_agent.mqtt import MqttMessager
 from visual_agent.rules import RuleConfig, RuleDiscovery
 
-pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
 
 
 async def test_homeassistant_description_events(running_mosquitto, paho_peer, topic_prefix):
@@ -72,3 +74,40 @@ async def test_homeassistant_rule_change_events(running_mosquitto, paho_peer, to
         "event_type": "on", "rule": "person_at_door", "source": "door", "question": "Is a person at the door?",
         "previous": "off", "answer": True, "reason": "someone in a red coat"}  # the change before the announce: none
     assert cleared.payload == b""
+
+
+async def test_homeassistant_events_from_a_running_daemon(tmp_path, running_mosquitto, paho_peer, topic_prefix,
+                                                          stub_llm):
+    """The daemon wires both: a rule turning on and a periodic description reach Home Assistant as events."""
+    stub_llm.reply_fn = BrightnessJudge()  # yes for the bright clip
+    clip = write_scene_clip(tmp_path / "bright.mp4", [(2.0, BRIGHT)])
+    disc_prefix = f"{topic_prefix}/ha"
+    watcher = paho_peer("5")
+    watcher.subscribe(f"{topic_prefix}/cam/#")
+    config = parse_config({
+        "llm": {"provider": "vllm", "base_url": stub_llm.base_url, "model_name": stub_llm.model},
+        "webrtc": {"host": "127.0.0.1", "port": 0},
+        "sources": [{"name": "cam", "kind": "file", "url": str(clip), "loop": True}],
+        "mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port, "prefix": topic_prefix,
+                 "homeassistant": {"enabled": True, "discovery_prefix": disc_prefix, "node_id": "va"}},
+        "agent": {"periodic_interval_s": 1.0},
+        "storage": {"enabled": False},
+        "rules": [{"name": "bright", "source": "cam", "question": "Is it bright?", "check_every_s": 0.5,
+                   "on_after": 1}],
+    }, environ={})
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        rule_event = await asyncio.to_thread(watcher.get, 30, f"{topic_prefix}/cam/rules/bright/event/ha")
+        description = await asyncio.to_thread(watcher.get, 30, f"{topic_prefix}/cam/description/ha")
+    finally:
+        await daemon.close()
+    late = paho_peer("5")
+    late.subscribe(f"{disc_prefix}/event/#")
+    configs = {m.topic for m in [await asyncio.to_thread(late.get, 10) for _ in range(2)]}
+    assert configs == {f"{disc_prefix}/event/va/cam_bright_event/config", f"{disc_prefix}/event/va/cam_descriptions/config"}
+    change = json.loads(rule_event.payload)
+    assert change["event_type"] == "on" and change["previous"] == "off" and change["answer"] is True
+    assert change["reason"].startswith("mean brightness")
+    said = json.loads(description.payload)
+    assert said["event_type"] == "periodic" and said["source"] == "cam" and said["text"]

@@ -40,3 +40,13 @@ def test_llm_error_each_branch():
 def test_llm_error_masks_a_password_in_the_endpoint():
     err = llm_error(ProviderConnectionError("refused", endpoint="http://me:tok-secret@127.0.0.1:9/v1"), "openai")
     assert "tok-secret" not in err.message
+
+
+def test_llm_error_names_the_endpoint_once():
+    """The endpoint is in the message once, with the status where there is one (it failed before: twice)."""
+    endpoint = "http://127.0.0.1:9/v1"
+    for exc in (ProviderConnectionError("refused", endpoint=endpoint), GatewayTimeout("slow", endpoint=endpoint),
+                AuthenticationError("no key", endpoint=endpoint, status=401)):
+        message = llm_error(exc, "openai").message
+        assert message.count(endpoint) == 1, message
+    assert "status 401" in llm_error(AuthenticationError("no key", endpoint=endpoint, status=401), "p").message

@@ -20,7 +20,8 @@ import pytest
 
 from tests.agents import agent_over_mqtt
 from tests.fixtures.faulty_llm import REPLY, FaultyLLM
-from visual_agent.agent import VisualAgent, topics
+from visual_agent.agent import VisualAgent
+from visual_agent.topics import Topics
 from webrtc import FrameBuffer
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
@@ -59,7 +60,7 @@ class Asker:
 
     def __init__(self, peer, prefix: str) -> None:
         self.peer = peer
-        self.t = topics(prefix)
+        self.t = Topics(prefix).as_dict()
         self.by_id: dict[str, list[dict]] = {}
         peer.subscribe(self.t["answer"])
 

@@ -20,11 +20,12 @@ from tests.agents import agent_over_mqtt
 from tests.rules_scene import BRIGHT, DARK, counter_of_gray, decode_gray, write_scene_clip
 from tests.test_rules_engine import Buffers, solid
 from tests.waiting import wait_until
-from visual_agent.agent import VisualAgent, topics
+from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig
 from visual_agent.errors import ErrorType, QuestionError
 from visual_agent.messages import Question, parse_question
 from visual_agent.rules import RuleConfig, RuleEngine
+from visual_agent.topics import Topics
 from webrtc import SourceConfig, WebRTCConfig
 
 CHANGE_FRAME = 60
@@ -69,7 +70,7 @@ async def test_a_question_with_lookback_sees_frames_from_before_the_scene_change
     server = await webrtc_server_factory(WebRTCConfig(port=0, host_candidate_addresses=["127.0.0.1"]),
                                          [SourceConfig(name="door", kind="file", url=str(clip))])
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     async with running_agent(running_mosquitto, server, stub_llm.base_url, topic_prefix, lookback_s=5.0) as agent:
         def dark_thumbnail_kept() -> bool:
@@ -115,7 +116,7 @@ async def test_bad_lookback_values_get_bad_payload_answers(
     server = await webrtc_server_factory(WebRTCConfig(port=0, host_candidate_addresses=["127.0.0.1"]),
                                          [SourceConfig(name="door", kind="file", url=str(clip))])
     peer = paho_peer("5")
-    t = topics(topic_prefix)
+    t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     bad = {"b1": '"three"', "b2": "0", "b3": "-1", "b4": "NaN", "b5": "Infinity", "b6": "1e999", "b7": "true",
            "b8": "10.5", "b9": "[1]"}

@@ -104,6 +104,7 @@ async def test_scaleout_replicas_share_a_source_and_survive_a_kill(tmp_path, run
 
 async def test_scaleout_source_topic_follows_the_source(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     """Subscribed when a source appears, unsubscribed when it goes (in-process agent, plain FrameBuffers)."""
+    from visual_agent.intakes import serve
     from visual_agent.mqtt_intake import MqttQuestions
 
     peer = paho_peer("5")
@@ -113,8 +114,9 @@ async def test_scaleout_source_topic_follows_the_source(running_mosquitto, paho_
     messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port))
     await messager.start()
     agent = VisualAgent(llm=llm, messager=messager, webrtc_driver=driver, config=AgentConfig(), prefix=topic_prefix)
-    await agent.start()
-    intake: MqttQuestions = agent._mqtt
+    stack = contextlib.AsyncExitStack()
+    intake: MqttQuestions | None = (await serve(stack, agent)).mqtt
+    assert intake is not None
 
     async def until(condition, timeout=5.0):
         loop = asyncio.get_running_loop()
@@ -141,7 +143,8 @@ async def test_scaleout_source_topic_follows_the_source(running_mosquitto, paho_
         assert got["sentinel"]["error"]["type"] == "unknown_source"
         assert agent.counters - before == {"errors.unknown_source": 1}  # d-2 reached nobody
     finally:
-        await agent.close(grace_s=0.5)
+        await agent.drain(0.5)
+        await stack.aclose()
         await messager.close()
         await llm.aclose()
     assert messager._subscriptions == [f"{topic_prefix}/ask"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from visual_agent import HomeAssistantConfig, HomeAssistantDiscovery, MqttConfig, MqttMessager, Topics, topics
+from visual_agent import HomeAssistantConfig, HomeAssistantDiscovery, MqttConfig, MqttMessager, Topics
 from visual_agent.topics import ha_object_id, valid_reply_topic
 
 
@@ -10,7 +10,7 @@ def test_topics_fixed_ones_under_the_prefix():
     t = Topics("va/home")
     assert (t.ask, t.answer, t.partial, t.status) == ("va/home/ask", "va/home/answer", "va/home/answer/partial",
                                                       "va/home/status")
-    assert topics("va/home") == {"ask": t.ask, "answer": t.answer, "partial": t.partial, "status": t.status}
+    assert Topics("va/home").as_dict() == {"ask": t.ask, "answer": t.answer, "partial": t.partial, "status": t.status}
 
 
 def test_topics_per_source_and_reply():

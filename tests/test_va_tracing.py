@@ -7,6 +7,7 @@ Real mosquitto and the stand-in LLM server (the model does not matter here); fra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from providers import create_provider
 from tests.test_va_agent import BufferDriver, solid
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
+from visual_agent.intakes import serve
 from visual_agent.mqtt import MqttMessager
 from visual_agent.telemetry import Telemetry
 
@@ -40,7 +42,8 @@ async def test_tracing_one_trace_per_question_with_stage_spans(running_mosquitto
     await messager.start()
     agent = VisualAgent(llm=llm, messager=messager, webrtc_driver=driver, config=AgentConfig(), prefix=topic_prefix,
                         provider_name="openai", telemetry=Telemetry(tracing))
-    await agent.start()
+    stack = contextlib.AsyncExitStack()
+    await serve(stack, agent)
     try:
         peer.publish(f"{topic_prefix}/ask", json.dumps({"id": "tr-1", "question": "what?"}))
         peer.publish(f"{topic_prefix}/ask", json.dumps({"id": "tr-2", "question": "streamed?", "stream": True}))
@@ -50,7 +53,8 @@ async def test_tracing_one_trace_per_question_with_stage_spans(running_mosquitto
             answer = json.loads((await asyncio.to_thread(peer.get, 10, f"{topic_prefix}/answer")).payload)
             got[answer["id"]] = answer
     finally:
-        await agent.close(grace_s=0.5)
+        await agent.drain(0.5)
+        await stack.aclose()
         await messager.close()
         await llm.aclose()
         tracing.shutdown()
@@ -117,7 +121,7 @@ async def test_tracing_daemon_sends_otlp_to_the_configured_endpoint(stub_llm):
 
     from visual_agent.config import parse_config
     from visual_agent.daemon import Daemon
-    from visual_agent.sampling import Trigger
+    from visual_agent.telemetry import Via
     from webrtc import FrameBuffer
 
     received: list[ExportTraceServiceRequest] = []
@@ -142,7 +146,7 @@ async def test_tracing_daemon_sends_otlp_to_the_configured_endpoint(stub_llm):
         await daemon.start()
         buffer = daemon.driver.buffers["cam"] = FrameBuffer("cam")
         buffer.put(solid(50))
-        answer = await daemon.agent.describe("cam", "describe", Trigger.PERIODIC)
+        answer = await daemon.agent.describe("cam", "describe", Via.PERIODIC)
         assert answer is not None and answer.error is None
     finally:
         await daemon.close()  # flushes the batch

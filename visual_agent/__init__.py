@@ -34,13 +34,17 @@ from .errors import (
     VisualAgentError,
 )
 from .homeassistant import HomeAssistantDiscovery
-from .interfaces import FrameSource, MessageTransport, PageChannel
+from .interfaces import AgentCore, AgentEvent, EventKind, FrameSource, MessageTransport, PageChannel, RuleChange
 from .messages import Answer, FrameRef, Question, parse_question, partial_payload
+from .model_call import ModelRequest, ModelResponse, Recalled
 from .mqtt import IncomingMessage, MqttMessager
-from .sampling import SceneChangeDetector, Trigger, select_frames
-from .topics import Topics, topics
+from .sampling import SceneChangeDetector, select_frames
+from .telemetry import Via
+from .topics import Topics
 
 __all__ = [
+    "AgentCore",
+    "AgentEvent",
     "AgentConfig",
     "Answer",
     "BrokerRefusedError",
@@ -51,6 +55,7 @@ __all__ = [
     "EmbeddedBrokerError",
     "EmbeddingsMode",
     "EncoderConfig",
+    "EventKind",
     "ErrorType",
     "FrameEncoding",
     "FrameRef",
@@ -60,6 +65,8 @@ __all__ = [
     "IncomingMessage",
     "MessageTransport",
     "MessagingError",
+    "ModelRequest",
+    "ModelResponse",
     "MqttConfig",
     "MqttMessager",
     "MqttProtocol",
@@ -67,11 +74,13 @@ __all__ = [
     "Question",
     "QuestionError",
     "QuestionTiming",
+    "Recalled",
+    "RuleChange",
     "SceneChangeConfig",
     "SceneChangeDetector",
     "TlsConfig",
     "Topics",
-    "Trigger",
+    "Via",
     "VisualAgent",
     "VisualAgentError",
     "load_config",
@@ -80,5 +89,4 @@ __all__ = [
     "partial_payload",
     "run_daemon",
     "select_frames",
-    "topics",
 ]

@@ -1,9 +1,11 @@
 """`Daemon`: wires config → embedded broker (if no broker is configured), MQTT, WebRTC ingest, LLM, encoder, agent.
 
 Start order puts what the user sees first: the page is served and MQTT connects even when the LLM is down
-(questions then get `llm_unreachable` answers and the log says what to fix). SIGINT/SIGTERM: in-flight questions
-get `agent.shutdown_grace_s` to finish (then fail with `shutdown`), ``offline`` is published, peers are closed, the
-process exits 0.
+(questions then get `llm_unreachable` answers and the log says what to fix). Each part is put on one
+`AsyncExitStack` as it starts, so `close()` (and a failed start) undoes exactly what was started, in reverse:
+the LLM probe, the rules, the intakes (descriptions stop, in-flight questions get `agent.shutdown_grace_s` to finish,
+then fail with `shutdown`), the agent, the peers, the MQTT connection (``offline`` is published), the LLM, the
+encoder, the embedded broker, the traces. SIGINT/SIGTERM close it; the process exits 0.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .config import Config
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
+from .intakes import Intakes, serve
 from .memory.service import MemoryService
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
@@ -95,22 +98,27 @@ class Daemon:
         self.rules: RuleEngine | None = None
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
+        self.intakes: Intakes | None = None
         self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
         """The event store, `GET /events` and `<prefix>/events/query` (`storage`)."""
         self.mcp: Any = None
         """`mcp_server.McpService` with `mcp.enabled`: the MCP endpoint on the page's port."""
-        self._probe: asyncio.Task[None] | None = None
-        self._closed = False
+        self._stack = contextlib.AsyncExitStack()
+        """Everything started, closed in reverse by `close`."""
+        self._closed: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        stack = self._stack
         try:
             if cfg.mqtt.enabled:
                 await self._start_mqtt()
             from webrtc import WebRTCServer
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
+            stack.push_async_callback(self.driver.close)
             await self.memory.open()
+            stack.push_async_callback(self.memory.close)  # after the agent: its last answers are written
             self.memory.register_routes(self.driver.add_route)
             self._mount_mcp()
             telemetry = self._build_telemetry()
@@ -118,7 +126,9 @@ class Daemon:
             from providers import create_provider
 
             self.llm = create_provider(cfg.llm)
+            stack.push_async_callback(_quietly, self.llm.aclose)
             self.encoding = await build_frame_encoding(cfg, self.llm)
+            stack.push_async_callback(self.encoding.aclose)
             self.agent = VisualAgent(
                 llm=self.llm, messager=self.messager, webrtc_driver=self.driver, encoding=self.encoding,
                 config=cfg.agent, prefix=cfg.mqtt.prefix, provider_name=cfg.provider_name(),
@@ -126,15 +136,17 @@ class Daemon:
             )
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
-                self.agent.on_answer = self.homeassistant.on_answer
-            await self.agent.start()
+                self.agent.observe(self.homeassistant.observe)
+            self.intakes = await serve(stack, self.agent)
             await self._start_rules()
             if self.mcp is not None:
+                stack.push_async_callback(self.mcp.close)
                 await self.mcp.start()
-            await self._connect_mqtt()  # after the agent subscribed: `online` means questions are taken
+            await self._connect_mqtt()  # after the intakes subscribed: `online` means questions are taken
             await self.memory.start_mqtt(self.messager)
             self.driver.healthz_extra = self.health
-            self._probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
+            probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
+            stack.push_async_callback(_cancelled, probe)
         except BaseException as exc:
             await self.close()
             if _is_startup_error(exc):  # a page port in use, a provider that cannot be built: a message, not a traceback
@@ -169,6 +181,8 @@ class Daemon:
                                   f"pip install 'visual-agent[otel]' ({exc})") from None
             self.tracing = QuestionTracing(endpoint=cfg.otlp_endpoint, service_name=cfg.service_name)
             telemetry.add(self.tracing)
+            tracing = self.tracing  # on close, send the traces still batched (blocking: in a thread)
+            self._stack.push_async_callback(_quietly, lambda: asyncio.wait_for(asyncio.to_thread(tracing.shutdown), 5.0))
         return telemetry
 
     def _mount_mcp(self) -> None:
@@ -190,10 +204,12 @@ class Daemon:
         client_config = mqtt.for_client()
         if mqtt.embedded:
             self.broker = await EmbeddedBroker.from_config(mqtt).start()
+            self._stack.push_async_callback(self.broker.close)
             port = self.broker.port or port
             client_config = self.broker.daemon_client_config(client_config)  # its own credentials: may publish status
         self.messager = MqttMessager(client_config, host=host, port=port, status_topic=Topics(mqtt.prefix).status,
                                      name="mqtt")
+        self._stack.push_async_callback(self.messager.close)
 
     async def _connect_mqtt(self) -> None:
         """Start the messager once its subscriptions are known; the page comes up even while the broker is away."""
@@ -215,6 +231,7 @@ class Daemon:
         discovery = None
         if self.messager is not None and cfg.mqtt.homeassistant.enabled:
             discovery = RuleDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
+            self.agent.observe(discovery.observe)  # each rule change: an event of its Home Assistant event entity
         self.rules = RuleEngine(self.agent, list(cfg.rules), calls_per_minute=cfg.agent.rule_calls_per_minute,
                                 discovery=discovery)
         driver = self.driver
@@ -223,14 +240,17 @@ class Daemon:
             await driver.broadcast(source, json.dumps({"type": "rule", **state}))
 
         self.rules.on_state.append(to_page)
+        self._stack.push_async_callback(self.rules.close)
         await self.rules.start()
         if self.messager is not None:
             host, port = self.messager.host, self.messager.port
             # The daemon's own client settings (at the embedded broker: its credentials, so `rules/error` may be published).
             self.rules_messager = MqttMessager(self.messager.config, host=host, port=port, persistent_session=False,
                                                client_id=f"{self.messager.client_id}-rules", name="mqtt-rules")
+            self._stack.push_async_callback(self.rules_messager.close, publish_offline=False)
             await self.rules_messager.start(wait=False)
             self.rules_control = RuleControl(self.rules, self.rules_messager)
+            self._stack.push_async_callback(self.rules_control.close)
             await self.rules_control.start()
 
     async def _probe_llm(self) -> None:
@@ -268,40 +288,27 @@ class Daemon:
         }
 
     async def close(self) -> None:
-        """Finish or fail in-flight questions, publish offline, close peers, the LLM and the broker. Safe twice."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._probe
-        if self.mcp is not None:
-            await self.mcp.close()
-        if self.rules_control is not None:
-            await self.rules_control.close()
-        if self.rules_messager is not None:
-            await self.rules_messager.close(publish_offline=False)
-        if self.rules is not None:
-            await self.rules.close()
-        if self.agent is not None:
-            await self.agent.close()
-        await self.memory.close()  # after the agent: its last answers are written
-        if self.messager is not None:
-            await self.messager.close()
-        if self.driver is not None:
-            await self.driver.close()
-        if self.llm is not None:
-            with contextlib.suppress(Exception):
-                await self.llm.aclose()
-        if self.encoding is not None:
-            await self.encoding.aclose()  # the agent closed it too (safe twice): also when the agent was never built
-        if self.broker is not None:
-            await self.broker.close()
-        if self.tracing is not None:  # send the traces still batched (blocking: in a thread)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.to_thread(self.tracing.shutdown), 5.0)
-        logger.info("stopped")
+        """Undo what `start` did, in reverse (the module docstring). The first call does it; later ones wait for it."""
+        if self._closed is not None:
+            return await asyncio.shield(self._closed)
+        self._closed = asyncio.get_running_loop().create_future()
+        try:
+            await self._stack.aclose()
+            logger.info("stopped")
+        finally:
+            self._closed.set_result(None)
+
+
+async def _quietly(close: Any) -> None:
+    """A close whose failure is not worth failing the others for (the LLM client, the trace exporter)."""
+    with contextlib.suppress(Exception):
+        await close()
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def _is_startup_error(exc: BaseException) -> bool:

@@ -2,8 +2,7 @@
 
 One object owns the whole choice, so the daemon and a `VisualAgent` built by hand decide it the same way:
 - `encoder.embeddings` (`EmbeddingsMode`): `auto` sends embeddings when the provider takes them, `clip` always
-  (refused at once if the provider cannot take them), `off` never. The agent's older `frames_as` spellings
-  (`jpeg`, `embeddings`) still work, with a DeprecationWarning.
+  (refused at once if the provider cannot take them), `off` never.
 - JPEG: one `JpegEncoder` (`encoder.jpeg_max_side`, `encoder.jpeg_quality`), run in a worker thread; several
   questions on the same frames share one encoding, also while it runs.
 - Embeddings: the given `embedding_function`, else the encoder of the provider's model family, picked from its
@@ -17,10 +16,10 @@ One object owns the whole choice, so the daemon and a `VisualAgent` built by han
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import logging
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from encoders import EmbeddingCache, JpegEncoder
     from providers import LLMProvider
 
-    from .sampling import TakenFrame
+    from .sampling import Recalled, TakenFrame
 
 __all__ = ["EMBEDDING_CACHE_MAX_BYTES", "EmbeddingFunction", "FrameEncoding", "load_embedder"]
 
@@ -109,7 +108,7 @@ class FrameEncoding:
             raise ValueError(f"{name} cannot take image embeddings; use provider {kinds} with enable_mm_embeds: true, "
                              "or drop the embedding function (frames then go as JPEG)")
         if self.mode is EmbeddingsMode.OFF and embedding_function is not None:
-            raise ValueError("JPEG frames were asked for (frames_as='jpeg' / encoder.embeddings: off): drop the "
+            raise ValueError("JPEG frames were asked for (encoder.embeddings: off): drop the "
                              "embedding_function, or ask for embeddings")
         if self.mode is EmbeddingsMode.CLIP and not takes:
             raise ValueError(f"{name} cannot take image embeddings; use provider {kinds} with enable_mm_embeds: true, "
@@ -152,12 +151,30 @@ class FrameEncoding:
         if self.embedding_function == self._default_embeddings:
             await self._embedder()
 
-    async def content(self, text: str, frames: Sequence[TakenFrame], source: str) -> Any:
-        """The user message's content: text plus the frames as embeddings or `image_url` parts."""
+    async def content(self, text: str, frames: Sequence[TakenFrame], source: str,
+                      recalled: Sequence[Recalled] = ()) -> Any:
+        """The user message's content: text plus the frames as embeddings or `image_url` parts. `recalled` (a
+        question about the past): stored images, each after its caption, before the live frames."""
         if self.embedding_function is not None:
-            return {"text": text, "image_embeddings": await self.embedding_function([f.frame for f in frames])}
-        return [{"type": "text", "text": text}] + [
+            pictures = await asyncio.to_thread(_decoded, [r.image for r in recalled if r.image is not None])
+            captions = [r.caption() for r in recalled]
+            return {"text": "\n".join([text, *captions]),
+                    "image_embeddings": await self.embedding_function(pictures + [f.frame for f in frames])}
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        for item in recalled:
+            parts.append({"type": "text", "text": item.caption()})
+            if item.image is not None:
+                parts.append({"type": "image_url", "image_url": {"url": await self._stored_url(item.image)}})
+        return parts + [
             {"type": "image_url", "image_url": {"url": url}} for url in await self._jpeg_urls(frames, source)]
+
+    async def _stored_url(self, image: Any) -> str:
+        """A stored picture as a data URL: JPEG bytes as they are, anything else encoded (in a worker thread)."""
+        if isinstance(image, bytes | bytearray):
+            return "data:image/jpeg;base64," + base64.b64encode(bytes(image)).decode("ascii")
+        encoder = self.jpeg_encoder
+        assert encoder is not None
+        return await asyncio.to_thread(encoder.data_url, image)
 
     async def _jpeg_urls(self, frames: Sequence[TakenFrame], source: str) -> list[str]:
         # Several questions on the same frames encode them once, also while the encoding runs: the cache holds the
@@ -230,15 +247,13 @@ class FrameEncoding:
                 await self._clip.aclose()
 
 
-def frames_as_mode(frames_as: str | EmbeddingsMode) -> EmbeddingsMode:
-    """`VisualAgent(frames_as=...)`: the config's values, or the older `jpeg`/`embeddings` with a DeprecationWarning."""
-    if isinstance(frames_as, str) and frames_as in _OLD_FRAMES_AS:
-        warnings.warn(f"frames_as={frames_as!r} is deprecated; use {_OLD_FRAMES_AS[frames_as].value!r} "
-                      "(the values of encoder.embeddings)", DeprecationWarning, stacklevel=3)
-    try:
-        return embeddings_mode(frames_as)
-    except ValueError:
-        raise ValueError(f"frames_as must be auto, clip or off (or the older jpeg, embeddings), got {frames_as!r}") from None
+def _decoded(images: list[Any]) -> list[Any]:
+    """Stored pictures for an embedding encoder: JPEG bytes decoded to RGB arrays, others as they are (CPU work:
+    a worker thread)."""
+    import io
 
+    import numpy as np
+    from PIL import Image
 
-_OLD_FRAMES_AS = {"jpeg": EmbeddingsMode.OFF, "embeddings": EmbeddingsMode.CLIP}
+    return [np.asarray(Image.open(io.BytesIO(bytes(i))).convert("RGB")) if isinstance(i, bytes | bytearray) else i
+            for i in images]

@@ -19,6 +19,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .interfaces import AgentEvent, EventKind
 from .messages import Answer
 from .topics import Topics, ha_object_id
 
@@ -120,9 +121,18 @@ class HomeAssistantDiscovery:
         for source in sorted(self._announced):
             await self.announce(source)
 
-    async def on_answer(self, answer: Answer, trigger: Any = None) -> None:
-        """Make sure the source's sensor exists, then publish the answer as its state (retained)."""
-        if not answer.source:
+    async def observe(self, event: AgentEvent) -> None:
+        """An `EventObserver`: each successful answer or description becomes its source's state; a description is
+        also an event of the source's event entity."""
+        if event.kind in (EventKind.ANSWER, EventKind.DESCRIPTION) and event.answer is not None:
+            await self.on_answer(event.answer)
+        if event.kind is EventKind.DESCRIPTION and event.answer is not None:
+            await self.publish_description(event.answer, event.via.value)
+
+    async def on_answer(self, answer: Answer) -> None:
+        """Make sure the source's sensor exists, then publish the answer as its state (retained); an error answer
+        or one without a source changes nothing."""
+        if not answer.source or answer.error is not None:
             return
         if answer.source not in self._announced:
             await self.announce(answer.source)

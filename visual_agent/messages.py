@@ -89,7 +89,8 @@ class Answer:
     """What the context budget left out to fit the model (``{"history_turns": n, "frames": n}``); None: nothing."""
     queued_s: float | None = None
     """Seconds from the question's `asked_at` until the daemon received it (e.g. it was queued at the broker
-    while the daemon was stopped); only when the question carried `asked_at`."""
+    while the daemon was stopped); only when the question carried `asked_at`. `asked_at` is the asker's wall clock
+    and the receipt this host's, so the figure is only as good as their synchronisation (NTP); never negative."""
     tool_calls: list[dict[str, str]] = field(default_factory=list)
     """The tool calls the model made, `{"id", "name", "arguments"}` (`arguments`: the JSON text the model wrote),
     the same whether the answer was streamed or not; only when the agent was given tools (`llm_options`)."""

@@ -4,7 +4,7 @@ The names are an interface (dashboards and alerts depend on them; README lists t
 
 - `visual_agent_frames_received_total{source}`, `visual_agent_frames_dropped_total{source}`,
   `visual_agent_frame_age_seconds{source}` (the newest frame's age at scrape time), `visual_agent_peers`;
-- `visual_agent_questions_total{via}` (mqtt, page, periodic, scene),
+- `visual_agent_questions_total{via}` (mqtt, page, periodic, scene, rule, memory),
   `visual_agent_answers_total{outcome}` (`ok` or the error type);
 - `visual_agent_stage_seconds{stage}` (wait_frame, encode, llm_first_token, llm, publish) and
   `visual_agent_answer_seconds` (arrival to publish) histograms;
@@ -71,13 +71,6 @@ class AgentMetrics:
             self.tokens.labels(kind)
         self.live = _LiveCollector(frames, messager)
         r.register(self.live)
-
-    def attach(self, *, frames: FrameSource | None = None, messager: Any = None) -> None:
-        """Read frames and MQTT state from these (the daemon builds them after the metrics)."""
-        if frames is not None:
-            self.live.frames = frames
-        if messager is not None:
-            self.live.messager = messager
 
     # --- QuestionObserver ---------------------------------------------------------------------
 

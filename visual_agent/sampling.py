@@ -1,4 +1,4 @@
-"""When the agent looks and which frames it takes.
+"""When the agent looks and which frames it takes; what else the model may see (`Recalled`: stored images).
 
 Which frames: the newest (`k == 1`), or `k` spread over the last `window_s` seconds (`FrameBuffer.window`).
 When: on a question; every N seconds (`agent.periodic_interval_s`); on a scene change, measured as the mean
@@ -10,7 +10,6 @@ only, in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,28 +18,21 @@ import numpy as np
 
 from encoders import to_array
 
+from .errors import ErrorType, QuestionError
+
 __all__ = [
+    "Recalled",
     "SceneChangeDetector",
     "TakenFrame",
-    "Trigger",
+    "resolve_source",
     "select_frames",
+    "take_frames",
     "thumbnail",
     "thumbnail_distance",
 ]
 
 THUMB_WIDTH = 32
 THUMB_HEIGHT = 18
-
-
-class Trigger(str, enum.Enum):
-    """Why the agent looked."""
-
-    QUESTION = "question"
-    """Someone asked (MQTT or the page)."""
-    PERIODIC = "periodic"
-    """`agent.periodic_interval_s` passed."""
-    SCENE_CHANGE = "scene_change"
-    """The picture changed past `agent.scene_change.threshold`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +47,69 @@ class TakenFrame:
     """Arrival number in its buffer (with the source name, identifies the frame for caching)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """Something seen before, for a question about the past: a stored image with what was said about it."""
+
+    text: str
+    """What the agent said then (an answer, a description, a rule's reason), or a caption."""
+    image: Any = None
+    """The stored picture: JPEG bytes (sent as they are), or a decoded picture (`av.VideoFrame`, RGB array, PIL
+    image); None: text only."""
+    at: float | None = None
+    """When it was seen, unix seconds (shown to the model)."""
+    source: str | None = None
+
+    def caption(self) -> str:
+        """The text the model reads beside the image: when, where, what."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.at)) if self.at is not None else None
+        head = " ".join(p for p in (when, self.source) if p)
+        return f"[{head}] {self.text}" if head else self.text
+
+
 def select_frames(buffer: Any, k: int, window_s: float) -> list[TakenFrame]:
     """The newest frame (k == 1) or up to k spread over `window_s`, oldest first; [] before the first frame."""
     picked = [buffer.latest()] if k <= 1 else buffer.window(window_s, k)
     now = time.monotonic()
     return [TakenFrame(f.frame, f.pts, max(0.0, now - f.received_at), f.seq) for f in picked if f is not None]
+
+
+def resolve_source(frames: Any, name: str | None, default: str | None) -> str:
+    """The source a question is about: `name`, else `default`, else the first one held; `QuestionError` (no_frame or
+    unknown_source, naming a few known ones) when there is none such."""
+    known = list(frames.source_names()) if frames is not None else []
+    if name is None:
+        name = default or (known[0] if known else None)
+        if name is None:
+            raise QuestionError(ErrorType.NO_FRAME, "no source yet: open the page and connect a camera, or "
+                                "configure a source")
+        if name not in known:
+            raise QuestionError(ErrorType.NO_FRAME, f"the default source {name!r} is not connected yet; known "
+                                f"sources: {_few(known)}")
+    if name not in known:
+        raise QuestionError(ErrorType.UNKNOWN_SOURCE, f"no source {name!r}; known sources: {_few(known)}")
+    return name
+
+
+async def take_frames(buffer: Any, source: str, k: int, window_s: float, wait_s: float) -> list[TakenFrame]:
+    """`select_frames`, after waiting up to `wait_s` for a first frame (`QuestionError` no_frame after that)."""
+    frames = select_frames(buffer, k, window_s)
+    if not frames:
+        try:
+            await buffer.wait_for_frame(wait_s)
+        except TimeoutError:
+            raise QuestionError(ErrorType.NO_FRAME, f"source {source!r} has no frame yet (waited {wait_s:g} s); is "
+                                "its camera connected and sending video?") from None
+        frames = select_frames(buffer, k, window_s)
+    return frames
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """At most `shown` source names for an error answer (a daemon may hold many), then how many more."""
+    if not names:
+        return "none yet"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def thumbnail(frame: Any) -> np.ndarray:

@@ -1,50 +1,60 @@
-"""`Telemetry`: what the agent reports about each question, handed to Prometheus metrics and OpenTelemetry traces.
+"""`Telemetry`: what the agent reports about each question, handed to Prometheus metrics, OpenTelemetry traces and
+the counts /healthz shows.
 
 The agent calls two methods and knows nothing else: `question(via)` when a question arrives, and
 `answered(via, answer, timing)` once its answer is out (sent, or refused at once). The stages are read from the
 question's `QuestionTiming` afterwards, so the answer path carries no instrumentation of its own and a stage that
 did not run (a refusal, a non-streamed answer's first token) is simply absent.
 
-`via` says how the question came: `mqtt`, `page`, `periodic` or `scene` (`Via`). Observers are
-`metrics.AgentMetrics` (always, in the daemon) and `tracing.QuestionTracing` (with `telemetry.otlp_endpoint`);
-a failing observer is logged, never raised into the answer path.
+`via` says who asked (`Via`): `mqtt`, `page`, the agent's own `periodic` and `scene` descriptions, a `rule` check,
+a `memory` query. Observers are `Counts` (always: what /healthz shows), `metrics.AgentMetrics` (the daemon's
+`/metrics`) and `tracing.QuestionTracing` (with `telemetry.otlp_endpoint`); a failing observer is logged, never
+raised into the answer path.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 from typing import TYPE_CHECKING, Protocol
-
-from .sampling import Trigger
 
 if TYPE_CHECKING:
     from .messages import Answer
     from .timings import QuestionTiming
 
-__all__ = ["QuestionObserver", "Telemetry", "Via", "via_of"]
+__all__ = ["Counts", "QuestionObserver", "Telemetry", "Via", "outcome_of"]
 
 logger = logging.getLogger(__name__)
 
 
 class Via(str, enum.Enum):
-    """How a question reached the agent (the `via` label)."""
+    """Who asked the model, and why (the `via` label of the metrics, the kind of an answer)."""
 
     MQTT = "mqtt"
-    """`<prefix>/ask` or `<prefix>/<source>/ask`."""
+    """A question on `<prefix>/ask` or `<prefix>/<source>/ask`."""
     PAGE = "page"
-    """Typed on the page (its data channel)."""
+    """A question typed on the page (its data channel)."""
     MCP = "mcp"
-    """The MCP tool `ask` (another agent)."""
+    """A question from another agent, through the MCP tool `ask`."""
     PERIODIC = "periodic"
-    """The agent's own periodic description."""
+    """The agent's own description, every `agent.periodic_interval_s`."""
     SCENE = "scene"
-    """The agent's own scene-change description."""
+    """The agent's own description after the picture changed past `agent.scene_change.threshold`."""
+    RULE = "rule"
+    """A rule's yes/no check (`rules.RuleEngine`)."""
+    MEMORY = "memory"
+    """A question about the past, answered from stored events."""
 
+    @property
+    def asked(self) -> bool:
+        """True for a question someone asked (it belongs to a conversation and gets an answer sent back)."""
+        return self in (Via.MQTT, Via.PAGE, Via.MCP)
 
-def via_of(trigger: Trigger) -> Via:
-    """The `Via` of a description the agent asked itself."""
-    return Via.SCENE if trigger is Trigger.SCENE_CHANGE else Via.PERIODIC
+    @property
+    def describes(self) -> bool:
+        """True for the agent's own descriptions (published on `<prefix>/<source>/description`)."""
+        return self in (Via.PERIODIC, Via.SCENE)
 
 
 def outcome_of(answer: Answer) -> str:
@@ -53,11 +63,28 @@ def outcome_of(answer: Answer) -> str:
 
 
 class QuestionObserver(Protocol):
-    """Something that records questions and answers (metrics, traces)."""
+    """Something that records questions and answers (metrics, traces, counts)."""
 
     def question(self, via: Via) -> None: ...
 
     def answered(self, via: Via, answer: Answer, timing: QuestionTiming | None) -> None: ...
+
+
+class Counts:
+    """Questions by `via` and answers by outcome, as plain counters: what /healthz shows, counted where the metrics
+    count (so the two never disagree)."""
+
+    def __init__(self) -> None:
+        self.questions: collections.Counter[str] = collections.Counter()
+        self.answers: collections.Counter[str] = collections.Counter()
+        """`answers` (ok) and `errors.<type>` per error type."""
+
+    def question(self, via: Via) -> None:
+        self.questions[Via(via).value] += 1
+
+    def answered(self, via: Via, answer: Answer, timing: QuestionTiming | None) -> None:
+        outcome = outcome_of(answer)
+        self.answers["answers" if outcome == "ok" else f"errors.{outcome}"] += 1
 
 
 class Telemetry:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Topics", "ha_object_id", "topics", "valid_reply_topic"]
+__all__ = ["Topics", "ha_object_id", "valid_reply_topic"]
 
 _WILDCARDS = "+#\0"
 
@@ -141,7 +141,3 @@ class Topics:
         """The fixed topics by name (`ask`, `answer`, `partial`, `status`)."""
         return {"ask": self.ask, "answer": self.answer, "partial": self.partial, "status": self.status}
 
-
-def topics(prefix: str) -> dict[str, str]:
-    """The fixed topics under `prefix` as a dict (the round-1 helper; `Topics(prefix)` has them all)."""
-    return Topics(prefix).as_dict()

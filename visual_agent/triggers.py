@@ -1,8 +1,9 @@
 """`DescriptionTriggers`: when the agent looks without being asked, every N seconds and on a scene change.
 
-Both loops describe each live source (one with a frame) through `VisualAgent.describe`, which admits them like
-questions (skipped when busy) and publishes on `<prefix>/<source>/description`. One source's failure is logged
-and the loop goes on. A new trigger is one more loop here, started in `start()` as a named task.
+Both loops describe each live source (one with a frame) through the core's `describe`, which admits them like
+questions (asker `descriptions`; skipped when busy) and publishes on `<prefix>/<source>/description`. One source's
+failure is logged and the loop goes on. A new trigger is one more loop here, started in `__aenter__` as a named
+task, with its own `Via` value. Leaving the context cancels the loops.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .interfaces import FrameSource
-from .sampling import SceneChangeDetector, Trigger
+from .interfaces import AgentCore, FrameSource
+from .sampling import SceneChangeDetector
+from .telemetry import Via
 
 if TYPE_CHECKING:
-    from .agent import VisualAgent
+    from .config import AgentConfig
 
 __all__ = ["DescriptionTriggers"]
 
@@ -27,32 +29,39 @@ logger = logging.getLogger(__name__)
 class DescriptionTriggers:
     """The periodic and scene-change loops of one agent (configured by `agent.periodic_*` and `agent.scene_change`)."""
 
-    def __init__(self, agent: VisualAgent, source: FrameSource | None) -> None:
-        self.agent = agent
+    def __init__(self, core: AgentCore, source: FrameSource | None, config: AgentConfig) -> None:
+        self.core = core
         self.source = source
+        self.config = config
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> list[asyncio.Task[None]]:
-        """The configured loops, started as named tasks (the agent cancels them on close)."""
-        config = self.agent.config
+    async def __aenter__(self) -> DescriptionTriggers:
+        """Start the configured loops as named tasks."""
         loop = asyncio.get_running_loop()
-        tasks = []
-        if config.periodic_interval_s:
-            tasks.append(loop.create_task(self._periodic(), name="agent-periodic"))
-        if config.scene_change.enabled:
-            tasks.append(loop.create_task(self._scene_watch(), name="agent-scene-change"))
-        return tasks
+        if self.config.periodic_interval_s:
+            self._tasks.append(loop.create_task(self._periodic(), name="agent-periodic"))
+        if self.config.scene_change.enabled:
+            self._tasks.append(loop.create_task(self._scene_watch(), name="agent-scene-change"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def _periodic(self) -> None:
-        config = self.agent.config
+        config = self.config
         interval = float(config.periodic_interval_s or 0)
         while True:
             await asyncio.sleep(interval)
             for name in self.live_sources():
                 with _logged_failure("periodic description", name):
-                    await self.agent.describe(name, config.periodic_prompt, Trigger.PERIODIC)
+                    await self.core.describe(name, config.periodic_prompt, Via.PERIODIC)
 
     async def _scene_watch(self) -> None:
-        cfg = self.agent.config.scene_change
+        cfg = self.config.scene_change
         detectors: dict[str, SceneChangeDetector] = {}
         seen: dict[str, int] = {}
         while True:
@@ -71,7 +80,7 @@ class DescriptionTriggers:
                     detector = detectors.setdefault(name, SceneChangeDetector(cfg.threshold, cfg.min_gap_s))
                     if await detector.check(newest.frame):
                         logger.info("agent: scene change on %s (distance %.3f)", name, detector.last_distance or 0.0)
-                        await self.agent.describe(name, cfg.prompt, Trigger.SCENE_CHANGE)
+                        await self.core.describe(name, cfg.prompt, Via.SCENE)
 
     def live_sources(self) -> list[str]:
         """Sources that have a frame now."""

@@ -4,6 +4,7 @@
 | --- | --- |
 | `config.py` | `McpConfig`: the `mcp` section |
 | `tools.py` | `DaemonTools`: what each tool does and returns (the MQTT interface's JSON), without the SDK |
+| `questions.py` | `McpQuestions`: the intake of `ask` (the agent's `parse`, `take`, `refuse`; the answer's newest frame) |
 | `asgi.py` | `asgi_handler`: an ASGI application as one aiohttp route (the SDK's endpoint on the daemon's port) |
 | `server.py` | `McpService`: the SDK's server with the five tools, mounted on the page server (imports the SDK) |
 
@@ -17,10 +18,11 @@ from typing import Any
 
 from .asgi import asgi_handler
 from .config import DEFAULT_MCP_PATH, McpConfig
+from .questions import McpQuestions
 from .tools import DaemonTools, ToolArgumentError, ToolResult
 
-__all__ = ["DEFAULT_MCP_PATH", "DaemonTools", "McpConfig", "McpUnavailableError", "ToolArgumentError", "ToolResult",
-           "asgi_handler", "load_service"]
+__all__ = ["DEFAULT_MCP_PATH", "DaemonTools", "McpConfig", "McpQuestions", "McpUnavailableError", "ToolArgumentError",
+           "ToolResult", "asgi_handler", "load_service"]
 
 INSTALL_HINT = "pip install 'visual-agent[mcp]'"
 

@@ -9,31 +9,25 @@ images to show beside it), or raises `ToolArgumentError` with a message for the 
 | `get_rules` | `{"rules": [state JSON of `<prefix>/<source>/rules/<name>`], "set": [the MQTT rule set]}` |
 | `set_rules` | the same as `get_rules` once applied; refused: the `{"error", "at"}` of `<prefix>/rules/error` |
 
-A question goes the way of every other question (`parse_question` with the agent's limits, `admit`, `spawn`,
-`answer_and_send`), so `agent.max_in_flight` bounds it and observers (metrics, Home Assistant, the event store) hear
-of it; its answer is copied to `<prefix>/answer` like the page's. A rule set goes through `RuleControl.set_retained`:
+A question goes the way of every other question (`questions.McpQuestions`: the agent's `parse`, `take` and `refuse`),
+so `agent.max_in_flight` bounds it and the agent's observers (Home Assistant, the event store) hear of it; its
+answer is copied to `<prefix>/answer` like the page's. A rule set goes through `RuleControl.set_retained`:
 the same validation as `<prefix>/rules/set`, and the set is kept as that topic's retained message.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import QuestionError
-from ..messages import Answer, parse_question
-from ..telemetry import Via
 from .config import McpConfig
+from .questions import McpQuestions
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
 
 __all__ = ["DaemonTools", "ToolArgumentError", "ToolResult"]
-
-logger = logging.getLogger(__name__)
 
 
 class ToolArgumentError(ValueError):
@@ -55,6 +49,7 @@ class DaemonTools:
     def __init__(self, daemon: Daemon, config: McpConfig) -> None:
         self.daemon = daemon
         self.config = config
+        self._questions: McpQuestions | None = None
 
     # --- sources and questions ------------------------------------------------------------------
 
@@ -74,46 +69,12 @@ class DaemonTools:
         agent = self.daemon.agent
         if agent is None:
             raise ToolArgumentError("the daemon is starting; ask again in a moment")
-        agent.telemetry.question(Via.MCP)
+        if self._questions is None or self._questions.agent is not agent:
+            self._questions = McpQuestions(agent)
         body = {"question": question, **({"source": source} if source is not None else {}),
                 **({"frames": frames} if frames is not None else {})}
-        try:
-            asked = parse_question(json.dumps(body), max_bytes=agent.max_payload_bytes,
-                                   max_chars=agent.config.max_question_chars, max_frames=agent.config.max_frames,
-                                   max_lookback_s=agent.config.question_lookback_max_s())
-        except QuestionError as exc:
-            return self._refused(Answer.failed(None, exc, provider=agent.provider_name))
-        refused = agent.admit(asked)
-        if refused is not None:
-            return self._refused(Answer.failed(asked, refused, provider=agent.provider_name))
-        answered: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-
-        async def send_partial(payload: bytes) -> None:
-            return None
-
-        async def send_answer(answer: Answer) -> None:
-            if not answered.done():
-                answered.set_result(answer)
-            if agent.messager is not None:  # a copy for MQTT listeners, as the page's answers
-                await agent.messager.publish(agent.topics.answer, answer.payload())
-
-        async def run() -> None:
-            try:
-                await agent.answer_and_send(asked, send_partial, send_answer, via=Via.MCP)
-            finally:
-                if not answered.done():
-                    answered.cancel()
-
-        asked.stream = False
-        agent.spawn(run(), f"agent-question-{asked.id}")
-        answer = await asyncio.shield(answered)  # a caller that goes away does not cancel the question
-        return ToolResult(answer.as_dict(), error=answer.error is not None)
-
-    def _refused(self, answer: Answer) -> ToolResult:
-        agent = self.daemon.agent
-        if agent is not None:
-            agent.telemetry.answered(Via.MCP, answer)
-        return ToolResult(answer.as_dict(), error=True)
+        answer, jpeg = await self._questions.ask(json.dumps(body))
+        return ToolResult(answer.as_dict(), [jpeg] if jpeg is not None else [], error=answer.error is not None)
 
     # --- the event store --------------------------------------------------------------------------
 

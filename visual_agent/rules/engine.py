@@ -9,9 +9,13 @@ frame once for all questions on it). Per due rule:
    (`skipped_unchanged`; the state is still published every `state_refresh_s`, for its counters and the page);
 2. the source's `CallBudget` (`agent.rule_calls_per_minute`): when spent, the check waits for its next turn
    (`budget_degraded`; the state JSON says `degraded: true`);
-3. the model is asked for a structured answer (`answer.py`); an unparsable one counts as neither (`unparsable`);
+3. the model is asked for a structured answer (`answer.py`) through the agent's `complete`, like any question:
+   admitted as asker `rules` (refused `busy` when the agent has `agent.max_in_flight` requests in flight: the
+   check waits its next turn, counted in `busy`), by the agent's deadline, fitted to the context, counted in the
+   metrics and traces as `via="rule"`; an unparsable answer counts as neither (`unparsable`);
 4. `RuleState` applies hysteresis and cooldown; a change publishes an event, and an `on` the evidence JPEG and the
-   look-back strip (from the agent's `LookbackStore`, which keeps each source's longest rule `lookback_s`).
+   look-back strip (from the agent's `LookbackStore`, which keeps each source's longest rule `lookback_s`); the
+   change goes to the agent's event observers too (`interfaces.RuleChange`).
 Checks of one source run together and the next round waits for them, so one source never has more than one round
 of model calls in flight. Rules come from the config and from `<prefix>/rules/set` (see `control.py`); the
 MQTT set replaces the earlier MQTT set, config rules stay.
@@ -29,7 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import ErrorType, QuestionError
+from ..interfaces import AgentEvent, EventKind, RuleChange
+from ..model_call import ModelRequest
 from ..sampling import TakenFrame, thumbnail, thumbnail_distance
+from ..telemetry import Via
 from ..topics import Topics
 from .answer import RULE_SYSTEM_PROMPT, parse_answer, structured_options
 from .budget import CallBudget
@@ -68,6 +76,8 @@ class RuleRuntime:
     skipped_unchanged: int = 0
     unparsable: int = 0
     errors: int = 0
+    busy: int = 0
+    """Checks skipped because the agent had `agent.max_in_flight` requests in flight."""
     budget_degraded: int = 0
     degraded: bool = False
     last_check_at: float = float("-inf")
@@ -90,7 +100,7 @@ class RuleRuntime:
             "answer": self.answer, "reason": self.reason, "error": self.error,
             "frames": self.frames, "model": self.model,
             "checks": self.checks, "skipped_unchanged": self.skipped_unchanged, "unparsable": self.unparsable,
-            "errors": self.errors, "budget_degraded": self.budget_degraded, "degraded": self.degraded,
+            "errors": self.errors, "busy": self.busy, "budget_degraded": self.budget_degraded, "degraded": self.degraded,
             "calls_per_minute": budget.calls_per_minute if budget else None,
             "calls_last_minute": budget.used(now) if budget else 0,
             "origin": self.origin,
@@ -120,7 +130,7 @@ class RuleEngine:
         self.max_rules = max_rules
         self.state_refresh_s = state_refresh_s
         self.counters: dict[str, int] = {"checks": 0, "skipped_unchanged": 0, "unparsable": 0, "budget_degraded": 0,
-                                         "errors": 0, "events": 0, "rule_sets": 0, "rule_sets_refused": 0}
+                                         "errors": 0, "busy": 0, "events": 0, "rule_sets": 0, "rule_sets_refused": 0}
         self.on_state: list[Any] = []
         """Called with (source, state JSON) after each publish (the page's live list uses it)."""
         self._rules: dict[str, RuleRuntime] = {}
@@ -258,15 +268,24 @@ class RuleEngine:
 
     async def _check(self, rule: RuleRuntime, source: str, taken: TakenFrame, entry: Any, grey: np.ndarray) -> None:
         agent = self.agent
-        started = time.monotonic()
         answer: bool | None = None
+        request = ModelRequest(prompt=rule.config.question, via=Via.RULE, asker="rules", source=source, frames=[taken],
+                               system_prompt=RULE_SYSTEM_PROMPT,
+                               options={"max_tokens": _CHECK_MAX_TOKENS, **structured_options(agent.llm)})
         try:
-            async with asyncio.timeout(agent.config.question_timeout_s):
-                content = await agent.encoding.content(rule.config.question, [taken], source)
-                messages = [{"role": "system", "content": RULE_SYSTEM_PROMPT}, {"role": "user", "content": content}]
-                model_started = time.monotonic()
-                response = await agent.llm.achat(messages, max_tokens=_CHECK_MAX_TOKENS, **structured_options(agent.llm))
-                rule.last_model_s = time.monotonic() - model_started
+            response = await agent.complete(request)  # admission, deadline, context budget, telemetry
+        except QuestionError as exc:
+            rule.error = exc.message
+            if exc.type is ErrorType.BUSY:  # the agent is answering enough already: this check waits its next turn
+                rule.busy += 1
+                self.counters["busy"] += 1
+                logger.info("rules: %s on %s: skipped, the agent is busy", rule.config.name, source)
+                return
+            rule.errors += 1
+            self.counters["errors"] += 1
+            logger.warning("rules: %s on %s: check failed: %s", rule.config.name, source, rule.error)
+        else:
+            rule.last_model_s = response.model_s
             answer, rule.reason = parse_answer(response.text)
             rule.model = response.model or agent.llm.model
             rule.error = None
@@ -275,16 +294,6 @@ class RuleEngine:
                 self.counters["unparsable"] += 1
                 rule.error = "unparsable answer"
                 logger.info("rules: %s on %s: unparsable answer %r", rule.config.name, source, response.text[:120])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            from ..llm_errors import llm_error
-
-            err = llm_error(exc, agent.provider_name) if not isinstance(exc, TimeoutError) else None
-            rule.error = err.message if err is not None else f"no answer within {agent.config.question_timeout_s:g} s"
-            rule.errors += 1
-            self.counters["errors"] += 1
-            logger.warning("rules: %s on %s: check failed: %s", rule.config.name, source, rule.error)
         rule.checks += 1
         self.counters["checks"] += 1
         if answer is not None:
@@ -296,7 +305,7 @@ class RuleEngine:
             rule.since_wall = time.time()
         await self._publish_state(rule)
         if change is not None:
-            await self._publish_event(rule, change, entry, started)
+            await self._publish_event(rule, change, entry, taken)
 
     # --- publishing -----------------------------------------------------------------------------------
 
@@ -312,7 +321,8 @@ class RuleEngine:
                 if asyncio.iscoroutine(result):
                     await result
 
-    async def _publish_event(self, rule: RuleRuntime, change: Transition, entry: Any, started: float) -> None:
+    async def _publish_event(self, rule: RuleRuntime, change: Transition, entry: Any, taken: TakenFrame) -> None:
+        """The event JSON; on `on` the evidence JPEG and the look-back strip (retained); then the agent's observers."""
         self.counters["events"] += 1
         cfg = rule.config
         logger.info("rules: %s on %s turned %s (%s)", cfg.name, cfg.source, change.state.value, rule.reason)
@@ -324,14 +334,21 @@ class RuleEngine:
             "model": rule.model, "checks": rule.checks, "model_s": None if rule.last_model_s is None else round(rule.last_model_s, 4),
             "lookback": [{"pts": t.pts, "age_s": round(max(0.0, time.monotonic() - t.received_at), 3)} for t in before],
         }
-        if self.publisher is None:
-            return
-        if change.state is OnOff.ON:
+        sheet = None
+        if change.state is OnOff.ON and self.publisher is not None:
             evidence, sheet = await asyncio.to_thread(_evidence, entry.frame, before)
             await self.publisher.publish(self.topics.rule_evidence(cfg.source, cfg.name), evidence, retain=True)
             if sheet is not None:
                 await self.publisher.publish(self.topics.rule_lookback(cfg.source, cfg.name), sheet, retain=True)
-        await self.publisher.publish(self.topics.rule_event(cfg.source, cfg.name), json.dumps(event))
+        elif change.state is OnOff.ON and before:
+            sheet = await asyncio.to_thread(contact_sheet, before)
+        if self.publisher is not None:
+            await self.publisher.publish(self.topics.rule_event(cfg.source, cfg.name), json.dumps(event))
+        await self.agent.notify(AgentEvent(
+            EventKind.RULE, Via.RULE, cfg.source, frames=(taken,),
+            rule=RuleChange(rule=cfg.name, question=cfg.question, state=change.state.value,
+                            previous=change.previous.value, answer=rule.answer, reason=rule.reason, evidence=taken,
+                            lookback_jpeg=sheet)))
 
     # --- state for /healthz, metrics and the page -----------------------------------------------------
 

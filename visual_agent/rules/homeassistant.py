@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..homeassistant import ha_device
+from ..interfaces import AgentEvent, EventKind
 from ..topics import Topics, ha_object_id
 from .config import RuleConfig
 
@@ -108,6 +109,13 @@ class RuleDiscovery:
         for topic in (self.sensor_topic(rule), self.image_topic(rule), self.event_topic(rule)):
             await self.messager.publish(topic, b"", retain=True)
         self._announced.pop(rule.name, None)
+
+    async def observe(self, event: AgentEvent) -> None:
+        """An `EventObserver`: each rule change becomes an event of the rule's event entity."""
+        change = event.rule
+        if event.kind is EventKind.RULE and change is not None and event.source is not None:
+            await self.publish_change(event.source, change.rule, change.state, change.previous, answer=change.answer,
+                                      reason=change.reason)
 
     async def publish_change(self, source: str, name: str, state: str, previous: str, *, answer: bool | None,
                              reason: str) -> None:
