@@ -103,6 +103,11 @@ async def test_mcp_search_events_returns_what_the_mqtt_query_returns(tmp_path, r
         asker.publish(f"{topic_prefix}/events/query", json.dumps({"q": "parcel", "source": "cam"}), qos=1)
         over_mqtt = json.loads((await asyncio.to_thread(asker.get, 10, f"{topic_prefix}/events/result")).payload)
         assert over_mqtt == found == result.structured_content  # the same JSON
+        import httpx2
+
+        async with httpx2.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            over_http = (await http.get(f"{daemon.driver.url}/events", params={"q": "parcel", "source": "cam"})).json()
+        assert over_http["events"] == found["events"]  # and GET /events lists the same events
         window = payload_of(await session.call_tool("search_events", {"since": 1_700_000_030.0, "until": 1_700_000_100.0}))
         assert [e["text"] for e in window["events"]] == ["an empty porch"]
         bad = await session.call_tool("search_events", {"kind": "gossip"})
