@@ -75,8 +75,18 @@ async def test_mcp_rules_share_the_mqtt_rule_set(tmp_path, running_mosquitto, pa
         published = json.loads((await asyncio.to_thread(watcher.get, 10, f"{topic_prefix}/rules/error")).payload)
         assert published == error
         assert [r["rule"] for r in payload_of(await session.call_tool("get_rules", {}))["rules"]] == ["bright_room"]
-        # an empty set removes the MQTT rules
+    # a restart: the retained set comes back, as any set on `<prefix>/rules/set` does
+    async with mcp_daemon(tmp_path, running_mosquitto, stub_llm, topic_prefix) as daemon, mcp_session(daemon) as session:
+        assert daemon.rules is not None
+        await wait_until(lambda: len(daemon.rules.rules()) == 1, 10, "the retained rule set after the restart")
+        again = payload_of(await session.call_tool("get_rules", {}))
+        assert [r["rule"] for r in again["rules"]] == ["bright_room"] and again["set"] == taken["set"]
+        # an empty set removes the MQTT rules, and the retained set with them
         assert payload_of(await session.call_tool("set_rules", {"rules": []})) == {"rules": [], "set": []}
+        late = paho_peer("5")
+        late.subscribe(f"{topic_prefix}/rules/set")
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(late.get, 1, f"{topic_prefix}/rules/set")
 
 
 async def test_mcp_search_events_returns_what_the_mqtt_query_returns(tmp_path, running_mosquitto, paho_peer,

@@ -72,11 +72,12 @@ class RuleControl:
     async def set_retained(self, payload: bytes | str) -> dict[str, Any] | None:
         """A rule set from elsewhere (the MCP tool `set_rules`): applied as one from `<prefix>/rules/set`, then kept as
         that topic's retained message, so the broker's copy stays the one source of truth (a restart brings it back,
-        and the copy this connection receives again changes nothing)."""
+        and the copy this connection receives again changes nothing). An empty set clears the retained message."""
         error = await self.apply(payload)
         if error is None:
+            empty = not any(r.origin == "mqtt" for r in self.engine.rules())
             publisher = self.engine.publisher or self.transport
-            await publisher.publish(self.topics.rules_set, payload, retain=True)
+            await publisher.publish(self.topics.rules_set, b"" if empty else payload, retain=True)
         return error
 
     async def close(self) -> None:
