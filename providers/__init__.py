@@ -32,7 +32,15 @@ from .errors import (
 )
 from .factory import create_provider
 from .openai_compatible import OpenAICompatibleProvider
-from .registry import DEFAULT_PROVIDER_KIND, ProviderKind, embedding_kinds, provider_kind, provider_kinds, register
+from .registry import (
+    DEFAULT_PROVIDER_KIND,
+    ProviderKind,
+    ProviderSettings,
+    embedding_kinds,
+    provider_kind,
+    provider_kinds,
+    register,
+)
 from .vllm_server import VLLMProvider, normalize_vllm_base_url
 
 if TYPE_CHECKING:
@@ -57,6 +65,7 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderError",
     "ProviderKind",
+    "ProviderSettings",
     "ProviderStatusError",
     "ProviderTimeoutError",
     "RateLimitedError",

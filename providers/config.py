@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_VLLM_BASE_URL = "http://localhost:8000/v1"
+DEFAULT_VLLM_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_TIMEOUT_S = 60.0
@@ -215,6 +215,7 @@ class VLLMNativeConfig:
         return f"VLLMNativeConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
+_NUMBER_TYPES = frozenset({"int", "float", "int | None", "float | None"})
 # The documented keys that differ from the field names.
 _ALIASES: dict[type, dict[str, str]] = {VLLMServerConfig: {"vllm_base_url": "base_url", "vllm_api_key": "api_key"}}
 
@@ -243,6 +244,9 @@ def config_from(cls: type[C], config: Mapping[str, Any] | C | None, **overrides:
     if unknown:
         known = sorted(names | set(aliases))
         raise ProviderConfigError(f"unknown {cls.__name__} key(s) {sorted(unknown)}; known keys: {known}")
+    for f in dataclasses.fields(cls):  # `true` is not 1: a number field given a boolean is a mistake, said at once
+        if isinstance(values.get(f.name), bool) and str(f.type) in _NUMBER_TYPES:
+            raise ProviderConfigError(f"{f.name} must be a number, not a boolean (got {values[f.name]!r})")
     try:
         return cls(**values)
     except TypeError as exc:

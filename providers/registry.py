@@ -20,6 +20,7 @@ from .errors import ProviderConfigError
 __all__ = [
     "DEFAULT_PROVIDER_KIND",
     "ProviderKind",
+    "ProviderSettings",
     "embedding_kinds",
     "provider_kind",
     "provider_kinds",
@@ -57,8 +58,8 @@ class ProviderKind:
             raise ProviderConfigError(f"provider kind {self.name!r}: {self.module}.{self.class_name} is not an LLMProvider")
         return cls
 
-    def create(self, config: Mapping[str, Any]) -> LLMProvider:
-        """A provider of this kind built from a config dict."""
+    def create(self, config: Mapping[str, Any] | Any) -> LLMProvider:
+        """A provider of this kind built from a config dict or its `config_class` instance."""
         return self.provider_class()(config)  # type: ignore[call-arg]
 
     def check_config(self, config: Mapping[str, Any]) -> Any:
@@ -66,6 +67,28 @@ class ProviderKind:
         from .config import config_from
 
         return config_from(self.config_class, dict(config))
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """A provider's whole configuration, read once: its kind and that kind's typed config (what a YAML `llm`
+    section becomes; `create_provider` builds from it without reading the mapping again)."""
+
+    kind: str
+    """The `llm.provider` value (a registered kind)."""
+    config: Any
+    """The kind's `config_class` instance (`OpenAICompatibleConfig`, `VLLMServerConfig`, `VLLMNativeConfig`, ...)."""
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> ProviderSettings:
+        """Read a config mapping (`provider` picks the kind, the default one when absent; the rest are its keys);
+        an unknown kind or key raises `ProviderConfigError` naming it."""
+        kind = provider_kind(config.get("provider", DEFAULT_PROVIDER_KIND))
+        return cls(kind.name, kind.check_config(config))
+
+    def create(self) -> LLMProvider:
+        """The provider these settings describe."""
+        return provider_kind(self.kind).create(self.config)
 
 
 _KINDS: dict[str, ProviderKind] = {}

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from tests.fixtures.llm_stub import start_stub_llm  # noqa: E402
-from visual_agent.config import parse_config  # noqa: E402
+from visual_agent.config_loading import parse_config  # noqa: E402
 from visual_agent.daemon import Daemon  # noqa: E402
 
 COUNTS = ("fds", "tasks", "threads", "peers", "buffers")

@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.rules_scene import BRIGHT, write_scene_clip
 from tests.waiting import wait_until
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon
 
 __all__ = ["TOKEN", "mcp_daemon", "mcp_session", "payload_of"]

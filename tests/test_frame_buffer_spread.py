@@ -77,7 +77,7 @@ async def test_frame_buffer_spread_live_stream_k_frames_over_the_window(webrtc_s
     for `agent.max_frames` frames sends the model 8 distinct frames (the stand-in LLM counts the images)."""
     from providers import create_provider
     from visual_agent.agent import VisualAgent
-    from visual_agent.config import parse_config
+    from visual_agent.config_loading import parse_config
     from visual_agent.daemon import ingest_config
     from visual_agent.messages import Question
 

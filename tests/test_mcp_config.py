@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.daemon import run_cli, write_config
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon
 from visual_agent.errors import ConfigError
 
@@ -22,13 +22,15 @@ def test_mcp_config_defaults_and_paths():
     for bad in ("mcp", "/offer", "/events/x", "/a b", "/"):
         with pytest.raises(ConfigError, match="mcp.path"):
             parse_config({"mcp": {"path": bad}}, environ={})
+    with pytest.raises(ConfigError, match="mcp.max_in_flight"):
+        parse_config({"mcp": {"max_in_flight": True}}, environ={})  # a boolean is not a number
     env = parse_config({}, environ={"VISUAL_AGENT__MCP__ENABLED": "true"})
     assert env.mcp.enabled is True
 
 
 def test_mcp_light_install_never_imports_the_sdk():
     code = ("import sys; import visual_agent, visual_agent.cli, visual_agent.daemon\n"
-            "from visual_agent.config import parse_config\n"
+            "from visual_agent.config_loading import parse_config\n"
             "parse_config({}, environ={})\n"
             "assert 'mcp' not in sys.modules and 'visual_agent.mcp_server.server' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

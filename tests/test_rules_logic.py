@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.errors import ConfigError
 from visual_agent.rules import (
     ANSWER_SCHEMA,
@@ -53,6 +53,11 @@ def test_rules_config_section_is_validated_with_key_names():
     (json.dumps([RULE, RULE]).encode(), "used twice"),
     (json.dumps([{**RULE, "name": f"r{i}"} for i in range(MAX_RULES + 1)]).encode(), f"at most {MAX_RULES}"),
     (b"[" + b" " * MAX_RULES_PAYLOAD_BYTES + b"]", "bytes"),
+    (b'[{"name": "a", "source": "door", "question": "q?", "check_every_s": ' + b"9" * 5000 + b"}]", "not a JSON list"),
+    (b"[" * 5000 + b"]" * 5000, "not a JSON list"),
+    (json.dumps([{**RULE, "check_every_s": True}]).encode(), "check_every_s: .*not a boolean"),
+    (json.dumps([{**RULE, "on_after": True}]).encode(), "on_after: .*not a boolean"),
+    (json.dumps([{**RULE, "cooldown_s": False}]).encode(), "cooldown_s: .*not a boolean"),
 ])
 def test_rules_parse_rule_set_refuses_what_would_grow_state_or_cost(payload, message):
     with pytest.raises(RuleSetError, match=message):

@@ -311,7 +311,7 @@ async def test_daemon_sends_jpeg_at_the_configured_encoder_size_and_quality(stub
     import cv2
     import numpy as np
 
-    from visual_agent.config import parse_config
+    from visual_agent.config_loading import parse_config
     from visual_agent.daemon import Daemon
     from visual_agent.messages import Question
 

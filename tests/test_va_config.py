@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from visual_agent.config import Config, MqttProtocol, load_config, parse_config
+from visual_agent.config import Config, MqttProtocol
+from visual_agent.config_loading import load_config, parse_config
 from visual_agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +18,7 @@ def test_config_packaged_default_matches_configs_default():
     assert packaged == (ROOT / "configs" / "default.yaml").read_bytes()
     cfg = load_config(None, environ={})
     assert cfg.mqtt.embedded and cfg.mqtt.broker_address() == ("127.0.0.1", 1883)
-    assert cfg.llm["base_url"] == "http://127.0.0.1:8000/v1" and "model_name" not in cfg.llm
+    assert cfg.llm.config.base_url == "http://127.0.0.1:8000/v1" and cfg.llm.config.model_name is None
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -72,7 +73,7 @@ def test_config_env_overrides_nested_and_typed():
     cfg = parse_config({"llm": {"provider": "openai", "model_name": "m"}}, environ=env)
     assert cfg.mqtt.port == 1884 and cfg.mqtt.host == "broker.local" and cfg.mqtt.tls.enabled
     assert cfg.mqtt.password.get_secret_value() == "12345"
-    assert cfg.llm["api_key"] == "sk-secret-value" and cfg.agent.frames == 3
+    assert cfg.llm.config.api_key == "sk-secret-value" and cfg.agent.frames == 3
 
 
 def test_config_secrets_masked_in_repr_and_errors():
@@ -93,7 +94,7 @@ def test_config_section_level_errors_mask_secrets_in_the_shown_input():
     env = {"VISUAL_AGENT__LLM__DEFAULT_HEADERS__AUTHORIZATION": "Bearer sk-secret-value"}
     cfg = parse_config({"llm": {"provider": "openai", "model_name": "m"}}, environ=env)
     assert "sk-secret-value" not in repr(cfg) + str(cfg.llm_masked())
-    assert cfg.llm["default_headers"]["authorization"] == "Bearer sk-secret-value"
+    assert cfg.llm.config.default_headers["authorization"] == "Bearer sk-secret-value"
 
 
 def test_config_url_credentials_masked_in_repr_and_llm_line():
@@ -101,7 +102,7 @@ def test_config_url_credentials_masked_in_repr_and_llm_line():
                         "sources": [{"name": "door", "kind": "rtsp", "url": "rtsp://admin:pw-secret@cam.local/s"}]}, environ={})
     text = repr(cfg) + cfg.describe_llm() + str(cfg.llm_masked())
     assert "tok-secret" not in text and "pw-secret" not in text and "cam.local" in text and "llm.local" in text
-    assert cfg.sources[0]["url"] == "rtsp://admin:pw-secret@cam.local/s"  # masked only where shown
+    assert cfg.sources[0].url == "rtsp://admin:pw-secret@cam.local/s"  # masked only where shown
 
 
 def test_config_llm_without_provider_is_vllm_everywhere():
@@ -135,3 +136,80 @@ def test_config_protocol_spellings():
     assert parse_config({"mqtt": {"protocol": "3.1.1"}}, environ={}).mqtt.protocol is MqttProtocol.V311
     with pytest.raises(ConfigError, match="mqtt.protocol"):
         parse_config({"mqtt": {"protocol": "4"}}, environ={})
+
+
+def test_config_llm_webrtc_sources_are_typed_once():
+    """The sections other packages define are their typed objects, read when the config is read."""
+    from providers import ProviderSettings, VLLMServerConfig
+    from webrtc import SourceConfig, WebRTCConfig
+
+    cfg = parse_config({"llm": {"vllm_base_url": "http://127.0.0.1:9/v1", "max_tokens": 64},
+                        "webrtc": {"port": 0, "buffer_max_seconds": 3},
+                        "sources": [{"name": "door", "kind": "rtsp", "url": "rtsp://cam.local/s"}]}, environ={})
+    assert isinstance(cfg.llm, ProviderSettings) and isinstance(cfg.llm.config, VLLMServerConfig)
+    assert (cfg.llm.kind, cfg.llm.config.base_url, cfg.llm.config.max_tokens) == ("vllm", "http://127.0.0.1:9/v1", 64)
+    assert isinstance(cfg.webrtc, WebRTCConfig) and cfg.webrtc.port == 0 and cfg.webrtc.buffer_max_seconds == 3
+    assert cfg.webrtc.keys_set == {"port", "buffer_max_seconds"}
+    assert [type(s) for s in cfg.sources] == [SourceConfig] and cfg.sources[0].name == "door"
+    assert parse_config({}, environ={}).webrtc.keys_set == frozenset()
+    env = {"VISUAL_AGENT__WEBRTC__BUFFER_SPREAD_FRAMES": "3"}
+    assert parse_config({}, environ=env).webrtc.keys_set == {"buffer_spread_frames"}
+
+
+def test_config_ingest_derives_only_the_buffer_keys_the_file_did_not_give():
+    from visual_agent.daemon import ingest_config
+
+    agent = {"max_frames": 5, "window_s": 4.0}
+    derived = ingest_config(parse_config({"agent": agent}, environ={}))
+    assert (derived.buffer_spread_frames, derived.buffer_max_seconds) == (4, 4.0)
+    given = ingest_config(parse_config({"agent": agent, "webrtc": {"buffer_max_seconds": 1.5}}, environ={}))
+    assert (given.buffer_spread_frames, given.buffer_max_seconds) == (4, 1.5)
+    kept = ingest_config(parse_config({"agent": agent, "webrtc": {"buffer_spread_frames": None}}, environ={}))
+    assert (kept.buffer_spread_frames, kept.buffer_max_seconds) == (None, 2.0)
+    cfg = parse_config({"agent": agent}, environ={})
+    ingest_config(cfg)
+    assert cfg.webrtc.buffer_spread_frames is None  # the config itself is not patched
+
+
+def test_config_section_errors_name_the_section_and_mask_secrets():
+    with pytest.raises(ConfigError, match=r"sources\[1\]: source 'b'") as info:
+        parse_config({"sources": [{"name": "a", "url": "x"}, {"name": "b", "kind": "tape",
+                                                              "url": "rtsp://u:pw-secret@cam/s"}]}, environ={})
+    assert "pw-secret" not in str(info.value)
+    with pytest.raises(ConfigError, match="webrtc: .*must be a mapping"):
+        parse_config({"webrtc": [1]}, environ={})
+
+
+def test_config_one_default_per_setting():
+    """The embedded broker's own defaults are the config's (a broker built in code behaves like the default config)."""
+    import inspect
+
+    from visual_agent.broker import EmbeddedBroker
+    from visual_agent.config import MqttConfig
+
+    mqtt, params = MqttConfig(), inspect.signature(EmbeddedBroker).parameters
+    assert params["port"].default == mqtt.embedded_port and params["host"].default == mqtt.embedded_host
+    assert params["connect_timeout_s"].default == mqtt.embedded_connect_timeout_s
+    assert params["max_retained"].default == mqtt.embedded_max_retained
+    assert params["max_retained_bytes"].default == mqtt.embedded_max_retained_bytes
+    from providers import VLLMServerConfig
+
+    assert parse_config({"llm": {"provider": "vllm"}}, environ={}).llm.config.base_url == VLLMServerConfig().base_url
+
+
+@pytest.mark.parametrize("section, key", [("agent", "frames"), ("agent", "question_timeout_s"), ("mqtt", "port"),
+                                          ("mqtt", "keepalive_s"), ("encoder", "jpeg_quality"), ("webrtc", "port"),
+                                          ("webrtc", "buffer_max_seconds"), ("llm", "temperature"), ("llm", "max_tokens"),
+                                          ("rules", None)])
+def test_config_booleans_are_not_numbers(section, key):
+    """`true` is refused wherever a number goes (it used to be read as 1 or 1.0), naming the key."""
+    if key is None:  # a section without a numeric key: a rule's
+        data = {"rules": [{"name": "r", "source": "door", "question": "q?", "check_every_s": True}]}
+        key = "check_every_s"
+    else:
+        data = {section: {key: True}}
+    with pytest.raises(ConfigError, match=f"{key}.*(boolean|bool)"):
+        parse_config(data, environ={})
+    env = {"VISUAL_AGENT__AGENT__MAX_IN_FLIGHT": "true"}
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        parse_config({}, environ=env)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from visual_agent.config import AgentConfig, HistoryMode, parse_config
+from visual_agent.config import AgentConfig, HistoryMode
+from visual_agent.config_loading import parse_config
 from visual_agent.conversations import ConversationStore
 
 

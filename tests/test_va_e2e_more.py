@@ -14,7 +14,7 @@ import pytest
 from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from visual_agent.agent import VisualAgent
-from visual_agent.config import parse_config
+from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon, build_frame_encoding
 from visual_agent.messages import Question
 

@@ -1,9 +1,11 @@
 """Bounded fuzzing (hypothesis, derandomized so CI runs the same examples each time, each test well under 20 s):
-the question parser, the SDP offer / WHIP handling of a real running server, the config loader. What must hold: no
-exception but the documented one escapes (`QuestionError`, `ConfigError`), the server never answers 500 nor keeps
-state from refused requests, and a handful of malformed questions sent through mosquitto to a real agent get
-exactly one error answer each. The LLM there is the STAND-IN of tests/fixtures/llm_stub.py (never reached: every
-question is malformed, except the last, which proves the agent still answers).
+the question parser, the rule-set parser, the SDP offer / WHIP handling of a real running server, the config loader.
+What must hold: no exception but the documented one escapes (`QuestionError`, `RuleSetError`, `ConfigError`), the
+server never answers 500 nor keeps state from refused requests, a handful of malformed questions sent through
+mosquitto to a real agent get exactly one error answer each, and a handful of malformed rule sets sent to a real
+daemon's `<prefix>/rules/set` get exactly one `rules/error` answer each, counted. The LLM there is the STAND-IN of
+tests/fixtures/llm_stub.py (never reached: every question is malformed, except the last, which proves the agent
+still answers). tests/test_webrtc_http_fuzz.py fuzzes every header and JSON field of the HTTP server.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from hypothesis import strategies as st
 
 from tests.fixtures.webrtc import offer_sdp, tasks_now
 from tests.waiting import wait_until
-from visual_agent.config import Config, parse_config
+from visual_agent.config import Config
+from visual_agent.config_loading import parse_config
 from visual_agent.errors import ConfigError, QuestionError
 from visual_agent.messages import Question, parse_question
+from visual_agent.rules.config import RuleConfig, RuleSetError, parse_rule_set
 
 LIMITS = dict(max_bytes=2048, max_chars=200, max_frames=8)
 BOUNDED = settings(derandomize=True, database=None, deadline=5000, suppress_health_check=list(HealthCheck))
@@ -56,6 +60,41 @@ def test_fuzz_parse_question_raises_only_question_error(payload):
     assert isinstance(q, Question) and isinstance(q.question, str) and 0 < len(q.question) <= LIMITS["max_chars"]
     assert q.frames is None or 1 <= q.frames <= LIMITS["max_frames"]
     assert isinstance(q.id, str) and q.id
+
+
+# --- the rule-set parser (`<prefix>/rules/set`) -------------------------------------------------------------
+
+RULE_KEYS = ["name", "source", "question", "check_every_s", "only_on_change", "on_after", "off_after", "cooldown_s",
+             "lookback_s", "x"]
+rule_values = st.one_of(json_values, st.sampled_from(["door", "person_at_door", "Is anyone there?", True, False, 2, 0.5,
+                                                      1e308, 10**300]))
+rule_objects = st.dictionaries(st.sampled_from(RULE_KEYS), rule_values, max_size=8)
+
+
+def _rule_sets() -> st.SearchStrategy[bytes | str]:
+    as_json = st.lists(rule_objects, max_size=4).map(lambda rules: json.dumps(rules, allow_nan=True))
+    cut_json = st.tuples(as_json, st.integers(0, 300)).map(lambda t: t[0][: t[1]])
+    wrapped = st.lists(rule_objects, max_size=2).map(lambda rules: json.dumps({"rules": rules}))
+    return st.one_of(st.binary(max_size=300), st.text(max_size=300), as_json, cut_json, wrapped,
+                     st.integers(0, 6000).map(lambda n: "[" * n),
+                     st.tuples(st.sampled_from(RULE_KEYS), st.integers(4000, 6000)).map(_huge_number))
+
+
+def _huge_number(key_digits: tuple[str, int]) -> str:
+    """A rule whose `key` is a number of so many digits (written by hand: json.dumps refuses such ints)."""
+    key, digits = key_digits
+    return '[{"name": "a", "source": "d", "question": "q?", "' + key + '": ' + "9" * digits + "}]"
+
+
+@settings(BOUNDED, max_examples=400)
+@given(_rule_sets())
+def test_fuzz_parse_rule_set_raises_only_rule_set_error(payload):
+    try:
+        rules = parse_rule_set(payload)
+    except RuleSetError as exc:
+        assert str(exc) and len(str(exc)) < 2000
+        return
+    assert all(isinstance(r, RuleConfig) and not isinstance(r.check_every_s, bool) for r in rules)
 
 
 # --- the config loader ---------------------------------------------------------------------------------------
@@ -143,7 +182,7 @@ async def test_fuzz_offer_and_whip_never_500_nor_leak(webrtc_server, caplog):
                 await post("/offer", json.dumps({"type": "offer", "sdp": mutated}).encode(), "application/json")
                 await post("/offer", json.dumps(body, allow_nan=True).encode(), "application/json")
     assert 400 in seen
-    await wait_until(lambda: webrtc_server.peers() == [] and webrtc_server._pending == 0, timeout=10,
+    await wait_until(lambda: webrtc_server.peers() == [] and webrtc_server.registry.negotiating == 0, timeout=10,
                      what="no peer or pending session left")
     await wait_until(lambda: tasks_now() <= before, timeout=10, what="no task left")
     # aiortc's own connect task, started by setRemoteDescription, fails on an offer whose data channel section was
@@ -195,3 +234,57 @@ async def test_fuzz_malformed_questions_each_get_one_error_answer(running_mosqui
         last = json.loads((await asyncio.to_thread(peer.get, 10, t["answer"])).payload)
     assert last["id"] == "last"  # nothing extra arrived between the malformed ones' answers and this one
     assert len(got) == len(payloads) and stub_llm.requests == []
+
+
+def _bad_rule_sets() -> list[bytes]:
+    """Malformed rule sets of every kind the parser refuses."""
+    rule = {"name": "door_open", "source": "door", "question": "Is the door open?"}
+    return [
+        b'[{"name": "a", "source": "door", "question": "q?", "check_every_s": ' + b"9" * 5000 + b"}]",
+        b"[" * 5000,
+        b"\xff\xfe[]",
+        json.dumps([{**rule, "check_every_s": True}]).encode(),
+        json.dumps([{**rule, "name": "Door Open"}]).encode(),
+        json.dumps([rule, rule]).encode(),
+        json.dumps({"rules": "all of them"}).encode(),
+        json.dumps([{**rule, "on_after": 0, "cooldown_s": -1}]).encode(),
+        b'[{"name": "a", "source": "door", "question": "\\ud800?"}, 1]',
+    ]
+
+
+@pytest.mark.mqtt
+@pytest.mark.webrtc
+@pytest.mark.timeout(90)
+async def test_fuzz_malformed_rule_sets_each_get_one_counted_error(running_mosquitto, paho_peer, topic_prefix, stub_llm,
+                                                                   caplog):
+    from visual_agent.daemon import Daemon
+
+    caplog.set_level(logging.WARNING)
+    config = parse_config({
+        "llm": {"provider": "openai", "base_url": stub_llm.base_url, "model_name": stub_llm.model},
+        "webrtc": {"port": 0, "host_candidate_addresses": ["127.0.0.1"]},
+        "mqtt": {"host": running_mosquitto.host, "port": running_mosquitto.port, "prefix": topic_prefix,
+                 "reconnect_min_s": 0.1},
+    }, environ={})
+    good = json.dumps([{"name": "door_open", "source": "door", "question": "Is the door open?"}])
+    peer = paho_peer("5")
+    peer.subscribe(f"{topic_prefix}/rules/error")
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        peer.publish(f"{topic_prefix}/rules/set", good, retain=True).wait_for_publish(5)  # arrives once subscribed
+        await wait_until(lambda: [r.config.name for r in daemon.rules.rules()] == ["door_open"], 20, "the good set")
+        bad = _bad_rule_sets()
+        for payload in bad:  # one at a time: a second answer to one would arrive before the next one's
+            peer.publish(f"{topic_prefix}/rules/set", payload).wait_for_publish(5)
+            error = json.loads((await asyncio.to_thread(peer.get, 10, f"{topic_prefix}/rules/error")).payload)
+            assert error["error"] and len(error["error"]) < 2000, error
+        peer.publish(f"{topic_prefix}/rules/set", b"", retain=True).wait_for_publish(5)
+        await wait_until(lambda: daemon.rules.rules() == [], 10, "the rules cleared")
+        assert peer.messages.empty()  # nothing answered twice
+        assert daemon.rules.stats()["rule_sets_refused"] == len(bad)
+        assert [r.config.name for r in daemon.rules.rules()] == []
+    finally:
+        await daemon.close()
+    tracebacks = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert tracebacks == [], tracebacks

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from tests.rules_scene import BRIGHT, BrightnessJudge, write_scene_clip
-from visual_agent.config import HomeAssistantConfig, MqttConfig, parse_config
+from visual_agent.config import HomeAssistantConfig, MqttConfig
+from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon
 from visual_agent.errors import ErrorType, QuestionError
 from visual_agent.homeassistant import HomeAssistantDiscovery

@@ -65,6 +65,27 @@ async def test_messager_status_online_then_offline_retained(running_mosquitto, p
     assert got.payload == b"offline" and got.retain
 
 
+async def test_messager_close_twice_at_once_closes_once(running_mosquitto, paho_peer, topic_prefix):
+    """A second `close()` while the first is publishing ``offline`` waits for it instead of closing a second time
+    beside it (``offline`` is published once) and returns with the messager closed."""
+    status = f"{topic_prefix}/status"
+    peer = paho_peer("5")
+    peer.subscribe(status)
+    m = MqttMessager(_cfg(running_mosquitto), status_topic=status)
+    await m.start()
+    assert (await asyncio.to_thread(peer.get, 5)).payload == b"online"
+    first = asyncio.create_task(m.close())
+    await asyncio.sleep(0)  # the first call is under way
+    await m.close()
+    assert m.state == "closed"
+    await first
+    peer.publish(status, b"marker", qos=1).wait_for_publish(5)
+    seen = [(await asyncio.to_thread(peer.get, 5)).payload]
+    while seen[-1] != b"marker":
+        seen.append((await asyncio.to_thread(peer.get, 5)).payload)
+    assert seen == [b"offline", b"marker"], seen
+
+
 async def test_messager_last_will_on_lost_connection(running_mosquitto, paho_peer, topic_prefix):
     status = f"{topic_prefix}/status"
     peer = paho_peer("5")
@@ -72,7 +93,7 @@ async def test_messager_last_will_on_lost_connection(running_mosquitto, paho_pee
     m = MqttMessager(_cfg(running_mosquitto, keepalive_s=5), status_topic=status)
     await m.start()
     assert (await asyncio.to_thread(peer.get, 5)).payload == b"online"
-    m._client.socket().close()  # the process "dies": no DISCONNECT, the broker sends the will
+    m._bridge.socket().close()  # the process "dies": no DISCONNECT, the broker sends the will
     got = await asyncio.to_thread(peer.get, 10)
     assert got.payload == b"offline"
     await m.close(publish_offline=False)
@@ -142,7 +163,7 @@ async def test_messager_embedded_broker_falls_back_to_311_with_nodelay():
                 await m.publish("e/in", str(i), wait=True)
                 assert (await m.next_message(5)).payload == str(i).encode()
             # without TCP_NODELAY a QoS-1 round trip to amqtt takes ~44 ms (speed: scripts/bench_agent.py --embedded-broker)
-            assert m._client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert m._bridge.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 async def test_messager_username_password(mosquitto_factory, broker_files):
@@ -202,3 +223,36 @@ async def test_messager_shared_subscription_splits_questions(running_mosquitto, 
         got_b = [(await b.next_message(1)).payload for _ in range(b._inbox.qsize())]
     assert sorted(got_a + got_b, key=int) == [str(i).encode() for i in range(10)]  # each exactly once
     assert got_a and got_b
+
+
+def test_bridge_uses_no_private_attributes():
+    """The bridge drives paho and asyncio through their public API only: a private attribute (paho's
+    `_out_messages`, `_sock_close`, asyncio's `loop._thread_id`) may change in any release under the pin."""
+    import ast
+    import inspect
+
+    from visual_agent import mqtt, mqtt_bridge, mqtt_queues
+
+    for module in (mqtt, mqtt_bridge, mqtt_queues):
+        tree = ast.parse(inspect.getsource(module))
+        foreign = sorted(
+            f"{module.__name__}:{node.lineno}: .{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+        ) + sorted(  # getattr(loop, "_thread_id", None) is the same thing spelled otherwise
+            f"{module.__name__}:{node.lineno}: {node.args[1].value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr")
+            and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_")
+        )
+        assert not foreign, foreign
+
+
+def test_bridge_paho_is_the_tested_major_version():
+    """pyproject pins paho-mqtt to the major version these tests ran against (callback API VERSION2)."""
+    from importlib.metadata import version
+
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    assert int(version("paho-mqtt").split(".")[0]) == 2 and CallbackAPIVersion.VERSION2

@@ -88,7 +88,7 @@ def test_tracing_opentelemetry_not_imported_by_default(tmp_path):
     script = textwrap.dedent("""
         import asyncio, sys
         import visual_agent
-        from visual_agent.config import parse_config
+        from visual_agent.config_loading import parse_config
         from visual_agent.daemon import Daemon
         assert not [m for m in sys.modules if m.startswith("opentelemetry")], "imported by import visual_agent"
 
@@ -119,7 +119,7 @@ async def test_tracing_daemon_sends_otlp_to_the_configured_endpoint(stub_llm):
     from aiohttp import web
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from visual_agent.config import parse_config
+    from visual_agent.config_loading import parse_config
     from visual_agent.daemon import Daemon
     from visual_agent.telemetry import Via
     from webrtc import FrameBuffer

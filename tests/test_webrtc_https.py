@@ -67,6 +67,39 @@ def test_cert_command_makes_a_pair_and_prints_its_fingerprint(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
 
+def test_cert_force_over_a_readable_key_leaves_the_new_key_owner_only(tmp_path, capsys):
+    """`cert --force` over an existing 0644 key: the new key is a new file made 0600 and renamed into place."""
+    from visual_agent.cli import main
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("old certificate\n")
+    key.write_text("old key\n")
+    key.chmod(0o644)
+    assert main(["cert", "cam.local", "--cert", str(cert), "--key", str(key), "--force"]) == 0
+    assert key.stat().st_mode & 0o777 == 0o600 and b"PRIVATE KEY" in key.read_bytes()
+    assert b"CERTIFICATE" in cert.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pem", "k.pem"]  # no temporary file left
+
+
+@pytest.mark.parametrize("which", ["key", "cert"])
+def test_cert_refuses_to_write_through_a_symlink(tmp_path, capsys, which):
+    """A symlink where the key (or certificate) goes is refused, even with --force: its target stays as it was."""
+    from visual_agent.cli import main
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours\n")
+    victim.chmod(0o644)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    (key if which == "key" else cert).symlink_to(victim)
+    assert main(["cert", "cam.local", "--cert", str(cert), "--key", str(key), "--force"]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "not yours\n" and victim.stat().st_mode & 0o777 == 0o644
+    dangling = tmp_path / "d.pem"
+    dangling.symlink_to(tmp_path / "nowhere.pem")  # a link to nothing yet: writing would create its target
+    assert main(["cert", "cam.local", "--cert", str(cert.with_name("c2.pem")), "--key", str(dangling)]) == 2
+    assert not (tmp_path / "nowhere.pem").exists()
+
+
 def test_webrtc_tls_needs_both_files_and_names_a_missing_one(tmp_path):
     with pytest.raises(WebRTCConfigError, match="go together"):
         WebRTCConfig(tls_certfile=str(tmp_path / "c.pem"))

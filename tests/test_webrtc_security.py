@@ -6,10 +6,13 @@ Each test reproduces one finding against a real server on 127.0.0.1 with real ai
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 
 import aiohttp
 import pytest
 
+from tests.fixtures.http import raw_request
 from tests.fixtures.webrtc import CounterVideoTrack, offer_sdp, publish
 from tests.waiting import wait_until
 from webrtc import WebRTCConfig, WebRTCConfigError, WebRTCServer
@@ -202,6 +205,68 @@ async def test_webrtc_security_pending_flood_does_not_lock_out_publishers(webrtc
         await server.get_buffer("real").wait_for_frame(10)
 
 
+async def test_webrtc_security_pending_peers_from_many_addresses_do_not_lock_out_a_publisher(webrtc_server_factory):
+    """Finding: offers that never connect, two from each of 127.0.0.2-127.0.0.5 (under the per-address cap), held
+    all 8 peer slots and were made again as they timed out: a real publisher got 503 on every try. Must: the
+    pending cap covers the whole pending pool, and pending sessions that never connect yield to a publisher that
+    does. What the publisher saw (each HTTP answer, seconds until its first frame, a data-channel answer) is in
+    the assertion messages."""
+    server = await webrtc_server_factory(config(max_pending_per_client=2))  # max_peers: 8, connect_timeout_s: 10
+    server.on_data_message = lambda source, peer_id, text: server.send_data(peer_id, f"seen: {text}")
+    sdp = await offer_sdp()
+    flood: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def hold_slots(address: str) -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0))) as http:
+            while not stop.is_set():  # an offer again as soon as one is refused, timed out or pushed out
+                status = (await whip_post(http, server.url, sdp))[0]
+                flood[status] = flood.get(status, 0) + 1
+                if status != 201:
+                    await asyncio.sleep(0.05)
+
+    flooders = [asyncio.create_task(hold_slots(f"127.0.0.{i}"), name=f"flood-{i}") for i in range(2, 6)]
+    try:
+        await wait_until(lambda: flood.get(429, 0) + flood.get(503, 0) >= 8, what="the flood fills the slots")
+        seen: list[str] = []
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(40):  # several connect timeouts
+                while True:
+                    try:
+                        async with publish(server.url, CounterVideoTrack(160, 120), source="real") as pub:
+                            await server.get_buffer("real").wait_for_frame(10)
+                            connected_s = asyncio.get_running_loop().time() - started
+                            await pub.wait_open()
+                            pub.channel.send("hello")
+                            answer = await asyncio.wait_for(pub.messages.get(), 10)
+                            pending = sum(1 for p in server.peers() if not p.ever_connected)
+                            await _reconnect_at_first_try(server, pub)
+                            break
+                    except AssertionError as refused:  # publish() names the refusal: "POST /offer -> 503: ..."
+                        seen.append(str(refused).split(":")[0])
+                        await asyncio.sleep(0.5)
+        except TimeoutError:
+            pytest.fail(f"locked out for 40 s: {len(seen)} tries, answered {sorted(set(seen))}; flood answers {flood}")
+        assert answer == "seen: hello", (seen, answer)
+        assert pending <= server.config.max_pending, (pending, flood)  # one cap for the whole pending pool
+        print(f"publisher during the flood: {len(seen)} refusals {sorted(set(seen))}, first frame after {connected_s:.1f} s, "
+              f"data channel answered {answer!r}; flood answers {flood}")
+    finally:
+        stop.set()
+        await asyncio.gather(*flooders, return_exceptions=True)
+
+
+async def _reconnect_at_first_try(server: WebRTCServer, pub) -> None:
+    """The rightful publisher of a source (the old session's secret as proof) is never refused for lack of room."""
+    try:
+        async with publish(server.url, CounterVideoTrack(160, 120), source=pub.source, replaces=pub.secret) as again:
+            await wait_until(lambda: again.peer_id in [p.id for p in server.peers()]
+                             and pub.peer_id not in [p.id for p in server.peers()], what="the reconnect replaced it")
+    except AssertionError as refused:
+        pytest.fail(f"the source's own publisher was refused: {refused}")
+
+
 async def test_webrtc_security_pending_sessions_time_out(webrtc_server_factory):
     server = await webrtc_server_factory(config(connect_timeout_s=0.5, max_pending_per_client=1))
     sdp = await offer_sdp()
@@ -312,3 +377,60 @@ def test_webrtc_security_allowed_hosts_rules():
     assert guard("127.0.0.1", ["*"]).host_ok("anything.example")
     bound = guard("192.168.1.5")
     assert bound.host_ok("192.168.1.5:8080") and not bound.host_ok("192.168.1.6:8080")
+
+
+# --- malformed text in headers and JSON: a clear 4xx, one log line, never a traceback -------------------------------
+
+
+def tracebacks(caplog) -> list[str]:
+    """Log records that carry a traceback or an ERROR (what an attacker must not be able to write into the log)."""
+    return [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_webrtc_security_non_utf8_authorization_is_401_not_500(webrtc_server_factory, caplog):
+    caplog.set_level(logging.INFO)
+    server = await webrtc_server_factory(config(auth_token=TOKEN))
+    for path in ("/webrtc-config", "/healthz", "/metrics"):
+        r = await raw_request(server.port, "GET", path, [(b"Authorization", b"Bearer \xff\xfe" + TOKEN.encode())])
+        assert r.status == (200 if path == "/healthz" else 401), (path, r.status, r.body)
+    r = await raw_request(server.port, "POST", "/offer", [(b"Authorization", b"\xc3\x28 \xa0\xa1"),
+                                                          (b"Content-Type", b"application/json")], b"{}")
+    assert r.status == 401 and json.loads(r.body)["error"]
+    r = await raw_request(server.port, "GET", b"/healthz\xff\x00", [])  # a request line aiohttp cannot parse
+    assert r.status == 400
+    assert tracebacks(caplog) == []
+
+
+async def test_webrtc_security_lone_surrogate_in_replaces_is_400_not_500(webrtc_server, caplog):
+    caplog.set_level(logging.INFO)
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="cam"):
+        await webrtc_server.get_buffer("cam").wait_for_frame(10)
+        body = json.dumps({"type": "offer", "sdp": await offer_sdp(), "source": "cam", "replaces": "\ud800"})
+        r = await raw_request(webrtc_server.port, "POST", "/offer", [(b"Content-Type", b"application/json")],
+                              body.encode())
+        assert r.status == 400 and "replaces" in json.loads(r.body)["error"], r
+        assert [p.source for p in webrtc_server.peers()] == ["cam"]  # the publisher keeps its source
+    assert tracebacks(caplog) == []
+
+
+async def test_webrtc_security_refused_token_is_told_apart_from_a_missing_one_and_logged(webrtc_server_factory, caplog):
+    """An operator sees a phone being refused (one line with its address, rate-limited); the phone's page is told
+    whether its token was refused or none came."""
+    caplog.set_level(logging.INFO, logger="webrtc")
+    server = await webrtc_server_factory(config(auth_token=TOKEN))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/webrtc-config") as r:
+            assert r.status == 401
+            missing = (await r.json())["error"]
+        for _ in range(20):
+            async with http.get(server.url + "/webrtc-config", headers=bearer("an-old-token-from-a-bookmark")) as r:
+                assert r.status == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+                refused = (await r.json())["error"]
+        async with http.post(server.url + "/whip", data="v=0", headers=bearer("an-old-token-from-a-bookmark")) as r:
+            assert r.status == 401 and "token was refused" in await r.text()  # text on text routes
+    assert "token was refused" in refused and "token was refused" not in missing and "Bearer" in missing
+    lines = [r.getMessage() for r in caplog.records if "(401)" in r.getMessage()]
+    assert len(lines) == 2, lines  # one per kind; the other 20 held back
+    assert "from 127.0.0.1" in lines[0] and "no token" in lines[0] and "token refused" in lines[1]
+    assert not any("an-old-token" in r.getMessage() for r in caplog.records)
+    assert server.guard.refusals[True].held == 20

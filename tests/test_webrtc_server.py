@@ -153,7 +153,7 @@ async def test_webrtc_server_peer_going_away_is_cleaned_up(webrtc_server):
 async def test_webrtc_server_says_when_its_sources_change(webrtc_server):
     """`wait_sources_changed`: wakes when a peer's source appears and when an automatically named one goes, and not
     while nothing changes (what the agent's per-source MQTT topics follow instead of polling)."""
-    seen = webrtc_server._sources_version
+    seen = webrtc_server.catalog.version
     waiter = asyncio.create_task(webrtc_server.wait_sources_changed(seen))
     await asyncio.sleep(0)
     assert not waiter.done()
@@ -234,7 +234,7 @@ async def test_webrtc_server_bad_input_is_refused_clearly_without_leaks(webrtc_s
         # after all that, the server still works
         async with http.get(webrtc_server.url + "/healthz") as r:
             assert r.status == 200
-    assert webrtc_server.peers() == [] and webrtc_server._pending == 0
+    assert webrtc_server.peers() == [] and webrtc_server.registry.negotiating == 0
     await wait_until(lambda: tasks_now() <= before, timeout=5)  # a leaked task never goes: this times out
     async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="after"):
         await webrtc_server.get_buffer("after").wait_for_frame(10)
@@ -384,3 +384,46 @@ async def test_webrtc_server_reads_chunked_bodies_whole_and_limits_them(webrtc_s
                              headers={"Content-Type": "application/sdp"}) as r:
             assert r.status == 413 and "limit" in await r.text()
     assert webrtc_server.peers() == []
+
+
+async def test_webrtc_server_close_twice_at_once_waits_for_the_first(webrtc_server):
+    """A second `close()` while the first is under way returns only once everything is closed (as aiortc's
+    `RTCPeerConnection.close`), not at once because a flag says closing has begun."""
+    async with publish(webrtc_server.url, CounterVideoTrack(160, 120), source="c") as pub:
+        await webrtc_server.get_buffer("c").wait_for_frame(10)
+        peer = webrtc_server.get_peer(pub.peer_id)
+        first = asyncio.create_task(webrtc_server.close(), name="first-close")
+        await asyncio.sleep(0)  # the first call is under way
+        await webrtc_server.close()
+        assert peer.closed and webrtc_server.peers() == [] and webrtc_server.health(detail=False)["status"] == "stopped"
+        assert not [t for t in tasks_now() if t.startswith("webrtc-")]
+        await first
+
+
+async def test_deadline_site_aiohttp_internals():
+    """`DeadlineSite` re-implements `TCPSite.start` (aiohttp has no request-head timeout): aiohttp must still close
+    the server it finds in `BaseSite._server` on stop, and the installed aiohttp must be in pyproject's pinned range.
+    If aiohttp moves that attribute, the port stays open after cleanup and this fails."""
+    import tomllib
+    from pathlib import Path
+
+    from aiohttp import web
+    from packaging.requirements import Requirement
+
+    from webrtc.http_guard import DeadlineSite
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(Requirement(d) for d in deps if Requirement(d).name == "aiohttp")
+    assert pin.specifier.contains(aiohttp.__version__), (aiohttp.__version__, str(pin))
+    assert "_server" in web.BaseSite.__slots__
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = DeadlineSite(runner, "127.0.0.1", 0, header_timeout_s=5)
+    await site.start()
+    port = site.port
+    assert port != 0 and runner.addresses[0][1] == port
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+    await runner.cleanup()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)

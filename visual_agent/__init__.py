@@ -19,9 +19,8 @@ from .config import (
     MqttProtocol,
     SceneChangeConfig,
     TlsConfig,
-    load_config,
-    parse_config,
 )
+from .config_loading import load_config, parse_config
 from .daemon import Daemon, run_daemon
 from .encoding import FrameEncoding
 from .errors import (

@@ -32,6 +32,13 @@ import secrets
 import socket
 from typing import TYPE_CHECKING, Any
 
+from .config import (
+    DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S,
+    DEFAULT_EMBEDDED_HOST,
+    DEFAULT_EMBEDDED_MAX_RETAINED,
+    DEFAULT_EMBEDDED_MAX_RETAINED_BYTES,
+    DEFAULT_EMBEDDED_PORT,
+)
 from .errors import EmbeddedBrokerError
 
 if TYPE_CHECKING:
@@ -41,10 +48,6 @@ __all__ = ["DAEMON_USERNAME", "EmbeddedBroker"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BIND_HOST = "127.0.0.1"
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
-DEFAULT_MAX_RETAINED = 1000
-DEFAULT_MAX_RETAINED_BYTES = 64 * 1024
 MAX_CONNECTIONS = 256
 DAEMON_USERNAME = "visual-agent-daemon"
 """The user name of the daemon's own client at its embedded broker (its password is random per start)."""
@@ -58,15 +61,15 @@ class EmbeddedBroker:
 
     def __init__(
         self,
-        port: int = 1883,
+        port: int = DEFAULT_EMBEDDED_PORT,
         *,
-        host: str = DEFAULT_BIND_HOST,
+        host: str = DEFAULT_EMBEDDED_HOST,
         username: str | None = None,
         password: str | None = None,
         prefix: str | None = None,
-        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-        max_retained: int = DEFAULT_MAX_RETAINED,
-        max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES,
+        connect_timeout_s: float = DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S,
+        max_retained: int = DEFAULT_EMBEDDED_MAX_RETAINED,
+        max_retained_bytes: int = DEFAULT_EMBEDDED_MAX_RETAINED_BYTES,
     ) -> None:
         self.host = host
         self.requested_port = port

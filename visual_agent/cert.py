@@ -8,9 +8,11 @@ with the one printed here before accepting it. For no warning at all, use a cert
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +46,9 @@ def make_self_signed(names: Sequence[str], certfile: str | os.PathLike[str], key
                      days: int = DEFAULT_CERT_DAYS, overwrite: bool = False) -> SelfSignedCertificate:
     """Write a self-signed ECDSA P-256 certificate for `names` (DNS names and IP addresses) and its key.
 
-    The key file is created readable by its owner only. Raises `ConfigError` for no names, a bad name, or
-    files that exist (unless `overwrite`).
+    The key is written to a new file readable by its owner only and renamed into place (so `overwrite` never
+    keeps an old file's wider mode). Raises `ConfigError` for no names, a bad name, files that exist (unless
+    `overwrite`), or a symbolic link where either file goes.
     """
     try:
         from cryptography import x509
@@ -66,6 +69,8 @@ def make_self_signed(names: Sequence[str], certfile: str | os.PathLike[str], key
             alt.append(x509.DNSName(name.lower()))
     cert_path, key_path = Path(certfile).expanduser(), Path(keyfile).expanduser()
     for path in (cert_path, key_path):
+        if path.is_symlink():  # even with --force: writing through it would put a key wherever the link points
+            raise ConfigError(f"{path} is a symbolic link; refusing to write through it (give the real path)")
         if path.exists() and not overwrite:
             raise ConfigError(f"{path} exists; remove it or pass --force")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -88,12 +93,27 @@ def make_self_signed(names: Sequence[str], certfile: str | os.PathLike[str], key
                                 serialization.NoEncryption())
     for path in (cert_path, key_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _replace_file(key_path, key_pem, 0o600)
+    _replace_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return SelfSignedCertificate(cert_path, key_path, fingerprint_sha256(cert.public_bytes(serialization.Encoding.DER)),
                                  tuple(names))
+
+
+def _replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to a new file beside `path`, created with `mode` (never wider: an old file's mode is not kept),
+    and rename it over `path`: the rename replaces a directory entry, so it never writes through a link."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # O_EXCL, mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def cert_command(names: Sequence[str], certfile: str, keyfile: str, days: int, force: bool) -> int:

@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .config import Config, MqttProtocol, load_config
+from .config import Config, MqttProtocol
+from .config_loading import load_config
 from .errors import ConfigError, MessagingError, VisualAgentError
 
 __all__ = ["main"]
@@ -61,13 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config, then reach the broker and the LLM")
     check.add_argument("--config", "-c", help="YAML config (default: the packaged default.yaml)")
     check.add_argument("--timeout", "-t", type=float, default=DEFAULT_CHECK_TIMEOUT_S, help="seconds per check (default 10)")
+    url = sub.add_parser("url", help="print the page's URL with its token (run prints it only on a terminal)")
+    url.add_argument("--config", "-c", help="the daemon's YAML config (default: the packaged default.yaml)")
+    url.add_argument("--host", help="the name or address the browser reaches this machine by (default: the bound "
+                                    "address; this machine's name when it binds all addresses)")
     cert = sub.add_parser("cert", help="make a self-signed HTTPS certificate for the page; prints its SHA-256 fingerprint")
     cert.add_argument("names", nargs="+", help="host names and IP addresses the page will be opened by")
     cert.add_argument("--cert", default="visual-agent-cert.pem", help="certificate file (default visual-agent-cert.pem)")
     cert.add_argument("--key", default="visual-agent-key.pem", help="key file, made owner-only (default visual-agent-key.pem)")
     cert.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     cert.add_argument("--force", action="store_true", help="overwrite existing files")
-    for sp in (run, ask, check, cert):  # also accepted after the subcommand
+    for sp in (run, ask, check, url, cert):  # also accepted after the subcommand
         sp.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
@@ -97,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .daemon import run_daemon
 
             return asyncio.run(run_daemon(config))
+        if args.command == "url":
+            return _url(config, args.host)
         if args.command == "ask":
             return asyncio.run(_ask(config, args))
         return asyncio.run(_check(config, args.timeout))
@@ -105,6 +112,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VisualAgentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# --- url -------------------------------------------------------------------------------------------
+
+
+def _url(config: Config, host: str | None) -> int:
+    """Print the page URL (with `webrtc.auth_token`): the one place besides a terminal's `run` that shows the token."""
+    from .page_link import page_url
+
+    web = config.webrtc
+    if web.port == 0:
+        print("error: webrtc.port is 0, so the port is chosen at start: set a fixed webrtc.port", file=sys.stderr)
+        return EXIT_USAGE
+    if not web.auth_token:
+        print("no webrtc.auth_token is set: the page needs none", file=sys.stderr)
+    print(page_url(web, host=host))
+    return EXIT_OK
 
 
 # --- ask -------------------------------------------------------------------------------------------
@@ -259,7 +283,7 @@ async def _check_llm(config: Config, timeout: float) -> bool:
     if in_process:
         print(f"llm     OK    in-process {config.provider_name()} will load {', '.join(models)} at start (not loaded by check)")
         return True
-    wanted = config.llm.get("model_name")
+    wanted = getattr(config.llm.config, "model_name", None)
     if wanted and models and wanted not in models:
         print(f"llm     FAIL  {config.describe_llm()}: model {wanted!r} not served; served: {', '.join(models)}")
         return False
@@ -292,7 +316,7 @@ async def _check_encoder(config: Config) -> bool:
 
 
 def _check_http(config: Config) -> bool:
-    web = config.webrtc_config()
+    web = config.webrtc
     if web.port == 0 or _port_free(web.host, web.port):
         scheme = "https" if web.tls_certfile else "http"
         print(f"page    OK    will be served on {scheme}://{web.host}:{web.port}/"

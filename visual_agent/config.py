@@ -1,60 +1,38 @@
-"""The daemon's config: YAML sections `llm`, `encoder`, `webrtc`, `sources`, `agent`, `mqtt` as typed objects.
+"""The daemon's config: YAML sections `llm`, `encoder`, `webrtc`, `sources`, `agent`, `mqtt`, `telemetry`, `rules`
+as typed objects.
 
-`load_config(path)` reads a YAML file (or the packaged `default.yaml` when `path` is None), applies environment
-overrides ``VISUAL_AGENT__<SECTION>__<KEY>[__<SUBKEY>]=value`` (the value is read as a YAML scalar, so numbers and
-booleans work), and validates. Any unknown or mistyped key fails with a `ConfigError` naming the key and the
-file. `llm`, `webrtc` and `sources` are checked by the packages that own them (providers, webrtc), so their
-keys stay defined in one place. Secrets (`llm.api_key`, `mqtt.password`, passwords in URLs) are masked in every repr
-and config error.
+Every section is typed once, when the config is read: `llm` becomes `providers.ProviderSettings` (the kind and its
+typed config), `webrtc` a `webrtc.WebRTCConfig`, `sources` `webrtc.SourceConfig`s; those keys stay defined by the
+packages that own them (providers, webrtc), and their mistakes fail here, naming the section. Secrets
+(`llm.api_key`, `mqtt.password`, passwords in URLs) are masked in every repr. Reading files and the environment
+is `visual_agent.config_loading` (`load_config`, `parse_config`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
-import os
-from collections.abc import Mapping
-from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, PlainValidator, SecretStr, field_validator, model_validator
 
 from encoders.jpeg import DEFAULT_JPEG_QUALITY
 from encoders.jpeg import DEFAULT_MAX_SIDE as DEFAULT_JPEG_MAX_SIDE
-from providers.config import is_secret_key
 from providers.registry import DEFAULT_PROVIDER_KIND as DEFAULT_PROVIDER
-from providers.registry import provider_kind, provider_kinds
+from providers.registry import ProviderSettings, provider_kind
+from webrtc.config import SourceConfig, WebRTCConfig
 
-from .errors import ConfigError
+from .config_readers import Shown, default_llm, masked, read_llm, read_sources, read_webrtc
 from .mcp_server.config import McpConfig
 from .memory.config import StorageConfig
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
+from .strict_numbers import NumbersNotBooleans
 
 __all__ = [
-    "AgentConfig",
-    "Config",
-    "DEFAULT_PREFIX",
-    "DEFAULT_PROVIDER",
-    "EncoderConfig",
-    "EmbeddingsMode",
-    "ENV_PREFIX",
-    "HistoryMode",
-    "HomeAssistantConfig",
-    "MqttConfig",
-    "MqttProtocol",
-    "PACKAGED_DEFAULT",
-    "SceneChangeConfig",
-    "TelemetryConfig",
-    "TlsConfig",
-    "embeddings_mode",
-    "load_config",
-    "parse_config",
+    "AgentConfig", "Config", "DEFAULT_PREFIX", "DEFAULT_PROVIDER", "EncoderConfig", "EmbeddingsMode", "HistoryMode",
+    "HomeAssistantConfig", "MqttConfig", "MqttProtocol", "SceneChangeConfig", "TelemetryConfig", "TlsConfig", "embeddings_mode",
 ]
-
-ENV_PREFIX = "VISUAL_AGENT__"
-PACKAGED_DEFAULT = "default.yaml"
 
 # agent
 DEFAULT_LOOKBACK_MAX_S = 10.0
@@ -92,7 +70,7 @@ DEFAULT_OUTBOX_MAX = 256
 DEFAULT_INBOX_MAX = 256
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024
 DEFAULT_SESSION_EXPIRY_S = 3600
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_MQTT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_EMBEDDED_HOST = "127.0.0.1"
 DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_EMBEDDED_MAX_RETAINED = 1000
@@ -100,7 +78,7 @@ DEFAULT_EMBEDDED_MAX_RETAINED_BYTES = 64 * 1024
 DEFAULT_HA_DISCOVERY_PREFIX = "homeassistant"
 
 
-class _Section(BaseModel):
+class _Section(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
@@ -320,7 +298,7 @@ class MqttConfig(_Section):
     """First reconnect delay; doubles up to `reconnect_max_s`."""
     reconnect_max_s: float = Field(DEFAULT_RECONNECT_MAX_S, gt=0)
     """Longest reconnect delay."""
-    connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+    connect_timeout_s: float = Field(DEFAULT_MQTT_CONNECT_TIMEOUT_S, gt=0)
     """How long one connection attempt may take."""
     session_expiry_s: int = Field(DEFAULT_SESSION_EXPIRY_S, ge=0)
     """The broker keeps our subscription and queues questions this long while we are away: a broker restart,
@@ -408,14 +386,14 @@ class TelemetryConfig(_Section):
 class Config(_Section):
     """The whole daemon config."""
 
-    llm: dict[str, Any] = Field(default_factory=lambda: {"provider": DEFAULT_PROVIDER, "base_url": "http://127.0.0.1:8000/v1"})
+    llm: Annotated[ProviderSettings, PlainValidator(read_llm)] = Field(default_factory=default_llm)
     """Provider config: `provider` (a kind of providers/registry.py: openai, vllm, vllm_native; vllm when absent) and
-    that provider's keys (see providers/config.py)."""
+    that provider's keys (see providers/config.py), read once into the kind's typed config."""
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     """Frame encoding."""
-    webrtc: dict[str, Any] = Field(default_factory=dict)
-    """The HTTP/WebRTC server (webrtc.WebRTCConfig keys)."""
-    sources: list[dict[str, Any]] = Field(default_factory=list)
+    webrtc: Annotated[WebRTCConfig, PlainValidator(read_webrtc)] = Field(default_factory=WebRTCConfig)
+    """The HTTP/WebRTC server (webrtc.WebRTCConfig keys; `keys_set` says which the file gave)."""
+    sources: Annotated[list[SourceConfig], PlainValidator(read_sources)] = Field(default_factory=list)
     """Cameras, RTSP streams, files (webrtc.SourceConfig keys); browsers and WHIP publishers add theirs."""
     agent: AgentConfig = Field(default_factory=AgentConfig)
     """The agent."""
@@ -434,175 +412,32 @@ class Config(_Section):
 
     def __repr_args__(self):
         for key, value in super().__repr_args__():
-            yield key, (_masked(value) if key in ("llm", "webrtc", "sources") else value)
+            yield key, (Shown(value) if key in ("llm", "webrtc", "sources") else value)
 
     @field_validator("rules")
     @classmethod
     def _rules_ok(cls, value: list[RuleConfig]) -> list[RuleConfig]:
         return check_rule_set(value)
 
-    @field_validator("llm", mode="before")
-    @classmethod
-    def _llm_mapping(cls, value: Any) -> Any:
-        value = {} if value is None else value
-        if isinstance(value, Mapping) and "provider" not in value:
-            # Written out, so that validation, logs and `create_provider` (whose own default is openai) agree.
-            value = {"provider": DEFAULT_PROVIDER, **value}
-        return value
+    def webrtc_config(self) -> WebRTCConfig:  # `self.webrtc`, for callers written before it was typed
+        return self.webrtc
 
-    def webrtc_config(self) -> Any:
-        """The `webrtc.WebRTCConfig` of the `webrtc` section."""
-        from webrtc.config import WebRTCConfig
-
-        return WebRTCConfig.from_mapping(self.webrtc)
-
-    def source_configs(self) -> list[Any]:
-        """The `webrtc.SourceConfig` of each entry of `sources`."""
-        from webrtc.config import SourceConfig
-
-        return [SourceConfig.from_mapping(s) for s in self.sources]
+    def source_configs(self) -> list[SourceConfig]:  # a copy of `self.sources`, for callers written before it was typed
+        return list(self.sources)
 
     def provider_name(self) -> str:
         """`llm.provider` (vllm when the config names none)."""
-        return str(self.llm["provider"])
+        return self.llm.kind
 
     def llm_masked(self) -> dict[str, Any]:
-        """The `llm` section with secrets masked, for logs."""
-        return _masked(self.llm)
+        """The `llm` section's settings with secrets masked, for logs."""
+        settings = {"provider": self.llm.kind, **dataclasses.asdict(self.llm.config)}
+        return masked(settings)
 
     def describe_llm(self) -> str:
         """One line for logs: provider, endpoint, model."""
-        llm = self.llm
-        in_process = self.provider_name() in provider_kinds() and provider_kind(self.provider_name()).in_process
-        where = llm.get("base_url") or llm.get("vllm_base_url") or ("in-process" if in_process else "")
-        return f"{self.provider_name()} {_masked(where)} model={llm.get('model_name') or 'auto'}".strip()
-
-
-_is_secret = is_secret_key  # one rule for secret keys, shared with the providers' reprs
-
-
-def _validate_owned_sections(cfg: Config) -> None:
-    """Let providers and webrtc check their sections now, so mistakes fail at load time, not at start."""
-    try:
-        cfg.webrtc_config()
-    except Exception as exc:
-        raise ValueError(f"webrtc: {exc}") from exc
-    try:
-        cfg.source_configs()
-    except Exception as exc:
-        raise ValueError(f"sources: {exc}") from exc
-    _check_llm(cfg.llm)
-
-
-def _check_llm(llm: Mapping[str, Any]) -> None:
-    """`llm.provider` must be a registered kind (providers.registry) and the rest its config class's keys."""
-    name = llm.get("provider", DEFAULT_PROVIDER)
-    if name not in provider_kinds():
-        raise ValueError(f"llm.provider must be one of {sorted(provider_kinds())}, got {name!r}")
-    try:
-        provider_kind(name).check_config(llm)
-    except Exception as exc:
-        raise ValueError(f"llm: {exc}") from exc
-
-
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Nested dict of ``VISUAL_AGENT__SECTION__KEY`` variables; values read as YAML scalars."""
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
-        if len(parts) < 2:
-            raise ConfigError(f"environment variable {name}: use {ENV_PREFIX}<SECTION>__<KEY>")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
-        if _is_secret(parts[-1]) and not isinstance(value, str):
-            value = raw  # a numeric-looking password stays text
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"environment variable {name}: {part} is not a section")
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
-def _masked(value: Any) -> Any:
-    """`value` with the values of secret keys masked, at any depth (a section's input holds its password)."""
-    if isinstance(value, Mapping):
-        return {k: ("***" if isinstance(k, str) and _is_secret(k) and v else _masked(v)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_masked(v) for v in value]
-    if isinstance(value, str) and "@" in value:  # rtsp://user:password@camera, https://user:token@llm
-        from webrtc.config import mask_url_secrets
-
-        return mask_url_secrets(value)
-    return value
-
-
-def _describe(exc: ValidationError, where: str) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key {key!r}")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            shown = "***" if _is_secret(key) else repr(_masked(err.get("input")))
-            lines.append(f"{where}: {key}: {msg} (got {shown})")
-    return "\n".join(lines)
-
-
-def parse_config(data: Mapping[str, Any] | None, *, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
-    """Validate a config mapping (plus environment overrides) into a `Config`; `source` names it in errors."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
-    merged = _merge(dict(data), env_overrides(environ))
-    try:
-        cfg = Config.model_validate({**merged, "path": source})
-        _validate_owned_sections(cfg)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
-    return cfg
-
-
-def read_default_text() -> str:
-    """The packaged default config (the same as configs/default.yaml)."""
-    return resources.files("visual_agent").joinpath(PACKAGED_DEFAULT).read_text(encoding="utf-8")
-
-
-def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
-    """Load a YAML file (None: the packaged default), apply environment overrides, validate."""
-    if path is None:
-        text, source = read_default_text(), f"<packaged {PACKAGED_DEFAULT}>"
-    else:
-        p = Path(path)
-        source = str(p)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: no such config file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{source}: cannot read: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-    return parse_config(data, source=source, environ=environ)
+        settings = self.llm.config
+        in_process = provider_kind(self.llm.kind).in_process
+        where = getattr(settings, "base_url", None) or ("in-process" if in_process else "")
+        model = getattr(settings, "model_name", None) or "auto"
+        return f"{self.llm.kind} {masked(where)} model={model}".strip()

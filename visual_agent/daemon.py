@@ -28,6 +28,7 @@ from .intakes import Intakes, serve
 from .memory.service import MemoryService
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
+from .page_link import show_on_terminal
 from .rules import RuleControl, RuleDiscovery, RuleEngine
 from .telemetry import Telemetry
 from .topics import Topics
@@ -70,12 +71,16 @@ def ingest_config(config: Config) -> Any:
     """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
     frame and `agent.max_frames - 1` older ones spread over at least `agent.window_s` (not 32 consecutive decoded
     frames), so a question for `agent.max_frames` frames still gets them all."""
-    webrtc = config.webrtc_config()
-    if "buffer_spread_frames" not in config.webrtc:
-        webrtc.buffer_spread_frames = max(1, config.agent.max_frames - 1)
-        if "buffer_max_seconds" not in config.webrtc:
-            webrtc.buffer_max_seconds = max(webrtc.buffer_max_seconds, config.agent.window_s)
-    return webrtc
+    from dataclasses import replace
+
+    webrtc = config.webrtc
+    given = webrtc.keys_set
+    if "buffer_spread_frames" in given:
+        return webrtc
+    derived: dict[str, Any] = {"buffer_spread_frames": max(1, config.agent.max_frames - 1)}
+    if "buffer_max_seconds" not in given:
+        derived["buffer_max_seconds"] = max(webrtc.buffer_max_seconds, config.agent.window_s)
+    return replace(webrtc, **derived)
 
 
 class Daemon:
@@ -152,9 +157,9 @@ class Daemon:
             if _is_startup_error(exc):  # a page port in use, a provider that cannot be built: a message, not a traceback
                 raise VisualAgentError(f"cannot start: {exc}") from exc
             raise
-        if self.driver.config.auth_token:  # the token goes to the terminal only, never into a log line
-            logger.info("page: %s/ (token required; the URL with it is printed on stdout)", self.driver.url)
-            print(f"page: {self.driver.page_url()}", flush=True)
+        if self.driver.config.auth_token:  # the token goes to a terminal only, never into a log line or the journal
+            logger.info("page: %s/ (token required; `visual-agent url` prints the URL with it)", self.driver.url)
+            show_on_terminal(f"page: {self.driver.page_url()}")
         else:
             logger.info("page: %s/", self.driver.url)
         uses_embeddings = self.encoding is not None and self.encoding.uses_embeddings

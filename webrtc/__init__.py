@@ -37,14 +37,15 @@ is shown as it is. Browsers allow the camera only on https:// or http://localhos
 Security (docs/SECURITY.md): `WebRTCConfig.tls_certfile`/``tls_keyfile`` serve HTTPS; ``auth_token`` makes
 signaling, ``/webrtc-config``, the /healthz detail and added routes take ``Authorization: Bearer`` (the page
 reads it from ``/#token=``); every request passes the Host/Origin checks of `HttpGuard`; sources made by peers
-(``max_sources``), pending sessions per address (``max_pending_per_client``) and slow requests
-(``header_timeout_s``, ``body_timeout_s``) are bounded.
+(``max_sources``), pending sessions per address and in all (``max_pending_per_client``, ``max_pending``) and
+slow requests (``header_timeout_s``, ``body_timeout_s``) are bounded.
 
 ICE: `WebRTCConfig.ice_servers` (STUN/TURN, credentials masked in reprs) are used by the server's peers and
 handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"]``) restricts the host
 candidates aioice offers, process-wide (see `webrtc.ice`).
 """
 
+from .catalog import SourceCatalog
 from .config import (
     DEFAULT_BUFFER_MAX_FRAMES,
     DEFAULT_BUFFER_MAX_SECONDS,
@@ -74,6 +75,7 @@ from .frame_buffer import BufferedFrame, BufferState, FrameBuffer, FrameBufferSt
 from .http_guard import DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
 from .ice import current_host_addresses, restrict_host_addresses
 from .peers import PeerKind, PeerSession
+from .registry import PeerRegistry
 from .server import DataMessageCallback, WebRTCDriver, WebRTCServer, names_preview
 from .sources import SourceRunner
 from .tls import certificate_names, server_ssl_context
@@ -99,8 +101,10 @@ __all__ = [
     "PeerError",
     "PeerKind",
     "PeerNotFoundError",
+    "PeerRegistry",
     "PeerSession",
     "SignalingError",
+    "SourceCatalog",
     "SourceConfig",
     "SourceError",
     "SourceKind",

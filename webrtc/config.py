@@ -39,10 +39,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 DEFAULT_SOURCE_OPEN_TIMEOUT_S = 10.0
 DEFAULT_SOURCE_RETRY_S = 2.0
 DEFAULT_VIDEO_BITRATE_HINT_KBPS = 2000
-DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_PEER_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_PEER_IDLE_TIMEOUT_S = 10.0
 DEFAULT_MAX_SOURCES = 32
 DEFAULT_MAX_PENDING_PER_CLIENT = 2
+DEFAULT_MAX_PENDING = 4
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 10.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -190,10 +191,13 @@ class WebRTCConfig:
     the bounds."""
     first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S
     """Default timeout of `FrameBuffer.wait_for_frame`."""
-    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_PEER_CONNECT_TIMEOUT_S
     """A pending peer (answered, not connected) is dropped after this many seconds (frees its slot)."""
     max_pending_per_client: int = DEFAULT_MAX_PENDING_PER_CLIENT
     """Most pending (not yet connected) peers per client IP address; more get HTTP 429."""
+    max_pending: int = DEFAULT_MAX_PENDING
+    """Most pending peers from all addresses together (so they never hold every peer slot); when full, the oldest
+    that had its chance to connect (5 s, at most half of connect_timeout_s) yields to a new offer, else HTTP 503."""
     max_sources: int = DEFAULT_MAX_SOURCES
     """Most sources made by peers (configured ones not counted); ended ones are freed oldest first, else HTTP 503."""
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
@@ -218,6 +222,9 @@ class WebRTCConfig:
     None = leave."""
     serve_page: bool = True
     """Serve the browser page at GET /."""
+    keys_set: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+    """The keys `from_mapping` was given (a config file's section with its environment overrides), so whoever
+    derives a setting from elsewhere overrides only the ones not given; empty for a config built in code."""
 
     def __post_init__(self) -> None:
         self.ice_servers = [IceServer.coerce(s) for s in (self.ice_servers or [])]
@@ -234,7 +241,7 @@ class WebRTCConfig:
             )
         if self.peer_idle_timeout_s is not None and self.peer_idle_timeout_s <= 0:
             raise WebRTCConfigError(f"webrtc.peer_idle_timeout_s must be > 0 or None, got {self.peer_idle_timeout_s!r}")
-        for name in ("max_pending_per_client", "max_sources"):
+        for name in ("max_pending_per_client", "max_pending", "max_sources"):
             if int(getattr(self, name)) < 1:
                 raise WebRTCConfigError(f"webrtc.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
@@ -283,14 +290,23 @@ class WebRTCConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> WebRTCConfig:
         """Build from a config mapping (the YAML ``webrtc`` section); unknown keys are an error naming them."""
-        return cls(**_known(cls, data, "webrtc"))
+        config = cls(**_known(cls, data, "webrtc"))
+        config.keys_set = frozenset(data)
+        return config
+
+
+_NUMBER_TYPES = frozenset({"int", "float", "int | None", "float | None"})
 
 
 def _known(cls: type, data: Mapping[str, Any], section: str) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
+    """`data` when every key is a field of `cls` and no number field is given a boolean (`true` is not 1)."""
+    names = {f.name for f in fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
         raise WebRTCConfigError(f"{section}: unknown keys {unknown}; known: {sorted(names)}")
+    for f in fields(cls):
+        if isinstance(data.get(f.name), bool) and str(f.type) in _NUMBER_TYPES:
+            raise WebRTCConfigError(f"{section}.{f.name} must be a number, not a boolean (got {data[f.name]!r})")
     return dict(data)
 
 

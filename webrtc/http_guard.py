@@ -7,8 +7,13 @@
 - **Origin**: a state-changing request (anything but GET/HEAD/OPTIONS) carrying an ``Origin`` whose host and
   port differ from the ``Host`` asked for gets 403. No CORS headers are ever sent, so other origins cannot read answers either.
 - **Token**: with an auth token configured, every route but the page (``/``, ``/app.js``) and ``/healthz``
-  needs ``Authorization: Bearer <token>`` (compared in constant time), else 401 with ``WWW-Authenticate``.
-  Routes added by the daemon are guarded too (deny by default). ``/healthz`` decides itself what to show.
+  needs ``Authorization: Bearer <token>`` (compared in constant time), else 401 with ``WWW-Authenticate``; the
+  answer says whether no token came or the one sent was refused, and the refusal is logged (one line with the
+  peer's address, at most one per `REFUSAL_LOG_INTERVAL_S`, counting the ones held back). Routes added by the
+  daemon are guarded too (deny by default). ``/healthz`` decides itself what to show.
+- **Malformed requests**: a request aiohttp cannot parse (a bad request line, a header it refuses) is answered 400
+  by aiohttp and logged here as one rate-limited line (`ClientErrorLogger`), not as a traceback; bytes that are
+  not UTF-8 in a header never reach a handler as an error (`bearer_token_ok`, `is_text`).
 - **Slow clients**: `DeadlineSite` closes a connection that has not sent a whole request head within
   ``header_timeout_s`` of connecting (TLS handshake included) or of its previous answer.
 - **Headers**: every answer carries a Content-Security-Policy, ``nosniff``, ``no-referrer`` and frame denial.
@@ -24,10 +29,12 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = ["DeadlineSite", "HttpGuard", "bearer_token_ok", "content_security_policy", "inline_styles"]
 
@@ -39,18 +46,84 @@ the health summary."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON_PATHS = frozenset({"/offer", "/webrtc-config", "/healthz"})
 _WILDCARDS = ("0.0.0.0", "::", "")
+REFUSAL_LOG_INTERVAL_S = 10.0
+"""At most one log line per this many seconds for refused tokens (and one for unparsable requests)."""
+NO_TOKEN = ("this server needs Authorization: Bearer <webrtc.auth_token> (open the page as /#token=<token>; "
+            "`visual-agent url` prints it)")
+TOKEN_REFUSED = ("the token was refused: it is not this server's webrtc.auth_token (open the page again with the "
+                 "current token; `visual-agent url` prints it)")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def bearer_token_ok(header: str | None, token: str) -> bool:
-    """True when `header` is ``Bearer <token>`` (scheme case-insensitive, token compared in constant time)."""
+    """True when `header` is ``Bearer <token>`` (scheme case-insensitive, token compared in constant time); a header
+    that is not UTF-8 (aiohttp hands its bytes on as surrogate escapes) is simply not the token."""
     if not header:
         return False
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
+    try:
+        sent = given.strip().encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte: not from the wire, not the token
+        return False
+    return hmac.compare_digest(sent, token.encode("utf-8"))
+
+
+def is_text(value: object) -> bool:
+    """True for a str that is valid Unicode: JSON may spell a lone surrogate (``"\\ud800"``), which no text
+    encoding can write, so a field holding one is refused as a client error instead of failing later."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class RateLimitedLog:
+    """Log lines an outsider can cause, at most one per `interval_s`; the lines held back meanwhile are counted in
+    the next one (so a flood cannot fill the journal, and an operator still sees that it happens)."""
+
+    def __init__(self, log: logging.Logger, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self.log = log
+        self.interval_s = interval_s
+        self.held = 0
+        """Lines held back since the last one written."""
+        self._next_at = 0.0
+
+    def __call__(self, level: int, msg: str, *args: object) -> bool:
+        """Write the line unless one was written less than `interval_s` ago; True when written."""
+        now = time.monotonic()
+        if now < self._next_at:
+            self.held += 1
+            return False
+        if self.held:
+            msg, args = msg + " (%d more like it held back)", (*args, self.held)
+        self.held = 0
+        self._next_at = now + self.interval_s
+        self.log.log(level, msg, *args)
+        return True
+
+
+class ClientErrorLogger(logging.LoggerAdapter):
+    """The logger given to aiohttp's request handler: a request it cannot parse (a client's mistake or an attack)
+    becomes one rate-limited INFO line instead of an ERROR with a traceback; a real error in a handler still logs
+    its traceback."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        super().__init__(log, {})
+        self.refusals = RateLimitedLog(log)
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            remote = args[0] if args else "?"
+            what = (exc_info.message or type(exc_info).__name__).splitlines()[0][:120]
+            self.refusals(logging.INFO, "bad HTTP request from %s answered %d: %s", remote, exc_info.code, what)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
 
 
 def content_security_policy(inline_styles: Iterable[str] = ()) -> str:
@@ -98,6 +171,8 @@ class HttpGuard:
                 names.add(_host_name(bound_host) if not _is_ip(bound_host) else str(ipaddress.ip_address(bound_host)))
         self.allowed = frozenset(names)
         self.deadlines: DeadlineSite | None = None
+        self.refusals = {sent: RateLimitedLog(logger) for sent in (False, True)}
+        """The log of 401s, rate-limited apart for no token (False) and a refused one (True)."""
 
     def __repr__(self) -> str:
         return f"HttpGuard(allowed={sorted(self.allowed)}, any_ip={self.any_ip}, token={'set' if self.token else None})"
@@ -125,6 +200,14 @@ class HttpGuard:
         """True when no token is configured or the request carries it."""
         return self.token is None or bearer_token_ok(request.headers.get("Authorization"), self.token)
 
+    def _unauthorized(self, request: web.Request) -> web.Response:
+        """401: no token sent, or the one sent refused (said apart, so a phone with an old link knows which); logged."""
+        sent = bool(request.headers.get("Authorization", "").strip())
+        self.refusals[sent](logging.WARNING if sent else logging.INFO, "%s %s from %s refused (401): %s", request.method,
+                      request.path[:100], request.remote or "?", "token refused" if sent else "no token")
+        return _refuse(request, 401, TOKEN_REFUSED if sent else NO_TOKEN,
+                       {"WWW-Authenticate": 'Bearer realm="visual-agent"' + (', error="invalid_token"' if sent else "")})
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         deadlines = self.deadlines
@@ -141,9 +224,7 @@ class HttpGuard:
                             request.headers.get("Origin", "")[:100])
                 return _refuse(request, 403, "cross-origin request refused")
             if not (request.method in ("GET", "HEAD") and request.path in PUBLIC_PATHS) and not self.authorized(request):
-                return _refuse(request, 401, "this server needs Authorization: Bearer <webrtc.auth_token> "
-                               "(open the page as /#token=<token>)",
-                               {"WWW-Authenticate": 'Bearer realm="visual-agent"'})
+                return self._unauthorized(request)
             return await handler(request)
         finally:
             if deadlines is not None:
@@ -222,15 +303,28 @@ class DeadlineSite(web.TCPSite):
 
     The clock runs from the connection (TLS handshake included) and again from the end of each answer
     (so an idle keep-alive connection is closed after the same time); it stops while a request is handled.
+    aiohttp (3.14) has no request-head timeout of its own: `start` is `TCPSite.start` with the protocol factory
+    wrapped. It keeps its own copies of what it listens with; the one private attribute it writes is marked there.
     """
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, header_timeout_s: float,
-                 ssl_context: Any = None) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, shutdown_timeout=1.0)
+                 ssl_context: Any = None, backlog: int = 128) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog, shutdown_timeout=1.0)
+        self.web_runner = runner
+        self.listen_on = (host, port)
+        self.ssl_context = ssl_context
+        self.backlog = backlog
         self.header_timeout_s = header_timeout_s
+        self.listening: asyncio.Server | None = None
         self.connections: dict[Any, _DeadlineProtocol] = {}
         self.cut_off = 0
         """Connections closed for sending no request head in time."""
+
+    @property
+    def port(self) -> int:
+        """The bound port (the requested one before start)."""
+        sockets = self.listening.sockets if self.listening is not None else ()
+        return sockets[0].getsockname()[1] if sockets else self.listen_on[1]
 
     def request_started(self, transport: Any) -> None:
         proto = self.connections.get(transport)
@@ -243,17 +337,17 @@ class DeadlineSite(web.TCPSite):
             proto.arm()
 
     async def start(self) -> None:
-        # TCPSite.start with the protocol factory wrapped (aiohttp has no request-head timeout of its own)
-        await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
-        server = self._runner.server
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self.web_runner.server
         assert server is not None
-        self._server = await loop.create_server(
-            lambda: _DeadlineProtocol(server(), self), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, ssl_handshake_timeout=self.header_timeout_s if self._ssl_context else None,
+        host, port = self.listen_on
+        self.listening = await asyncio.get_running_loop().create_server(
+            lambda: _DeadlineProtocol(server(), self), host, port, ssl=self.ssl_context, backlog=self.backlog,
+            ssl_handshake_timeout=self.header_timeout_s if self.ssl_context else None,
         )
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        # aiohttp's private attribute: `BaseSite.stop()` closes the server it finds in `_server` (pinned aiohttp
+        # range in pyproject.toml; tests/test_webrtc_server.py::test_deadline_site_aiohttp_internals fails if it moves).
+        self._server = self.listening
 
 
 _STYLE = re.compile(r"<style>(.*?)</style>", re.DOTALL)

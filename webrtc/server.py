@@ -30,46 +30,37 @@ type, 421 unknown Host, 429 too many pending sessions from one address, 503 peer
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
-import inspect
-import itertools
 import json
 import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
-from . import decoders
-from .config import SourceConfig, WebRTCConfig, validate_source_name
-from .errors import PeerNotFoundError, SignalingError, TooManyPeersError, WebRTCConfigError
+from .catalog import SourceCatalog
+from .config import SourceConfig, WebRTCConfig
+from .errors import SignalingError, WebRTCConfigError
 from .frame_buffer import FrameBuffer
-from .heap import trim_heap
-from .http_guard import DeadlineSite, HttpGuard, content_security_policy, inline_styles
+from .http_guard import ClientErrorLogger, DeadlineSite, HttpGuard, content_security_policy, inline_styles, is_text
 from .ice import restrict_host_addresses
 from .peers import PeerKind, PeerSession
-from .sdp import add_bitrate_hint, check_offer_sdp
+from .registry import DataMessageCallback, PeerRegistry
+from .sdp import add_bitrate_hint
 from .sources import SourceRunner
-from .tracks import start_discarding
 
 __all__ = ["DataMessageCallback", "WebRTCDriver", "WebRTCServer", "names_preview"]
 
 logger = logging.getLogger(__name__)
 
-DataMessageCallback = Callable[[str, str, str], "Awaitable[Any] | Any"]
-"""``callback(source_name, peer_id, text)``; may be a coroutine function."""
-
-MAX_MESSAGES_IN_FLIGHT_PER_PEER = 8
 NAMES_SHOWN_IN_ERRORS = 5
 _STATIC = "static"
 
 
 class WebRTCServer:
-    """Owns the HTTP server, every peer, every configured source and one `FrameBuffer` per source.
+    """Owns the HTTP server, the peers (`registry`), the configured sources and one `FrameBuffer` per source
+    (`catalog`).
 
     Use ``async with WebRTCServer(config, sources) as server:`` or ``await start()`` / ``await close()``.
     Add routes to `app` before `start()`.
@@ -87,32 +78,26 @@ class WebRTCServer:
         """Returns extra fields merged into GET /healthz (the daemon adds broker and LLM state)."""
         self.metrics_exposition: Callable[[], tuple[bytes, str]] | None = None
         """Returns (body, content type) for GET /metrics (the daemon's Prometheus registry); None: 404."""
-        self.buffers: dict[str, FrameBuffer] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.catalog = SourceCatalog(self.config, names, self._spawn)
+        self.buffers: dict[str, FrameBuffer] = self.catalog.buffers
         """One `FrameBuffer` per source name (configured sources and peers)."""
-        self._sources_version = 0
-        """Goes up by one whenever a source is added to or removed from `buffers` (`wait_sources_changed`)."""
-        self._sources_event: asyncio.Event | None = None
+        self.registry = PeerRegistry(self.config, self.catalog, self._spawn, lambda: self.on_data_message)
         self.guard: HttpGuard | None = None
         """The Host/Origin/token checks (made at start, when the certificate's names are known)."""
         self.app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._guarded])
         self.app.on_response_prepare.append(self._add_headers)
-        self._peers: dict[str, PeerSession] = {}
-        self._pending = 0
-        self._negotiating: dict[str, int] = {}
         self._site: DeadlineSite | None = None
         self._runners: dict[str, SourceRunner] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._counter = itertools.count(1)
         self._http: web.AppRunner | None = None
         self._started_at: float | None = None
-        self._closed = False
+        self._closing: asyncio.Future[None] | None = None
+        """Set by the first `close()`; later callers await it."""
         self._port: int | None = None
-        for source in self.sources:
-            self.buffers[source.name] = self._new_buffer(source.name)
         self._add_routes()
 
     def __repr__(self) -> str:
-        return f"WebRTCServer(url={self.url if self._port else None!r}, sources={self.source_names()}, peers={len(self._peers)})"
+        return f"WebRTCServer(url={self.url if self._port else None!r}, sources={self.source_names()}, peers={len(self.registry.peers)})"
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -120,7 +105,7 @@ class WebRTCServer:
         """Bind the HTTP server and start the configured sources."""
         if self._http is not None:
             return
-        if self._closed:
+        if self._closing is not None:
             raise RuntimeError("WebRTCServer was closed; make a new one")
         c = self.config
         ssl_context, cert_names = None, []
@@ -135,6 +120,7 @@ class WebRTCServer:
         if c.host_candidate_addresses is not None:
             restrict_host_addresses(c.host_candidate_addresses)
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0,
+                               logger=ClientErrorLogger(logging.getLogger("aiohttp.server")),
                                keepalive_timeout=c.header_timeout_s, lingering_time=c.body_timeout_s)
         await runner.setup()
         site = DeadlineSite(runner, c.host, c.port, header_timeout_s=c.header_timeout_s, ssl_context=ssl_context)
@@ -160,15 +146,24 @@ class WebRTCServer:
                     "token required" if c.auth_token else "no token: anyone who reaches the port may publish")
 
     async def close(self) -> None:
-        """Close peers, sources, buffers and the HTTP server; cancel every task. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close peers, sources, buffers and the HTTP server; cancel every task. Safe to call twice: the first call
+        does the work, a concurrent or later call waits until it is done (as aiortc's `RTCPeerConnection.close`)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+            try:
+                await self._close()
+            finally:
+                self._closing.set_result(None)
+        await asyncio.shield(self._closing)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing is not None
+
+    async def _close(self) -> None:
         if self._http is not None:
             await self._http.shutdown()
-        peers = list(self._peers.values())
-        self._peers.clear()
-        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        await self.registry.close_all()
         await asyncio.gather(*(r.close() for r in self._runners.values()), return_exceptions=True)
         await asyncio.gather(*(b.detach() for b in self.buffers.values()), return_exceptions=True)
         if self._tasks:  # drop-peer tasks finish quickly; give them a moment before cancelling
@@ -217,17 +212,7 @@ class WebRTCServer:
 
         The agent's per-source MQTT topics follow `source_names()` with this instead of polling it.
         """
-        while self._sources_version <= seen:
-            if self._sources_event is None:
-                self._sources_event = asyncio.Event()
-            await self._sources_event.wait()
-        return self._sources_version
-
-    def _note_sources_changed(self) -> None:
-        self._sources_version += 1
-        if self._sources_event is not None:
-            self._sources_event.set()
-            self._sources_event = None
+        return await self.catalog.wait_changed(seen)
 
     def get_buffer(self, name: str) -> FrameBuffer:
         """The `FrameBuffer` of source `name`; `KeyError` naming the known sources otherwise."""
@@ -238,13 +223,11 @@ class WebRTCServer:
 
     def peers(self) -> list[PeerSession]:
         """The open peer sessions."""
-        return list(self._peers.values())
+        return list(self.registry.peers.values())
 
     def get_peer(self, peer_id: str) -> PeerSession:
-        try:
-            return self._peers[peer_id]
-        except KeyError:
-            raise PeerNotFoundError(peer_id) from None
+        """The open session `peer_id`; `PeerNotFoundError` otherwise."""
+        return self.registry.get(peer_id)
 
     async def send_data(self, peer_id: str, text: str) -> None:
         """Send `text` on that peer's data channel (`PeerNotFoundError`, `DataChannelClosedError`)."""
@@ -261,11 +244,11 @@ class WebRTCServer:
 
     async def close_peer(self, peer_id: str) -> None:
         """End one peer session (its buffer stays, state ended)."""
-        await self._drop_peer(self.get_peer(peer_id), "closed by the server")
+        await self.registry.drop(self.get_peer(peer_id), "closed by the server")
 
     def health(self, detail: bool = True) -> dict[str, Any]:
         """The /healthz document; with ``detail=False`` only ``{"status"}`` (what callers without the token see)."""
-        status = "ok" if self._http is not None and not self._closed else "stopped"
+        status = "ok" if self._http is not None and not self.closed else "stopped"
         if not detail:
             return {"status": status}
         sources = {}
@@ -280,7 +263,7 @@ class WebRTCServer:
             "status": status,
             "uptime_s": None if self._started_at is None else round(time.monotonic() - self._started_at, 1),
             "sources": sources,
-            "peers": [p.info() for p in self._peers.values()],
+            "peers": [p.info() for p in self.peers()],
             "max_peers": self.config.max_peers,
         }
         if self.healthz_extra is not None:
@@ -292,13 +275,7 @@ class WebRTCServer:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _new_buffer(self, name: str) -> FrameBuffer:
-        c = self.config
-        return FrameBuffer(name, max_frames=c.buffer_max_frames, max_seconds=c.buffer_max_seconds,
-                           spread_frames=c.buffer_spread_frames,
-                           first_frame_timeout_s=c.first_frame_timeout_s)
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -350,219 +327,6 @@ class WebRTCServer:
         except TimeoutError:
             raise SignalingError(f"body not received within {self.config.body_timeout_s:g} s", status=408) from None
 
-    def _source_for_peer(self, requested: object, kind: PeerKind) -> tuple[str, bool]:
-        if requested is None or requested == "":  # browser-<n>/whip-<n>, skipping names a publisher chose
-            taken = set(self.buffers).union(p.source for p in self._peers.values())
-            while (name := f"{kind.value}-{next(self._counter)}") in taken:
-                pass
-            return name, True
-        try:
-            name = validate_source_name(requested)
-        except WebRTCConfigError as exc:
-            raise SignalingError(str(exc)) from None
-        if name in self._runners or any(s.name == name for s in self.sources):
-            raise SignalingError(f"source {name!r} is a configured source; pick another name", status=409)
-        return name, False
-
-    def _holder(self, name: str, replaces: object) -> PeerSession | None:
-        """The peer holding source `name` that this offer may replace; 409 when one holds it without proof."""
-        holders = [p for p in self._peers.values() if p.source == name]
-        if not holders:
-            return None
-        proof = replaces.encode("utf-8") if isinstance(replaces, str) else b""
-        proven = [p for p in holders if hmac.compare_digest(proof, p.secret.encode("utf-8"))]
-        if len(proven) == len(holders) == 1:
-            return proven[0]
-        raise SignalingError(f"source {name!r} is in use by another publisher; pick another name, or end that "
-                             "session first (a reconnect sends its old session_secret as \"replaces\")", status=409)
-
-    def _pending_from(self, remote: str) -> int:
-        """Sessions from `remote` being negotiated or answered but not yet connected."""
-        return self._negotiating.get(remote, 0) + sum(
-            1 for p in self._peers.values() if p.remote == remote and not p.ever_connected)
-
-    def _room_for_source(self, name: str) -> bool:
-        """True when `name` has a buffer or one more fits `max_sources` (freeing the oldest ended one if needed)."""
-        if name in self.buffers:
-            return True
-        configured = {s.name for s in self.sources}
-        made = [n for n in self.buffers if n not in configured]
-        if len(made) < self.config.max_sources:
-            return True
-        in_use = {p.source for p in self._peers.values()}
-        for old in made:  # creation order: the oldest ended source goes first
-            if old not in in_use:
-                buffer = self.buffers.pop(old)
-                self._note_sources_changed()
-                self._spawn(buffer.detach(), f"webrtc-free-source:{old}")
-                logger.info("source %r freed (ended; the source limit of %d is reached)", old, self.config.max_sources)
-                return True
-        return False
-
-    async def _answer(self, sdp: object, source: object, kind: PeerKind, *, remote: str = "",
-                      replaces: object = None) -> PeerSession:
-        """Negotiate one peer: checks, limits, setRemoteDescription, answer. Raises `SignalingError`."""
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-
-        decoders.install()  # here, not at start: a daemon with no peer never imports aiortc
-        if self._closed or self._http is None:
-            raise SignalingError("the server is shutting down", status=503)
-        offer = check_offer_sdp(sdp)
-        name, auto = self._source_for_peer(source, kind)
-        holder = self._holder(name, replaces)  # a reconnect frees its old slot
-        if self._pending_from(remote) >= self.config.max_pending_per_client:
-            raise SignalingError(f"{self.config.max_pending_per_client} sessions from this address are still "
-                                 "connecting; try again when they connect or time out", status=429)
-        if len(self._peers) + self._pending - (holder is not None) >= self.config.max_peers:
-            raise TooManyPeersError(f"peer limit of {self.config.max_peers} reached; try again later")
-        self._pending += 1
-        self._negotiating[remote] = self._negotiating.get(remote, 0) + 1
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[
-            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
-            for s in self.config.ice_servers
-        ]))
-        peer = PeerSession(secrets.token_hex(8), name, kind, pc, auto_named=auto, remote=remote)
-        self._wire(peer)
-        try:
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-            except Exception as exc:
-                raise SignalingError(f"malformed SDP offer: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-            try:
-                answer = await pc.createAnswer()
-                await pc.setLocalDescription(answer)
-            except Exception as exc:
-                raise SignalingError(f"cannot answer this offer: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-        except BaseException:
-            await peer.close()
-            raise
-        finally:
-            self._pending -= 1
-            self._negotiating[remote] -= 1
-            if not self._negotiating[remote]:
-                del self._negotiating[remote]
-        try:  # the checks again, now without an await before admission: others may have come meanwhile
-            if self._closed:
-                raise SignalingError("the server is shutting down", status=503)
-            old = self._holder(name, replaces)  # 409 when another publisher took the name meanwhile
-            if peer.video_track is not None and not self._room_for_source(name):
-                raise SignalingError(f"source limit reached (webrtc.max_sources={self.config.max_sources}, all in "
-                                     "use); end a session or raise the limit", status=503)
-        except SignalingError:
-            await peer.close()
-            raise
-        self._peers[peer.id] = peer
-        if peer.video_track is not None:  # only an admitted peer feeds a buffer (a refused offer has a track too)
-            buffer = self.buffers.get(name)
-            if buffer is None:
-                buffer = self.buffers[name] = self._new_buffer(name)
-                self._note_sources_changed()
-            buffer.attach(peer.video_track)
-        peer.spawn(self._watchdog(peer), "watchdog")
-        if old is not None:  # its own publisher reconnecting: the old session goes (out of the table at once)
-            self._peers.pop(old.id, None)
-            self._spawn(self._drop_peer(old, f"replaced by peer {peer.id}"), f"webrtc-drop-peer:{old.id}")
-        logger.info("peer %s (%s) connected as source %r", peer.id, kind.value, name)
-        return peer
-
-    def _wire(self, peer: PeerSession) -> None:
-        pc = peer.pc
-
-        @pc.on("track")
-        def on_track(track: Any) -> None:  # aiortc emits tracks in setRemoteDescription; `_answer` attaches
-            if track.kind == "video" and peer.video_track is None:
-                peer.video_track = track
-            else:  # audio (or a second video): read and dropped, else aiortc queues it forever
-                peer.spawn(_discard_until_closed(track, peer.source), f"discard-{track.kind}")
-
-        @pc.on("datachannel")
-        def on_datachannel(channel: Any) -> None:
-            if peer.channel is None:
-                peer.channel = channel
-            channel.on("message", lambda message: self._on_message(peer, message))
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            state = pc.connectionState
-            logger.info("peer %s: connection %s", peer.id, state)
-            if state == "connected":
-                peer.ever_connected = True
-            if state in ("failed", "closed") and peer.id in self._peers:
-                self._spawn(self._drop_peer(peer, f"connection {state}"), f"webrtc-drop-peer:{peer.id}")
-
-    def _on_message(self, peer: PeerSession, message: str | bytes) -> None:
-        if isinstance(message, bytes):
-            try:
-                message = message.decode("utf-8")
-            except UnicodeDecodeError:
-                peer.messages_dropped += 1
-                logger.warning("peer %s: dropped a binary data-channel message (text only)", peer.id)
-                return
-        if len(message.encode("utf-8")) > self.config.max_message_bytes:
-            peer.messages_dropped += 1
-            logger.warning("peer %s: dropped a %d-byte message (limit %d)", peer.id, len(message), self.config.max_message_bytes)
-            return
-        peer.messages_in += 1
-        callback = self.on_data_message
-        if callback is None:
-            logger.info("peer %s: data-channel message with no on_data_message set; ignored", peer.id)
-            return
-        busy = sum(1 for t in peer.tasks if t.get_name().endswith(":message"))
-        if busy >= MAX_MESSAGES_IN_FLIGHT_PER_PEER:
-            peer.messages_dropped += 1
-            logger.warning("peer %s: %d messages already in flight; dropped one", peer.id, busy)
-            return
-        try:
-            result = callback(peer.source, peer.id, message)
-        except Exception:
-            logger.exception("peer %s: on_data_message failed", peer.id)
-            return
-        if inspect.isawaitable(result):
-            peer.spawn(_await_logged(result, peer.id), "message")
-
-    async def _watchdog(self, peer: PeerSession) -> None:
-        """Drop a peer that never connects, or whose video stops (a tab closed without a goodbye). The idle check
-        starts at the connection, not after `connect_timeout_s`, so a publisher that vanishes just after connecting
-        is freed within `peer_idle_timeout_s` too."""
-        connect_by = time.monotonic() + self.config.connect_timeout_s
-        idle = self.config.peer_idle_timeout_s
-        why = None
-        while not peer.ever_connected and self._peers.get(peer.id) is peer:
-            left = connect_by - time.monotonic()
-            if left <= 0:
-                why = f"not connected after {self.config.connect_timeout_s:g} s"
-                break
-            await asyncio.sleep(min(left, 0.25))
-        while why is None and idle is not None and self._peers.get(peer.id) is peer:
-            await asyncio.sleep(min(1.0, idle / 4))
-            buffer = self.buffers.get(peer.source)
-            if peer.video_track is None or buffer is None or buffer.track is not peer.video_track:
-                continue
-            newest = buffer.latest()
-            last = newest.received_at if newest is not None else peer.created_at
-            if time.monotonic() - last > idle:
-                why = f"no video for {idle:g} s"
-        if why is not None and self._peers.get(peer.id) is peer:
-            self._spawn(self._drop_peer(peer, why), f"webrtc-drop-peer:{peer.id}")
-
-    async def _drop_peer(self, peer: PeerSession, why: str) -> None:
-        if self._peers.get(peer.id) is peer:
-            del self._peers[peer.id]
-        logger.info("peer %s (source %r) gone: %s", peer.id, peer.source, why)
-        await peer.close()
-        await self._release_buffer(peer)
-        await trim_heap()  # its decoder's freed buffers back to the kernel (webrtc/heap.py says why)
-
-    async def _release_buffer(self, peer: PeerSession) -> None:
-        buffer = self.buffers.get(peer.source)
-        if buffer is None or peer.video_track is None:
-            return
-        if buffer.drain_task is not None and not any(p.source == peer.source for p in self._peers.values()):
-            await buffer.detach()
-        if peer.auto_named and not any(p.source == peer.source for p in self._peers.values()):
-            if self.buffers.pop(peer.source, None) is not None:  # browser-<n> names are not reused
-                self._note_sources_changed()
-
     # --- handlers ------------------------------------------------------------------------------
 
     @web.middleware
@@ -607,8 +371,11 @@ class WebRTCServer:
                 raise SignalingError('body must be a JSON object {"sdp", "type": "offer", "source"?}')
             if data.get("type") != "offer":
                 raise SignalingError(f"type must be 'offer', got {data.get('type')!r}")
-            peer = await self._answer(data.get("sdp"), data.get("source"), PeerKind.BROWSER,
-                                      remote=request.remote or "", replaces=data.get("replaces"))
+            for key in ("sdp", "source", "replaces"):  # "\ud800" is valid JSON but no text: refused here, not a 500
+                if isinstance(data.get(key), str) and not is_text(data[key]):
+                    raise SignalingError(f"{key} is not valid Unicode text (it holds a lone surrogate escape)")
+            peer = await self.registry.answer(data.get("sdp"), data.get("source"), PeerKind.BROWSER,
+                                              remote=request.remote or "", replaces=data.get("replaces"))
         except SignalingError as exc:
             logger.info("POST /offer refused (%d): %s", exc.status, exc.reason)
             response = web.json_response({"error": exc.reason}, status=exc.status, headers=_retry_after(exc))
@@ -631,7 +398,7 @@ class WebRTCServer:
                 sdp = body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise SignalingError("SDP offer is not UTF-8 text") from exc
-            peer = await self._answer(sdp, request.query.get("source"), PeerKind.WHIP, remote=request.remote or "")
+            peer = await self.registry.answer(sdp, request.query.get("source"), PeerKind.WHIP, remote=request.remote or "")
         except SignalingError as exc:
             logger.info("POST /whip refused (%d): %s", exc.status, exc.reason)
             response = web.Response(text=exc.reason + "\n", status=exc.status, headers=_retry_after(exc))
@@ -647,12 +414,10 @@ class WebRTCServer:
         )
 
     async def _handle_whip_delete(self, request: web.Request) -> web.StreamResponse:
-        given = request.match_info["resource"].encode("utf-8")
-        peer = next((p for p in list(self._peers.values())
-                     if hmac.compare_digest(given, p.secret.encode("utf-8"))), None)
+        peer = self.registry.by_secret(request.match_info["resource"])
         if peer is None or peer.kind is not PeerKind.WHIP:
             return web.Response(text="unknown WHIP resource (already ended, or never existed)\n", status=404)
-        await self._drop_peer(peer, "WHIP DELETE")
+        await self.registry.drop(peer, "WHIP DELETE")
         return web.Response(text="session ended\n", status=200)
 
 
@@ -673,22 +438,3 @@ def names_preview(names: list[str], shown: int = NAMES_SHOWN_IN_ERRORS) -> str:
 
 def _static_text(name: str) -> str:
     return resources.files(__package__).joinpath(_STATIC, name).read_text(encoding="utf-8")
-
-
-async def _discard_until_closed(track: Any, source: str) -> None:
-    task = start_discarding(track, source)
-    try:
-        await task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def _await_logged(awaitable: Awaitable[Any], peer_id: str) -> None:
-    try:
-        await awaitable
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("peer %s: on_data_message failed", peer_id)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from ..strict_numbers import NumbersNotBooleans
 
 __all__ = ["DEFAULT_MCP_PATH", "McpConfig"]
 
@@ -19,7 +21,7 @@ _PATH = re.compile(r"/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _TAKEN = ("/", "/app.js", "/healthz", "/favicon.ico", "/offer", "/whip", "/webrtc-config", "/metrics", "/events")
 
 
-class McpConfig(BaseModel):
+class McpConfig(NumbersNotBooleans):
     """The MCP server for other agents (tools `list_sources`, `ask`, `search_events`, `get_rules`, `set_rules`)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)

@@ -1,7 +1,8 @@
 """`RuleConfig`: one standing question (a yes/no rule that watches a source), and the checks on a whole rule set.
 
 Rules come from the config's `rules:` list and from a retained JSON list on `<prefix>/rules/set`. A rule set from
-MQTT is input from anyone who may publish there, so everything that costs memory or model calls is bounded here:
+MQTT is input from anyone who may publish there, so everything that costs memory or model calls is bounded here
+(and a boolean is not a number: `check_every_s: true` is refused, not read as 1.0):
 at most `MAX_RULES` rules, a payload of at most `MAX_RULES_PAYLOAD_BYTES`, a question of at most
 `MAX_QUESTION_CHARS`, no check more often than `MIN_CHECK_EVERY_S`, a look-back of at most `MAX_LOOKBACK_S`. The
 model calls per source and minute are bounded again by `agent.rule_calls_per_minute` (see `budget.py`).
@@ -14,7 +15,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
+
+from ..strict_numbers import NumbersNotBooleans
 
 __all__ = [
     "DEFAULT_RULE_CALLS_PER_MINUTE",
@@ -55,7 +58,7 @@ class RuleSetError(ValueError):
     """A rule set that cannot be taken (the message says which rule and key, and what to change)."""
 
 
-class RuleConfig(BaseModel):
+class RuleConfig(NumbersNotBooleans):
     """One standing question about one source."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -120,8 +123,8 @@ def parse_rule_set(payload: bytes | str, *, max_rules: int = MAX_RULES,
         return []
     try:
         data: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RuleSetError(f"not a JSON list of rules: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a number of 4300+ digits, nesting too deep
+        raise RuleSetError(f"not a JSON list of rules: {str(exc)[:200]}") from None
     if isinstance(data, dict) and isinstance(data.get("rules"), list):
         data = data["rules"]
     if not isinstance(data, list):

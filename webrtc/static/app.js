@@ -100,7 +100,10 @@ async function connect() {
   setPill("pc-state", "connecting");
   try {
     const configResponse = await fetch("webrtc-config", { headers: authHeaders() });
-    if (configResponse.status === 401) throw new Error("this server needs its token: open the page as /#token=<token>");
+    if (configResponse.status === 401) {  // the server says whether no token came or the one sent was refused
+      const refusal = await configResponse.json().catch(() => ({}));
+      throw new Error(refusal.error || "this server needs its token: open the page as /#token=<token>");
+    }
     const config = await configResponse.json();
     page.maxMessageBytes = config.maxMessageBytes || null;
     const stream = await openCamera();
