@@ -24,25 +24,14 @@ from providers.registry import ProviderSettings, provider_kind
 from webrtc.config import SourceConfig, WebRTCConfig
 
 from .config_readers import Shown, default_llm, masked, read_llm, read_sources, read_webrtc
+from .mcp_server.config import McpConfig
 from .memory.config import StorageConfig
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 from .strict_numbers import NumbersNotBooleans
 
 __all__ = [
-    "AgentConfig",
-    "Config",
-    "DEFAULT_PREFIX",
-    "DEFAULT_PROVIDER",
-    "EncoderConfig",
-    "EmbeddingsMode",
-    "HistoryMode",
-    "HomeAssistantConfig",
-    "MqttConfig",
-    "MqttProtocol",
-    "SceneChangeConfig",
-    "TelemetryConfig",
-    "TlsConfig",
-    "embeddings_mode",
+    "AgentConfig", "Config", "DEFAULT_PREFIX", "DEFAULT_PROVIDER", "EncoderConfig", "EmbeddingsMode", "HistoryMode",
+    "HomeAssistantConfig", "MqttConfig", "MqttProtocol", "SceneChangeConfig", "TelemetryConfig", "TlsConfig", "embeddings_mode",
 ]
 
 # agent
@@ -425,6 +414,8 @@ class Config(_Section):
     """Metrics and traces."""
     storage: StorageConfig = Field(default_factory=StorageConfig)
     """The event store (visual_agent.memory.StorageConfig keys): where, how long, how much; the `memory` trigger."""
+    mcp: McpConfig = Field(default_factory=McpConfig)
+    """The MCP server for other agents (visual_agent.mcp_server.McpConfig keys), on the page's port; off by default."""
     rules: list[RuleConfig] = Field(default_factory=list)
     """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)
