@@ -27,7 +27,7 @@ from .config import McpConfig
 from .tools import DaemonTools, ToolArgumentError, ToolResult
 
 if TYPE_CHECKING:
-    from ..daemon import Daemon
+    from ..host import DaemonHost
 
 __all__ = ["McpService", "build_server"]
 
@@ -129,7 +129,7 @@ class McpService:
     """Mounts the MCP endpoint on the daemon's page server (`mount`, before it starts), runs the SDK's session
     manager (`start`), stops it (`close`, safe twice)."""
 
-    def __init__(self, daemon: "Daemon", config: McpConfig, *, version: str = "0.1.0") -> None:
+    def __init__(self, daemon: "DaemonHost", config: McpConfig, *, version: str = "0.1.0") -> None:
         self.config = config
         self.limiter = _Limiter(config.max_in_flight)
         self.server = build_server(DaemonTools(daemon, config), self.limiter, version)

@@ -25,7 +25,7 @@ from .config import McpConfig
 from .questions import McpQuestions
 
 if TYPE_CHECKING:
-    from ..daemon import Daemon
+    from ..host import DaemonHost
 
 __all__ = ["DaemonTools", "ToolArgumentError", "ToolResult"]
 
@@ -44,9 +44,9 @@ class ToolResult:
 
 
 class DaemonTools:
-    """The tools over a running `Daemon` (its agent, frame source, rules and event store are read at each call)."""
+    """The tools over a running `DaemonHost` (its agent, frame source, rules and event store are read at each call)."""
 
-    def __init__(self, daemon: Daemon, config: McpConfig) -> None:
+    def __init__(self, daemon: DaemonHost, config: McpConfig) -> None:
         self.daemon = daemon
         self.config = config
         self._questions: McpQuestions | None = None
