@@ -258,3 +258,20 @@ def test_memory_storage_config_keys(tmp_path: Path) -> None:
         parse_config({"storage": {"max_mb": 0}}, environ={})
     with pytest.raises(ConfigError, match="storage.retention_days"):
         parse_config({"storage": {"retention_days": True}}, environ={})  # a boolean is not a number
+
+
+def test_memory_store_malformed_event_costs_only_itself(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        good = store.submit(Event(source="s", kind="answer", text="fine"))
+        bad = [store.submit(Event(source="s", kind="answer", text="x", frame_times=["soon"])),  # type: ignore[list-item]
+               store.submit(Event(source="s", kind="answer", text=None)),  # type: ignore[arg-type]
+               store.submit(Event(source="s", kind="answer", text="x", at=float("nan")))]
+        after = store.submit(Event(source="s", kind="answer", text="still fine"))
+        assert good.result(10) and after.result(10) > good.result(10)
+        for future in bad:
+            with pytest.raises(ValueError, match="not an event the store can keep"):
+                future.result(10)
+        assert [e.text for e in store.query()] == ["still fine", "fine"] and store.health()["state"] == "ok"
+    finally:
+        store.close()
