@@ -254,6 +254,8 @@ def test_memory_storage_config_keys(tmp_path: Path) -> None:
     assert parse_config({}, environ={}).storage.enabled
     assert default_state_dir({"XDG_STATE_HOME": "/var/state"}) == Path("/var/state/visual-agent")
     assert default_state_dir({}) == Path.home() / ".local/state/visual-agent"
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/visual-agent", "XDG_STATE_HOME": "/x"}) == Path(
+        "/var/lib/visual-agent")  # systemd's StateDirectory= wins
     with pytest.raises(ConfigError, match="storage.max_mb"):
         parse_config({"storage": {"max_mb": 0}}, environ={})
     with pytest.raises(ConfigError, match="storage.retention_days"):
