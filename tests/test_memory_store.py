@@ -277,3 +277,13 @@ def test_memory_store_malformed_event_costs_only_itself(tmp_path: Path) -> None:
         assert [e.text for e in store.query()] == ["still fine", "fine"] and store.health()["state"] == "ok"
     finally:
         store.close()
+
+
+def test_memory_ranking_weighs_rare_words_and_prefers_the_newer() -> None:
+    from visual_agent.memory.ranking import rank_matches
+
+    hits = {"parcel": [90, 50, 10], "courier": [50], "door": list(range(100, 0, -1))}
+    order = rank_matches(hits, low=1, high=100, cap=1000)
+    assert order[:3] == [50, 90, 10]  # courier (rare) + parcel, then parcel alone (newer first), then door alone
+    capped = rank_matches({"common": list(range(100, 90, -1)), "rare": [5]}, low=1, high=100, cap=10)
+    assert capped[0] == 5  # a word that filled the cap over a tenth of the window counts as common
