@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .agent import VisualAgent
 from .broker import EmbeddedBroker
 from .config import Config
+from .console import Console
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
@@ -104,6 +105,8 @@ class Daemon:
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
         self.intakes: Intakes | None = None
+        self.console = Console(self)
+        """The page's console API (`visual_agent/console`): state, snapshots, rules."""
         self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
         """The event store, `GET /events`, `<prefix>/events/query`, questions about the past, scene memory."""
         self._stack = contextlib.AsyncExitStack()
@@ -120,6 +123,8 @@ class Daemon:
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
             stack.push_async_callback(self.driver.close)
+            self.console.mount(self.driver)
+            stack.push_async_callback(self.console.close)
             await self.memory.open()
             stack.push_async_callback(self.memory.close)  # after the agent and its intakes: their last events kept
             self.memory.register_routes(self.driver.add_route)
@@ -140,6 +145,7 @@ class Daemon:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.observe(self.homeassistant.observe)
             self.memory.attach(self.agent)
+            self.console.watch(self.agent)
             self.intakes = await serve(stack, self.agent)
             await self.memory.start_trigger(stack, self.agent, threshold=cfg.agent.scene_change.threshold)
             await self._start_rules()
