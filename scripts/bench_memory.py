@@ -7,8 +7,8 @@ retention sweep.
    the same row inserted by a bare `sqlite3` executemany (no FTS, no thumbnail) in this process.
 2. Query: a store of N events (8 sources, one every 10 s each, texts drawn from a camera-description vocabulary;
    built with executemany, no images) queried through `EventStore` as `GET /events` does: the newest 50, one source in
-   a 1-hour window, a common word, a rare word, and the retrieval search of a question about the past (bm25) within
-   a day. p50/p99 over `--queries` runs each.
+   a 1-hour window, a common word, a rare word, and the search of a question about the past (`EventStore.search`)
+   within a day. p50/p99 over `--queries` runs each.
 3. Size: bytes per stored event with its thumbnail, times the default memory trigger's most events per source-day
    (one per `storage.memory.every_s` = 60 s: 1440).
 4. Retention: a store of `--sweep-events` events, half past `storage.retention_days`, opened while the loop probe

@@ -254,7 +254,36 @@ def test_memory_storage_config_keys(tmp_path: Path) -> None:
     assert parse_config({}, environ={}).storage.enabled
     assert default_state_dir({"XDG_STATE_HOME": "/var/state"}) == Path("/var/state/visual-agent")
     assert default_state_dir({}) == Path.home() / ".local/state/visual-agent"
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/visual-agent", "XDG_STATE_HOME": "/x"}) == Path(
+        "/var/lib/visual-agent")  # systemd's StateDirectory= wins
     with pytest.raises(ConfigError, match="storage.max_mb"):
         parse_config({"storage": {"max_mb": 0}}, environ={})
     with pytest.raises(ConfigError, match="storage.retention_days"):
         parse_config({"storage": {"retention_days": True}}, environ={})  # a boolean is not a number
+
+
+def test_memory_store_malformed_event_costs_only_itself(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        good = store.submit(Event(source="s", kind="answer", text="fine"))
+        bad = [store.submit(Event(source="s", kind="answer", text="x", frame_times=["soon"])),  # type: ignore[list-item]
+               store.submit(Event(source="s", kind="answer", text=None)),  # type: ignore[arg-type]
+               store.submit(Event(source="s", kind="answer", text="x", at=float("nan")))]
+        after = store.submit(Event(source="s", kind="answer", text="still fine"))
+        assert good.result(10) and after.result(10) > good.result(10)
+        for future in bad:
+            with pytest.raises(ValueError, match="not an event the store can keep"):
+                future.result(10)
+        assert [e.text for e in store.query()] == ["still fine", "fine"] and store.health()["state"] == "ok"
+    finally:
+        store.close()
+
+
+def test_memory_ranking_weighs_rare_words_and_prefers_the_newer() -> None:
+    from visual_agent.memory.ranking import rank_matches
+
+    hits = {"parcel": [90, 50, 10], "courier": [50], "door": list(range(100, 0, -1))}
+    order = rank_matches(hits, low=1, high=100, cap=1000)
+    assert order[:3] == [50, 90, 10]  # courier (rare) + parcel, then parcel alone (newer first), then door alone
+    capped = rank_matches({"common": list(range(100, 90, -1)), "rare": [5]}, low=1, high=100, cap=10)
+    assert capped[0] == 5  # a word that filled the cap over a tenth of the window counts as common

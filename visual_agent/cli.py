@@ -241,6 +241,7 @@ async def _check(config: Config, timeout: float) -> int:
     ok &= await _check_llm(config, timeout)
     ok &= await _check_encoder(config)
     ok &= _check_http(config)
+    ok &= _check_mcp(config)
     print("all checks passed" if ok else "some checks failed (see above)")
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -339,6 +340,24 @@ def _check_http(config: Config) -> bool:
               f"{' (token required)' if web.auth_token else ''}")
         return True
     print(f"page    WARN  {web.host}:{web.port} is in use (a running daemon?); `run` would fail to bind it")
+    return True
+
+
+def _check_mcp(config: Config) -> bool:
+    """MCP on: the SDK must import (the daemon would not start without it)."""
+    if not config.mcp.enabled:
+        print("mcp     SKIP  disabled (mcp.enabled: false)")
+        return True
+    from .mcp_server import McpUnavailableError, load_service
+
+    try:
+        load_service()
+    except McpUnavailableError as exc:
+        print(f"mcp     FAIL  {exc}")
+        return False
+    web = config.webrtc_config()
+    print(f"mcp     OK    tools at {'https' if web.tls_certfile else 'http'}://{web.host}:{web.port}{config.mcp.path}"
+          f"{' (token required)' if web.auth_token else ''}")
     return True
 
 

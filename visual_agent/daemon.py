@@ -116,6 +116,8 @@ class Daemon:
         """The page's console API (`visual_agent/console`): state, snapshots, rules."""
         self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
         """The event store, `GET /events`, `<prefix>/events/query`, questions about the past, scene memory."""
+        self.mcp: Any = None
+        """`mcp_server.McpService` with `mcp.enabled`: the MCP endpoint on the page's port."""
         self._stack = contextlib.AsyncExitStack()
         """Everything started, closed in reverse by `close`."""
         self._closed: asyncio.Future[None] | None = None
@@ -135,6 +137,7 @@ class Daemon:
             await self.memory.open()
             stack.push_async_callback(self.memory.close)  # after the agent and its intakes: their last events kept
             self.memory.register_routes(self.driver.add_route)
+            self._mount_mcp()
             telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
@@ -156,6 +159,9 @@ class Daemon:
             self.intakes = await serve(stack, self.agent)
             await self.memory.start_trigger(stack, self.agent, threshold=cfg.agent.scene_change.threshold)
             await self._start_rules()
+            if self.mcp is not None:
+                stack.push_async_callback(self.mcp.close)
+                await self.mcp.start()
             await self._connect_mqtt()  # after the intakes subscribed: `online` means questions are taken
             await self.memory.start_mqtt(self.messager)
             if self.messager is not None and self.broker is None:  # a broker's ACL may drop what it let us subscribe
@@ -204,6 +210,19 @@ class Daemon:
             self._stack.push_async_callback(_quietly, lambda: asyncio.wait_for(asyncio.to_thread(tracing.shutdown), 5.0))
         return telemetry
 
+    def _mount_mcp(self) -> None:
+        """The MCP endpoint on the page's server (`mcp.enabled`); a missing SDK is a `ConfigError` saying what to install."""
+        if not self.config.mcp.enabled:
+            return
+        from .mcp_server import McpUnavailableError, load_service
+
+        try:
+            service = load_service()
+        except McpUnavailableError as exc:
+            raise ConfigError(f"{self.config.path}: {exc}") from None
+        self.mcp = service(self, self.config.mcp)
+        self.mcp.mount(self.driver)
+
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
         host, port = mqtt.broker_address()
@@ -213,8 +232,10 @@ class Daemon:
             self._stack.push_async_callback(self.broker.close)
             port = self.broker.port or port
             client_config = self.broker.daemon_client_config(client_config)  # its own credentials: may publish status
+        # A question is acknowledged once answered (the MQTT intake settles each message), so one a dead daemon held
+        # stays at the broker; the embedded broker dies with us and times a missing PUBACK out after 5 s: at receipt.
         self.messager = MqttMessager(client_config, host=host, port=port, status_topic=Topics(mqtt.prefix).status,
-                                     name="mqtt")
+                                     settle_by_consumer=not mqtt.embedded, name="mqtt")
         self._stack.push_async_callback(self.messager.close)
 
     async def _connect_mqtt(self) -> None:
@@ -237,6 +258,7 @@ class Daemon:
         discovery = None
         if self.messager is not None and cfg.mqtt.homeassistant.enabled:
             discovery = RuleDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
+            self.agent.observe(discovery.observe)  # each rule change: an event of its Home Assistant event entity
         self.rules = RuleEngine(self.agent, list(cfg.rules), calls_per_minute=cfg.agent.rule_calls_per_minute,
                                 discovery=discovery)
         driver = self.driver

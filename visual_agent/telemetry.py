@@ -35,6 +35,8 @@ class Via(str, enum.Enum):
     """A question on `<prefix>/ask` or `<prefix>/<source>/ask`."""
     PAGE = "page"
     """A question typed on the page (its data channel)."""
+    MCP = "mcp"
+    """A question from another agent, through the MCP tool `ask`."""
     PERIODIC = "periodic"
     """The agent's own description, every `agent.periodic_interval_s`."""
     SCENE = "scene"
@@ -49,7 +51,7 @@ class Via(str, enum.Enum):
     @property
     def asked(self) -> bool:
         """True for a question someone asked (it belongs to a conversation and gets an answer sent back)."""
-        return self in (Via.MQTT, Via.PAGE)
+        return self in (Via.MQTT, Via.PAGE, Via.MCP)
 
     @property
     def describes(self) -> bool:

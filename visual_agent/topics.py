@@ -85,6 +85,10 @@ class Topics:
         """Retained last answer of `source` (the Home Assistant sensor's state)."""
         return f"{self.prefix}/{source}/state"
 
+    def description_ha_event(self, source: str) -> str:
+        """Each description of `source` in Home Assistant's event shape (`{"event_type", ...}`: its event entity)."""
+        return f"{self.description(source)}/ha"
+
     def ha_discovery(self, discovery_prefix: str, node_id: str, source: str) -> str:
         """Home Assistant's discovery config topic of the sensor of `source`."""
         return f"{discovery_prefix}/sensor/{node_id}/{ha_object_id(source)}/config"
@@ -106,6 +110,10 @@ class Topics:
     def rule_event(self, source: str, name: str) -> str:
         """A rule's state changes."""
         return f"{self.rule(source, name)}/event"
+
+    def rule_ha_event(self, source: str, name: str) -> str:
+        """A rule's state changes in Home Assistant's event shape (`{"event_type": "on"|"off", ...}`)."""
+        return f"{self.rule_event(source, name)}/ha"
 
     def rule_evidence(self, source: str, name: str) -> str:
         """Retained JPEG of the frame that last turned the rule on."""

@@ -15,20 +15,20 @@ from typing import Any
 
 from aiohttp import web
 
-from .host import ConsoleHost
+from ..host import DaemonHost
 from .llm_watch import LlmWatch
 from .rules_api import EvidenceStore, RulesApi
 from .snapshots import Snapshots
 from .state import console_state
 
-__all__ = ["Console", "ConsoleHost", "EvidenceStore", "LlmWatch", "RulesApi", "Snapshots", "console_state"]
+__all__ = ["Console", "EvidenceStore", "LlmWatch", "RulesApi", "Snapshots", "console_state"]
 
 
 class Console:
     """The console's routes for one daemon; `mount(driver)` before the driver starts, `watch(agent)` once the agent
     exists (rule evidence is kept from then on)."""
 
-    def __init__(self, daemon: ConsoleHost) -> None:
+    def __init__(self, daemon: DaemonHost) -> None:
         self.daemon = daemon
         self.evidence = EvidenceStore(daemon)
         self.rules = RulesApi(daemon, self.evidence)

@@ -22,7 +22,7 @@ from ..rules.config import MAX_RULES_PAYLOAD_BYTES
 from ..topics import Topics
 
 if TYPE_CHECKING:
-    from .host import ConsoleHost
+    from ..host import DaemonHost
 
 __all__ = ["EVIDENCE_MAX_SIDE", "EvidenceStore", "RulesApi"]
 
@@ -34,7 +34,7 @@ class EvidenceStore:
     """The newest `on` evidence JPEG and look-back strip of each rule (bounded by the rule count: a removed rule's
     evidence goes at the next event)."""
 
-    def __init__(self, daemon: ConsoleHost) -> None:
+    def __init__(self, daemon: DaemonHost) -> None:
         self.daemon = daemon
         self._by_rule: dict[str, tuple[float, bytes, bytes | None]] = {}
 
@@ -74,7 +74,7 @@ class EvidenceStore:
 class RulesApi:
     """`GET /api/rules`, `PUT /api/rules/{name}`, `DELETE /api/rules/{name}` and the evidence images."""
 
-    def __init__(self, daemon: ConsoleHost, evidence: EvidenceStore) -> None:
+    def __init__(self, daemon: DaemonHost, evidence: EvidenceStore) -> None:
         self.daemon = daemon
         self.evidence = evidence
         self._lock = asyncio.Lock()  # edits are read-modify-write of the whole set: one at a time

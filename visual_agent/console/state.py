@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 if TYPE_CHECKING:
-    from .host import ConsoleHost
+    from ..host import DaemonHost
 
 __all__ = ["console_state", "source_states"]
 
 
-def console_state(daemon: ConsoleHost, *, evidence: Any = None, llm_watch: Any = None) -> dict[str, Any]:
+def console_state(daemon: DaemonHost, *, evidence: Any = None, llm_watch: Any = None) -> dict[str, Any]:
     """The document of `GET /api/state`; `evidence` (an `EvidenceStore`) adds each rule's evidence URLs, `llm_watch`
     (an `LlmWatch`) the newest probe of the LLM."""
     driver = daemon.driver
@@ -57,7 +57,7 @@ def source_states(health: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _llm(daemon: ConsoleHost, probe: dict[str, Any] | None) -> dict[str, Any]:
+def _llm(daemon: DaemonHost, probe: dict[str, Any] | None) -> dict[str, Any]:
     state = dict(daemon.llm_state)
     if probe is not None and daemon.llm_state.get("state") != "unknown":  # the newest probe wins over the start's
         state = {**state, **probe} if probe["state"] == "unreachable" else {**state, "state": "ok", "detail": None}
@@ -74,7 +74,7 @@ def _llm(daemon: ConsoleHost, probe: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _broker(daemon: ConsoleHost) -> dict[str, Any]:
+def _broker(daemon: DaemonHost) -> dict[str, Any]:
     messager = daemon.messager
     if messager is None:
         return {"state": "disabled"}
@@ -83,13 +83,13 @@ def _broker(daemon: ConsoleHost) -> dict[str, Any]:
             "outbox": d["outbox"], "outbox_max": d["outbox_max"], "last_error": d["last_error"]}
 
 
-def _storage(daemon: ConsoleHost) -> dict[str, Any]:
+def _storage(daemon: DaemonHost) -> dict[str, Any]:
     """The event store's state (the timeline's source): ok, failing, unavailable or disabled, and its size."""
     h = daemon.memory.health()
     return {"state": h.get("state"), "used_mb": h.get("used_mb"), "error": h.get("error") or h.get("last_error")}
 
 
-def _rules(daemon: ConsoleHost, evidence: Any) -> dict[str, Any]:
+def _rules(daemon: DaemonHost, evidence: Any) -> dict[str, Any]:
     engine = daemon.rules
     if engine is None:
         return {"items": [], "editable": False, "source_of_truth": None}

@@ -11,6 +11,13 @@ in and out of it (docs/VISUAL_AGENT_GUIDE.md, "Memory").
 | `retention.py` | `Retention`: age and size bounds, enforced a small batch at a time |
 | `query.py` | `EventQuery`: the filters of `GET /events` and `<prefix>/events/query`, FTS5 terms quoted |
 | `store.py` | `EventStore`: open, add, query, search, thumbnail, health, close |
+| `recorder.py` | `EventRecorder`: the agent's event observer that keeps answers, descriptions and rule changes |
+| `retrieval.py` | `recall`: which stored events a question about the past is shown |
+| `past.py` | `PastQuestions`: a question with `since`/`until` answered from the store through the one model call |
+| `scene_memory.py` | `SceneMemory`: the `storage.memory` trigger, behind the rules' change gate |
+| `http.py` | `EventRoutes`: `GET /events` and `GET /events/<id>.jpg` (registered with `WebRTCServer.add_route`) |
+| `mqtt_query.py` | `EventQueries`: `<prefix>/events/query` as MQTT request/response |
+| `service.py` | `MemoryService`: what the daemon opens, registers, attaches and closes |
 """
 
 from .config import MemoryTriggerConfig, StorageConfig, default_state_dir

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import ConfigDict, Field
@@ -33,9 +34,13 @@ STATE_DIR_NAME = "visual-agent"
 DB_FILE_NAME = "events.db"
 
 
-def default_state_dir(environ: dict[str, str] | None = None) -> Path:
-    """`$XDG_STATE_HOME/visual-agent`, else `~/.local/state/visual-agent` (the XDG base-directory default)."""
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """`$STATE_DIRECTORY` (what systemd's `StateDirectory=` gives a service), else `$XDG_STATE_HOME/visual-agent`,
+    else `~/.local/state/visual-agent` (the XDG base-directory default)."""
     env = os.environ if environ is None else environ
+    systemd = (env.get("STATE_DIRECTORY") or "").split(":")[0]
+    if systemd and Path(systemd).is_absolute():
+        return Path(systemd)
     base = env.get("XDG_STATE_HOME") or ""
     root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
     return root / STATE_DIR_NAME
@@ -67,8 +72,8 @@ class StorageConfig(_Section):
     enabled: bool = True
     """Keep events; off: nothing is written and questions about the past get an error answer."""
     path: str | None = None
-    """Directory of the store (`events.db` in it); None: `$XDG_STATE_HOME/visual-agent` or
-    `~/.local/state/visual-agent`."""
+    """Directory of the store (`events.db` in it); None: systemd's `$STATE_DIRECTORY`, else
+    `$XDG_STATE_HOME/visual-agent`, else `~/.local/state/visual-agent`."""
     retention_days: float = Field(DEFAULT_RETENTION_DAYS, gt=0)
     """Events older than this are deleted (continuously, in small batches)."""
     max_mb: float = Field(DEFAULT_MAX_MB, gt=0)

@@ -1,9 +1,10 @@
 """`recall`: which stored events a question about the past shows the model.
 
-The best text matches of the question's words in the window come first (`EventStore.search`: events holding every
-word, then any, ranked by FTS5's bm25); when they are fewer than `limit`, the most recent events of the window fill
-the rest, so "what happened at the door this morning?" still sees the morning. Returned best first (the matches by rank,
-then the recent ones newest first): the caller keeps as many as fit and shows them oldest first.
+The best text matches of the question's words in the window come first (`EventStore.search`: the more of its
+words, and the rarer they are in the window, the better; `ranking.rank_matches`); when they are fewer than `limit`,
+the most recent events of the window fill the rest, so "what happened at the door this morning?" still sees the
+morning. Returned best first (the matches by rank, then the recent ones newest first): the caller keeps as many as
+fit and shows them oldest first.
 """
 
 from __future__ import annotations

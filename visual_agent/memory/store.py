@@ -27,6 +27,7 @@ from typing import Any
 from .config import StorageConfig
 from .events import Event, StoredEvent
 from .query import EventQuery, match_expression, words
+from .ranking import rank_matches
 from .retention import Retention
 from .schema import EVENT_COLUMNS, IMAGE_SLOTS, connect, row_to_event
 from .thumbnails import Thumbnailer
@@ -40,7 +41,7 @@ READERS = 2
 """Read connections (threads) at once: queries beyond them wait their turn instead of opening more."""
 _SECONDS_PER_DAY = 86400.0
 SEARCH_CANDIDATES = 1000
-"""Matches of a search ranked at most (the newest first)."""
+"""Matches of each word a search ranks at most (the newest of the window)."""
 ID_WINDOW_SLACK_S = 600.0
 """How far an event's time may lie from the time it was written (see `EventStore._id_window`)."""
 
@@ -162,46 +163,58 @@ class EventStore:
 
     def search(self, text: str, *, source: str | None = None, since: float | None = None, until: float | None = None,
                limit: int = 20) -> list[StoredEvent]:
-        """Events that best match the words of `text` within the filters, best first: those holding every word, then
-        those holding any, each ranked by FTS5's bm25 (an answer's own words weigh most). Words like "when", "did",
-        "the" are left out. Only the newest `SEARCH_CANDIDATES` matches of each kind are ranked, so a common word
+        """Events that best match the words of `text` within the filters, best first (`ranking.rank_matches`: the
+        rarer a word in the window, the more it counts; ties go to the newer). Words like "when", "did", "the" are
+        left out. Each word brings at most its newest `SEARCH_CANDIDATES` matches of the window, so a common word
         over a long history costs no more than over a short one."""
         terms = words(text, drop_stop_words=True)
-        if not terms:
+        bounds = self._id_bounds(since, until) if terms else None
+        if bounds is None:
             return []
-        where, args = _filters(EventQuery(source=source, since=since, until=until), "e.")
-        ids, id_args = self._id_window(since, until)
-        sql = (f"SELECT {_prefixed('e.')} FROM (SELECT rowid AS id, bm25(events_fts, 1.0, 0.3, 0.5, 0.0) AS score "
-               f"FROM events_fts WHERE events_fts MATCH ?{ids} ORDER BY rowid DESC LIMIT {SEARCH_CANDIDATES}) m "
-               f"JOIN events e ON e.id = m.id WHERE 1{where} ORDER BY m.score, e.id DESC LIMIT ?")
-        found: dict[int, StoredEvent] = {}
-        for any_term in ((False, True) if len(terms) > 1 else (False,)):
-            match = match_expression(terms, any_term=any_term, source=source)
-            for row in self._read(sql, [match, *id_args, *args, limit]):
-                event = row_to_event(row)
-                found.setdefault(event.id, event)
+        low, high = bounds
+        hits = {term: [r[0] for r in self._read(
+            "SELECT rowid FROM events_fts WHERE events_fts MATCH ? AND rowid >= ? AND rowid <= ? "
+            f"ORDER BY rowid DESC LIMIT {SEARCH_CANDIDATES}", [match_expression([term], source=source), low, high])]
+            for term in terms}
+        ranked = rank_matches(hits, low=low, high=high, cap=SEARCH_CANDIDATES)
+        where, args = _filters(EventQuery(source=source, since=since, until=until), "")
+        found: list[StoredEvent] = []
+        for start in range(0, len(ranked), 4 * limit):  # the exact filters may refuse a few: fetch more until full
+            chunk = ranked[start:start + 4 * limit]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read(f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks}){where}", [*chunk, *args])
+            by_id = {row[0]: row_to_event(row) for row in rows}
+            found += [by_id[i] for i in chunk if i in by_id]
             if len(found) >= limit:
                 break
-        return list(found.values())[:limit]
+        return found[:limit]
+
+    def _id_bounds(self, since: float | None, until: float | None) -> tuple[int, int] | None:
+        """The id range holding every event of [since, until] (None: no event there), found in the time index. Ids
+        grow in the order events are written and an event is written within moments of its time, so
+        `ID_WINDOW_SLACK_S` of slack on each side is ample; the exact time filter still applies."""
+        if since is None:
+            low = self._read("SELECT min(id) FROM events", [])[0][0]
+        else:
+            row = self._read("SELECT id FROM events WHERE at >= ? ORDER BY at LIMIT 1", [since - ID_WINDOW_SLACK_S])
+            low = row[0][0] if row else None
+        if until is None:
+            high = self._read("SELECT max(id) FROM events", [])[0][0]
+        else:
+            row = self._read("SELECT id FROM events WHERE at <= ? ORDER BY at DESC LIMIT 1", [until + ID_WINDOW_SLACK_S])
+            high = row[0][0] if row else None
+        if low is None or high is None or high < low:
+            return None
+        return int(low), int(high)
 
     def _id_window(self, since: float | None, until: float | None) -> tuple[str, list[Any]]:
-        """A rowid range for the text index that holds every event of [since, until], found in the time index, so a
-        match in a short window never ranks the whole history. Ids grow in the order events are written and an
-        event is written within moments of its time, so `ID_WINDOW_SLACK_S` of slack on each side is ample; the
-        exact time filter still applies."""
-        clauses = ""
-        args: list[Any] = []
-        if since is not None:
-            row = self._read("SELECT id FROM events WHERE at >= ? ORDER BY at LIMIT 1", [since - ID_WINDOW_SLACK_S])
-            if not row:
-                return " AND 0", []
-            clauses, args = clauses + " AND events_fts.rowid >= ?", [*args, row[0][0]]
-        if until is not None:
-            row = self._read("SELECT id FROM events WHERE at <= ? ORDER BY at DESC LIMIT 1", [until + ID_WINDOW_SLACK_S])
-            if not row:
-                return " AND 0", []
-            clauses, args = clauses + " AND events_fts.rowid <= ?", [*args, row[0][0]]
-        return clauses, args
+        """`_id_bounds` as a clause on the text index's rowid (nothing when there is no time filter)."""
+        if since is None and until is None:
+            return "", []
+        bounds = self._id_bounds(since, until)
+        if bounds is None:
+            return " AND 0", []
+        return " AND events_fts.rowid >= ? AND events_fts.rowid <= ?", list(bounds)
 
     def get(self, event_id: int) -> StoredEvent | None:
         rows = self._read(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", [int(event_id)])

@@ -77,6 +77,8 @@ class EventWriter:
         self.thumbnailer = thumbnailer
         self.stats = WriterStats()
         self.failing = False
+        self.stopped_by: str | None = None
+        """Why the writer thread stopped early (a bug); None while it runs."""
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
         self._thread: threading.Thread | None = None
         self._opened = threading.Event()
@@ -96,8 +98,8 @@ class EventWriter:
         """Queue `event`; its future gets the id once written. A full queue: the future fails at once
         (`queue.Full`) and the event is counted as dropped."""
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
-        if self._thread is None:
-            future.set_exception(StoreUnavailableError("the event store is not open"))
+        if self._thread is None or self.stopped_by is not None:
+            future.set_exception(StoreUnavailableError(f"the event store is not open ({self.stopped_by or 'closed'})"))
             return future
         try:
             self._queue.put_nowait((event, future))
@@ -142,6 +144,11 @@ class EventWriter:
         self._opened.set()
         try:
             self._loop(conn)
+        except Exception as exc:  # a bug: say so in /healthz and the log rather than go quiet
+            self.stopped_by = f"{type(exc).__name__}: {exc}"
+            self.failing = True
+            self.stats.last_error = {"message": f"the writer thread stopped: {self.stopped_by}", "at": time.time()}
+            logger.exception("event store: the writer thread stopped; nothing more is recorded until a restart")
         finally:
             conn.close()
 
@@ -186,12 +193,18 @@ class EventWriter:
         for event, future in batch:
             if not future.set_running_or_notify_cancel():
                 continue
-            images = self.thumbnailer.images(event)
-            rows.append((event, future, images))
+            try:
+                row = _row(event)
+            except (TypeError, ValueError, OverflowError) as exc:  # a malformed event costs itself, not the batch
+                self.stats.failed += 1
+                logger.warning("event store: refused a malformed event: %s: %s", type(exc).__name__, exc)
+                future.set_exception(ValueError(f"not an event the store can keep: {exc}"))
+                continue
+            rows.append((row, future, self.thumbnailer.images(event)))
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                ids = [_insert(conn, event, images) for event, _, images in rows]
+                ids = [_insert(conn, row, images) for row, _, images in rows]
                 conn.execute("COMMIT")
             except BaseException:
                 rollback(conn)
@@ -240,13 +253,24 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
-def _insert(conn: sqlite3.Connection, event: Event, images: list[bytes]) -> int:
-    kind = getattr(event.kind, "value", event.kind)
+def _row(event: Event) -> tuple[Any, ...]:
+    """The event's column values (at, source, kind, text, question, rule, state, model, frame_times), checked: a
+    wrong type raises TypeError or ValueError here, before the transaction."""
+    at = float(event.at)
+    if at != at or at in (float("inf"), float("-inf")):
+        raise ValueError(f"at must be a finite unix time, got {event.at!r}")
+    texts = [event.source, event.text]
+    optional = [event.question, event.rule, event.state, event.model]
+    if not all(isinstance(t, str) for t in texts) or not all(t is None or isinstance(t, str) for t in optional):
+        raise TypeError("source and text must be text; question, rule, state and model text or None")
+    kind = str(getattr(event.kind, "value", event.kind))
+    return (at, event.source, kind, event.text, *optional, json.dumps([round(float(t), 3) for t in event.frame_times]))
+
+
+def _insert(conn: sqlite3.Connection, row: tuple[Any, ...], images: list[bytes]) -> int:
     cur = conn.execute(
         "INSERT INTO events(at, source, kind, text, question, rule, state, model, frame_times, images) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (float(event.at), event.source, str(kind), event.text, event.question, event.rule, event.state, event.model,
-         json.dumps([round(float(t), 3) for t in event.frame_times]), min(len(images), IMAGE_SLOTS)))
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, min(len(images), IMAGE_SLOTS)))
     new_id = int(cur.lastrowid or 0)
     images = images[:IMAGE_SLOTS]
     if images:

@@ -1,5 +1,5 @@
-"""`ConsoleHost`: what the console reads of the daemon that mounts it (a `Protocol`, so the console does not import
-the daemon, which imports it)."""
+"""`DaemonHost`: what the console and the MCP tools read of the daemon that mounts them (a `Protocol`, so neither
+imports the daemon, which imports them)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ if TYPE_CHECKING:
     from providers import LLMProvider
     from webrtc import WebRTCServer
 
-    from ..agent import VisualAgent
-    from ..broker import EmbeddedBroker
-    from ..config import Config
-    from ..memory.service import MemoryService
-    from ..mqtt import MqttMessager
-    from ..rules import RuleEngine
+    from .agent import VisualAgent
+    from .broker import EmbeddedBroker
+    from .config import Config
+    from .memory.service import MemoryService
+    from .mqtt import MqttMessager
+    from .rules import RuleControl, RuleEngine
 
-__all__ = ["ConsoleHost"]
+__all__ = ["DaemonHost"]
 
 
-class ConsoleHost(Protocol):
+class DaemonHost(Protocol):
     """The running daemon's parts, each None until it has started."""
 
     config: Config
@@ -31,4 +31,5 @@ class ConsoleHost(Protocol):
     messager: MqttMessager | None
     broker: EmbeddedBroker | None
     rules: RuleEngine | None
+    rules_control: RuleControl | None
     memory: MemoryService
