@@ -20,6 +20,7 @@ import pytest
 
 from tests.agents import agent_over_mqtt
 from tests.fixtures.faulty_llm import REPLY, FaultyLLM
+from tests.ports import free_tcp_port
 from visual_agent.agent import VisualAgent
 from visual_agent.topics import Topics
 from webrtc import FrameBuffer
@@ -186,9 +187,9 @@ async def test_llm_that_hangs_past_the_question_timeout(running_mosquitto, paho_
 async def test_llm_recovers_with_real_vllm_server(running_mosquitto, paho_peer, topic_prefix, tiny_llava_path, tmp_path):
     """The real vLLM server, absent when the agent starts, then started on the agent's configured port, then
     stopped: unreachable, answered, unreachable; the same agent throughout."""
-    from tests.fixtures.vllm import SERVED_MODEL_NAME, _free_port, start_vllm_server, stop_vllm_server
+    from tests.fixtures.vllm import SERVED_MODEL_NAME, start_vllm_server, stop_vllm_server
 
-    port = _free_port()
+    port = free_tcp_port()
     asker = Asker(paho_peer("5"), topic_prefix)
     async with agent_on(running_mosquitto, topic_prefix, f"http://127.0.0.1:{port}/v1",
                         llm={"model_name": SERVED_MODEL_NAME, "max_retries": 1, "timeout": 30, "temperature": 0,
