@@ -12,35 +12,10 @@ import json
 
 import pytest
 
-from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli, write_config
+from tests.fixtures.daemon import daemon_config, daemon_process, free_tcp_port, run_cli, wait_frames, write_config
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(240)]
-
-
-def daemon_config(tmp_path, *, llm: dict, mosquitto=None, prefix="visual_agent", page_port: int, **agent) -> dict:
-    cfg = {
-        "llm": llm,
-        "webrtc": {"host": "127.0.0.1", "port": page_port, "host_candidate_addresses": ["127.0.0.1"]},
-        "agent": {"question_timeout_s": 60, **agent},
-        "mqtt": {"prefix": prefix, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
-    }
-    if mosquitto is not None:
-        cfg["mqtt"].update(host=mosquitto.host, port=mosquitto.port)
-    return cfg
-
-
-async def wait_frames(page_url: str, source: str, timeout: float = 15.0) -> None:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        for _ in range(int(timeout / 0.1)):
-            async with http.get(page_url + "/healthz") as r:
-                health = await r.json()
-            if health["sources"].get(source, {}).get("received", 0) >= 5:
-                return
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"no frames for {source} in /healthz: {health}")
 
 
 async def test_e2e_daemon_vllm_server_mqtt5_and_311_ask_cli_stream_and_sigterm(tmp_path, vllm_server, running_mosquitto, paho_peer, topic_prefix):

@@ -14,35 +14,19 @@ import json
 import uuid
 from typing import Any
 
-import av
-import numpy as np
 import pytest
 
 from tests.agents import agent_over_mqtt
 from tests.fixtures.faulty_llm import REPLY, FaultyLLM
+from tests.fixtures.frames import Buffers, solid
 from tests.ports import free_tcp_port
 from visual_agent.agent import VisualAgent
 from visual_agent.topics import Topics
-from webrtc import FrameBuffer
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(90)]
 
 SLACK_S = 1.0
 """Room over `question_timeout_s` for publishing the answer and the peer's receipt (not the agent's time)."""
-
-
-class OneCamera:
-    """A frame source with one source holding one frame (the agent needs only these two methods)."""
-
-    def __init__(self) -> None:
-        self.buffer = FrameBuffer("cam", max_frames=4, max_seconds=600)
-        self.buffer.put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
-
-    def source_names(self) -> list[str]:
-        return ["cam"]
-
-    def get_buffer(self, name: str) -> FrameBuffer:
-        return self.buffer
 
 
 @pytest.fixture
@@ -53,7 +37,8 @@ async def faulty_llm():
 
 
 def agent_on(mosquitto, prefix: str, base_url: str, *, llm: dict[str, Any], **agent_kw: Any):
-    return agent_over_mqtt(mosquitto, prefix, OneCamera(), {"base_url": base_url, "model_name": "faulty", **llm}, **agent_kw)
+    camera = Buffers("cam", max_frames=4, max_seconds=600).holding("cam", solid(0, 64, 48))
+    return agent_over_mqtt(mosquitto, prefix, camera, {"base_url": base_url, "model_name": "faulty", **llm}, **agent_kw)
 
 
 class Asker:

@@ -99,7 +99,7 @@ def _config(tmp_path, broker, prefix: str, page_port: int, llm_url: str, *, agen
 
 
 def _video_source(tmp_path) -> list[dict]:
-    from tests.test_sources import write_video
+    from tests.clips import write_video
 
     clip = write_video(tmp_path / "clip.mp4", 1.0)
     return [{"name": "cam", "url": str(clip), "loop": True}]

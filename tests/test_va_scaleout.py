@@ -14,12 +14,11 @@ import json
 import pytest
 
 from providers import create_provider
-from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
+from tests.fixtures.daemon import daemon_config, daemon_process, free_tcp_port, wait_frames, write_config
+from tests.fixtures.frames import Buffers, solid
+from tests.fixtures.mqtt import answers_by_id
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.metrics_scrape import scrape, value
-from tests.test_va_agent import BufferDriver, solid
-from tests.test_va_e2e import daemon_config, wait_frames
-from tests.test_va_metrics import answers_by_id
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
 from visual_agent.mqtt import MqttMessager
@@ -109,7 +108,7 @@ async def test_scaleout_source_topic_follows_the_source(running_mosquitto, paho_
 
     peer = paho_peer("5")
     peer.subscribe(f"{topic_prefix}/answer")
-    driver = BufferDriver()
+    driver = Buffers()
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model"})
     messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port))
     await messager.start()

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from providers import create_provider
-from tests.test_va_agent import BufferDriver, solid
+from tests.fixtures.frames import Buffers, solid
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
 from visual_agent.intakes import serve
@@ -33,7 +33,7 @@ async def test_tracing_one_trace_per_question_with_stage_spans(running_mosquitto
 
     exporter = InMemorySpanExporter()
     tracing = QuestionTracing(exporter)
-    driver = BufferDriver("cam")
+    driver = Buffers("cam")
     driver.get_buffer("cam").put(solid(100))
     peer = paho_peer("5")
     peer.subscribe(f"{topic_prefix}/answer")
