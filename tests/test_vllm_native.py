@@ -85,42 +85,6 @@ async def test_vllm_native_tools_without_parser_refused_before_engine_start(tiny
     await llm.aclose()
 
 
-_CANCELLED_START = """
-import asyncio, json, sys, threading
-from providers import VLLMNativeProvider
-from tests.fixtures.vllm import native_config
-
-def threads(llm):
-    return sum(t.name == f"vllm-engine-{llm._prefix}" for t in threading.enumerate())
-
-async def cancelled_start(llm):
-    task = asyncio.create_task(llm.start())
-    while not threads(llm):
-        await asyncio.sleep(0.01)
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-
-async def main():
-    llm = VLLMNativeProvider(native_config(sys.argv[1]))
-    await cancelled_start(llm)
-    await llm.start()
-    engines = threads(llm)
-    answer = await llm.achat([{"role": "user", "content": "hi"}], max_tokens=2)
-    await llm.aclose()
-    after_close = threads(llm)
-    other = VLLMNativeProvider(native_config(sys.argv[1]))
-    await cancelled_start(other)
-    await other.aclose()
-    print(json.dumps({"engines": engines, "tokens": answer.usage.completion_tokens,
-                      "after_close": after_close, "cancelled_then_closed": threads(other)}))
-
-asyncio.run(main())
-"""
-
-
 @vllm
 @pytest.mark.timeout(300)
 def test_vllm_native_start_cancelled_mid_build_loads_one_engine(tiny_llava_path):
@@ -137,7 +101,7 @@ def test_vllm_native_start_cancelled_mid_build_loads_one_engine(tiny_llava_path)
 
     root = Path(__file__).resolve().parent.parent
     run = subprocess.run(
-        [sys.executable, "-c", _CANCELLED_START, str(tiny_llava_path)],
+        [sys.executable, "-m", "tests.children.vllm_cancelled_start", str(tiny_llava_path)],
         cwd=root, env=vllm_env(), capture_output=True, text=True, timeout=280,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -374,45 +338,6 @@ async def test_vllm_native_cpu_thread_warning_not_repeated_per_image_request(nat
     assert not [r for r in records if "torch.set_num_threads" in r.getMessage()]
 
 
-_FAILS_DURING_SUBMIT = """
-import asyncio, json, sys
-from providers import EngineError, VLLMNativeProvider
-from providers.engine_worker import _Abort, _Add
-from tests.fixtures.vllm import native_config
-
-async def main():
-    llm = VLLMNativeProvider(native_config(sys.argv[1]))
-    await llm.start()
-    worker, commands = llm._worker, llm._worker._commands
-
-    def engine_dies():
-        raise RuntimeError("engine died")
-
-    class Racing:  # the engine thread fails and drains its queue just after submit() found it running
-        get, get_nowait = commands.get, commands.get_nowait
-
-        @staticmethod
-        def put(command):
-            if isinstance(command, _Add):
-                worker.engine.has_unfinished_requests = engine_dies
-                commands.put(_Abort("wake-up"))
-                worker._thread.join()
-            commands.put(command)
-
-    worker._commands = Racing()
-    try:
-        await asyncio.wait_for(llm.achat([{"role": "user", "content": "hi"}], max_tokens=2), 20)
-        outcome = "answered"
-    except EngineError as exc:
-        outcome = "EngineError: " + str(exc)
-    except asyncio.TimeoutError:
-        outcome = "hung"
-    print(json.dumps({"outcome": outcome}))
-
-asyncio.run(main())
-"""
-
-
 @vllm
 @pytest.mark.timeout(300)
 def test_vllm_native_request_submitted_as_the_engine_fails_gets_an_error_not_silence(tiny_llava_path):
@@ -427,7 +352,7 @@ def test_vllm_native_request_submitted_as_the_engine_fails_gets_an_error_not_sil
 
     root = Path(__file__).resolve().parent.parent
     run = subprocess.run(
-        [sys.executable, "-c", _FAILS_DURING_SUBMIT, str(tiny_llava_path)],
+        [sys.executable, "-m", "tests.children.vllm_fails_during_submit", str(tiny_llava_path)],
         cwd=root, env=vllm_env(), capture_output=True, text=True, timeout=280,
     )
     assert run.returncode == 0, run.stderr[-3000:]
