@@ -19,6 +19,8 @@ from aiohttp import web
 
 from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
 from tests.fixtures.mqtt import PahoPeer
+from tests.waiting import wait_until
+from visual_agent import MessagingError
 from visual_agent.config import MqttConfig
 from visual_agent.mqtt import MqttMessager
 
@@ -111,14 +113,19 @@ async def _health(page_url: str) -> dict:
 
 
 async def _until_health(page_url: str, pred, what: str, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    health: dict = {}
-    while time.monotonic() < deadline:
-        health = await _health(page_url)
-        if pred(health):
-            return health
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{what} not seen in /healthz within {timeout} s: {health.get('broker')}")
+    """The daemon's `/healthz` once `pred` holds for it."""
+    last: dict = {}
+
+    async def holds() -> bool:
+        last.clear()
+        last.update(await _health(page_url))
+        return pred(last)
+
+    try:
+        await wait_until(holds, timeout, what=f"{what} in /healthz", interval=0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: broker {last.get('broker')}") from None
+    return last
 
 
 def _answers(peer: PahoPeer, topic: str, ids: set, timeout: float = 30.0) -> list[dict]:
@@ -196,7 +203,7 @@ async def test_daemon_fixed_client_id_answers_questions_asked_while_it_was_stopp
         assert [await asyncio.to_thread(asker.puback, i) for i in infos] == [0, 0, 0]  # the kept session takes them
         await asyncio.to_thread(broker.stop)
         await asyncio.to_thread(broker.start)  # the broker restores sessions and queued messages from its file
-        await asyncio.to_thread(_wait_connected, asker)
+        await wait_until(asker.client.is_connected, 15, what="the asker reconnected")
         async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d2.log") as daemon:
             got = await asyncio.to_thread(_answers, asker, answer, {"q0", "q1", "q2"})
             asker.publish(ask, json.dumps({"id": "after", "question": "and now?"}))
@@ -209,14 +216,6 @@ async def test_daemon_fixed_client_id_answers_questions_asked_while_it_was_stopp
         assert "queued_s" not in next(a for a in got if a["id"] == "after")
     finally:
         asker.close()
-
-
-def _wait_connected(peer: PahoPeer, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not peer.client.is_connected():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the peer did not reconnect")
-        time.sleep(0.02)
 
 
 async def test_daemon_random_client_id_ends_its_session_on_a_clean_stop(tmp_path, running_mosquitto, paho_peer,
@@ -345,7 +344,7 @@ async def test_messager_refused_subscription_means_no_online():
         cfg = MqttConfig(host="127.0.0.1", port=port, protocol="3.1.1", reconnect_min_s=0.1, reconnect_max_s=0.2)
         async with MqttMessager(cfg, subscriptions=["open/status"]) as watcher:
             m = MqttMessager(cfg, subscriptions=["closed/ask"], status_topic="open/status")
-            with pytest.raises(Exception, match="refused the subscription to closed/ask"):
+            with pytest.raises(MessagingError, match="refused the subscription to closed/ask"):
                 await m.start(timeout=3)
             assert not m.connected and m.stats.connects >= 2  # it retried
             await m.close(publish_offline=False)
