@@ -121,10 +121,7 @@ async def _until_health(page_url: str, pred, what: str, timeout: float = 20.0) -
         last.update(await _health(page_url))
         return pred(last)
 
-    try:
-        await wait_until(holds, timeout, what=f"{what} in /healthz", interval=0.05)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: broker {last.get('broker')}") from None
+    await wait_until(holds, timeout, what=lambda: f"{what} in /healthz (broker: {last.get('broker')})", interval=0.05)
     return last
 
 

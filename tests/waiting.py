@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable
 
 
-async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition", *,
-                     interval: float = 0.01) -> None:
-    """Return as soon as `predicate()` is true (awaited when it is a coroutine function, such as an HTTP probe);
-    fail with `what` after `timeout` seconds (a deadline, not a speed). `interval`: the pause between tries."""
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str | Callable[[], str] = "condition",
+                     *, interval: float = 0.01) -> None:
+    """Return as soon as `predicate()` is true (awaited when it returns an awaitable: an async probe);
+    fail with `what` after `timeout` seconds (a deadline, not a speed; a callable `what` is asked then, so it can
+    show the state at the failure). `interval`: the pause between tries."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -20,5 +21,5 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 10.0, wha
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout:g} s")
+            raise AssertionError(f"{what() if callable(what) else what}: not met within {timeout:g} s")
         await asyncio.sleep(interval)
