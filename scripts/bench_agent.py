@@ -175,7 +175,7 @@ async def bench(n: int, interval_s: float, width: int, height: int, frames: int,
 
             # baseline 2: bare HTTP chat request with one JPEG of a 720p frame, same client library
             newest = server.get_buffer("cam").latest().frame
-            url = await asyncio.to_thread(agent.jpeg_encoder.data_url, newest)
+            url = await asyncio.to_thread(agent.encoding.jpeg_encoder.data_url, newest)
             http_rtt = []
             for i in range(n):
                 msgs = [{"role": "system", "content": "x"}, {"role": "user", "content": [

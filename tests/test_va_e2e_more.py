@@ -102,7 +102,7 @@ async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provid
 async def test_e2e_native_agent_defaults_to_clip_embeddings(native_provider, webrtc_server):
     """No embedding_function given and a provider that takes embeddings: the CLIP encoder of its LLaVA serves."""
     agent = VisualAgent(llm=native_provider, webrtc_driver=webrtc_server, provider_name="vllm_native")
-    assert agent.jpeg_encoder is None and agent.embedding_function is not None
+    assert agent.encoding.jpeg_encoder is None and agent.embedding_function is not None
     try:
         async with publish(webrtc_server.url, CounterVideoTrack(160, 120, 15), source="auto"):
             await wait_until(lambda: "auto" in webrtc_server.source_names(), 15, what="the auto source")
@@ -173,5 +173,5 @@ async def test_e2e_native_qwen2vl_daemon_encoding_answers_from_embeddings(qwen2v
     assert answer.text and len(answer.frames) == 2 and answer.model == str(tiny_qwen2vl_path)
     assert follow.error is None and "".join(streamed) == follow.text
     assert stats is not None and stats.misses >= 1  # the frames went through our encoder, not as JPEG
-    assert agent.jpeg_encoder is None
+    assert agent.encoding.jpeg_encoder is None
 

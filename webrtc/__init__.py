@@ -2,12 +2,12 @@
 
 Imports nothing else of this project. The daemon uses it like this::
 
-    from webrtc import FrameTimeoutError, SourceConfig, WebRTCConfig, WebRTCDriver
+    from webrtc import FrameTimeoutError, SourceConfig, WebRTCConfig, WebRTCServer
 
-    driver = WebRTCDriver(WebRTCConfig(port=8080), [SourceConfig(name="door", kind="rtsp", url="rtsp://...")])
+    driver = WebRTCServer(WebRTCConfig(port=8080), [SourceConfig(name="door", kind="rtsp", url="rtsp://...")])
     driver.on_data_message = on_text          # (source_name, peer_id, text) -> None | awaitable
     driver.healthz_extra = lambda: {"broker": "connected", "llm": "ready"}
-    driver.app.router.add_get("/mine", handler)   # extra routes: before start()
+    driver.add_route("GET", "/mine", handler)  # extra routes behind the same guard: before start()
     async with driver:                         # or: await driver.start() ... await driver.close()
         buffer = driver.get_buffer("door")     # or driver.buffers["door"]; driver.source_names()
         newest = await buffer.wait_for_frame(timeout=5)   # FrameTimeoutError (a TimeoutError) if none
@@ -24,10 +24,11 @@ same name gets 409 unless its offer's ``replaces`` is the first one's ``session_
 and then replaces it. When a peer leaves, a named source's buffer stays (state ``ended``; its frames
 age out after ``buffer_max_seconds`` as in a live buffer, the newest stays readable) and the next peer under
 that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers that never connect
-(``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCServer` and
-`WebRTCDriver` are the same class. ``await driver.wait_sources_changed(version)`` returns once sources were added
-or removed since ``version`` (the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own
-VP8/H.264 decoders, one thread per stream beside the event loop (decoders.py says why).
+(``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCDriver` is
+another name of `WebRTCServer`, kept for code written against it.
+``await driver.wait_sources_changed(version)`` returns once sources were added or removed since ``version``
+(the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own VP8/H.264 decoders,
+one thread per stream beside the event loop (decoders.py says why).
 
 The page (GET /) sends each question as data-channel text ``{"id", "question", "stream": true, "source"}``;
 it renders partials ``{"id", "seq", "delta"}`` in ``seq`` order and replaces them with the final answer

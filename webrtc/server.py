@@ -1,4 +1,4 @@
-"""`WebRTCServer` (alias `WebRTCDriver`): the aiohttp signaling server, its peers, sources and buffers.
+"""`WebRTCServer`: the aiohttp signaling server, its peers, sources and buffers.
 
 Endpoints (ARCHITECTURE.md):
 
@@ -422,7 +422,7 @@ class WebRTCServer:
 
 
 WebRTCDriver = WebRTCServer
-"""The name the daemon uses for the same class."""
+"""Another name of `WebRTCServer`, kept for code written against it (the agent's parameter is `webrtc_driver`)."""
 
 
 def _retry_after(exc: SignalingError) -> dict[str, str]:
