@@ -80,7 +80,9 @@ async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provid
     try:
         async with publish(webrtc_server.url, CounterVideoTrack(320, 240, 30, moving=True), source="live"):
             await wait_until(lambda: "live" in webrtc_server.source_names(), 15, what="the live source")
-            await webrtc_server.get_buffer("live").wait_for_frame(15)
+            buffer = webrtc_server.get_buffer("live")
+            await wait_until(lambda: len(buffer.window(agent.config.window_s, 2)) >= 2, 15,
+                             what="two frames in the window, so the question can take two")
             answer = await agent.ask(Question(question="What is moving?", source="live", frames=2, conversation="c"))
             streamed = []
 
