@@ -3,7 +3,8 @@
 A frame is an `av.VideoFrame` (any pixel format), a `numpy.ndarray` of `uint8` shaped HxWx3 (RGB by default;
 pass `channel_order="bgr"` for OpenCV arrays), HxWx4 (alpha dropped) or HxW (grey), or a PIL image (any mode).
 Resizing uses area averaging: libswscale's AREA for video frames (resize and colour conversion in one pass),
-OpenCV's INTER_AREA for arrays.
+OpenCV's INTER_AREA for arrays. `to_jpeg_planes` gives a 4:2:0 video frame's resized Y, U and V planes in JPEG's
+own colour space, so a JPEG encoder can take them without a trip through RGB.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from .errors import EncoderConfigError, ImageInputError
 
-__all__ = ["ChannelOrder", "fit_within", "frame_size", "parse_channel_order", "to_array"]
+__all__ = ["ChannelOrder", "fit_within", "frame_size", "parse_channel_order", "to_array", "to_jpeg_planes"]
 
 try:  # av is a core dependency, but keep the other input types usable without it
     import av as _av
@@ -146,6 +147,39 @@ def to_array(
     if target != (width, height):
         array = cv2.resize(np.ascontiguousarray(array), target, interpolation=cv2.INTER_AREA)
     return _convert(array, order, out)
+
+
+_PLANAR_420 = frozenset({"yuv420p", "yuvj420p"})
+"""Decoder output formats whose planes are already what a 4:2:0 JPEG holds (only the range and size differ)."""
+
+
+def to_jpeg_planes(frame: Any, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Y, U, V planes (views) of a 4:2:0 video frame resized to `size` (w, h), or None for any other input.
+
+    JPEG (JFIF) holds full-range BT.601 YCbCr while decoders hand out limited-range ("MPEG") YUV, so one libswscale
+    pass resizes (area) and expands the range; the planes go to the encoder as they are, with no RGB in between.
+    """
+    if not _is_video_frame(frame) or frame.format.name not in _PLANAR_420:
+        return None
+    width, height = size
+    try:
+        out = _thread_reformatter().reformat(
+            frame, format="yuv420p", width=width, height=height, interpolation="AREA",
+            dst_colorspace="ITU601", dst_color_range="JPEG", threads=1,
+        )
+    except Exception as exc:  # av raises ValueError/FFmpegError for frames libswscale cannot take
+        raise ImageInputError(f"cannot convert video frame ({frame.format.name}, {frame.width}x{frame.height}): {exc}") from exc
+    chroma = ((width + 1) // 2, (height + 1) // 2)
+    return (
+        _plane(out.planes[0], width, height),
+        _plane(out.planes[1], *chroma),
+        _plane(out.planes[2], *chroma),
+    )
+
+
+def _plane(plane: Any, width: int, height: int) -> np.ndarray:
+    """A frame plane as an HxW view (its lines may be padded to `line_size`)."""
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:height, :width]
 
 
 def _convert(array: np.ndarray, order: ChannelOrder, out: str) -> np.ndarray:

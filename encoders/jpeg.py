@@ -1,7 +1,10 @@
 """Frames to JPEG bytes and `data:` URLs for HTTP providers, fast enough to run on every sampled frame.
 
-The video-frame path touches only the sampled frame: libswscale resizes and converts YUV to BGR in one pass
-(area interpolation), then OpenCV's libjpeg-turbo encodes. Arrays and PIL images are area-resized with OpenCV.
+The video-frame path touches only the sampled frame. A 4:2:0 frame (what VP8 and H.264 decoders hand out) is resized
+plane by plane by libswscale (area interpolation, range expanded to JPEG's) and its Y, U and V planes go straight to
+libjpeg-turbo's YUV-planes encoder through `simplejpeg`: no RGB in between, a quarter quicker (BENCHMARKS.md,
+"Encoders"). Without `simplejpeg`, and for other frames, libswscale converts to BGR and OpenCV's libjpeg-turbo
+encodes. Arrays and PIL images are area-resized with OpenCV.
 The aspect ratio is kept and images are never upscaled. `aencode`/`adata_url` run in a worker thread so the
 event loop (and RTP reception) never waits on the encoder. To skip re-encoding a static scene, wrap calls in an
 `EmbeddingCache`: `cache.get_or_compute(frame, encoder.data_url, namespace="jpeg")`.
@@ -17,7 +20,12 @@ from typing import Any
 import cv2
 
 from .errors import EncoderConfigError, EncodingError
-from .frames import ChannelOrder, fit_within, frame_size, to_array
+from .frames import ChannelOrder, fit_within, frame_size, to_array, to_jpeg_planes
+
+try:  # a core dependency; without it (a platform with no wheel) video frames take the BGR path
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - installed with the project
+    _simplejpeg = None
 
 __all__ = ["DEFAULT_JPEG_QUALITY", "DEFAULT_MAX_SIDE", "JpegConfig", "JpegEncoder"]
 
@@ -64,11 +72,22 @@ class JpegEncoder:
 
     def encode(self, frame: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB) -> bytes:
         """JPEG bytes of the frame; `channel_order` says how a 3- or 4-channel ndarray is ordered ('rgb' or 'bgr')."""
-        bgr = to_array(frame, size=self.output_size(frame), out="bgr", channel_order=channel_order)
+        size = self.output_size(frame)
+        if _simplejpeg is not None:
+            planes = to_jpeg_planes(frame, size)
+            if planes is not None:
+                return self._encode_planes(*planes)
+        bgr = to_array(frame, size=size, out="bgr", channel_order=channel_order)
         ok, buf = cv2.imencode(".jpg", bgr, self._params)
         if not ok:
             raise EncodingError(f"libjpeg refused a {bgr.shape[1]}x{bgr.shape[0]} image")
         return buf.tobytes()
+
+    def _encode_planes(self, y: Any, u: Any, v: Any) -> bytes:
+        try:
+            return bytes(_simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=self.config.quality))
+        except Exception as exc:  # simplejpeg raises ValueError/RuntimeError for planes libjpeg-turbo refuses
+            raise EncodingError(f"libjpeg-turbo refused {y.shape[1]}x{y.shape[0]} YUV planes: {exc}") from exc
 
     def data_url(self, frame: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB) -> str:
         """`data:image/jpeg;base64,...` of the frame, what OpenAI-compatible `image_url` parts take."""

@@ -15,6 +15,10 @@ Then, in the same run, it decodes the very frames the sender encoded with PyAV a
 decoder, one thread, that the server's receivers use: webrtc/decoders.py) and prints the receiver's CPU per frame as
 a ratio of PyAV's.
 
+`--py-spy` records the receiver with py-spy during the window and prints where its busy samples go: by thread, and the
+receive path's stages (UDP read, SRTP, RTP handling, jitter buffer, decoding, the hand-over to the loop, the buffer),
+inclusive, so the part that is not decoding shows.
+
 Run it in a loopback-only network namespace, like the tests:
     unshare -n sh -c 'ip link set lo up && ~/.cache/visual-agent/venv/bin/python scripts/bench_ingest.py'
 Host candidates are restricted to 127.0.0.1 either way.
@@ -28,6 +32,7 @@ import json
 import os
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +54,12 @@ def thread_cpu() -> dict[int, float]:
         except (OSError, IndexError, ValueError):
             continue
     return out
+
+
+def py_spy() -> str:
+    """py-spy beside this interpreter (a venv's bin/ need not be on PATH), else the one on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else "py-spy"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -158,6 +169,12 @@ async def run_receiver(args: argparse.Namespace) -> dict:
         samples: list[tuple[float, int]] = []  # (taken at, frame number)
         per_second: list[int] = []
         main_tid = os.getpid()  # the event loop runs on the main thread, whose thread id is the pid
+        spy = None
+        if args.py_spy:
+            spy_out = record + ".spy"
+            spy = subprocess.Popen([py_spy(), "record", "--pid", str(os.getpid()), "--duration", str(int(args.seconds)),
+                                    "--format", "raw", "--threads", "--nonblocking", "--rate", "500", "--output", spy_out],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu_before, proc0 = thread_cpu(), time.process_time()
         received0 = buf.stats().received
         t0 = time.monotonic()
@@ -177,6 +194,11 @@ async def run_receiver(args: argparse.Namespace) -> dict:
         cpu_after, proc = thread_cpu(), time.process_time() - proc0
         stats = buf.stats()
         await child.wait()
+        profile = None
+        if spy is not None:
+            await asyncio.to_thread(spy.wait, args.seconds + 30)
+            profile = receive_path_profile(Path(spy_out))
+            os.unlink(spy_out)
 
     sender = json.loads(Path(record + ".json").read_text())
     lags = [taken - sender["sent_at"][str(n)] for taken, n in samples if str(n) in sender["sent_at"]]
@@ -205,8 +227,100 @@ async def run_receiver(args: argparse.Namespace) -> dict:
         "pyav_alone_frames": alone["frames"], "pyav_alone_decode_fps": alone["frames"] / alone["wall_s"],
         "pyav_alone_cpu_ms_per_frame": 1000 * alone_cpu_per_frame,
         "receiver_vs_pyav_cpu_ratio": rx_cpu_per_frame / alone_cpu_per_frame,
-        "load_avg": os.getloadavg(),
+        "load_avg": os.getloadavg(), **({"py_spy": profile} if profile else {}),
     }
+
+
+def hand_over_cost(frames: int = 20_000) -> dict[str, float]:
+    """The event loop thread's CPU per frame handed over from a decoder thread: aiortc's `run_coroutine_threadsafe(
+    queue.put(frame))` against `webrtc.decoders.hand_over_worker`'s mailbox (one `call_soon_threadsafe` per wake-up),
+    a consumer awaiting each frame as the buffer's drain task does. Bursts of 8, then a pause, like 8 streams; the
+    mailbox may drop frames the consumer is too slow for, so the consumer counts until the producer is done."""
+    import threading
+
+    async def run(kind: str) -> float:
+        from webrtc.decoders import _Mailbox
+
+        loop, q = asyncio.get_running_loop(), asyncio.Queue()
+        mailbox = _Mailbox(loop, q)
+
+        def producer() -> None:
+            for i in range(frames):
+                if kind == "aiortc":
+                    asyncio.run_coroutine_threadsafe(q.put(i), loop)
+                else:
+                    mailbox.post(i)
+                if i % 8 == 7:
+                    time.sleep(0.0005)
+
+        thread = threading.Thread(target=producer)
+        cpu0, got = time.thread_time(), 0
+        thread.start()
+        while got < frames:
+            item = await q.get()
+            got += 1
+            if item == frames - 1:
+                break
+        spent = time.thread_time() - cpu0
+        thread.join()
+        return spent / frames
+
+    out: dict[str, list[float]] = {"aiortc": [], "ours": []}
+    for _ in range(3):
+        for kind in out:
+            out[kind].append(asyncio.run(run(kind)))
+    return {f"{kind}_us_per_frame": 1e6 * min(v) for kind, v in out.items()}
+
+
+STAGES = {
+    "UDP read (asyncio _read_ready + recvfrom)": ("_SelectorDatagramTransport._read_ready",),
+    "ICE / STUN datagram dispatch": ("StunProtocol.datagram_received", "Connection.data_received"),
+    "DTLS transport's receive loop (_recv_next; holds SRTP and RTP handling)": ("RTCDtlsTransport._recv_next",),
+    "SRTP unprotect": ("Session.unprotect", "Session.unprotect_rtcp"),
+    "RTP parse": ("RtpPacket.parse",),
+    "RTP handling (RTCRtpReceiver._handle_rtp_packet)": ("RTCRtpReceiver._handle_rtp_packet",),
+    "  VP8/H264 depayload": ("depayload",),
+    "  jitter buffer": ("JitterBuffer.add", "RepairingJitterBuffer.add"),
+    "  NACK / bitrate estimate / stats": ("NackGenerator.add", "RemoteBitrateEstimator.add", "StreamStatistics.add"),
+    "  hand-over to the decoder thread (queue.put)": ("Queue.put",),
+    "RTCP send/receive": ("RTCRtpReceiver._send_rtcp", "RTCRtpReceiver._run_rtcp", "RTCRtpReceiver._handle_rtcp_packet"),
+    "decoder thread: FFmpeg decode": ("FFmpegVideoDecoder.decode",),
+    "decoder thread: hand-over to the loop (run_coroutine_threadsafe)": ("run_coroutine_threadsafe",),
+    "loop: the frame's arrival (RemoteStreamTrack.recv)": ("RemoteStreamTrack.recv",),
+    "loop: FrameBuffer.put": ("FrameBuffer.put",),
+    "loop: the loop's self-pipe wake-ups": ("BaseSelectorEventLoop._read_from_self",),
+    "benchmark's own probe (latest every 20 ms)": ("run_receiver",),
+}
+
+
+def receive_path_profile(path: Path) -> dict:
+    """Busy samples (not waiting in the selector, a lock or a queue) by thread, and each receive stage's inclusive
+    share of them."""
+    threads: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    stages = dict.fromkeys(STAGES, 0)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        if any(frames[-1].startswith(idle) for idle in ("EpollSelector.select ", "Condition.wait ", "Queue.get ",
+                                                         "Event.wait ", "select ", "_worker ")):
+            continue  # waiting: the selector, a lock, a queue, an idle executor thread (SimpleQueue.get is C)
+        n = int(count)
+        total += n
+        thread = frames[0].split("): ", 1)[-1]
+        threads[thread] = threads.get(thread, 0) + n
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + n
+        names = {f.split(" (", 1)[0] for f in frames[1:]}
+        for stage, funcs in STAGES.items():
+            if any(name in names for name in funcs):
+                stages[stage] += n
+    pct = lambda v: round(100 * v / max(total, 1), 1)  # noqa: E731
+    return {"busy_samples": total, "threads_pct": {k: pct(v) for k, v in sorted(threads.items(), key=lambda kv: -kv[1])},
+            "stages_pct": {k: pct(v) for k, v in stages.items()},
+            "self_pct": {k: pct(v) for k, v in sorted(leaves.items(), key=lambda kv: -kv[1])[:15]}}
 
 
 def main() -> None:
@@ -219,12 +333,21 @@ def main() -> None:
     parser.add_argument("--content", choices=["moving", "bars"], default="moving",
                         help="moving: scrolling texture + moving square (default); bars: static colour bars")
     parser.add_argument("--json", action="store_true", help="print the result as JSON too")
+    parser.add_argument("--py-spy", action="store_true", help="profile the receiver during the window (py-spy)")
+    parser.add_argument("--hand-over", action="store_true",
+                        help="only time the decoder thread -> event loop frame hand-over, aiortc's against ours")
     parser.add_argument("--role", choices=["receiver", "sender"], default="receiver", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--record", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "sender":
         asyncio.run(run_sender(args))
+        return
+    if args.hand_over:
+        cost = hand_over_cost()
+        print(f"loop thread CPU per frame handed over: aiortc {cost['aiortc_us_per_frame']:.1f} us, "
+              f"hand_over_worker {cost['ours_us_per_frame']:.1f} us "
+              f"({cost['aiortc_us_per_frame'] / cost['ours_us_per_frame']:.2f}x); load {os.getloadavg()[0]:.2f}")
         return
     r = asyncio.run(run_receiver(args))
     ok_fps = r["fps_received"] >= 0.95 * args.fps
@@ -246,6 +369,15 @@ def main() -> None:
     for a, b, c in rows:
         print(f"{a:<{width}}  {b:<20}  {c}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in r['load_avg'])}")
+    if "py_spy" in r:
+        spy = r["py_spy"]
+        print(f"py-spy: {spy['busy_samples']} busy samples; threads " +
+              ", ".join(f"{k} {v} %" for k, v in spy["threads_pct"].items()))
+        for stage, share in spy["stages_pct"].items():
+            print(f"  {stage:<72} {share:5.1f} %")
+        print("  self time:")
+        for leaf, share in spy["self_pct"].items():
+            print(f"    {share:5.1f} %  {leaf}")
     if args.json:
         print(json.dumps(r, indent=2))
 

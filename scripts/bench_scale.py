@@ -16,7 +16,10 @@ N publishers one after the other (source `s<i>`), wait until every source has fr
 - per-stream fps from `visual_agent_frames_received_total` (GET /metrics) at the start and end of the window: min
   and median over the streams;
 - newest-frame age: `visual_agent_frame_age_seconds{source}` of every stream, scraped every `--probe-s`, p50/p99
-  over all probes (a scrape is itself a little work on the daemon's loop).
+  over all probes (a scrape is itself a little work on the daemon's loop);
+- UDP datagrams received in the namespace and those the kernel dropped for a full receive buffer (/proc/net/snmp
+  `RcvbufErrors`), and the keyframes the daemon asked for (PLI/FIR; the replay answers one by jumping to the clip's
+  keyframe, as a camera's encoder would).
 
 Run it in a loopback-only network namespace, like the tests:
     unshare -n sh -c 'ip link set lo up && ~/.cache/visual-agent/venv/bin/python scripts/bench_scale.py --streams 1,4,8'
@@ -50,6 +53,12 @@ sys.path.insert(0, str(ROOT))
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VIDEO_CLOCK = 90_000
+
+
+def py_spy() -> str:
+    """py-spy beside this interpreter (a venv's bin/ need not be on PATH), else the one on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else "py-spy"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,6 +100,14 @@ def rss_by_mapping(pid: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
+def udp_counters() -> dict[str, int]:
+    """This network namespace's UDP counters (/proc/net/snmp): datagrams in, and those the kernel dropped for a full
+    socket receive buffer (the loop reading its sockets too late)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    values = dict(zip(lines[0][1:], (int(v) for v in lines[1][1:]), strict=True))
+    return {"in_datagrams": values["InDatagrams"], "rcvbuf_errors": values["RcvbufErrors"]}
+
+
 def proc_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -114,10 +131,24 @@ def encode_clip(width: int, height: int, fps: int, frames: int, path: Path) -> N
 async def run_senders(args: argparse.Namespace) -> None:
     import av
     from aiortc import MediaStreamTrack
+    from aiortc.rtcrtpsender import RTCRtpSender
 
     from tests.fixtures.webrtc import publish
 
     packets = [bytes.fromhex(p) for p in json.loads(Path(args.clip).read_text())]
+    keyframes = 0
+    send_keyframe = RTCRtpSender._send_keyframe
+
+    def answer_picture_loss(sender: RTCRtpSender) -> None:
+        """A PLI/FIR from the daemon: aiortc cannot re-encode a packet track, so the replay jumps to the clip's
+        keyframe, as a camera's encoder would make one."""
+        nonlocal keyframes
+        send_keyframe(sender)
+        if isinstance(sender.track, ReplayTrack):
+            sender.track.keyframe_requested = True
+            keyframes += 1
+
+    RTCRtpSender._send_keyframe = answer_picture_loss  # type: ignore[method-assign]
 
     class ReplayTrack(MediaStreamTrack):
         kind = "video"
@@ -125,6 +156,8 @@ async def run_senders(args: argparse.Namespace) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.n = 0
+            self.offset = 0
+            self.keyframe_requested = False
             self.start: float | None = None
 
         async def recv(self) -> av.Packet:
@@ -133,7 +166,10 @@ async def run_senders(args: argparse.Namespace) -> None:
             delay = self.start + self.n / args.fps - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            packet = av.Packet(packets[self.n % len(packets)])
+            if self.keyframe_requested:
+                self.keyframe_requested = False
+                self.offset = -self.n % len(packets)
+            packet = av.Packet(packets[(self.n + self.offset) % len(packets)])
             packet.pts = self.n * VIDEO_CLOCK // args.fps
             packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
             self.n += 1
@@ -151,7 +187,8 @@ async def run_senders(args: argparse.Namespace) -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
-        print(json.dumps({"sender_cpu_pct": 100 * (time.process_time() - cpu0) / (time.monotonic() - t0)}), flush=True)
+        print(json.dumps({"sender_cpu_pct": 100 * (time.process_time() - cpu0) / (time.monotonic() - t0),
+                          "keyframes_requested": keyframes}), flush=True)
 
 
 # --- one measurement ----------------------------------------------------------------------------
@@ -216,9 +253,10 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         spy = None
         if args.py_spy:
             spy_out = workdir / f"py-spy-{n}.txt"
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(daemon.pid), "--duration", str(int(args.seconds)),
+            spy = subprocess.Popen([py_spy(), "record", "--pid", str(daemon.pid), "--duration", str(int(args.seconds)),
                                     "--format", "raw", "--threads", "--output", str(spy_out), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        udp0 = udp_counters()
         cpu0, loop0, t0 = proc_cpu_s(daemon.pid), proc_cpu_s(daemon.pid, daemon.pid), time.monotonic()
         ages: list[float] = []
         rss_peak = 0.0
@@ -229,6 +267,7 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
             time.sleep(args.probe_s)
         last = scrape(url)
         wall = time.monotonic() - t0
+        udp1 = udp_counters()
         cpu = proc_cpu_s(daemon.pid) - cpu0
         loop_cpu = proc_cpu_s(daemon.pid, daemon.pid) - loop0  # the main thread: the event loop
         rss = proc_rss_mb(daemon.pid)
@@ -240,11 +279,13 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
         if spy is not None:
             spy.wait(timeout=args.seconds + 30)
             profile = summarize_py_spy(spy_out)
-        sender_cpu = 0.0
+        sender_cpu, keyframes = 0.0, 0
         for proc in senders:
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
-            sender_cpu += json.loads(out.strip().splitlines()[-1])["sender_cpu_pct"] if out.strip() else float("nan")
+            report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"sender_cpu_pct": float("nan")}
+            sender_cpu += report["sender_cpu_pct"]
+            keyframes += report.get("keyframes_requested", 0)
         return {
             "streams": n, "cpu_pct": round(100 * cpu / wall, 1), "loop_thread_cpu_pct": round(100 * loop_cpu / wall, 1),
             "other_threads_cpu_pct": round(100 * (cpu - loop_cpu) / wall, 1), "rss_mb": round(rss, 1), "rss_peak_mb": round(rss_peak, 1),
@@ -252,7 +293,9 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
             "fps_min": round(min(fps), 1), "fps_median": round(statistics.median(fps), 1),
             "age_p50_ms": round(1000 * percentile(ages, 50), 1), "age_p99_ms": round(1000 * percentile(ages, 99), 1),
             "age_probes": len(ages), "sender_cpu_pct": round(sender_cpu, 1),
-            "sender_procs": len(senders),
+            "sender_procs": len(senders), "keyframes_requested": keyframes,
+            "udp_in_datagrams": udp1["in_datagrams"] - udp0["in_datagrams"],
+            "udp_rcvbuf_errors": udp1["rcvbuf_errors"] - udp0["rcvbuf_errors"],
             "rss_by_mapping_mb": mappings, **({"py_spy": profile} if profile else {}), "threads": threads,
         }
     finally:
@@ -264,6 +307,47 @@ def measure(n: int, args: argparse.Namespace, clip: Path, workdir: Path) -> dict
                 except subprocess.TimeoutExpired:
                     proc.kill()
         log.close()
+
+
+def buffers_only(args: argparse.Namespace, clip: Path, width: int, height: int) -> None:
+    """What a stream's decoded frames cost without the network and with no load sensitivity: in this process, N
+    streams of the clip, each through its own `FFmpegVideoDecoder` into a `FrameBuffer` as `visual-agent run` makes
+    it (newest + 7 older, 2 s), fed on a simulated 30 fps clock for 3 s; RSS per added stream, with the older frames
+    kept as decoded and kept at 512 px (`webrtc.buffer_older_max_side`), each in a fresh child process."""
+    for older in (None, 512):
+        code = (f"import json; from scripts.bench_scale import feed_buffers; "
+                f"print(json.dumps(feed_buffers({str(clip)!r}, {args.streams!r}, {older!r})))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{width}x{height}, older frames {'as decoded' if older is None else f'at {older} px'}: " +
+              "; ".join(f"{n} streams {rss:.1f} MB" for n, rss in rows) +
+              f"; per added stream {(rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0]):.2f} MB", flush=True)
+
+
+def feed_buffers(clip: str, streams: str, older: int | None) -> list[tuple[int, float]]:
+    """In this process: for each N, N decoders and buffers fed 90 frames of the clip; [(N, RSS MB)]."""
+    import av
+
+    from webrtc import FrameBuffer
+    from webrtc.decoders import FFmpegVideoDecoder
+
+    packets = [bytes.fromhex(p) for p in json.loads(Path(clip).read_text())]
+    now = [0.0]
+    held: list = []
+    out = []
+    for n in (int(x) for x in streams.split(",")):
+        while len(held) < n:
+            held.append((FFmpegVideoDecoder("vp8"), FrameBuffer(f"s{len(held)}", max_frames=32, max_seconds=2.0,
+                                                                spread_frames=7, older_max_side=older,
+                                                                clock=lambda: now[0])))
+        for i in range(90):
+            now[0] += 1 / 30
+            for decoder, buffer in held:
+                for frame in decoder.codec.decode(av.Packet(packets[i % len(packets)])):
+                    buffer.put(frame)
+        out.append((n, proc_rss_mb(os.getpid())))
+    return out
 
 
 def summarize_py_spy(path: Path, top: int = 15) -> dict:
@@ -312,6 +396,9 @@ def main() -> None:
     parser.add_argument("--probe-s", type=float, default=0.25)
     parser.add_argument("--clip-frames", type=int, default=60)
     parser.add_argument("--set", action="append", default=[], help="daemon config SECTION.KEY=VALUE")
+    parser.add_argument("--logs", help="keep the daemons' logs and configs in this folder")
+    parser.add_argument("--buffers-only", action="store_true",
+                        help="no daemon, no network: decoders and buffers in-process, older frames as decoded vs 512 px")
     parser.add_argument("--json", action="store_true", help="print one JSON object per N instead of a table")
     parser.add_argument("--py-spy", action="store_true", help="profile the daemon during the window (py-spy)")
     # child mode
@@ -328,15 +415,19 @@ def main() -> None:
         return
     width, height = (int(x) for x in args.res.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(args.logs) if args.logs else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         clip = workdir / "clip.json"
         encode_clip(width, height, args.fps, args.clip_frames, clip)
+        if args.buffers_only:
+            buffers_only(args, clip, width, height)
+            return
         print(f"{args.res}@{args.fps}, {args.seconds:g} s per N, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
               f"{', ' + ' '.join(args.set) if args.set else ''}", flush=True)
         if not args.json:
             print("| streams | daemon CPU % (loop thread + others) | RSS MB (idle) | RSS/stream MB (per added stream) | "
-                  "fps min / median | age p50 / p99 ms | sender CPU % |")
-            print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+                  "fps min / median | age p50 / p99 ms | sender CPU % | UDP dropped / received | keyframes asked |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
         previous = None
         for n in (int(x) for x in args.streams.split(",")):
             row = measure(n, args, clip, workdir)
@@ -350,7 +441,8 @@ def main() -> None:
                 print(f"| {n} | {row['cpu_pct']} ({row['loop_thread_cpu_pct']} + {row['other_threads_cpu_pct']}) | "
                       f"{row['rss_mb']} ({row['rss_idle_mb']}) | {row['rss_per_stream_mb']}{f' ({added})' if added else ''} | "
                       f"{row['fps_min']} / {row['fps_median']} | {row['age_p50_ms']} / {row['age_p99_ms']} | "
-                      f"{row['sender_cpu_pct']} |", flush=True)
+                      f"{row['sender_cpu_pct']} | {row['udp_rcvbuf_errors']} / {row['udp_in_datagrams']} | "
+                      f"{row['keyframes_requested']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def build(out: Path, seed: int = 0, vision: dict | None = None) -> Path:
 
 
 def _rename_to_legacy_layout(folder: Path, load_file, save_file) -> None:
-    """Write the weights with the key names vLLM 0.32 loads (DEVELOPING.md, "Facts").
+    """Write the weights with the key names vLLM 0.32 loads (DEVELOPING.md, "Facts about the CPU machines").
 
     transformers 5.x saves the vision tower as `vision_tower.*`; vLLM 0.32 (and the LLaVA
     checkpoints on the hub) use `vision_tower.vision_model.*`, beside `multi_modal_projector.*`,

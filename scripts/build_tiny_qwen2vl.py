@@ -3,7 +3,7 @@
 
 The second model family of the embeddings path (the first is scripts/build_tiny_llava.py): a complete Hugging
 Face folder that vLLM (in-process, raw images or `image_embeds` + `image_grid_thw`), transformers and
-`encoders.encoder_for` all load. The recipe is the one checked in DEVELOPING.md ("Facts"):
+`encoders.encoder_for` all load. The recipe (DEVELOPING.md, "Facts about the CPU machines"):
 
 text: Qwen2 hidden 64, 2 heads of 32 (a head size the CPU attention backend takes), M-RoPE sections [4, 6, 6]
 (they sum to head_dim / 2); vision: embed_dim 32, hidden_size 64 (= the LM's), patch 14, spatial merge 2,

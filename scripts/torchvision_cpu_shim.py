@@ -1,4 +1,4 @@
-"""Make PyPI's CUDA-linked torchvision importable beside a CPU torch (see DEVELOPING.md).
+"""Make PyPI's CUDA-linked torchvision importable beside a CPU torch (DEVELOPING.md, "Facts about the CPU machines").
 
 Its compiled ops cannot load, so torchvision's fake-kernel registrations for `nms`/`qnms`
 fail at import. Defining the two op schemas first lets torchvision import; its Python

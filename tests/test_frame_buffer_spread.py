@@ -112,3 +112,33 @@ async def test_frame_buffer_spread_live_stream_k_frames_over_the_window(webrtc_s
     ages = [f.age_s for f in answer.frames]
     assert ages == sorted(ages, reverse=True) and ages[0] - ages[-1] > 1.2, ages  # oldest first, over the window
     assert megabytes < 3.7  # 8 frames of 0.46 MB (32 consecutive frames were 14.7 MB and covered 1.07 s)
+
+
+def test_frame_buffer_keeps_older_frames_small_and_the_newest_as_decoded():
+    """With `older_max_side` the older frames are area-shrunk copies (same picture, pts, format, arrival order), the
+    newest is the decoder's own frame; without it every frame stays as decoded."""
+    clock = Clock()
+    small = FrameBuffer("s", max_frames=32, max_seconds=2.0, spread_frames=7, older_max_side=512, clock=clock)
+    full = FrameBuffer("f", max_frames=32, max_seconds=2.0, spread_frames=7, clock=clock)
+    picture = np.zeros((720, 1280, 3), np.uint8)
+    picture[:360, :640] = (230, 20, 20)  # red top-left quarter
+    sent = {}
+    for n in range(90):
+        f = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        f.pts = n * 3000
+        sent[n * 3000] = f
+        small.put(f)
+        full.put(f)
+        clock.now += 1 / 30
+    held = small.frames()
+    assert len(held) == len(full.frames()) == 8
+    assert [b.seq for b in held] == [b.seq for b in full.frames()]
+    assert held[-1].frame is sent[held[-1].pts]
+    for b in held[:-1]:
+        assert (b.width, b.height, b.frame.format.name) == (512, 288, "yuv420p")
+        assert b.frame.pts == b.pts and b.frame is not sent[b.pts]
+        rgb = b.frame.to_ndarray(format="rgb24")
+        assert np.abs(rgb[40, 40].astype(int) - (230, 20, 20)).max() <= 8  # still red, still top-left
+        assert rgb[250, 450].max() <= 8
+    assert all((b.width, b.height) == (1280, 720) for b in full.frames())
+    assert len(small.window(2.0, 8)) == 8

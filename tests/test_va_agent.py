@@ -122,18 +122,20 @@ async def test_agent_mqtt5_response_topic_and_correlation(running_mosquitto, pah
 
 
 async def test_agent_busy_beyond_max_in_flight(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    """One slot and one waiting place per asker: the second question waits its turn, the third gets `busy`."""
     peer = paho_peer("5")
     t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
     stub_llm.delay_s = 1.0
-    async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, max_in_flight=1):
+    async with streaming_publisher(webrtc_server), running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix,
+                                                                 max_in_flight=1, max_queued_per_asker=1):
         for i in range(3):
             peer.publish(t["ask"], json.dumps({"id": f"c{i}", "question": "slow?"}))
         got = await asyncio.to_thread(answers, peer, 3, t["answer"])
     by_id = {a["id"]: a for a in got}
     assert set(by_id) == {"c0", "c1", "c2"}
-    assert by_id["c0"]["error"] is None
-    assert by_id["c1"]["error"]["type"] == by_id["c2"]["error"]["type"] == "busy"
+    assert by_id["c0"]["error"] is None and by_id["c1"]["error"] is None
+    assert by_id["c2"]["error"]["type"] == "busy" and "agent.max_queued_per_asker" in by_id["c2"]["error"]["message"]
 
 
 async def test_agent_timeout_and_unreachable_llm(running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):

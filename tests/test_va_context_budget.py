@@ -53,9 +53,12 @@ def test_fit_request_below_the_floor_is_context_exceeded_saying_what_to_change()
     assert "agent.min_answer_tokens" in info.value.message
 
 
-def test_fit_request_needs_a_frame():
-    with pytest.raises(ValueError):
-        fit(frame_tokens=[])
+def test_fit_request_without_frames_is_text_only():
+    """A request without pictures (a question about the past whose stored events have none) fits by its text."""
+    fitted = fit(frame_tokens=[])
+    assert fitted.frames == () and not fitted.trimmed
+    with pytest.raises(QuestionError):
+        fit(context_tokens=256, base_tokens=250, frame_tokens=[], min_answer_tokens=16)
 
 
 def test_token_counter_estimates_err_high_before_learning():

@@ -23,11 +23,11 @@ async def test_homeassistant_sensor_config_and_state(running_mosquitto, paho_pee
         await ha.on_answer(Answer(id="1", question="q", text="a cat on the sofa", source="living.room"))
         # acknowledged after the two retained messages sent before it on the same connection: they are at the broker
         await m.publish(f"{topic_prefix}/marker", b"", wait=True)
-        late = paho_peer("3.1.1")  # subscribes afterwards: both are retained
+        late = paho_peer("3.1.1")  # subscribes afterwards: all are retained
         late.subscribe(f"{disc_prefix}/#")
-        config_msg = await asyncio.to_thread(late.get, 5)
+        config_msg = await asyncio.to_thread(late.get, 5, f"{disc_prefix}/sensor/va_one/living_room/config")
         late.subscribe(f"{topic_prefix}/living.room/state")
-        state_msg = await asyncio.to_thread(late.get, 5)
+        state_msg = await asyncio.to_thread(late.get, 5, f"{topic_prefix}/living.room/state")
     assert config_msg.topic == f"{disc_prefix}/sensor/va_one/living_room/config" and config_msg.retain
     conf = json.loads(config_msg.payload)
     assert conf["state_topic"] == f"{topic_prefix}/living.room/state" and conf["availability_topic"] == f"{topic_prefix}/status"

@@ -4,6 +4,7 @@ the server's receivers use it."""
 from __future__ import annotations
 
 import fractions
+import threading
 from dataclasses import dataclass
 
 import av
@@ -63,6 +64,7 @@ def test_decoders_install_wraps_aiortc_once_and_leaves_audio_to_it():
     assert decoders.install() is True
     wrapper = rtcrtpreceiver.get_decoder
     assert decoders.install() is True and rtcrtpreceiver.get_decoder is wrapper  # not wrapped twice
+    assert rtcrtpreceiver.decoder_worker is decoders.hand_over_worker
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
     opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
     before = decoders.decoders_made["vp8"]
@@ -82,5 +84,43 @@ async def test_decoders_serve_the_server_receivers(webrtc_server):
         buffer = webrtc_server.get_buffer("cam")
         first = await buffer.wait_for_frame(10)
         newest = await buffer.wait_for_frame(10, newer_than=first.seq + 10)
+        workers = [getattr(t, "_target", None) for t in threading.enumerate() if t.name == "video-decoder"]
+    assert workers and all(w is decoders.hand_over_worker for w in workers)  # frames came through our hand-over
     assert decoders.decoders_made["vp8"] == before + 1
     assert (newest.width, newest.height, newest.frame.format.name) == (320, 240, "yuv420p")
+
+
+def test_the_hand_over_keeps_the_newest_frames_when_the_loop_is_behind():
+    """`_deliver` runs on the loop: past MAX_QUEUED_FRAMES the oldest go, the newest and the end-of-track stay."""
+    import asyncio
+
+    q: asyncio.Queue = asyncio.Queue()
+    before = decoders.frames_dropped_behind
+    for i in range(10):
+        decoders._deliver(q, i)
+    decoders._deliver(q, None)
+    got = [q.get_nowait() for _ in range(q.qsize())]
+    assert got == [7, 8, 9, None] and decoders.frames_dropped_behind == before + 7
+
+
+def test_the_mailbox_holds_the_newest_frames_and_wakes_the_loop_once_while_it_is_busy():
+    """A decoder thread posting 100 frames while the loop is busy: one wake-up pending, the 4 newest kept, in order,
+    and the end of the track after them."""
+    import asyncio
+
+    async def run() -> tuple[list, int]:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        mailbox = decoders._Mailbox(loop, q)
+        scheduled = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda cb, *a: scheduled.append(cb) or real(cb, *a)  # type: ignore[method-assign]
+        thread = threading.Thread(target=lambda: ([mailbox.post(i) for i in range(100)], mailbox.end()))
+        thread.start()
+        thread.join()  # the loop has not run meanwhile: everything waits in the mailbox
+        got = [await asyncio.wait_for(q.get(), 5) for _ in range(5)]
+        return got, len(scheduled)
+
+    got, wakeups = asyncio.run(run())
+    assert got == [96, 97, 98, 99, None]
+    assert wakeups == 2  # one drain, one end

@@ -1,11 +1,12 @@
 """`VisualAgent`: the core that answers questions about live video, and decides whether to take one at all.
 
 Every call to the model goes through `complete` (questions, descriptions, rule checks, memory queries), which
-admits it (`admit`: at most `agent.max_in_flight` at once, per asker key; more get `busy` at once instead of a queue
-that grows), gives it a deadline (`agent.question_timeout_s`, which provider retries respect), fits it into the
-model's context (`model_call.ModelCall`) and reports it to telemetry. A question (`ask`) adds the frames of its
-source and a short text-only history per conversation (`conversations.ConversationStore`); every question gets
-exactly one answer with its `id`, also when something failed (then `error` says what).
+admits it (`admission.Admission`: at most `agent.max_in_flight` at once; more wait a bounded time for a slot, in
+turn by asker key, or get `busy`), gives it a deadline (`agent.question_timeout_s` from its arrival, which provider
+retries respect), fits it into the model's context (`model_call.ModelCall`) and reports it to telemetry. A question
+(`ask`) adds the frames of its source and a short text-only history per conversation
+(`conversations.ConversationStore`); every question gets exactly one answer with its `id`, also when something
+failed (then `error` says what).
 
 The core owns no intake: `mqtt_intake`, `page_intake` and `triggers` take it as an `interfaces.AgentCore`, and the
 `Daemon` composes them (`intakes.open_intakes`). Every final answer, description and rule change is handed to the
@@ -18,12 +19,12 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from providers.deadline import answer_by
 
-from .admission import Admission
+from .admission import Admission, Slot
 from .config import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PREFIX, AgentConfig
 from .context_budget import ContextBudget
 from .conversations import ConversationStore, Turn
@@ -97,14 +98,18 @@ class VisualAgent:
         self.budget = ContextBudget(llm, min_answer_tokens=cfg.min_answer_tokens)
         """What of a request fits the model's context."""
         self.model = ModelCall(llm, encoding, self.budget, cfg.system_prompt)
-        self.admission = Admission(cfg.max_in_flight)
-        """Who may ask now (one pool of `agent.max_in_flight`, keyed by asker)."""
+        self.admission = Admission(cfg.max_in_flight, max_queued_per_asker=cfg.max_queued_per_asker,
+                                   max_queued=cfg.max_queued, queue_wait_s=cfg.queue_wait_s)
+        """Who may ask now (`agent.max_in_flight` slots, a fair turn per asker for those that wait)."""
         self.lookbacks = LookbackStore(webrtc_driver, cfg.lookback_s)
         """Per-source look-back thumbnails (`agent.lookback_s`, and the rules'), shared with the rule engine."""
         self.last_error: dict[str, Any] | None = None
         """The newest error answer (type, message, when): /healthz shows what is failing now, the counts how often."""
         self.last_answer_at: float | None = None
         self._observers: list[EventObserver] = []
+        self.recall: Callable[..., Awaitable[Answer]] | None = None
+        """Answers questions about the past (`since`/`until`) from the event store (`memory.PastQuestions.answer`,
+        set by the daemon); None: such questions are refused."""
         self._question_tasks: set[asyncio.Task[Any]] = set()
         self._closed: asyncio.Future[None] | None = None
 
@@ -181,10 +186,11 @@ class VisualAgent:
         self.telemetry.question(via)
         cfg = self.config
         return parse_question(payload, max_bytes=self.max_payload_bytes, max_chars=cfg.max_question_chars,
-                              max_frames=cfg.max_frames, max_lookback_s=cfg.question_lookback_max_s())
+                              max_frames=cfg.max_frames, max_lookback_s=cfg.question_lookback_max_s(),
+                              past=self.recall is not None)
 
     def admit(self, asker: str, question_id: Any = None) -> QuestionError | None:
-        """None when `asker` may ask now; else the `shutdown` or `busy` error to answer with."""
+        """None when `asker` may ask now or wait its turn; else the `shutdown` or `busy` error to answer with."""
         return self.admission.check(asker, question_id)
 
     def refuse(self, via: Via, question: Question | None, error: QuestionError) -> Answer:
@@ -201,9 +207,9 @@ class VisualAgent:
         refused = self.admit(asker, question.id)
         if refused is not None:
             return refused
-        slot = self.admission.enter(asker)
+        slot = self.admission.enter(asker, question.id)
         timing = timing or QuestionTiming(id=question.id, received_at=time.monotonic())
-        task = asyncio.get_running_loop().create_task(self._answer_and_send(question, reply, via, timing),
+        task = asyncio.get_running_loop().create_task(self._answer_and_send(question, reply, via, timing, slot),
                                                       name=f"agent-question-{question.id}")
         self._question_tasks.add(task)
 
@@ -214,9 +220,10 @@ class VisualAgent:
         task.add_done_callback(done)
         return None
 
-    async def _answer_and_send(self, question: Question, reply: Reply, via: Via, timing: QuestionTiming) -> None:
-        """Answer, streaming partials when the question (or `agent.stream`) asks; when cancelled (shutdown), send a
-        `shutdown` answer instead."""
+    async def _answer_and_send(self, question: Question, reply: Reply, via: Via, timing: QuestionTiming,
+                               slot: Slot) -> None:
+        """Wait for the slot's turn, answer, streaming partials when the question (or `agent.stream`) asks; when
+        cancelled (shutdown), send a `shutdown` answer instead."""
         stream = self.config.stream if question.stream is None else question.stream
 
         async def on_partial(seq: int, delta: str) -> None:
@@ -224,8 +231,15 @@ class VisualAgent:
 
         used: list[TakenFrame] = []
         try:
-            answer = await self.ask(question, via=via, on_partial=on_partial if stream else None, timing=timing,
-                                    used=used)
+            try:
+                await slot.wait(timing.received_at + self.config.question_timeout_s)
+            except QuestionError as exc:  # no slot in time (`busy`) or shutting down
+                answer = Answer.failed(question, exc, provider=self.provider_name,
+                                       latency_s=time.monotonic() - timing.received_at)
+                timing.answered_at = time.monotonic()
+            else:
+                answer = await self.ask(question, via=via, on_partial=on_partial if stream else None, timing=timing,
+                                        used=used)
         except asyncio.CancelledError:
             failed = Answer.failed(question, QuestionError(ErrorType.SHUTDOWN, "the daemon stopped before the answer "
                                    "was ready"), provider=self.provider_name,
@@ -261,10 +275,12 @@ class VisualAgent:
         response: ModelResponse | None = None
         failure: QuestionError | None = self.admit(request.asker, request.question_id)
         if failure is None:
-            with self.admission.enter(request.asker):
-                timing.started_at = timing.frames_at = time.monotonic()
+            with self.admission.enter(request.asker, request.question_id) as slot:
+                deadline = timing.received_at + self.config.question_timeout_s
                 try:
-                    response = await self.call_model(request, timing=timing)
+                    await slot.wait(deadline)
+                    timing.started_at = timing.frames_at = time.monotonic()
+                    response = await self.call_model(request, deadline=deadline, timing=timing)
                 except QuestionError as exc:
                     failure = exc
                 except asyncio.CancelledError:  # its caller stopped (shutdown): still one outcome per request
@@ -325,7 +341,7 @@ class VisualAgent:
         """The answer to `question` (already admitted, or asked directly from Python); never raises: failures come
         back as an answer with `error`. `used` gets the frames the model saw."""
         timing = timing or QuestionTiming(id=question.id, received_at=time.monotonic())
-        deadline = time.monotonic() + self.config.question_timeout_s
+        deadline = timing.received_at + self.config.question_timeout_s  # the wait for a slot counts
         source: str | None = question.source
         try:
             answer = await self._answer(question, via, on_partial, timing, deadline, used)
@@ -349,6 +365,8 @@ class VisualAgent:
     async def _answer(self, question: Question, via: Via, on_partial: PartialCallback | None, timing: QuestionTiming,
                       deadline: float, used: list[TakenFrame] | None) -> Answer:
         timing.started_at = time.monotonic()
+        if question.about_the_past and self.recall is not None:  # from the event store, not the live frames
+            return await self.recall(question, on_partial=on_partial, deadline=deadline, timing=timing)
         cfg = self.config
         source = resolve_source(self.driver, question.source, cfg.default_source)
         question.source = source
@@ -386,15 +404,18 @@ class VisualAgent:
     # --- descriptions and observers --------------------------------------------------------------
 
     async def describe(self, source: str, prompt: str, via: Via) -> Answer | None:
-        """Describe `source` now and publish on `<prefix>/<source>/description`; None when busy."""
+        """Describe `source` once the `descriptions` asker's turn comes, and publish on `<prefix>/<source>/description`;
+        None when busy."""
         question = Question(question=prompt, source=source)
-        if self.admit("descriptions", question.id) is not None:
-            logger.info("agent: skipping a %s description of %s (busy)", via.value, source)
-            return None
-        self.telemetry.question(via)
         timing = QuestionTiming(id=question.id, received_at=time.monotonic())
         used: list[TakenFrame] = []
-        with self.admission.enter("descriptions"):
+        with self.admission.enter("descriptions", question.id) as slot:
+            try:
+                await slot.wait(timing.received_at + self.config.question_timeout_s)
+            except QuestionError as exc:
+                logger.info("agent: skipping a %s description of %s (%s)", via.value, source, exc.type.value)
+                return None
+            self.telemetry.question(via)
             answer = await self.ask(question, via=via, timing=timing, used=used)
         if self.messager is not None and answer.error is None:
             await self.messager.publish(self.topics.description(source), answer.payload())

@@ -8,7 +8,8 @@ What it adds to amqtt (each found missing by trying it as an attacker would):
   bound beyond loopback they are required (`EmbeddedBrokerError` otherwise).
 - The daemon's own client logs in with a random per-start credential; only it may publish under `<prefix>/`
   (status, answers, replies, descriptions, Home Assistant's state topics, rule states); other clients there only
-  ask, on `<prefix>/ask` or `<prefix>/<source>/ask`, and set the rules on `<prefix>/rules/set` (no fake answers,
+  ask, on `<prefix>/ask` or `<prefix>/<source>/ask`, query the event store on `<prefix>/events/query` and set the
+  rules on `<prefix>/rules/set` (no fake answers,
   no fake ``offline``, no fake sensor or rule state).
 - The daemon's client id is its own: amqtt takes a client id over (disconnecting its holder) and copies the
   newcomer's credentials onto the existing session before it checks them; here a newcomer is checked first, and one
@@ -207,7 +208,8 @@ class EmbeddedBroker:
 
     def may_publish(self, username: str | None, topic: str) -> bool:
         """Under `<prefix>/` only the daemon's own client publishes, except what others are meant to send: questions
-        (`<prefix>/ask`, `<prefix>/<source>/ask`) and the rule set (`<prefix>/rules/set`)."""
+        (`<prefix>/ask`, `<prefix>/<source>/ask`), event queries (`<prefix>/events/query`) and the rule set
+        (`<prefix>/rules/set`)."""
         if username == DAEMON_USERNAME or self.prefix is None:
             return True
         if not topic.startswith(self.prefix + "/") or self._is_inbound(topic[len(self.prefix) + 1:]):
@@ -220,7 +222,7 @@ class EmbeddedBroker:
     def _is_inbound(rest: str) -> bool:
         """`rest` (the topic after `<prefix>/`) is one the daemon takes from other clients."""
         parts = rest.split("/")
-        return rest in ("ask", "rules/set") or (len(parts) == 2 and parts[1] == "ask" and parts[0] not in ("", "rules"))
+        return rest in ("ask", "rules/set", "events/query") or (len(parts) == 2 and parts[1] == "ask" and parts[0] not in ("", "rules"))
 
     def may_retain(self, topic: str, size: int, retained: dict[str, Any]) -> bool:
         if size > self.max_retained_bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import re
@@ -43,7 +44,7 @@ def printable(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visual-agent", description="A real-time visual agent: live video in, answers out over MQTT.")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO for run, WARNING otherwise)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon: page, sources, agent, MQTT")
@@ -79,8 +80,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    level = args.log_level or ("INFO" if args.command == "run" else "WARNING")  # ask/check: their own lines only
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # each line out at once: never glued to a log line
+        sys.stdout.reconfigure(line_buffering=True)
     if args.command != "run":
         for name in ("visual_agent.mqtt", "amqtt", "httpx"):
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -211,7 +215,20 @@ def _print_answer(data: dict[str, Any], as_json: bool, streamed: bool) -> int:
         print()
     else:
         print(printable(str(data.get("text", ""))))
+    if not as_json and (meta := answer_meta(data)):  # on stderr: stdout stays the answer alone, for scripts
+        print(printable(f"({meta})"), file=sys.stderr)
     return EXIT_FAILED if error else EXIT_OK
+
+
+def answer_meta(data: dict[str, Any]) -> str:
+    """`model · latency · newest frame's age` of an answer, as far as it says them."""
+    parts = [str(data["model"])] if data.get("model") else []
+    if isinstance(data.get("latency_s"), (int, float)):
+        parts.append(f"{data['latency_s']:.2f} s")
+    ages = [f["age_s"] for f in data.get("frames") or [] if isinstance(f, dict) and isinstance(f.get("age_s"), (int, float))]
+    if ages:
+        parts.append(f"frame {min(ages):.2f} s old" if len(ages) == 1 else f"{len(ages)} frames, newest {min(ages):.2f} s old")
+    return " · ".join(parts)
 
 
 # --- check -----------------------------------------------------------------------------------------
@@ -224,6 +241,7 @@ async def _check(config: Config, timeout: float) -> int:
     ok &= await _check_llm(config, timeout)
     ok &= await _check_encoder(config)
     ok &= _check_http(config)
+    ok &= _check_mcp(config)
     print("all checks passed" if ok else "some checks failed (see above)")
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -325,8 +343,30 @@ def _check_http(config: Config) -> bool:
     return True
 
 
+def _check_mcp(config: Config) -> bool:
+    """MCP on: the SDK must import (the daemon would not start without it)."""
+    if not config.mcp.enabled:
+        print("mcp     SKIP  disabled (mcp.enabled: false)")
+        return True
+    from .mcp_server import McpUnavailableError, load_service
+
+    try:
+        load_service()
+    except McpUnavailableError as exc:
+        print(f"mcp     FAIL  {exc}")
+        return False
+    web = config.webrtc_config()
+    print(f"mcp     OK    tools at {'https' if web.tls_certfile else 'http'}://{web.host}:{web.port}{config.mcp.path}"
+          f"{' (token required)' if web.auth_token else ''}")
+    return True
+
+
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
+    """Whether `run` could bind it: with SO_REUSEADDR as asyncio's server does, so a just-stopped daemon's
+    connections in TIME_WAIT do not count as "in use"."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

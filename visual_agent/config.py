@@ -24,24 +24,14 @@ from providers.registry import ProviderSettings, provider_kind
 from webrtc.config import SourceConfig, WebRTCConfig
 
 from .config_readers import Shown, default_llm, masked, read_llm, read_sources, read_webrtc
+from .mcp_server.config import McpConfig
+from .memory.config import StorageConfig
 from .rules.config import DEFAULT_RULE_CALLS_PER_MINUTE, MAX_LOOKBACK_S, RuleConfig, check_rule_set
 from .strict_numbers import NumbersNotBooleans
 
 __all__ = [
-    "AgentConfig",
-    "Config",
-    "DEFAULT_PREFIX",
-    "DEFAULT_PROVIDER",
-    "EncoderConfig",
-    "EmbeddingsMode",
-    "HistoryMode",
-    "HomeAssistantConfig",
-    "MqttConfig",
-    "MqttProtocol",
-    "SceneChangeConfig",
-    "TelemetryConfig",
-    "TlsConfig",
-    "embeddings_mode",
+    "AgentConfig", "Config", "DEFAULT_PREFIX", "DEFAULT_PROVIDER", "EncoderConfig", "EmbeddingsMode", "HistoryMode",
+    "HomeAssistantConfig", "MqttConfig", "MqttProtocol", "SceneChangeConfig", "TelemetryConfig", "TlsConfig", "embeddings_mode",
 ]
 
 # agent
@@ -54,6 +44,9 @@ DEFAULT_FRAMES = 1
 DEFAULT_WINDOW_S = 2.0
 DEFAULT_HISTORY_TURNS = 4
 DEFAULT_MAX_IN_FLIGHT = 4
+DEFAULT_MAX_QUEUED_PER_ASKER = 4
+DEFAULT_MAX_QUEUED = 32
+DEFAULT_QUEUE_WAIT_S = 10.0
 DEFAULT_QUESTION_TIMEOUT_S = 60.0
 DEFAULT_FRAME_WAIT_S = 2.0
 DEFAULT_MAX_QUESTION_CHARS = 2000
@@ -198,9 +191,16 @@ class AgentConfig(_Section):
     """The context budget never lowers `max_tokens` below this; a question that leaves less room gets a
     `context_exceeded` error."""
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)
-    """Questions answered at once; more get a `busy` error answer."""
+    """Questions answered at once; more wait for a slot (`queue_wait_s`), in turn by asker, or get `busy`."""
+    max_queued_per_asker: int = Field(DEFAULT_MAX_QUEUED_PER_ASKER, ge=0)
+    """Questions one asker (an MQTT response topic, a page tab, the rules...) may have waiting for a slot; more get
+    `busy` at once. 0: nothing waits."""
+    max_queued: int = Field(DEFAULT_MAX_QUEUED, ge=0)
+    """Questions waiting for a slot, all askers together; more get `busy` at once."""
+    queue_wait_s: float = Field(DEFAULT_QUEUE_WAIT_S, ge=0)
+    """Longest a question waits for a slot before a `busy` answer (it counts against `question_timeout_s`)."""
     question_timeout_s: float = Field(DEFAULT_QUESTION_TIMEOUT_S, gt=0)
-    """Whole time allowed per question (frame wait, encoding, LLM)."""
+    """Whole time allowed per question, from its arrival (waiting for a slot, frame wait, encoding, LLM)."""
     frame_wait_s: float = Field(DEFAULT_FRAME_WAIT_S, ge=0)
     """How long a question waits for a source's first frame before a `no_frame` error."""
     max_question_chars: int = Field(DEFAULT_MAX_QUESTION_CHARS, ge=1)
@@ -321,7 +321,8 @@ class MqttConfig(_Section):
     outbox_max: int = Field(DEFAULT_OUTBOX_MAX, ge=1)
     """Answers kept while the broker is away; the oldest is dropped (and logged) beyond it."""
     inbox_max: int = Field(DEFAULT_INBOX_MAX, ge=1)
-    """Received messages waiting for the agent; beyond it they are dropped and logged."""
+    """Received messages waiting for the agent; beyond it they are dropped and logged. With MQTT 5 also the receive
+    maximum: the most questions the broker sends before the first of them is answered and acknowledged."""
     max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
     """Larger question payloads get a `bad_payload` error answer."""
     shared_group: str | None = None
@@ -411,6 +412,10 @@ class Config(_Section):
     """MQTT."""
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     """Metrics and traces."""
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """The event store (visual_agent.memory.StorageConfig keys): where, how long, how much; the `memory` trigger."""
+    mcp: McpConfig = Field(default_factory=McpConfig)
+    """The MCP server for other agents (visual_agent.mcp_server.McpConfig keys), on the page's port; off by default."""
     rules: list[RuleConfig] = Field(default_factory=list)
     """Standing yes/no questions (visual_agent.rules.RuleConfig keys); more can be set on `<prefix>/rules/set`."""
     path: str | None = Field(None, exclude=True)

@@ -60,12 +60,11 @@ def fit_request(*, context_tokens: int, base_tokens: int, frame_tokens: Sequence
                 max_tokens: int, min_answer_tokens: int) -> Fitted:
     """Fit one request (see the module docstring).
 
-    `base_tokens`: the system prompt and the question; `frame_tokens`: each frame, oldest first (at least one);
-    `turn_tokens`: each history turn (question and answer), oldest first.
+    `base_tokens`: the system prompt and the question; `frame_tokens`: each frame, oldest first (none: a text-only
+    request, such as a question about the past whose stored events have no pictures); `turn_tokens`: each history
+    turn (question and answer), oldest first.
     """
-    if not frame_tokens:
-        raise ValueError("a question needs at least one frame")
-    must = base_tokens + frame_tokens[-1]
+    must = base_tokens + (frame_tokens[-1] if frame_tokens else 0)
     if must + min_answer_tokens > context_tokens:
         raise QuestionError(ErrorType.CONTEXT_EXCEEDED, (
             f"the question and one frame need about {must} tokens plus {min_answer_tokens} for the answer "
@@ -81,7 +80,7 @@ def fit_request(*, context_tokens: int, base_tokens: int, frame_tokens: Sequence
             break
         used += cost
         turns += 1
-    kept = [len(frame_tokens) - 1]
+    kept = [len(frame_tokens) - 1] if frame_tokens else []
     for i in range(len(frame_tokens) - 2, -1, -1):  # newest first: the oldest are dropped
         if used + frame_tokens[i] > budget:
             break

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from .agent import VisualAgent
 from .broker import EmbeddedBroker
 from .config import Config
+from .console import Console
 from .encoding import FrameEncoding
 from .errors import ConfigError, QuestionError, VisualAgentError
 from .homeassistant import HomeAssistantDiscovery
 from .intakes import Intakes, serve
+from .memory.service import MemoryService
 from .metrics import AgentMetrics
 from .mqtt import MqttMessager
 from .page_link import show_on_terminal
@@ -69,17 +71,20 @@ async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncodin
 def ingest_config(config: Config) -> Any:
     """The `webrtc` section, with buffers that keep what sampling can use when the section does not say: the newest
     frame and `agent.max_frames - 1` older ones spread over at least `agent.window_s` (not 32 consecutive decoded
-    frames), so a question for `agent.max_frames` frames still gets them all."""
+    frames), so a question for `agent.max_frames` frames still gets them all; the older ones kept at
+    `encoder.jpeg_max_side`, the size they are sent at."""
     from dataclasses import replace
 
     webrtc = config.webrtc
     given = webrtc.keys_set
-    if "buffer_spread_frames" in given:
-        return webrtc
-    derived: dict[str, Any] = {"buffer_spread_frames": max(1, config.agent.max_frames - 1)}
-    if "buffer_max_seconds" not in given:
-        derived["buffer_max_seconds"] = max(webrtc.buffer_max_seconds, config.agent.window_s)
-    return replace(webrtc, **derived)
+    derived: dict[str, Any] = {}
+    if "buffer_older_max_side" not in given:
+        derived["buffer_older_max_side"] = config.encoder.jpeg_max_side
+    if "buffer_spread_frames" not in given:
+        derived["buffer_spread_frames"] = max(1, config.agent.max_frames - 1)
+        if "buffer_max_seconds" not in given:
+            derived["buffer_max_seconds"] = max(webrtc.buffer_max_seconds, config.agent.window_s)
+    return replace(webrtc, **derived) if derived else webrtc
 
 
 class Daemon:
@@ -103,6 +108,12 @@ class Daemon:
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
         self.intakes: Intakes | None = None
+        self.console = Console(self)
+        """The page's console API (`visual_agent/console`): state, snapshots, rules."""
+        self.memory = MemoryService(config.storage, prefix=config.mqtt.prefix)
+        """The event store, `GET /events`, `<prefix>/events/query`, questions about the past, scene memory."""
+        self.mcp: Any = None
+        """`mcp_server.McpService` with `mcp.enabled`: the MCP endpoint on the page's port."""
         self._stack = contextlib.AsyncExitStack()
         """Everything started, closed in reverse by `close`."""
         self._closed: asyncio.Future[None] | None = None
@@ -117,6 +128,12 @@ class Daemon:
 
             self.driver = WebRTCServer(ingest_config(cfg), cfg.source_configs())
             stack.push_async_callback(self.driver.close)
+            self.console.mount(self.driver)
+            stack.push_async_callback(self.console.close)
+            await self.memory.open()
+            stack.push_async_callback(self.memory.close)  # after the agent and its intakes: their last events kept
+            self.memory.register_routes(self.driver.add_route)
+            self._mount_mcp()
             telemetry = self._build_telemetry()
             await self.driver.start()
             from providers import create_provider
@@ -133,9 +150,16 @@ class Daemon:
             if self.messager is not None and cfg.mqtt.homeassistant.enabled:
                 self.homeassistant = HomeAssistantDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
                 self.agent.observe(self.homeassistant.observe)
+            self.memory.attach(self.agent)
+            self.console.watch(self.agent)
             self.intakes = await serve(stack, self.agent)
+            await self.memory.start_trigger(stack, self.agent, threshold=cfg.agent.scene_change.threshold)
             await self._start_rules()
+            if self.mcp is not None:
+                stack.push_async_callback(self.mcp.close)
+                await self.mcp.start()
             await self._connect_mqtt()  # after the intakes subscribed: `online` means questions are taken
+            await self.memory.start_mqtt(self.messager)
             self.driver.healthz_extra = self.health
             probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
             stack.push_async_callback(_cancelled, probe)
@@ -177,6 +201,19 @@ class Daemon:
             self._stack.push_async_callback(_quietly, lambda: asyncio.wait_for(asyncio.to_thread(tracing.shutdown), 5.0))
         return telemetry
 
+    def _mount_mcp(self) -> None:
+        """The MCP endpoint on the page's server (`mcp.enabled`); a missing SDK is a `ConfigError` saying what to install."""
+        if not self.config.mcp.enabled:
+            return
+        from .mcp_server import McpUnavailableError, load_service
+
+        try:
+            service = load_service()
+        except McpUnavailableError as exc:
+            raise ConfigError(f"{self.config.path}: {exc}") from None
+        self.mcp = service(self, self.config.mcp)
+        self.mcp.mount(self.driver)
+
     async def _start_mqtt(self) -> None:
         mqtt = self.config.mqtt
         host, port = mqtt.broker_address()
@@ -186,8 +223,10 @@ class Daemon:
             self._stack.push_async_callback(self.broker.close)
             port = self.broker.port or port
             client_config = self.broker.daemon_client_config(client_config)  # its own credentials: may publish status
+        # A question is acknowledged once answered (the MQTT intake settles each message), so one a dead daemon held
+        # stays at the broker; the embedded broker dies with us and times a missing PUBACK out after 5 s: at receipt.
         self.messager = MqttMessager(client_config, host=host, port=port, status_topic=Topics(mqtt.prefix).status,
-                                     name="mqtt")
+                                     settle_by_consumer=not mqtt.embedded, name="mqtt")
         self._stack.push_async_callback(self.messager.close)
 
     async def _connect_mqtt(self) -> None:
@@ -210,6 +249,7 @@ class Daemon:
         discovery = None
         if self.messager is not None and cfg.mqtt.homeassistant.enabled:
             discovery = RuleDiscovery(self.messager, cfg.mqtt.prefix, cfg.mqtt.homeassistant)
+            self.agent.observe(discovery.observe)  # each rule change: an event of its Home Assistant event entity
         self.rules = RuleEngine(self.agent, list(cfg.rules), calls_per_minute=cfg.agent.rule_calls_per_minute,
                                 discovery=discovery)
         driver = self.driver
@@ -262,6 +302,7 @@ class Daemon:
             "agent": self.agent.describe_state() if self.agent else None,
             "rules": self.rules.describe() if self.rules else None,
             "lookback": self.agent.lookbacks.describe() if self.agent else None,
+            "storage": self.memory.health(),
         }
 
     async def close(self) -> None:

@@ -53,6 +53,8 @@ class ErrorType(str, enum.Enum):
     to change)."""
     FORBIDDEN_RESPONSE_TOPIC = "forbidden_response_topic"
     """The MQTT 5 response topic is outside `mqtt.response_topic_prefixes`; the error answer goes to `<prefix>/answer`."""
+    STORE_UNAVAILABLE = "store_unavailable"
+    """A question about the past, and the event store cannot be read (see `storage` in /healthz)."""
     SHUTDOWN = "shutdown"
     """The daemon stopped before the answer was ready."""
     INTERNAL = "internal"

@@ -137,14 +137,14 @@ class AgentCore(Protocol):
         ...
 
     def admit(self, asker: str, question_id: Any = None) -> QuestionError | None:
-        """None when `asker` (an MQTT client or response topic, a page peer, "rules", "descriptions") may ask now;
-        else the `busy` or `shutdown` error to answer with."""
+        """None when `asker` (an MQTT client or response topic, a page peer, "rules", "descriptions") may ask now
+        or wait its turn; else the `busy` or `shutdown` error to answer with."""
         ...
 
     def take(self, question: Question, reply: Reply, *, via: Via, asker: str,
              timing: QuestionTiming | None = None) -> QuestionError | None:
-        """Admit `question` and answer it in a task of its own through `reply`; the refusal when not admitted (the
-        caller answers with it: `refuse`)."""
+        """Admit `question` and answer it in a task of its own (which waits for its turn) through `reply`; the
+        refusal when not admitted (the caller answers with it: `refuse`)."""
         ...
 
     def refuse(self, via: Via, question: Question | None, error: QuestionError) -> Answer:
@@ -161,7 +161,7 @@ class AgentCore(Protocol):
         ...
 
     async def describe(self, source: str, prompt: str, via: Via) -> Answer | None:
-        """A description of `source` now, published; None when busy."""
+        """A description of `source` once its turn comes, published; None when busy."""
         ...
 
     async def notify(self, event: AgentEvent) -> None:

@@ -1,10 +1,11 @@
 """Question and answer payloads of the MQTT and data-channel contracts (docs/VISUAL_AGENT_GUIDE.md, "MQTT contract").
 
-In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "conversation"?, "asked_at"?, "lookback_s"?}`` as JSON, or plain UTF-8 text
+In: ``{"id"?, "question", "source"?, "frames"?, "stream"?, "conversation"?, "asked_at"?, "lookback_s"?, "since"?,
+"until"?}`` as JSON, or plain UTF-8 text
 (the whole payload is the question). A payload that starts with ``{`` must be such a JSON object; anything else is text.
 Out: the answer ``{"id", "question", "text", "source", "frames": [{"pts", "age_s"}], "model", "provider",
 "latency_s", "error"}`` (plus ``"trimmed"`` when the context budget dropped history or frames, and ``"queued_s"`` when
-the question said when it was asked) and partials ``{"id", "seq", "delta"}``.
+the question said when it was asked, and ``"events"`` when it was answered from the event store) and partials ``{"id", "seq", "delta"}``.
 
 Parsing never raises anything but `QuestionError`, whose `id` is the question's id when one could be read, so
 the error answer still reaches the asker under its id: numbers too long for Python's int-digit limit, NaN and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +26,8 @@ from .errors import ErrorType, QuestionError
 
 __all__ = ["Answer", "FrameRef", "Question", "new_id", "parse_question", "partial_payload"]
 
-QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream", "conversation", "asked_at", "lookback_s"})
+QUESTION_KEYS = frozenset({"id", "question", "source", "frames", "stream", "conversation", "asked_at", "lookback_s",
+                           "since", "until"})
 _MAX_ID_CHARS = 128
 _MAX_NAME_CHARS = 128
 """Longest `source` or `conversation` name."""
@@ -59,6 +62,15 @@ class Question:
     """When the asker sent it (Unix seconds): the answer then says how long it waited (`queued_s`)."""
     lookback_s: float | None = None
     """Also look at a few look-back images of this many seconds before now ("what just happened?"); None: not."""
+    since: float | None = None
+    """A question about the past: from this unix time (answered from the event store); None: from the start."""
+    until: float | None = None
+    """A question about the past: up to this unix time; None: up to now (when `since` is given)."""
+
+    @property
+    def about_the_past(self) -> bool:
+        """True when the question names a time window: it is answered from the event store, not the live frames."""
+        return self.since is not None or self.until is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +103,9 @@ class Answer:
     """Seconds from the question's `asked_at` until the daemon received it (e.g. it was queued at the broker
     while the daemon was stopped); only when the question carried `asked_at`. `asked_at` is the asker's wall clock
     and the receipt this host's, so the figure is only as good as their synchronisation (NTP); never negative."""
+    events: list[dict[str, Any]] | None = None
+    """A question about the past: the stored events the model was shown, `{"id", "at", "source"}` oldest first;
+    None for a question about the live frames."""
     tool_calls: list[dict[str, str]] = field(default_factory=list)
     """The tool calls the model made, `{"id", "name", "arguments"}` (`arguments`: the JSON text the model wrote),
     the same whether the answer was streamed or not; only when the agent was given tools (`llm_options`)."""
@@ -114,6 +129,8 @@ class Answer:
             out["trimmed"] = dict(self.trimmed)
         if self.tool_calls:
             out["tool_calls"] = [dict(call) for call in self.tool_calls]
+        if self.events is not None:
+            out["events"] = [dict(event) for event in self.events]
         return out
 
     def payload(self) -> bytes:
@@ -199,13 +216,15 @@ def _name(data: dict[str, Any], key: str, qid: Any) -> str | None:
 
 
 def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_frames: int,
-                   max_lookback_s: float = 0.0) -> Question:
+                   max_lookback_s: float = 0.0, past: bool = False) -> Question:
     """Read a question payload; `QuestionError` (bad_payload / empty_question) says what is wrong, and nothing else
     escapes: an unforeseen failure of json or a check is a `bad_payload` too (with the id when it was read).
-    `max_lookback_s`: the largest `lookback_s` taken (`AgentConfig.question_lookback_max_s()`; 0: look-back off)."""
+    `max_lookback_s`: the largest `lookback_s` taken (`AgentConfig.question_lookback_max_s()`; 0: look-back off).
+    `past`: questions about the past can be answered (the event store is on): a `lookback_s` beyond
+    `max_lookback_s` becomes `since` = now - lookback_s instead of an error."""
     read: dict[str, Any] = {}
     try:
-        return _parse(payload, max_bytes, max_chars, max_frames, read, max_lookback_s)
+        return _parse(payload, max_bytes, max_chars, max_frames, read, max_lookback_s, past)
     except QuestionError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, AttributeError, KeyError) as exc:
@@ -214,7 +233,7 @@ def parse_question(payload: bytes | str, *, max_bytes: int, max_chars: int, max_
 
 
 def _parse(payload: bytes | str, max_bytes: int, max_chars: int, max_frames: int, read: dict[str, Any],
-           max_lookback_s: float) -> Question:
+           max_lookback_s: float, past: bool = False) -> Question:
     raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
     if len(raw) > max_bytes:
         raise _bad(f"payload is {len(raw)} bytes; the limit is {max_bytes}")
@@ -245,6 +264,12 @@ def _parse(payload: bytes | str, max_bytes: int, max_chars: int, max_frames: int
         raise _bad(f"the question is {len(q.question)} characters; the limit is {max_chars}", q.id)
     if q.frames is not None and not 1 <= q.frames <= max_frames:
         raise _bad(f"frames must be 1 to {max_frames}, got {_shown(q.frames)}", q.id)
+    if q.about_the_past and not past:
+        raise _bad('"since"/"until": questions about the past need the event store (storage.enabled)', q.id)
+    if q.lookback_s is not None and q.about_the_past:
+        raise _bad('give "lookback_s" or "since"/"until", not both', q.id)
+    if q.lookback_s is not None and past and q.lookback_s > max_lookback_s:  # beyond the frames kept: the store's
+        q.since, q.lookback_s = max(0.0, time.time() - q.lookback_s), None
     if q.lookback_s is not None:
         if max_lookback_s <= 0:
             raise _bad('"lookback_s": look-back is off on this daemon (agent.lookback_s is 0)', q.id)
@@ -252,6 +277,15 @@ def _parse(payload: bytes | str, max_bytes: int, max_chars: int, max_frames: int
             raise _bad(f'"lookback_s" must be at most {max_lookback_s:g} s (agent.lookback_max_s), '
                        f"got {_shown(q.lookback_s)}", q.id)
     return q
+
+
+def _unix_time(data: dict[str, Any], key: str, qid: Any) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise _bad(f'"{key}" must be a Unix time in seconds, got {_shown(value)}', qid)
+    return float(value)
 
 
 def _encodable(text: str) -> bool:
@@ -294,10 +328,13 @@ def _from_mapping(data: dict[str, Any], read: dict[str, Any]) -> Question:
     if asked_at is not None and (isinstance(asked_at, bool) or not isinstance(asked_at, (int, float))
                                  or not math.isfinite(asked_at) or asked_at < 0):
         raise _bad(f'"asked_at" must be a Unix time in seconds, got {_shown(asked_at)}', qid)
+    since, until = _unix_time(data, "since", qid), _unix_time(data, "until", qid)
+    if since is not None and until is not None and until < since:
+        raise _bad('"until" must not be before "since"', qid)
     lookback_s = data.get("lookback_s")
     if lookback_s is not None and (isinstance(lookback_s, bool) or not isinstance(lookback_s, (int, float))
                                    or not math.isfinite(lookback_s) or lookback_s <= 0):
         raise _bad(f'"lookback_s" must be a number of seconds > 0, got {_shown(lookback_s)}', qid)
     return Question(question=question.strip(), id=qid, source=source, frames=frames, stream=stream,
                     conversation=conversation, asked_at=float(asked_at) if asked_at is not None else None,
-                    lookback_s=float(lookback_s) if lookback_s is not None else None)
+                    lookback_s=float(lookback_s) if lookback_s is not None else None, since=since, until=until)

@@ -11,7 +11,10 @@ attempt. Another named task keeps the connection alive (paho's pings). Both are 
   expiry `mqtt.session_expiry_s`, 3.1.1 clean_session False), so questions asked while the daemon is down are
   delivered at its next start. With the random default id, MQTT 5 keeps the session while connected (a broker
   restart keeps our subscription) and ends it on a clean stop; MQTT 3.1.1 uses a clean session (no orphans).
-- QoS-1 redeliveries (DUP) of a message already received are dropped, so a question is answered once.
+- QoS-1 redeliveries (DUP) of a message already received are dropped, so a question is answered once. PUBACKs go
+  in arrival order (`mqtt_acks`): at receipt, or (`settle_by_consumer`) when the consumer calls `msg.settle()`, so
+  a question taken but not answered stays in the broker's session if the process dies. A shared group whose
+  session ends with the connection starts clean, so a broker may hand a dead member's share on.
 - Retained ``<prefix>/status``: ``online`` after each connect, ``offline`` on `close()` and as the last will.
 - Publishing never blocks and never raises for a missing connection: while offline, messages wait in a bounded
   outbox (oldest dropped, logged, counted) and go out after the reconnect.
@@ -33,7 +36,7 @@ from typing import Any
 from .config import MqttConfig, MqttProtocol
 from .errors import BrokerRefusedError, MessagingError
 from .mqtt_bridge import ClosedBeforeConnack, ConnackRefused, IncomingMessage, NoConnack, NotConnected, PahoBridge
-from .mqtt_queues import MessagerStats, Outbox, Outgoing, RecentMessages
+from .mqtt_queues import Inbox, MessagerStats, Outbox, Outgoing
 
 __all__ = ["IncomingMessage", "MessagerStats", "MqttMessager", "STATUS_OFFLINE", "STATUS_ONLINE"]
 
@@ -62,6 +65,7 @@ class MqttMessager:
         status_topic: str | None = None,
         client_id: str | None = None,
         persistent_session: bool = True,
+        settle_by_consumer: bool = False,
         name: str = "mqtt",
     ) -> None:
         default_host, default_port = config.broker_address()
@@ -73,7 +77,8 @@ class MqttMessager:
         self.persistent_session = persistent_session
         self.keeps_session = persistent_session and (client_id or config.client_id) is not None
         """A fixed client id: the broker keeps our session (and queues questions) across a clean stop too."""
-        self._recent = RecentMessages()
+        self.settle_by_consumer = settle_by_consumer
+        """Each received message is acknowledged when its consumer calls `settle()`, not at receipt."""
         self.name = name
         self.protocol = config.protocol
         self.stats = MessagerStats()
@@ -82,7 +87,8 @@ class MqttMessager:
         self.on_inbox_full: Callable[[IncomingMessage], None] | None = None
         """Called (soon, on the loop) with each message the full inbox dropped, e.g. to answer it `busy`."""
         self._subscriptions: list[str] = list(subscriptions)
-        self._inbox: asyncio.Queue[IncomingMessage] = asyncio.Queue(maxsize=config.inbox_max)
+        self._inbox = Inbox(config.inbox_max, self.stats, self._send_ack, settle_by_consumer=settle_by_consumer,
+                            on_full=lambda msg: self.on_inbox_full(msg) if self.on_inbox_full else msg.settle())
         self._outbox = Outbox(config.outbox_max, self.stats)
         self._bridge: PahoBridge | None = None
         """paho and its socket; made at the first connect, made again only to fall back to MQTT 3.1.1."""
@@ -120,8 +126,14 @@ class MqttMessager:
             "session": "kept across stops" if self.keeps_session else ("while connected" if self._session_while_connected() else "clean"),
             "outbox": len(self._outbox),
             "outbox_max": self.config.outbox_max,
+            "unacknowledged": self._inbox.unacknowledged,
             **{k: getattr(self.stats, k) for k in MessagerStats.__slots__},
         }
+
+    def _clean_start(self) -> bool:
+        """A replica (`shared_group`) whose session ends with its connection starts clean: a broker that hands a
+        dead member's unacknowledged share to the live members (EMQX, HiveMQ) does so at once."""
+        return not self.persistent_session or (self.config.shared_group is not None and self.config.session_expiry_s == 0)
 
     def _session_while_connected(self) -> bool:
         return self.persistent_session and (self.keeps_session or self.protocol is MqttProtocol.V5)
@@ -229,17 +241,14 @@ class MqttMessager:
     async def messages(self) -> AsyncIterator[IncomingMessage]:
         """Received messages, oldest first, until the messager closes."""
         while not self._closed:
-            yield await self._inbox.get()
+            yield await self._inbox.get(None)
 
     async def next_message(self, timeout: float | None = None) -> IncomingMessage:
-        return await asyncio.wait_for(self._inbox.get(), timeout)
+        return await self._inbox.get(timeout)
 
     def take_pending(self) -> list[IncomingMessage]:
         """Empty the queue of received messages nobody has taken yet (on shutdown, to answer them)."""
-        taken: list[IncomingMessage] = []
-        while not self._inbox.empty():
-            taken.append(self._inbox.get_nowait())
-        return taken
+        return self._inbox.take_all()
 
     # --- publishing ------------------------------------------------------------------------------
 
@@ -316,11 +325,13 @@ class MqttMessager:
             self.config,
             client_id=self.client_id,
             protocol=self.protocol,
-            clean_session=not self.keeps_session,
+            clean_session=not self.keeps_session or self._clean_start(),
             will_topic=self.status_topic,
             will_payload=STATUS_OFFLINE,
             on_message=self._receive,
             on_lost=self._on_lost,
+            on_session=self._inbox.reconnected,
+            receive_maximum=self.config.inbox_max if self.settle_by_consumer else None,
         )
 
     async def _connect_once(self) -> PahoBridge:
@@ -336,7 +347,7 @@ class MqttMessager:
             connack_wait = min(self.config.connect_timeout_s, _V5_CONNACK_WAIT_S) if v5_first else self.config.connect_timeout_s
             try:
                 await bridge.connect(
-                    self.host, self.port, keepalive=self.config.keepalive_s, clean_start=not self.persistent_session,
+                    self.host, self.port, keepalive=self.config.keepalive_s, clean_start=self._clean_start(),
                     session_expiry_s=self.config.session_expiry_s if self.persistent_session else 0,
                     connect_timeout=self.config.connect_timeout_s, connack_wait=connack_wait,
                 )
@@ -413,20 +424,12 @@ class MqttMessager:
         self.last_error = why
         self._connected.clear()
 
+    def _send_ack(self, mid: int, qos: int) -> bool:
+        return self._bridge is not None and self._bridge.ack(mid, qos)
+
     def _receive(self, msg: IncomingMessage, dup: bool) -> None:
-        """Every received message: drop a QoS-1 redelivery of one already taken, else queue it (bounded)."""
         self.stats.received += 1
-        if self._recent.is_redelivery(msg, dup):
-            self.stats.duplicates_dropped += 1
-            logger.info("mqtt: dropped a redelivered copy of a message on %s", msg.topic)
-            return
-        try:
-            self._inbox.put_nowait(msg)
-        except asyncio.QueueFull:
-            self.stats.inbox_dropped += 1
-            logger.warning("mqtt: inbox full (%d); dropped a message on %s", self.config.inbox_max, msg.topic)
-            if self.on_inbox_full is not None:
-                asyncio.get_running_loop().call_soon(self.on_inbox_full, msg)  # not from inside paho's callback
+        self._inbox.receive(msg, dup)
 
 
 def _means_no_mqtt5(exc: BaseException) -> bool:

@@ -7,6 +7,10 @@ so every paho callback runs on the loop's thread; only the blocking TCP/TLS conn
 opens the socket there, so `on_socket_open` and the first `on_socket_register_write` may come from that thread
 and are handed to the loop). Each acknowledgement (CONNACK, SUBACK, UNSUBACK, PUBACK) resolves a future.
 
+With QoS 1 paho does not acknowledge what it receives (`manual_ack=True`): `ack()` sends a received message's
+PUBACK when the session policy says it is dealt with (`mqtt_acks.ReleaseQueue`), so a message taken but not dealt
+with stays in the broker's session if the process dies.
+
 Only paho's public API is used (`socket()`, the callback attributes, `loop_read/loop_write/loop_misc`); a test
 (`test_va_mqtt.py::test_bridge_uses_no_private_attributes`) fails if a private one creeps back in.
 """
@@ -21,7 +25,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -53,6 +57,11 @@ class IncomingMessage:
     """`time.monotonic()` when paho handed it over."""
     received_wall: float = 0.0
     """`time.time()` when paho handed it over (to tell how long a question waited, against its `asked_at`)."""
+    mid: int = 0
+    """The packet id (QoS>0), for its acknowledgement."""
+    settle: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
+    """Call once the message is dealt with (a question: its answer published), so the broker may forget it; safe
+    twice. A no-op unless the messager leaves acknowledgements to its consumer (`settle_by_consumer`)."""
 
 
 class ClosedBeforeConnack(MessagingError):
@@ -95,11 +104,15 @@ class PahoBridge:
         will_payload: bytes,
         on_message: MessageHandler,
         on_lost: Callable[[str], None],
+        on_session: Callable[[bool], None] = lambda present: None,
+        receive_maximum: int | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.protocol = protocol
         self._on_message_cb = on_message
         self._on_lost_cb = on_lost
+        self._on_session_cb = on_session
+        self._receive_maximum = receive_maximum
         self.lost = asyncio.Event()
         """Set when the connection drops (or `disconnect()` completed); cleared by `connect()`."""
         self._connack: asyncio.Future[tuple[int, str] | None] | None = None
@@ -116,6 +129,8 @@ class PahoBridge:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else clean_session,
             reconnect_on_failure=False,
+            # QoS 2 is acknowledged (PUBREC) at receipt anyway, and paho leaves an unknown PUBREL unanswered in this mode.
+            manual_ack=config.qos == 1,
         )
         if config.username is not None:
             client.username_pw_set(config.username, config.password.get_secret_value() if config.password else None)
@@ -153,6 +168,8 @@ class PahoBridge:
         if self.protocol is MqttProtocol.V5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = session_expiry_s or 0
+            if self._receive_maximum is not None:  # at most this many unacknowledged messages sent to us
+                props.ReceiveMaximum = self._receive_maximum
             kwargs.update(clean_start=clean_start, properties=props)
         await asyncio.wait_for(
             self._loop.run_in_executor(None, functools.partial(self.client.connect, host, port, **kwargs)), connect_timeout)
@@ -202,6 +219,11 @@ class PahoBridge:
     def socket(self) -> Any:
         """paho's socket (None when not connected)."""
         return self.client.socket()
+
+    def ack(self, mid: int, qos: int) -> bool:
+        """Acknowledge a received message (PUBACK, or PUBCOMP for QoS 2); False when there is no connection (the
+        broker sends it again after the reconnect when it keeps the session)."""
+        return self.client.ack(mid, qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # --- subscribing -----------------------------------------------------------------------------
 
@@ -339,6 +361,8 @@ class PahoBridge:
         fut = self._connack
         if fut is None or fut.done():
             return
+        if not reason_code.is_failure:  # before any message of this connection is read
+            self._on_session_cb(bool(getattr(flags, "session_present", False)))
         fut.set_result((int(reason_code.value), str(reason_code)) if reason_code.is_failure else None)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -365,6 +389,7 @@ class PahoBridge:
             correlation_data=bytes(correlation) if correlation is not None else None,
             received_at=time.monotonic(),
             received_wall=time.time(),
+            mid=message.mid,
         )
         self._on_message_cb(msg, bool(getattr(message, "dup", False)))
 

@@ -12,6 +12,8 @@ The MQTT rules live here: a retained question is ignored (it would be re-answere
 `forbidden_response_topic` error for a topic outside the prefixes; an answer carries `queued_s` when the question
 said when it was asked (`asked_at`); partials go to `<prefix>/answer/partial`. A question the transport's full inbox dropped
 gets a `busy` answer, and at shutdown those received but not yet taken get a `shutdown` answer: none is lost.
+Every message is settled (`msg.settle()`, so the broker may forget it) once it is dealt with: a question when its
+answer is handed to the transport (it leaves before the acknowledgement), anything else at once.
 
 `queued_s` is the asker's `asked_at` (its wall clock) to the daemon's receipt (this host's wall clock): the two
 clocks are different machines' unless they are synchronised (NTP), so it is a hint, never negative.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ErrorType, QuestionError
@@ -136,10 +139,21 @@ class MqttQuestions:
         task.add_done_callback(self._refusals.discard)
 
     async def handle(self, msg: Any, *, refuse: QuestionError | None = None) -> None:
-        """Take one `<prefix>/ask` message: answer it in a task, or answer with an error at once (`refuse`: this one)."""
+        """Take one `<prefix>/ask` message: answer it in a task (its reply settles it), or answer with an error at
+        once (`refuse`: this one) and settle it."""
+        settle = getattr(msg, "settle", _nothing)
+        taken = False
+        try:
+            taken = await self._take(msg, refuse, settle)
+        finally:
+            if not taken:
+                settle()
+
+    async def _take(self, msg: Any, refuse: QuestionError | None, settle: Callable[[], None]) -> bool:
+        """Whether the core took the question (its reply settles the message)."""
         if msg.retain:
             logger.warning("agent: ignoring a retained question on %s (it would be re-answered at every start)", msg.topic)
-            return
+            return False
         timing = QuestionTiming(id=None, received_at=msg.received_at)
         reply_to, forbidden = self._reply_topic(msg.response_topic)
         try:
@@ -147,13 +161,13 @@ class MqttQuestions:
         except QuestionError as exc:
             logger.warning("agent: bad question on %s: %s", msg.topic, exc.message)
             await self._send_now(self.core.refuse(Via.MQTT, None, exc), reply_to, msg.correlation_data)
-            return
+            return False
         topic_source = self.topics.source_of_ask(msg.topic)
         if topic_source is not None:  # <prefix>/<source>/ask: the topic says which source
             question.source = topic_source
         timing.id = question.id
         queued_s = _queued_s(question, msg)
-        reply = _MqttReply(self, reply_to, msg.correlation_data, queued_s)
+        reply = _MqttReply(self, reply_to, msg.correlation_data, queued_s, settle)
         refused = refuse or forbidden
         if refused is None:
             refused = self.core.take(question, reply, via=Via.MQTT, asker=msg.response_topic or "mqtt", timing=timing)
@@ -161,6 +175,8 @@ class MqttQuestions:
             failed = self.core.refuse(Via.MQTT, question, refused)
             failed.queued_s = queued_s
             await self._send_now(failed, reply_to, msg.correlation_data)
+            return False
+        return True
 
     async def _send_now(self, answer: Answer, reply_to: str, correlation: bytes | None) -> None:
         """An answer given at once (bad payload, busy, shutdown)."""
@@ -185,8 +201,10 @@ class MqttQuestions:
 class _MqttReply:
     """One question's way back: partials to `<prefix>/answer/partial`, the answer to its reply topic."""
 
-    def __init__(self, intake: MqttQuestions, reply_to: str, correlation: bytes | None, queued_s: float | None) -> None:
+    def __init__(self, intake: MqttQuestions, reply_to: str, correlation: bytes | None, queued_s: float | None,
+                 settle: Callable[[], None]) -> None:
         self.intake = intake
+        self.settle = settle
         self.reply_to = reply_to
         self.correlation = correlation
         self.queued_s = queued_s
@@ -196,7 +214,14 @@ class _MqttReply:
 
     async def answer(self, answer: Answer) -> None:
         answer.queued_s = self.queued_s
-        await self.intake.transport.publish(self.reply_to, answer.payload(), correlation_data=self.correlation)
+        try:
+            await self.intake.transport.publish(self.reply_to, answer.payload(), correlation_data=self.correlation)
+        finally:
+            self.settle()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _queued_s(question: Question, msg: Any) -> float | None:

@@ -1,16 +1,20 @@
 """What `MqttMessager` keeps between the broker and the agent: the bounded outbox of messages published while
-offline, the memory of recent messages that drops QoS-1 redeliveries, and the counters of both."""
+offline, the bounded inbox of received messages (which drops QoS-1 redeliveries and says when each may be
+acknowledged), and their counters."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .mqtt_acks import ReleaseQueue, SendAck
 from .mqtt_bridge import IncomingMessage
 
-__all__ = ["MessagerStats", "Outbox", "Outgoing", "RecentMessages"]
+__all__ = ["Inbox", "MessagerStats", "Outbox", "Outgoing", "RecentMessages"]
 
 logger = logging.getLogger("visual_agent.mqtt")
 
@@ -87,3 +91,59 @@ class RecentMessages:
         if len(self._seen) > self._kept:
             self._seen.popitem(last=False)
         return False
+
+
+class Inbox:
+    """Received messages for the consumer, oldest first, at most `maxsize`; a full inbox hands the message to
+    `on_full` (which answers or settles it). Each QoS>0 message has its place in a `ReleaseQueue`: settled at
+    receipt, or (`settle_by_consumer`) when the consumer calls its `settle()`."""
+
+    def __init__(self, maxsize: int, stats: MessagerStats, send_ack: SendAck, *, settle_by_consumer: bool,
+                 on_full: Callable[[IncomingMessage], None]) -> None:
+        self.maxsize = maxsize
+        self._stats = stats
+        self._settle_by_consumer = settle_by_consumer
+        self._on_full = on_full
+        self._queue: asyncio.Queue[IncomingMessage] = asyncio.Queue(maxsize=maxsize)
+        self._recent = RecentMessages()
+        self._acks = ReleaseQueue(send_ack)
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._acks)
+
+    def reconnected(self, session_present: bool) -> None:
+        """A new connection (before any of its messages): see `ReleaseQueue.reconnected`."""
+        self._acks.reconnected(session_present=session_present)
+
+    def receive(self, msg: IncomingMessage, dup: bool) -> None:
+        """Drop a QoS-1 redelivery of a message already taken (acknowledged in its turn), else queue it."""
+        settle = self._acks.arrived(msg.mid, msg.qos, dup=dup)
+        if settle is None or self._recent.is_redelivery(msg, dup):
+            self._stats.duplicates_dropped += 1
+            logger.info("mqtt: dropped a redelivered copy of a message on %s", msg.topic)
+            if settle is not None:
+                settle()
+            return
+        if self._settle_by_consumer:
+            msg = dataclasses.replace(msg, settle=settle)
+        else:
+            settle()
+        try:
+            self._queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            self._stats.inbox_dropped += 1
+            logger.warning("mqtt: inbox full (%d); dropped a message on %s", self.maxsize, msg.topic)
+            asyncio.get_running_loop().call_soon(self._on_full, msg)  # not from inside paho's callback
+
+    async def get(self, timeout: float | None) -> IncomingMessage:
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def take_all(self) -> list[IncomingMessage]:
+        taken: list[IncomingMessage] = []
+        while not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        return taken

@@ -6,26 +6,20 @@ every reader of the log would find the token); `visual-agent url` prints it on r
 
 from __future__ import annotations
 
-import socket
 import sys
 from typing import TextIO
 
+from webrtc import addresses
 from webrtc.config import WebRTCConfig
 
 __all__ = ["page_url", "show_on_terminal"]
 
-_WILDCARDS = ("0.0.0.0", "::", "")
-
 
 def page_url(web: WebRTCConfig, *, host: str | None = None, port: int | None = None) -> str:
     """The page's URL for `web` (``/#token=<token>`` when one is set): `host` as the browser will name this machine
-    (default: the bound address; this machine's name for a wildcard bind), `port` the bound one (default: the
-    configured one)."""
-    name = host or (socket.gethostname() if web.host in _WILDCARDS else web.host)
-    if ":" in name and not name.startswith("["):
-        name = f"[{name}]"
-    base = f"{'https' if web.tls else 'http'}://{name}:{web.port if port is None else port}/"
-    return f"{base}#token={web.auth_token}" if web.auth_token else base
+    (default: the bound address; for a wildcard bind the certificate's name or a LAN address, as the running
+    daemon prints it), `port` the bound one (default: the configured one)."""
+    return addresses.page_url(web, web.port if port is None else port, host)
 
 
 def show_on_terminal(line: str, stream: TextIO | None = None) -> bool:

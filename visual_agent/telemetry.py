@@ -35,6 +35,8 @@ class Via(str, enum.Enum):
     """A question on `<prefix>/ask` or `<prefix>/<source>/ask`."""
     PAGE = "page"
     """A question typed on the page (its data channel)."""
+    MCP = "mcp"
+    """A question from another agent, through the MCP tool `ask`."""
     PERIODIC = "periodic"
     """The agent's own description, every `agent.periodic_interval_s`."""
     SCENE = "scene"
@@ -43,16 +45,18 @@ class Via(str, enum.Enum):
     """A rule's yes/no check (`rules.RuleEngine`)."""
     MEMORY = "memory"
     """A question about the past, answered from stored events."""
+    SCENE_MEMORY = "scene_memory"
+    """The agent's own description for the event store, after the picture changed (`storage.memory`)."""
 
     @property
     def asked(self) -> bool:
         """True for a question someone asked (it belongs to a conversation and gets an answer sent back)."""
-        return self in (Via.MQTT, Via.PAGE)
+        return self in (Via.MQTT, Via.PAGE, Via.MCP)
 
     @property
     def describes(self) -> bool:
         """True for the agent's own descriptions (published on `<prefix>/<source>/description`)."""
-        return self in (Via.PERIODIC, Via.SCENE)
+        return self in (Via.PERIODIC, Via.SCENE, Via.SCENE_MEMORY)
 
 
 def outcome_of(answer: Answer) -> str:

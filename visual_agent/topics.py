@@ -85,6 +85,10 @@ class Topics:
         """Retained last answer of `source` (the Home Assistant sensor's state)."""
         return f"{self.prefix}/{source}/state"
 
+    def description_ha_event(self, source: str) -> str:
+        """Each description of `source` in Home Assistant's event shape (`{"event_type", ...}`: its event entity)."""
+        return f"{self.description(source)}/ha"
+
     def ha_discovery(self, discovery_prefix: str, node_id: str, source: str) -> str:
         """Home Assistant's discovery config topic of the sensor of `source`."""
         return f"{discovery_prefix}/sensor/{node_id}/{ha_object_id(source)}/config"
@@ -107,6 +111,10 @@ class Topics:
         """A rule's state changes."""
         return f"{self.rule(source, name)}/event"
 
+    def rule_ha_event(self, source: str, name: str) -> str:
+        """A rule's state changes in Home Assistant's event shape (`{"event_type": "on"|"off", ...}`)."""
+        return f"{self.rule_event(source, name)}/ha"
+
     def rule_evidence(self, source: str, name: str) -> str:
         """Retained JPEG of the frame that last turned the rule on."""
         return f"{self.rule(source, name)}/evidence"
@@ -114,6 +122,16 @@ class Topics:
     def rule_lookback(self, source: str, name: str) -> str:
         """Retained JPEG strip of the source's look-back thumbnails before the rule last turned on."""
         return f"{self.rule(source, name)}/evidence/lookback"
+
+    @property
+    def events_query(self) -> str:
+        """Event-store queries in (the filters of `GET /events`, MQTT request/response)."""
+        return f"{self.prefix}/events/query"
+
+    @property
+    def events_result(self) -> str:
+        """Answers to event queries that named no response topic (MQTT 3.1.1), or a forbidden one."""
+        return f"{self.prefix}/events/result"
 
     def ha_component(self, discovery_prefix: str, component: str, node_id: str, object_id: str) -> str:
         """Home Assistant's discovery config topic of one entity (`binary_sensor`, `image`, ...)."""

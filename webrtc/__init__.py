@@ -46,6 +46,7 @@ handed to the page; `WebRTCConfig.host_candidate_addresses` (e.g. ``["127.0.0.1"
 candidates aioice offers, process-wide (see `webrtc.ice`).
 """
 
+from .addresses import WILDCARD_HOSTS, lan_addresses, page_url, reachable_hosts
 from .catalog import SourceCatalog
 from .config import (
     DEFAULT_BUFFER_MAX_FRAMES,
@@ -73,9 +74,10 @@ from .errors import (
     WebRTCError,
 )
 from .frame_buffer import BufferedFrame, BufferState, FrameBuffer, FrameBufferStats
-from .http_guard import DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
+from .http_guard import PAGE_SCRIPTS, DeadlineSite, HttpGuard, bearer_token_ok, content_security_policy, inline_styles
 from .ice import current_host_addresses, restrict_host_addresses
 from .peers import PeerKind, PeerSession
+from .plain_http import TlsOrHint
 from .registry import PeerRegistry
 from .server import DataMessageCallback, WebRTCDriver, WebRTCServer, names_preview
 from .sources import SourceRunner
@@ -89,6 +91,8 @@ __all__ = [
     "DEFAULT_MAX_PEERS",
     "DEFAULT_MAX_SOURCES",
     "DEFAULT_PORT",
+    "PAGE_SCRIPTS",
+    "WILDCARD_HOSTS",
     "BufferState",
     "BufferedFrame",
     "DataChannelClosedError",
@@ -110,6 +114,7 @@ __all__ = [
     "SourceError",
     "SourceKind",
     "SourceRunner",
+    "TlsOrHint",
     "TooManyPeersError",
     "WebRTCConfig",
     "WebRTCConfigError",
@@ -122,7 +127,10 @@ __all__ = [
     "current_host_addresses",
     "inline_styles",
     "is_loopback_host",
+    "lan_addresses",
     "names_preview",
+    "page_url",
+    "reachable_hosts",
     "restrict_host_addresses",
     "server_ssl_context",
 ]

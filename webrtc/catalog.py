@@ -37,7 +37,8 @@ class SourceCatalog:
     def new_buffer(self, name: str) -> FrameBuffer:
         c = self.config
         return FrameBuffer(name, max_frames=c.buffer_max_frames, max_seconds=c.buffer_max_seconds,
-                           spread_frames=c.buffer_spread_frames, first_frame_timeout_s=c.first_frame_timeout_s)
+                           spread_frames=c.buffer_spread_frames, older_max_side=c.buffer_older_max_side,
+                           first_frame_timeout_s=c.first_frame_timeout_s)
 
     def buffer_for_peer(self, name: str) -> FrameBuffer:
         """The buffer of a peer's source, made (and announced) when it is new."""

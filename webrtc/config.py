@@ -189,6 +189,14 @@ class WebRTCConfig:
     """Keep only the newest frame and at most this many older ones, spaced evenly over `buffer_max_seconds` (what
     sampling over a window can use; `visual-agent run` sets it to `agent.max_frames - 1`); None: every frame within
     the bounds."""
+    buffer_older_max_side: int | None = None
+    """With `buffer_spread_frames`: keep the older frames as copies whose longer side is at most this many pixels (the
+    newest stays as decoded), so they do not hold full-size decoder pictures; `visual-agent run` sets it to
+    `encoder.jpeg_max_side`, the size its questions' frames are sent at. None: keep them as decoded."""
+    udp_receive_buffer_bytes: int | None = None
+    """Kernel receive buffer asked for each media socket (`SO_RCVBUF`; capped by `net.core.rmem_max`, with a warning);
+    None keeps aioice's 256 KiB, which holds seconds of a 640x480 stream (a larger one only delays an overloaded loop's
+    media; for high-bitrate cameras' bursts)."""
     first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S
     """Default timeout of `FrameBuffer.wait_for_frame`."""
     connect_timeout_s: float = DEFAULT_PEER_CONNECT_TIMEOUT_S
@@ -235,6 +243,10 @@ class WebRTCConfig:
                 raise WebRTCConfigError(f"webrtc.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.buffer_spread_frames is not None and int(self.buffer_spread_frames) < 1:
             raise WebRTCConfigError(f"webrtc.buffer_spread_frames must be >= 1 or None, got {self.buffer_spread_frames!r}")
+        if self.udp_receive_buffer_bytes is not None and int(self.udp_receive_buffer_bytes) < 4096:
+            raise WebRTCConfigError(f"webrtc.udp_receive_buffer_bytes must be >= 4096 or None, got {self.udp_receive_buffer_bytes!r}")
+        if self.buffer_older_max_side is not None and int(self.buffer_older_max_side) < 16:
+            raise WebRTCConfigError(f"webrtc.buffer_older_max_side must be >= 16 or None, got {self.buffer_older_max_side!r}")
         if self.buffer_max_seconds <= 0 or self.first_frame_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise WebRTCConfigError(
                 "webrtc.buffer_max_seconds, first_frame_timeout_s and connect_timeout_s must be > 0"

@@ -10,19 +10,31 @@ FFmpeg's default starts a slice thread per core for every stream, and one thread
 
 aiortc has no hook for choosing a decoder, so `install()` wraps the `get_decoder` that its receiver module imported.
 It is idempotent, and leaves aiortc as it is (with a warning) where that name is gone or FFmpeg lacks a decoder.
+
+It also replaces aiortc's `decoder_worker`, the loop each receiver's decoder thread runs, by `hand_over_worker`: the same
+loop, but decoded frames reach the track's queue through a small mailbox and one `call_soon_threadsafe` per wake-up
+instead of `run_coroutine_threadsafe(queue.put(frame))`, which made the event loop's thread create a Task, run a
+coroutine and settle two futures for every frame of every stream (BENCHMARKS.md, "WebRTC ingest": the decode floor).
+aiortc's hand-over was unbounded too: a loop running behind its decoders (48 overloaded streams) let decoded frames
+pile up in its callbacks and the track's queue, over a gigabyte at the peak; the mailbox and the queue keep at most
+`MAX_QUEUED_FRAMES` each per track, dropping the oldest, as the newest-wins buffer behind them would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
+import queue
+import threading
 from fractions import Fraction
 from typing import Any, cast
 
 import av
 from av.video.codeccontext import VideoCodecContext
 
-__all__ = ["FFmpegVideoDecoder", "decoders_made", "install"]
+__all__ = ["MAX_QUEUED_FRAMES", "FFmpegVideoDecoder", "decoders_made", "frames_dropped_behind", "hand_over_worker",
+           "install"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +42,12 @@ _VIDEO_TIME_BASE = Fraction(1, 90_000)  # the RTP video clock, as aiortc's own d
 
 _FFMPEG_DECODERS = {"video/vp8": "vp8", "video/h264": "h264"}
 """The MIME types we decode ourselves, and FFmpeg's decoder for each."""
+
+MAX_QUEUED_FRAMES = 4
+"""Decoded frames a track's queue holds for the loop at most; older ones are dropped when the loop is behind."""
+
+frames_dropped_behind = 0
+"""Decoded frames dropped because the loop had not taken the older ones yet (the tests and benchmarks read it)."""
 
 decoders_made: collections.Counter[str] = collections.Counter()
 """How many decoders `install()`'s wrapper has made, by FFmpeg decoder name (the tests read it)."""
@@ -47,6 +65,86 @@ class FFmpegVideoDecoder:
         packet.pts = encoded_frame.timestamp
         packet.time_base = _VIDEO_TIME_BASE
         return list(self.codec.decode(packet))
+
+
+def _deliver(output_q: asyncio.Queue, frame: Any) -> None:
+    """On the loop: queue a decoded frame, dropping the oldest ones beyond `MAX_QUEUED_FRAMES` (the end-of-track None
+    comes last and is never dropped)."""
+    global frames_dropped_behind
+    while output_q.qsize() >= MAX_QUEUED_FRAMES:
+        output_q.get_nowait()
+        frames_dropped_behind += 1
+    output_q.put_nowait(frame)
+
+
+class _Mailbox:
+    """The frames one decoder thread has handed over and the loop has not taken yet: at most `MAX_QUEUED_FRAMES`
+    (the oldest go), and at most one wake-up of the loop pending. A callback per frame would hold every frame decoded
+    while the loop is behind in the loop's own queue, unbounded, and wake it once per frame."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, output_q: asyncio.Queue) -> None:
+        self.loop, self.output_q = loop, output_q
+        self.frames: collections.deque[Any] = collections.deque(maxlen=MAX_QUEUED_FRAMES)
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, frame: Any) -> None:
+        """From the decoder thread."""
+        global frames_dropped_behind
+        with self.lock:
+            if len(self.frames) == self.frames.maxlen:
+                frames_dropped_behind += 1
+            self.frames.append(frame)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self.drain)
+
+    def drain(self) -> None:
+        """On the loop: move the waiting frames to the track's queue."""
+        with self.lock:
+            frames = list(self.frames)
+            self.frames.clear()
+            self.scheduled = False
+        for frame in frames:
+            _deliver(self.output_q, frame)
+
+    def end(self) -> None:
+        """From the decoder thread: the track has ended (after any frames still waiting)."""
+        self.loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        self.drain()
+        self.output_q.put_nowait(None)
+
+
+def hand_over_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue, output_q: asyncio.Queue,
+                     decode_error: threading.Event) -> None:
+    """aiortc's `decoder_worker` (same arguments, same behaviour), handing frames to the loop through a `_Mailbox`:
+    at most one callback pending and `MAX_QUEUED_FRAMES` frames held per track, in order."""
+    from aiortc import rtcrtpreceiver
+
+    mailbox = _Mailbox(loop, output_q)
+    codec_name = None
+    decoder: Any = None
+    while True:
+        task = input_q.get()
+        if task is None:
+            mailbox.end()
+            break
+        codec, encoded_frame = task
+        if codec.name != codec_name:
+            decoder = rtcrtpreceiver.get_decoder(codec)
+            codec_name = codec.name
+        try:
+            frames = decoder.decode(encoded_frame)
+        except av.FFmpegError as exc:  # keep the decoder's state, as aiortc does: the next keyframe repairs it
+            logger.warning("failed to decode a %s frame: %s", codec.name, exc)
+            decode_error.set()
+            continue
+        for frame in frames:
+            mailbox.post(frame)
+    del decoder
 
 
 def _available(name: str) -> bool:
@@ -80,4 +178,8 @@ def install() -> bool:
 
     get_decoder._visual_agent_wrapper = True  # type: ignore[attr-defined]
     rtcrtpreceiver.get_decoder = get_decoder
+    if callable(getattr(rtcrtpreceiver, "decoder_worker", None)):
+        rtcrtpreceiver.decoder_worker = hand_over_worker
+    else:
+        logger.warning("aiortc.rtcrtpreceiver has no decoder_worker: keeping its own frame hand-over")
     return True

@@ -8,7 +8,9 @@ stays empty, and the buffer keeps only the last `max_frames` frames, none older 
 `spread_frames` older ones, spaced evenly over `max_seconds`, so `window(max_seconds, k)` finds k frames spread over
 the window for every k up to `spread_frames + 1`. A decoded 640x480 frame is 0.46 MB: 32 consecutive ones were
 15 MB per stream and covered only 1.07 s; the daemon's default (the newest and 7 older, for `agent.max_frames` 8)
-is 3.7 MB.
+is 3.7 MB. With `older_max_side` the older frames of a spread buffer are kept as copies no larger than that (the
+newest stays as decoded), so each returns its full-size picture to the decoder: at 720p, 1.38 MB against 0.22 MB at
+512 px (`webrtc/shrink.py`).
 Frames stay `av.VideoFrame`: converting them is the consumer's business, done on the few frames it samples, in a
 worker thread.
 
@@ -38,6 +40,7 @@ import av
 
 from .config import DEFAULT_BUFFER_MAX_FRAMES, DEFAULT_BUFFER_MAX_SECONDS, DEFAULT_FIRST_FRAME_TIMEOUT_S, mask_url_secrets
 from .errors import FrameTimeoutError, WebRTCConfigError
+from .shrink import shrunk
 
 __all__ = ["BufferState", "BufferedFrame", "FrameBuffer", "FrameBufferStats"]
 
@@ -64,7 +67,8 @@ class BufferedFrame:
     """One frame as received: the untouched `av.VideoFrame` and when it arrived."""
 
     frame: av.VideoFrame
-    """The decoded frame, exactly as aiortc/PyAV produced it."""
+    """The decoded frame, exactly as aiortc/PyAV produced it (an older frame of a buffer with `older_max_side`: a
+    smaller copy of it)."""
     pts: int | None
     """Presentation timestamp in `time_base` units (RTP clock for WebRTC peers)."""
     time_base: Fraction | None
@@ -136,12 +140,16 @@ class FrameBuffer:
         max_seconds: float = DEFAULT_BUFFER_MAX_SECONDS,
         first_frame_timeout_s: float = DEFAULT_FIRST_FRAME_TIMEOUT_S,
         spread_frames: int | None = None,
+        older_max_side: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`spread_frames`: keep the newest frame plus at most this many older ones, spaced evenly over `max_seconds`;
-        None keeps every frame within the bounds. `clock` stamps arrivals and reads ages (a test's simulated time)."""
+        None keeps every frame within the bounds. `older_max_side` (with `spread_frames`): keep those older frames as
+        copies whose longer side is at most this. `clock` stamps arrivals and reads ages (a test's simulated time)."""
         if max_frames < 1 or max_seconds <= 0 or (spread_frames is not None and spread_frames < 1):
             raise WebRTCConfigError(f"FrameBuffer {name!r}: max_frames and spread_frames must be >= 1 and max_seconds > 0")
+        if older_max_side is not None and older_max_side < 1:
+            raise WebRTCConfigError(f"FrameBuffer {name!r}: older_max_side must be >= 1 or None, got {older_max_side!r}")
         self.name = name
         self._clock = clock
         self.max_frames = int(max_frames)
@@ -149,6 +157,8 @@ class FrameBuffer:
         self.first_frame_timeout_s = float(first_frame_timeout_s)
         self.spread_frames = spread_frames
         """With a number: the most frames kept besides the newest, spaced evenly over `max_seconds`."""
+        self.older_max_side = older_max_side
+        """With a number (and `spread_frames`): the older frames are kept as copies no larger than this."""
         self._frames: collections.deque[BufferedFrame] = collections.deque()
         self._arrivals: collections.deque[float] = collections.deque(maxlen=_ARRIVALS_KEPT)
         self._received = 0
@@ -193,9 +203,19 @@ class FrameBuffer:
         if len(frames) >= 3 and frames[-2].received_at - frames[-3].received_at < self._spread_gap_s():
             del frames[-2]
             self._dropped += 1
+        elif len(frames) >= 2 and self.older_max_side is not None:
+            self._shrink_older(-2)
         while len(frames) > self.spread_frames + 1:
             frames.popleft()
             self._dropped += 1
+
+    def _shrink_older(self, index: int) -> None:
+        """Replace a frame that stays as an older one by its smaller copy (once: the copy is no larger)."""
+        assert self.older_max_side is not None
+        item = self._frames[index]
+        small = shrunk(item.frame, self.older_max_side)
+        if small is not None:
+            self._frames[index] = BufferedFrame(small, item.pts, item.time_base, item.received_at, item.seq)
 
     def _trim(self, now: float) -> None:
         frames = self._frames

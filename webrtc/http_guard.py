@@ -36,13 +36,17 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["DeadlineSite", "HttpGuard", "bearer_token_ok", "content_security_policy", "inline_styles"]
+from .plain_http import TlsOrHint
+
+__all__ = ["PAGE_SCRIPTS", "DeadlineSite", "HttpGuard", "bearer_token_ok", "content_security_policy", "inline_styles"]
 
 logger = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/", "/app.js", "/healthz", "/favicon.ico"})
-"""Paths anyone who passes the Host check may GET: the page (it reads its token from the URL fragment) and
-the health summary."""
+PAGE_SCRIPTS = ("app.js", "console.js", "rules.js", "timeline.js")
+"""The page's scripts (``static/``), in the order index.html loads them."""
+PUBLIC_PATHS = frozenset({"/", *(f"/{s}" for s in PAGE_SCRIPTS), "/healthz", "/favicon.ico"})
+"""Paths anyone who passes the Host check may GET: the page and its scripts (it reads its token from the URL
+fragment) and the health summary."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON_PATHS = frozenset({"/offer", "/webrtc-config", "/healthz"})
 _WILDCARDS = ("0.0.0.0", "::", "")
@@ -340,11 +344,17 @@ class DeadlineSite(web.TCPSite):
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self.web_runner.server
         assert server is not None
+        def serve() -> asyncio.BaseProtocol:
+            return _DeadlineProtocol(server(), self)
+
         host, port = self.listen_on
-        self.listening = await asyncio.get_running_loop().create_server(
-            lambda: _DeadlineProtocol(server(), self), host, port, ssl=self.ssl_context, backlog=self.backlog,
-            ssl_handshake_timeout=self.header_timeout_s if self.ssl_context else None,
-        )
+        loop = asyncio.get_running_loop()
+        if self.ssl_context is None:
+            self.listening = await loop.create_server(serve, host, port, backlog=self.backlog)
+        else:  # TLS, or a redirect to https for a plain http:// request (plain_http.py)
+            context, timeout = self.ssl_context, self.header_timeout_s
+            self.listening = await loop.create_server(
+                lambda: TlsOrHint(serve, context, handshake_timeout_s=timeout), host, port, backlog=self.backlog)
         # aiohttp's private attribute: `BaseSite.stop()` closes the server it finds in `_server` (pinned aiohttp
         # range in pyproject.toml; tests/test_webrtc_server.py::test_deadline_site_aiohttp_internals fails if it moves).
         self._server = self.listening

@@ -3,7 +3,7 @@
 Endpoints (ARCHITECTURE.md):
 
 =========================  ===================================================================
-``GET /``                  the browser page (``static/index.html``; its script is ``GET /app.js``)
+``GET /``                  the browser page (``static/index.html``; its scripts: ``http_guard.PAGE_SCRIPTS``)
 ``GET /webrtc-config``     ICE servers and limits for the page (TURN credentials included)
 ``POST /offer``            JSON ``{"sdp", "type": "offer", "source"?, "replaces"?}`` -> ``{"sdp", "type":
                            "answer", "peer_id", "source", "session_secret"}``
@@ -39,6 +39,8 @@ from typing import Any
 
 from aiohttp import web
 
+from . import http_guard
+from .addresses import page_url
 from .catalog import SourceCatalog
 from .config import SourceConfig, WebRTCConfig
 from .errors import SignalingError, WebRTCConfigError
@@ -197,9 +199,8 @@ class WebRTCServer:
         return f"{'https' if self.config.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def page_url(self, host: str | None = None) -> str:
-        """The page's URL with the token in its fragment (``/#token=...``): for the user's terminal, never a log."""
-        base = self.url if host is None else f"{'https' if self.config.tls else 'http'}://{host}:{self.port}"
-        return f"{base}/#token={self.config.auth_token}" if self.config.auth_token else f"{base}/"
+        """The page's URL with its token (`webrtc.addresses.page_url`: never 0.0.0.0): for a terminal, never a log."""
+        return page_url(self.config, self.port, host)
 
     # --- the daemon's API ----------------------------------------------------------------------
 
@@ -285,7 +286,8 @@ class WebRTCServer:
         r = self.app.router
         if self.config.serve_page:
             r.add_get("/", self._handle_index)
-            r.add_get("/app.js", self._handle_static)
+            for script in http_guard.PAGE_SCRIPTS:
+                r.add_get(f"/{script}", self._handle_static)
         r.add_get("/webrtc-config", self._handle_page_config)
         r.add_post("/offer", self._handle_offer)
         r.add_post("/whip", self._handle_whip)
@@ -343,7 +345,7 @@ class WebRTCServer:
         return web.Response(text=_static_text("index.html"), content_type="text/html")
 
     async def _handle_static(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=_static_text("app.js"), content_type="application/javascript")
+        return web.Response(text=_static_text(request.path.lstrip("/")), content_type="application/javascript")
 
     async def _handle_page_config(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({

@@ -50,6 +50,11 @@ class RuleControl:
 
     async def handle(self, payload: bytes) -> bool:
         """Apply one rule set; False (and an error on `<prefix>/rules/error`) when refused."""
+        return await self.apply(payload) is None
+
+    async def apply(self, payload: bytes | str) -> dict[str, Any] | None:
+        """Apply one rule set; None when taken, else the error JSON `{"error", "at"}`, also published on
+        `<prefix>/rules/error`."""
         engine = self.engine
         try:
             rules = parse_rule_set(payload, max_rules=engine.max_rules)
@@ -57,11 +62,23 @@ class RuleControl:
         except RuleSetError as exc:
             engine.counters["rule_sets_refused"] += 1
             logger.warning("rules: refused a rule set on %s: %s", self.topics.rules_set, exc)
+            error = {"error": str(exc), "at": round(time.time(), 3)}
             publisher = engine.publisher or self.transport
-            await publisher.publish(self.topics.rules_error, json.dumps({"error": str(exc), "at": round(time.time(), 3)}))
-            return False
+            await publisher.publish(self.topics.rules_error, json.dumps(error))
+            return error
         engine.counters["rule_sets"] += 1
-        return True
+        return None
+
+    async def set_retained(self, payload: bytes | str) -> dict[str, Any] | None:
+        """A rule set from elsewhere (the MCP tool `set_rules`): applied as one from `<prefix>/rules/set`, then kept as
+        that topic's retained message, so the broker's copy stays the one source of truth (a restart brings it back,
+        and the copy this connection receives again changes nothing). An empty set clears the retained message."""
+        error = await self.apply(payload)
+        if error is None:
+            empty = not any(r.origin == "mqtt" for r in self.engine.rules())
+            publisher = self.engine.publisher or self.transport
+            await publisher.publish(self.topics.rules_set, b"" if empty else payload, retain=True)
+        return error
 
     async def close(self) -> None:
         task, self._task = self._task, None

@@ -1,6 +1,9 @@
-// The visual agent's camera page: publish the camera over WebRTC, ask questions on the data channel,
-// show streamed answers. Plain JavaScript, no build step; works in Chromium and Firefox.
+// The console page's camera and ask panels: publish the camera over WebRTC, ask questions about any source on the
+// data channel, show streamed answers. Plain JavaScript, no build step; works in Chromium and Firefox. The other
+// panels (console.js: state and sources, rules.js, timeline.js) use the helpers defined here.
 // URL parameters (optional): ?source=name&res=1280x720&fps=30&autostart=1
+// The camera's source name is kept in localStorage (one per browser), so `visual-agent ask -s <name>` keeps working
+// across reloads; a reconnect proves it held the name with the session secret the server gave it.
 // The server's token (webrtc.auth_token) comes in the fragment, /#token=..., which browsers never send to a
 // server: the page moves it to sessionStorage (this tab only), drops it from the address bar, and sends it as
 // "Authorization: Bearer" on its requests.
@@ -15,9 +18,10 @@ const page = (window.agentPage = {
 });
 
 const TOKEN_KEY = "visual-agent-token";
-const SECRET_KEY = "visual-agent-session";  // {source, secret} of this tab's last session: proves a reconnect
+const SECRET_KEY = "visual-agent-session";  // {source, secret} of this browser's last session: proves a reconnect
+const SOURCE_KEY = "visual-agent-source";  // this browser's camera name, the same across reloads
 
-(function takeTokenFromFragment() {
+function takeTokenFromFragment() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   const token = fragment.get("token");
   if (token) {
@@ -26,15 +30,40 @@ const SECRET_KEY = "visual-agent-session";  // {source, secret} of this tab's la
     const rest = fragment.toString();
     history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
   }
-})();
+}
+takeTokenFromFragment();
+window.addEventListener("hashchange", takeTokenFromFragment);  // a URL with a new token pasted into this tab
 
 function authHeaders() {
   const token = sessionStorage.getItem(TOKEN_KEY);
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
+function tokenProblem() {  // what a 401 means for this page, and what to do
+  return sessionStorage.getItem(TOKEN_KEY)
+    ? "the token was refused (the daemon has another one now): open the URL that `visual-agent url` prints"
+    : "this server needs its token: open the URL the daemon printed (…/#token=…), or run `visual-agent url`";
+}
+
 function lastSession() {
-  try { return JSON.parse(sessionStorage.getItem(SECRET_KEY) || "null"); } catch (e) { return null; }
+  try { return JSON.parse(localStorage.getItem(SECRET_KEY) || "null"); } catch (e) { return null; }
+}
+
+function stored(key, value) {  // localStorage, tolerating a browser that refuses it (privacy mode)
+  try {
+    if (value === undefined) return localStorage.getItem(key);
+    localStorage.setItem(key, value);
+  } catch (e) { /* the name is then only kept for this page */ }
+  return value;
+}
+
+function cameraName() {  // the name kept for this browser, else a new one: cam-<6 hex>
+  let name = stored(SOURCE_KEY);
+  if (!name || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(name)) {
+    const hex = [...crypto.getRandomValues(new Uint8Array(3))].map((b) => b.toString(16).padStart(2, "0")).join("");
+    name = stored(SOURCE_KEY, `cam-${hex}`);
+  }
+  return name;
 }
 
 function log(text) {
@@ -51,9 +80,11 @@ function setPill(id, text) {
 
 function updateButtons() {
   const live = page.pc !== null;
+  const open = !!(page.dc && page.dc.readyState === "open");
   $("connect").textContent = live ? "Reconnect" : "Connect";
   $("stop").disabled = !live;
-  $("ask-button").disabled = !(page.dc && page.dc.readyState === "open");
+  $("ask-button").disabled = !open;
+  $("ask-hint").classList.toggle("hidden", open);
 }
 
 function waitForIceGathering(pc, timeoutMs) {
@@ -75,6 +106,9 @@ async function openCamera() {
   if ("contentHint" in track) track.contentHint = "detail";
   const s = track.getSettings();
   log(`camera ${s.width}×${s.height} @ ${s.frameRate ? Math.round(s.frameRate) : "?"} fps`);
+  page.askedFps = fps;
+  page.cameraFps = s.frameRate || null;
+  noteFrameRate(null);
   return stream;
 }
 
@@ -85,6 +119,7 @@ async function stop() {
   if (pc) pc.close();
   if (stream) stream.getTracks().forEach((t) => t.stop());
   $("self").srcObject = null;
+  $("self").classList.remove("live");
   page.state = "stopped";
   setPill("pc-state", "stopped");
   setPill("dc-state", "—");
@@ -100,10 +135,8 @@ async function connect() {
   setPill("pc-state", "connecting");
   try {
     const configResponse = await fetch("webrtc-config", { headers: authHeaders() });
-    if (configResponse.status === 401) {  // the server says whether no token came or the one sent was refused
-      const refusal = await configResponse.json().catch(() => ({}));
-      throw new Error(refusal.error || "this server needs its token: open the page as /#token=<token>");
-    }
+    if (configResponse.status === 401) throw new Error(tokenProblem());  // missing or refused: what to do
+    if (configResponse.status !== 200) throw new Error(`the server answered ${configResponse.status} to webrtc-config`);
     const config = await configResponse.json();
     page.maxMessageBytes = config.maxMessageBytes || null;
     const stream = await openCamera();
@@ -111,6 +144,7 @@ async function connect() {
     // from here on page.pc/page.stream are this attempt's: a later stop() closes them
     page.stream = stream;
     $("self").srcObject = stream;
+    $("self").classList.add("live");
 
     const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
     page.pc = pc;
@@ -140,7 +174,7 @@ async function connect() {
     if (superseded()) return;  // do not hold a server slot with an offer nobody will answer
     const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
     const source = $("source").value.trim();
-    if (source) body.source = source;
+    if (source) { body.source = source; stored(SOURCE_KEY, source); }
     const last = lastSession();
     if (source && last && last.source === source && last.secret) body.replaces = last.secret;
     const response = await fetch("offer", {
@@ -152,9 +186,10 @@ async function connect() {
     page.peerId = answer.peer_id;
     page.source = answer.source;
     if (answer.session_secret) {
-      sessionStorage.setItem(SECRET_KEY, JSON.stringify({ source: answer.source, secret: answer.session_secret }));
+      stored(SECRET_KEY, JSON.stringify({ source: answer.source, secret: answer.session_secret }));
     }
     $("peer").textContent = `source ${answer.source} · peer ${answer.peer_id}`;
+    $("camera-name").textContent = `as “${answer.source}”`;
     await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
     updateButtons();
   } catch (err) {
@@ -239,12 +274,28 @@ function conversationId() {
   }
 }
 
-function showRule(msg) {  // one line per rule of this source: name, on/off, the last reason
+// The camera's measured rate against the one asked: the camera's own settings, then the server's count
+// (console.js passes the source's fps from /api/state).
+function noteFrameRate(serverFps) {
+  const asked = page.askedFps;
+  const measured = serverFps ?? page.cameraFps;
+  const low = page.pc && asked && measured && measured < asked * 0.85;
+  $("camera-note").textContent = low
+    ? `The camera delivers ${Math.round(measured)} fps of the ${asked} asked (its own limit, or the light).` : "";
+}
+
+// A rule's state sent on the data channel: rules.js draws it when loaded (with the console API), else one line.
+function showRule(msg) {
+  if (window.rulesPanel) { window.rulesPanel.live(msg); return; }
   const id = `rule-${msg.rule}`;
   let li = document.getElementById(id);
   if (!li) { li = document.createElement("li"); li.id = id; $("rules").appendChild(li); }
   li.className = `rule ${msg.state === "on" ? "on" : "off"}`;
-  li.textContent = `${msg.rule}: ${msg.state}${msg.degraded ? " (slowed: budget)" : ""}${msg.reason ? " — " + msg.reason : ""}`;
+  li.textContent = ruleLine(msg);
+}
+
+function ruleLine(msg) {
+  return `${msg.rule}: ${msg.state}${msg.degraded ? " (slowed: budget)" : ""}${msg.reason ? " — " + msg.reason : ""}`;
 }
 
 function ask(event) {
@@ -253,7 +304,8 @@ function ask(event) {
   if (!question || !page.dc || page.dc.readyState !== "open") return;
   const id = (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).slice(0, 12);
   const message = { id, question, stream: true };
-  if (page.source) message.source = page.source;
+  const about = $("ask-source").value || page.source;
+  if (about) message.source = about;
   const conversation = conversationId();
   if (conversation) message.conversation = conversation;
   const text = JSON.stringify(message);
@@ -263,7 +315,7 @@ function ask(event) {
     return;
   }
   page.dc.send(text);
-  answerBox(id, question);
+  answerBox(id, about && about !== page.source ? `${question} (${about})` : question);
   $("question").value = "";
 }
 
@@ -281,7 +333,7 @@ function choose(select, value, pattern) {
 
 (function applyUrlParameters() {
   const params = new URLSearchParams(location.search);
-  if (params.get("source")) $("source").value = params.get("source");
+  $("source").value = params.get("source") || cameraName();
   if (params.get("res")) choose($("resolution"), params.get("res"), /^[1-9]\d{1,4}x[1-9]\d{1,4}$/);
   if (params.get("fps")) choose($("fps"), params.get("fps"), /^[1-9]\d{0,2}$/);
   updateButtons();
