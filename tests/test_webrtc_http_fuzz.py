@@ -97,7 +97,7 @@ async def test_fuzz_http_headers_and_json_fields_never_500_nor_traceback(webrtc_
                 await server.close_peer(peer_id)
         assert [p.source for p in server.peers()] == ["cam"]  # the rightful publisher was never displaced
     assert {400, 401, 421} <= set(statuses)
-    await wait_until(lambda: server.peers() == [] and server._pending == 0, timeout=10, what="no session left")
+    await wait_until(lambda: server.peers() == [] and server.registry.pending == 0, timeout=10, what="no session left")
     # aiortc's own connect task of an answered-then-closed peer may log its cancellation; ours log nothing of the kind
     bad = [r.getMessage() for r in caplog.records
            if (r.exc_info or r.levelno >= logging.ERROR) and "RTCPeerConnection.__connect" not in r.getMessage()]
