@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 
+from tests.clips import write_video
 from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
 from tests.fixtures.mqtt import PahoPeer
-from tests.test_sources import write_video
 from tests.test_va_mqtt_security import _documented_acl
 from tests.waiting import wait_until
 

@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli, write_config
 from tests.fixtures.mqtt import PahoPeer
 from tests.fixtures.pki import TestCA
+from tests.waiting import wait_until
 from visual_agent.broker import EmbeddedBroker
 from visual_agent.config import MqttConfig
 from visual_agent.errors import EmbeddedBrokerError, MessagingError
@@ -133,14 +134,6 @@ def _stop(client: paho.Client) -> None:
     client.loop_stop()
 
 
-async def _until(pred, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.02)
-
-
 async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
     """Anyone local may connect (loopback, no password set) and ask, but publish nothing else under the prefix
     (answers, replies, status, Home Assistant's state topics, the rule set), nor leave a last will there; the
@@ -167,7 +160,7 @@ async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
                 intruder.publish(topic, b"allowed", qos=1).wait_for_publish(5)
                 got = await daemon.next_message(5)
                 assert (got.topic, got.payload) == (topic, b"allowed")  # nothing forged came before it
-            await _until(lambda: broker.describe()["publish_denied"] == 10, "10 refused publishes")
+            await wait_until(lambda: broker.describe()["publish_denied"] == 10, what="10 refused publishes")
             await asyncio.to_thread(_stop, intruder)
             _, code = await asyncio.to_thread(_client, broker.port, will=f"{PREFIX}/status")
             assert code != 0  # a last will on our status topic is refused at CONNECT
@@ -175,7 +168,7 @@ async def test_embedded_broker_only_the_daemon_publishes_status_and_answers():
         got_status: list[bytes] = []
         late.on_message = lambda c, u, m: got_status.append(m.payload)
         late.subscribe(f"{PREFIX}/status", 1)
-        await _until(lambda: bool(got_status), "the retained status")
+        await wait_until(lambda: bool(got_status), what="the retained status")
         assert set(got_status) == {b"offline"}  # the daemon's own (at its close, maybe its will too), not the forged one
         await asyncio.to_thread(_stop, late)
 
@@ -254,7 +247,7 @@ async def test_embedded_broker_bounds_retained_messages():
             await m.publish("cap/big", b"y" * 2048, retain=True, wait=True)
             got = [await m.next_message(5) for _ in range(11)]
             assert got[-1].payload == b"y" * 2048  # delivered, just not retained
-            await _until(lambda: broker.describe()["retain_refused"] == 6, "6 refused retains")
+            await wait_until(lambda: broker.describe()["retain_refused"] == 6, what="6 refused retains")
             assert broker.describe()["retained"] == 5
             await m.publish("cap/0", b"replaced", retain=True, wait=True)  # a kept topic may be updated
             await m.next_message(5)
@@ -271,7 +264,7 @@ async def test_embedded_broker_default_caps_keep_no_large_retains():
             for i in range(3):
                 await m.publish(f"big/{i}", b"z" * (128 * 1024), retain=True, wait=True)
             assert [len((await m.next_message(10)).payload) for _ in range(3)] == [128 * 1024] * 3
-        await _until(lambda: broker.describe()["retain_refused"] == 3, "3 refused retains")
+        await wait_until(lambda: broker.describe()["retain_refused"] == 3, what="3 refused retains")
         assert broker.describe()["retained"] == 0
 
 
