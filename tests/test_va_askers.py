@@ -24,8 +24,12 @@ import pytest
 from tests.fixtures.mqtt import PahoPeer
 from tests.mqtt_daemon import answers_on, looping_clip
 from tests.waiting import wait_until
+from visual_agent.broker import EmbeddedBroker
+from visual_agent.broker_senders import QuestionSenders, asker_key
+from visual_agent.config import MqttConfig
 from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon
+from visual_agent.mqtt import MqttMessager
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180)]
 
@@ -181,3 +185,40 @@ async def test_askers_a_flooding_client_does_not_starve_another_on_the_embedded_
     a_outcomes = [(x["error"] or {}).get("type") for x in a_answers]
     assert "busy" in a_outcomes and None in a_outcomes, f"A's outcomes: {a_outcomes}"
     assert set(a_outcomes) <= {None, "busy"}, a_outcomes
+
+
+def test_askers_question_senders_are_taken_oldest_first_and_bounded():
+    """Notes by (topic, payload): the same bytes from two clients are two notes (either order charges each once);
+    beyond `max_kept` the oldest go, counted; a long client id is keyed by its digest."""
+    senders = QuestionSenders(max_kept=3)
+    senders.routed("p/ask", b"same", "a")
+    senders.routed("p/ask", b"same", "b")
+    assert [senders.sender("p/ask", b"same") for _ in range(3)] == ["client:a", "client:b", None]
+    assert senders.sender("p/other/ask", b"same") is None and len(senders) == 0
+    for i in range(5):
+        senders.routed("p/ask", f"q{i}".encode(), f"c{i}", copies=1)
+    senders.routed("p/ask", b"nobody gets it", "x", copies=0)
+    assert len(senders) == 3 and senders.dropped == 2
+    assert senders.sender("p/ask", b"q0") is None and senders.sender("p/ask", b"q4") == "client:c4"
+    assert asker_key("k" * 65535).startswith("client:#") and len(asker_key("k" * 65535)) < 50
+
+
+async def test_askers_the_embedded_broker_notes_only_questions_that_reach_the_daemon():
+    """A question on a per-source topic the daemon does not take leaves no note (no client can grow them); one it
+    takes is noted once per copy and the note is gone once taken."""
+    cfg = MqttConfig(prefix="notes", embedded_port=0)
+    async with EmbeddedBroker.from_config(cfg) as broker:
+        daemon_cfg = broker.daemon_client_config(MqttConfig(host="127.0.0.1", port=broker.port, prefix="notes"))
+        async with MqttMessager(daemon_cfg, subscriptions=["notes/ask"]) as daemon:
+            asker = await asyncio.to_thread(PahoPeer, "127.0.0.1", broker.port, protocol="311", client_id="asker-1")
+            try:
+                for i in range(50):
+                    asker.publish("notes/elsewhere/ask", json.dumps({"question": f"q{i}"}))
+                asker.publish("notes/ask", b'{"question": "who?"}')
+                got = await daemon.next_message(10)
+            finally:
+                asker.close()
+            print(f"notes kept after 50 questions nobody takes and 1 the daemon got: {len(broker.senders)}")
+            assert (got.topic, got.payload) == ("notes/ask", b'{"question": "who?"}')
+            assert len(broker.senders) == 1
+            assert broker.sender_of(got.topic, got.payload) == "client:asker-1" and len(broker.senders) == 0
