@@ -4,7 +4,8 @@ also where MQTT carries no response topic (the embedded broker, MQTT 3.1.1): the
 Over real mosquitto, two MQTT 5 clients with their own response topics are two askers: one opening 300 fresh
 conversations evicts only its own, and sending the other's conversation id neither reads nor poisons it. Over the
 embedded broker, one client flooding a slow STAND-IN model (tests/fixtures/llm_stub.py) gets `busy` while another
-client's questions, one at a time, are all answered.
+client's questions, one at a time, are all answered. A page tab's conversation is the page's: it continues on the
+tab's next peer connection, and an MQTT question under the tab's id does not join it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 import pytest
 
+from tests.agents import agent_over_mqtt
 from tests.fixtures.mqtt import PahoPeer
+from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.mqtt_daemon import answers_on, looping_clip
 from tests.waiting import wait_until
 from visual_agent.broker import EmbeddedBroker
@@ -222,3 +225,40 @@ async def test_askers_the_embedded_broker_notes_only_questions_that_reach_the_da
             assert (got.topic, got.payload) == ("notes/ask", b'{"question": "who?"}')
             assert len(broker.senders) == 1
             assert broker.sender_of(got.topic, got.payload) == "client:asker-1" and len(broker.senders) == 0
+
+
+async def _page_answer(server: Any, qid: str, question: str) -> dict:
+    """A question typed on a page tab (conversation `tab-1`) over a fresh peer connection publishing `cam`."""
+    async with publish(server.url, CounterVideoTrack(160, 120, 10), source="cam") as pub:
+        await wait_until(lambda: "cam" in server.source_names() and len(server.get_buffer("cam")) > 0, 20,
+                         "a first frame from the page")
+        await pub.wait_open()
+        pub.channel.send(json.dumps({"id": qid, "question": question, "conversation": "tab-1", "stream": False}))
+        while "text" not in (message := json.loads(await asyncio.wait_for(pub.messages.get(), 30))):
+            pass
+        return message
+
+
+async def test_askers_a_page_tab_keeps_its_conversation_across_a_reconnect_and_mqtt_cannot_join_it(
+        running_mosquitto, paho_peer, topic_prefix, webrtc_server, stub_llm):
+    """The page's conversations belong to the page: a tab's id finds its history on the next peer connection (a
+    reconnect is a new peer, a new fair share), while an MQTT question sending the same id sees none of it."""
+    stub_llm.reply_fn = _history_seen
+    peer = paho_peer("5")
+    reply = f"{topic_prefix}/reply/mqtt-asker"
+    peer.subscribe(reply)
+    async with agent_over_mqtt(running_mosquitto, topic_prefix, webrtc_server, _llm(stub_llm)):
+        first = await _page_answer(webrtc_server, "p1", SECRET)
+        again = await _page_answer(webrtc_server, "p2", "and now?")
+        async with publish(webrtc_server.url, CounterVideoTrack(160, 120, 10), source="cam"):
+            await wait_until(lambda: len(webrtc_server.get_buffer("cam")) > 0, 20, "frames for the MQTT question")
+            outsider = await asyncio.to_thread(_ask, peer, f"{topic_prefix}/ask", reply, "m1", "the code?", "tab-1")
+    print(f"the tab after a reconnect saw its turn: {SECRET in again['text']}; "
+          f"an MQTT asker under the tab's id saw it: {SECRET in outsider['text']}")
+    assert first["error"] is None and again["error"] is None and outsider["error"] is None
+    assert SECRET in again["text"], again["text"]
+    assert SECRET not in outsider["text"], outsider["text"]
+
+
+def _llm(stub: Any) -> dict:
+    return {"base_url": stub.base_url, "model_name": "stub-model", "max_retries": 0, "timeout": 30}
