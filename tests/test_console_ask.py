@@ -95,3 +95,22 @@ async def test_console_ask_gives_a_flooding_tab_busy_while_another_tab_is_answer
     busy = [a for s, a in flooded if s == 429]
     assert all(a["error"]["type"] == "busy" for a in busy)
     assert sorted(a["id"] for _, a in flooded) == [f"a{i}" for i in range(6)]  # one answer per question
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/api/ask"), ("PUT", "/api/rules/lamp")])
+async def test_console_slow_body_gets_408_within_body_timeout(tmp_path, stub_llm, method, path):
+    """A client that sends its headers and then trickles (or withholds) the body is cut off after
+    `webrtc.body_timeout_s`, as `/offer` is: it cannot hold a handler, and its connection, for ever."""
+    webrtc = {"host": "127.0.0.1", "port": 0, "host_candidate_addresses": ["127.0.0.1"], "auth_token": TOKEN,
+              "body_timeout_s": 0.5}
+    async with console_daemon(tmp_path, stub_llm, extra={"webrtc": webrtc}) as daemon:
+        port = daemon.driver.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"question\"".encode())
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readline(), 10)  # a deadline for the test, not a speed
+            assert head.startswith(b"HTTP/1.1 408"), head
+        finally:
+            writer.close()

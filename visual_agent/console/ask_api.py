@@ -9,9 +9,10 @@ core like the MCP tool `ask` (`request_intake.RequestQuestions`: `parse`, `take`
 Admission: each page tab names itself in `X-Console-Tab` (1-64 of `A-Za-z0-9_-`), its asker key `page-tab:<id>`,
 so the fair share per asker holds between tabs (one that floods gets `busy` while another is answered); a request
 without the header shares the key `page-tab`. The body is bounded by the agent's question size
-(`mqtt.max_payload_bytes`). Status: 200 with the answer (also an answer whose model call failed: its `error` says
-why), 400 body not a JSON object or a bad question, 404 unknown source, 413 body too large, 429 busy (`Retry-After`),
-503 starting or shutting down; every error body is the answer JSON with `error` `{"type", "message"}`.
+(`mqtt.max_payload_bytes`) and must arrive within `webrtc.body_timeout_s`. Status: 200 with the answer (also an
+answer whose model call failed: its `error` says why), 400 body not a JSON object or a bad question, 404 unknown
+source, 408 body too slow, 413 body too large, 429 busy (`Retry-After`), 503 starting or shutting down; every error
+body is the answer JSON with `error` `{"type", "message"}`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..errors import ErrorType, QuestionError
+from ..http_body import BodyError, read_body
 from ..messages import Answer
 from ..request_intake import RequestQuestions
 from ..telemetry import Via
@@ -57,15 +59,12 @@ class AskApi:
         tab = request.headers.get(TAB_HEADER)
         if tab is not None and not _TAB_ID.fullmatch(tab):
             return _error(400, ErrorType.BAD_PAYLOAD, f"{TAB_HEADER} must be 1-64 letters, digits, '_' or '-'")
-        limit = agent.max_payload_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return _error(413, ErrorType.BAD_PAYLOAD, f"body of {request.content_length} bytes is over the "
-                          f"{limit}-byte limit (mqtt.max_payload_bytes)")
-        body = bytearray()
-        while chunk := await request.content.read(limit + 1 - len(body)):
-            body += chunk
-            if len(body) > limit:
-                return _error(413, ErrorType.BAD_PAYLOAD, f"body is over the {limit}-byte limit (mqtt.max_payload_bytes)")
+        try:
+            body = await read_body(request, max_bytes=agent.max_payload_bytes,
+                                   timeout_s=self.daemon.config.webrtc.body_timeout_s)
+        except BodyError as exc:
+            return _error(exc.status, ErrorType.BAD_PAYLOAD, f"{exc} (mqtt.max_payload_bytes)" if exc.status == 413
+                          else str(exc))
         try:
             data = json.loads(body)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -76,7 +75,7 @@ class AskApi:
         if self._questions is None or self._questions.agent is not agent:
             self._questions = RequestQuestions(agent, Via.PAGE)
         asker = f"{ASKER_PREFIX}:{tab}" if tab else ASKER_PREFIX
-        answer, _ = await self._questions.ask(bytes(body), asker=asker)
+        answer, _ = await self._questions.ask(body, asker=asker)
         return _answer_response(answer)
 
 
