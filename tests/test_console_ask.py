@@ -114,3 +114,21 @@ async def test_console_slow_body_gets_408_within_body_timeout(tmp_path, stub_llm
             assert head.startswith(b"HTTP/1.1 408"), head
         finally:
             writer.close()
+
+
+async def test_console_ask_streams_ndjson_pieces_then_the_answer_when_asked(tmp_path, stub_llm):
+    async with console_daemon(tmp_path, stub_llm) as daemon, aiohttp.ClientSession() as http:
+        url = daemon.driver.url
+        await daemon.driver.get_buffer("door").wait_for_frame(10)
+        headers = {**_headers(), "Accept": "application/x-ndjson"}
+        body = {"id": "s1", "question": "What do you see?", "source": "door"}
+        async with http.post(f"{url}/api/ask", json=body, headers=headers) as r:
+            assert r.status == 200 and r.content_type == "application/x-ndjson"
+            lines = [json.loads(line) async for line in r.content if line.strip()]
+        *pieces, answer = lines
+        assert len(pieces) == len(QUESTION_REPLY.split(" ")) and [p["seq"] for p in pieces] == list(range(1, len(pieces) + 1))
+        assert "".join(p["delta"] for p in pieces) == QUESTION_REPLY and {p["id"] for p in pieces} == {"s1"}
+        assert answer["id"] == "s1" and answer["text"] == QUESTION_REPLY and answer["error"] is None
+        async with http.post(f"{url}/api/ask", json={**body, "source": "nowhere"}, headers=headers) as r:
+            assert r.status == 404 and r.content_type == "application/json"  # refused before any piece: plain JSON
+            assert (await r.json())["error"]["type"] == "unknown_source"

@@ -1,7 +1,8 @@
 """The console's ask box in headless Chromium on a phone, against a real daemon (a looping file source, mosquitto, the
 STAND-IN model), without pressing Connect: the page asks the configured source over `POST /api/ask` (no camera, no
-peer), then asks about the past around a timeline event ("Ask about this": since/until, answered from the event
-store). Screenshots go to `test-artifacts/screenshots/` (tests/fixtures/screens.py)."""
+peer; the answer streams as NDJSON), then asks about the past around a timeline event ("Ask about this":
+since/until, answered from the event store). Screenshots go to `test-artifacts/screenshots/` (tests/fixtures/screens.py).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ async def test_console_phone_asks_a_source_without_a_camera_and_asks_about_an_ev
             assert await first.locator(".text").inner_text() == QUESTION_REPLY
             assert await first.locator(".q").inner_text() == "What do you see? (door)"
             assert stub_llm.model in await first.locator(".meta").inner_text()
+            streamed = await page.evaluate("Object.values(window.agentPage.answers).map((a) => a.nextSeq)")
+            assert streamed == [len(QUESTION_REPLY.split(" ")) + 1]  # it came in pieces (NDJSON), every one of them
             assert daemon.driver.peers() == [] and await page.evaluate("window.agentPage.pc") is None
             await page.locator("#ask").scroll_into_view_if_needed()
             await page.screenshot(path=str(screenshots_dir / "phone-5-ask-without-camera.png"))

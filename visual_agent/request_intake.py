@@ -5,8 +5,9 @@ A question is parsed with the agent's limits (`AgentCore.parse`), admitted and a
 (`take`, under the asker key the caller names, so `agent.max_in_flight` and the fair share per asker apply), and its
 answer comes back through a `Reply`; a copy goes to `<prefix>/answer` for MQTT listeners, as the page's answers do.
 On request, the newest frame the answer used comes from the agent's event (`AgentEvent.frames`: the very `Answer`
-object the reply got), encoded as a JPEG in a worker thread. A caller that goes away does not cancel its question:
-the answer is still given, and still copied to MQTT. Nothing is streamed: each request gets its one answer.
+object the reply got), encoded as a JPEG in a worker thread; with an `on_partial` callback the answer streams to it
+as it is made (the partial JSON of `<prefix>/answer/partial`). A caller that goes away does not cancel its question:
+the answer is still given, and still copied to MQTT.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import QuestionError
@@ -24,7 +26,7 @@ from .telemetry import Via
 if TYPE_CHECKING:
     from .agent import VisualAgent
 
-__all__ = ["FRAME_WAIT_S", "RequestQuestions"]
+__all__ = ["FRAME_WAIT_S", "PartialSink", "RequestQuestions"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +44,24 @@ class _Pending:
         self.frames: asyncio.Future[tuple[Any, ...]] = loop.create_future()
 
 
+PartialSink = Callable[[bytes], Awaitable[None]]
+"""``async (payload)``: one streamed piece (`messages.partial_payload`) for a caller that streams."""
+
+
 class _RequestReply:
-    def __init__(self, intake: RequestQuestions, pending: _Pending) -> None:
+    def __init__(self, intake: RequestQuestions, pending: _Pending, on_partial: PartialSink | None) -> None:
         self.intake = intake
         self.pending = pending
+        self.on_partial = on_partial
 
     async def partial(self, payload: bytes) -> None:
-        return None  # one answer per request: nothing is streamed
+        if self.on_partial is None:
+            return
+        try:
+            await self.on_partial(payload)
+        except Exception as exc:  # the caller went away: the answer is still made, and copied to MQTT
+            logger.info("agent: a streamed piece found no caller (%s); the answer goes on", exc)
+            self.on_partial = None
 
     async def answer(self, answer: Answer) -> None:
         if not self.pending.answer.done():
@@ -69,19 +82,21 @@ class RequestQuestions:
         """The questions in flight (bounded by the agent's admission: `max_in_flight` plus those waiting)."""
         agent.observe(self._observe)
 
-    async def ask(self, payload: bytes | str, *, asker: str, frame: bool = False) -> tuple[Answer, bytes | None]:
+    async def ask(self, payload: bytes | str, *, asker: str, frame: bool = False,
+                  on_partial: PartialSink | None = None) -> tuple[Answer, bytes | None]:
         """The answer to one question payload (the JSON of `<prefix>/ask`), and the newest frame it used as JPEG
-        when `frame` (else None). Refusals (bad payload, busy, shutdown) are answers with `error`, never raised."""
+        when `frame` (else None); with `on_partial`, the pieces as the model makes them (the question's own `stream`
+        is then ignored). Refusals (bad payload, busy, shutdown) are answers with `error`, never raised."""
         agent, via = self.agent, self.via
         try:
             question = agent.parse(payload, via)
         except QuestionError as exc:
             return agent.refuse(via, None, exc), None
-        question.stream = False
+        question.stream = on_partial is not None
         pending = _Pending()
         self._pending.append(pending)
         try:
-            refused = agent.take(question, _RequestReply(self, pending), via=via, asker=asker)
+            refused = agent.take(question, _RequestReply(self, pending, on_partial), via=via, asker=asker)
             if refused is not None:
                 return agent.refuse(via, question, refused), None
             answer = await asyncio.shield(pending.answer)  # the question runs on when its caller goes away

@@ -4,7 +4,10 @@ The page asks over its data channel when the question is about its own connected
 every other question, and every question from a page that never pressed Connect, comes here. The body is the JSON
 of `<prefix>/ask` (`question`, `source`, `frames`, `conversation`, `since`/`until`, `lookback_s`, `id`); the
 answer is the JSON of `<prefix>/answer`, one per question, copied there for MQTT listeners. It goes through the
-core like the MCP tool `ask` (`request_intake.RequestQuestions`: `parse`, `take`, `refuse`).
+core like the MCP tool `ask` (`request_intake.RequestQuestions`: `parse`, `take`, `refuse`). With
+`Accept: application/x-ndjson` the answer streams: `200` and one line per piece (`{"id", "seq", "delta"}`, as on
+`<prefix>/answer/partial`), then the answer's line; a question answered before any piece (a refusal, a model error)
+gets the plain JSON below with its own status.
 
 Admission: each page tab names itself in `X-Console-Tab` (1-64 of `A-Za-z0-9_-`), its asker key `page-tab:<id>`,
 so the fair share per asker holds between tabs (one that floods gets `busy` while another is answered); a request
@@ -32,10 +35,12 @@ from ..telemetry import Via
 if TYPE_CHECKING:
     from ..host import DaemonHost
 
-__all__ = ["ASKER_PREFIX", "TAB_HEADER", "AskApi"]
+__all__ = ["ASKER_PREFIX", "NDJSON", "TAB_HEADER", "AskApi"]
 
 TAB_HEADER = "X-Console-Tab"
 ASKER_PREFIX = "page-tab"
+NDJSON = "application/x-ndjson"
+"""Asked for in `Accept`, the answer streams: one partial JSON per line, then the answer's line."""
 _TAB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _STATUS = {ErrorType.BAD_PAYLOAD.value: 400, ErrorType.EMPTY_QUESTION.value: 400,
            ErrorType.UNKNOWN_SOURCE.value: 404, ErrorType.BUSY.value: 429, ErrorType.SHUTDOWN.value: 503}
@@ -75,8 +80,28 @@ class AskApi:
         if self._questions is None or self._questions.agent is not agent:
             self._questions = RequestQuestions(agent, Via.PAGE)
         asker = f"{ASKER_PREFIX}:{tab}" if tab else ASKER_PREFIX
-        answer, _ = await self._questions.ask(body, asker=asker)
-        return _answer_response(answer)
+        stream = _NdjsonStream(request) if NDJSON in request.headers.get("Accept", "") else None
+        answer, _ = await self._questions.ask(body, asker=asker, on_partial=stream.partial if stream else None)
+        if stream is None or stream.response is None:  # nothing streamed (a refusal, a past question): one JSON
+            return _answer_response(answer)
+        await stream.response.write(answer.payload() + b"\n")
+        await stream.response.write_eof()
+        return stream.response
+
+
+class _NdjsonStream:
+    """An answer streamed as NDJSON: the response starts (200) with the first piece, so a question refused before
+    any piece still gets its own status and one JSON body."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    async def partial(self, payload: bytes) -> None:
+        if self.response is None:
+            self.response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
+            await self.response.prepare(self.request)
+        await self.response.write(payload + b"\n")
 
 
 def _answer_response(answer: Answer) -> web.Response:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..messages import Answer
 from ..request_intake import FRAME_WAIT_S, RequestQuestions
 from ..telemetry import Via
 
@@ -20,10 +19,8 @@ ASKER = "mcp"
 
 
 class McpQuestions(RequestQuestions):
-    """Questions from MCP callers for one agent; `await ask(payload)` returns the answer and its newest frame."""
+    """Questions from MCP callers for one agent: `await ask(payload, asker=ASKER, frame=True)` returns the answer and
+    its newest frame."""
 
     def __init__(self, agent: VisualAgent) -> None:
         super().__init__(agent, Via.MCP)
-
-    async def ask(self, payload: bytes | str, *, asker: str = ASKER, frame: bool = True) -> tuple[Answer, bytes | None]:
-        return await super().ask(payload, asker=asker, frame=frame)

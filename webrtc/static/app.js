@@ -1,7 +1,7 @@
 // The console page's camera and ask panels: publish the camera over WebRTC, ask questions about any source, show
 // the answers. A question about this page's own connected camera goes over its data channel (answers stream); any
-// other, and every question before Connect, goes to POST api/ask (one answer per request), so a phone can ask the
-// garage camera without streaming its own. Plain JavaScript, no build step; works in Chromium and Firefox. The other
+// other, and every question before Connect, goes to POST api/ask (the answer streams back as NDJSON), so a phone can
+// ask the garage camera without streaming its own. Plain JavaScript, no build step; works in Chromium and Firefox. The other
 // panels (console.js: state and sources, rules.js, timeline.js) use the helpers defined here.
 // URL parameters (optional): ?source=name&res=1280x720&fps=30&autostart=1
 // The camera's source name is kept in localStorage (one per browser), so `visual-agent ask -s <name>` keeps working
@@ -354,13 +354,19 @@ function ask(event) {
 }
 
 async function askOverHttp(message, label) {
-  answerBox(message.id, label).el.querySelector(".text").textContent = "…";
+  const entry = answerBox(message.id, label);
+  entry.el.querySelector(".text").textContent = "…";
   let answer;
   try {
     const response = await fetch("api/ask", {
       method: "POST", cache: "no-store", body: JSON.stringify(message),
-      headers: { "Content-Type": "application/json", "X-Console-Tab": tabId(), ...authHeaders() },
+      headers: { "Content-Type": "application/json", "Accept": "application/x-ndjson", "X-Console-Tab": tabId(), ...authHeaders() },
     });
+    if ((response.headers.get("Content-Type") || "").startsWith("application/x-ndjson") && response.body) {
+      await readLines(response.body, onMessage);  // pieces, then the answer: the data channel's messages
+      if (!entry.done) showAnswer({ id: message.id, error: { type: "network", message: "the answer stopped halfway; ask again" } });
+      return;
+    }
     const text = await response.text();
     try { answer = JSON.parse(text); } catch (e) { answer = null; }
     if (response.status === 401) answer = { error: { type: "token", message: tokenProblem() } };
@@ -370,7 +376,22 @@ async function askOverHttp(message, label) {
   } catch (err) {
     answer = { error: { type: "network", message: `the daemon did not answer (${err.message || err}); ask again` } };
   }
-  showAnswer({ ...answer, id: message.id });  // a refusal before parsing carries a fresh id: this box is the answer
+  if (!entry.done) showAnswer({ ...answer, id: message.id });  // a refusal before parsing has a fresh id: this box is its
+}
+
+async function readLines(body, each) {  // an NDJSON body, one line at a time as it arrives
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let rest = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    rest += decoder.decode(value || new Uint8Array(), { stream: !done });
+    const lines = rest.split("\n");
+    rest = lines.pop();
+    lines.filter((line) => line.trim()).forEach(each);
+    if (done) break;
+  }
+  if (rest.trim()) each(rest);
 }
 
 function askOverChannel(message, label) {  // answers stream back on the channel (onMessage)
