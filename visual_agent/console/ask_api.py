@@ -20,6 +20,7 @@ body is the answer JSON with `error` `{"type", "message"}`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -84,8 +85,9 @@ class AskApi:
         answer, _ = await self._questions.ask(body, asker=asker, on_partial=stream.partial if stream else None)
         if stream is None or stream.response is None:  # nothing streamed (a refusal, a past question): one JSON
             return _answer_response(answer)
-        await stream.response.write(answer.payload() + b"\n")
-        await stream.response.write_eof()
+        with contextlib.suppress(ConnectionError):  # the caller went away: the answer still went to MQTT
+            await stream.response.write(answer.payload() + b"\n")
+            await stream.response.write_eof()
         return stream.response
 
 
