@@ -20,7 +20,7 @@ if [ "${VISUAL_AGENT_NO_LINT:-0}" != "1" ]; then
 fi
 run_pytest() {
   set +e
-  python -m pytest "$@"
+  python -m pytest --durations=25 "$@"
   rc=$?
   set -e
   if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; return 1; fi

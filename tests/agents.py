@@ -33,3 +33,9 @@ async def agent_over_mqtt(mosquitto: Any, prefix: str, driver: Any, llm: dict[st
         await stack.aclose()
         await messager.close()
         await provider.aclose()
+
+
+def running_agent(mosquitto: Any, driver: Any, llm_url: str, prefix: str, **agent_kw: Any):
+    """`agent_over_mqtt` asking the LLM stand-in at `llm_url` (no retries, 5 s timeout, 4 KiB payloads)."""
+    llm = {"base_url": llm_url, "model_name": "stub-model", "max_retries": 0, "timeout": 5}
+    return agent_over_mqtt(mosquitto, prefix, driver, llm, max_payload_bytes=4096, **agent_kw)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import encoders
+from tests.children import run_child
 
 
 def test_encoders_exports_are_complete():
@@ -17,26 +14,5 @@ def test_encoders_exports_are_complete():
 
 
 def test_encoders_imports_without_torch():
-    code = textwrap.dedent(
-        """
-        import sys
-        for name in ("torch", "open_clip", "torchvision", "safetensors"):
-            sys.modules[name] = None  # as if not installed
-        import numpy as np
-        import encoders
-        assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
-        url = encoders.JpegEncoder().data_url(np.zeros((8, 8, 3), np.uint8))
-        assert url.startswith("data:image/jpeg;base64,")
-        encoders.EmbeddingCache().put(np.zeros((8, 8, 3), np.uint8), b"x")
-        try:
-            encoders.ClipEncoder
-        except encoders.MissingDependencyError as exc:
-            assert "clip" in str(exc), exc
-            assert isinstance(exc, ImportError)
-        else:
-            raise AssertionError("ClipEncoder imported without torch")
-        print("ok")
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = run_child("encoders_without_torch", timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

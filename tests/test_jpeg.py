@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from encoders import ChannelOrder, EncoderConfigError, ImageInputError, JpegConfig, JpegEncoder
+from tests.children import run_child
 from tests.loop_probe import loop_gaps
 
 
@@ -233,34 +234,10 @@ async def test_jpeg_encoder_async_does_not_block_the_loop():
     assert len(probe.gaps) >= 5, (len(probe.gaps), probe.max, sync_s)
 
 
-_SHARED_FRAME_SCRIPT = """
-import threading, av, numpy as np
-from encoders import JpegEncoder
-from encoders.frames import to_array
-frame = av.VideoFrame.from_ndarray(
-    np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8), format="rgb24"
-).reformat(format="yuv420p")
-encoders = [JpegEncoder(max_side=512), JpegEncoder(max_side=320)]
-def work(i):
-    for _ in range(40):
-        encoders[i % 2].encode(frame)
-        to_array(frame, size=(64, 36), out="gray")
-threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-for t in threads: t.start()
-for t in threads: t.join()
-print("ok")
-"""
-
-
 def test_jpeg_encoder_threads_share_one_video_frame():
     # PyAV caches one converter on each frame; threads converting the same frame through it crash or
     # hang. Two questions taking the same newest frame do exactly this, so it runs in a child process.
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARED_FRAME_SCRIPT], capture_output=True, text=True, timeout=120
-    )
+    result = run_child("threads_share_one_frame", timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-2000:])
 
 

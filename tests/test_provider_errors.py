@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 
 import pytest
@@ -24,6 +23,7 @@ from providers import (
     VLLMProvider,
     create_provider,
 )
+from tests.ports import free_tcp_port
 
 SECRET = "sk-test-7f3a9c1e5b2d4f6a8c0e"
 SLOW_S = 3.0
@@ -109,12 +109,6 @@ async def upstream():
     await server.runner.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _provider(base_url: str, **config) -> OpenAICompatibleProvider:
     return OpenAICompatibleProvider(
         {"base_url": base_url, "api_key": SECRET, "model_name": "stand-in", "max_retries": 0, "timeout": 5, **config}
@@ -142,7 +136,7 @@ async def test_openai_compatible_answers_from_local_server(upstream):
 @pytest.mark.timeout(20)
 async def test_openai_compatible_unreachable_port_is_connection_error(caplog):
     caplog.set_level(logging.DEBUG)
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_tcp_port()}/v1"
     async with _provider(url, timeout=3) as llm:
         with pytest.raises(ProviderConnectionError) as info:  # refused at once: a connection error, not a timeout
             await llm.achat(HELLO)

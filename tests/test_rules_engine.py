@@ -9,12 +9,11 @@ import asyncio
 import contextlib
 import json
 
-import av
-import numpy as np
 import pytest
 
 from encoders import JpegEncoder
 from providers import create_provider
+from tests.fixtures.frames import Buffers, solid
 from tests.rules_scene import BRIGHT, DARK, BrightnessJudge, counter_of_gray, decode_gray, write_scene_clip
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
@@ -22,26 +21,9 @@ from visual_agent.config import MqttConfig
 from visual_agent.encoding import FrameEncoding
 from visual_agent.mqtt import MqttMessager
 from visual_agent.rules import RuleConfig, RuleEngine
-from webrtc import FrameBuffer, SourceConfig, WebRTCConfig
+from webrtc import SourceConfig, WebRTCConfig
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
-
-
-class Buffers:
-    """A frame source of plain FrameBuffers fed by the test."""
-
-    def __init__(self, *names: str) -> None:
-        self.buffers = {n: FrameBuffer(n, max_frames=8, max_seconds=5) for n in names}
-
-    def source_names(self) -> list[str]:
-        return list(self.buffers)
-
-    def get_buffer(self, name: str) -> FrameBuffer:
-        return self.buffers[name]
-
-
-def solid(level: int) -> av.VideoFrame:
-    return av.VideoFrame.from_ndarray(np.full((120, 160, 3), level, np.uint8), format="rgb24")
 
 
 class CountingJpeg(JpegEncoder):

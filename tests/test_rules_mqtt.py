@@ -12,6 +12,7 @@ import json
 import pytest
 
 from providers import create_provider
+from tests.fixtures.frames import Buffers
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import HomeAssistantConfig, MqttConfig
@@ -23,14 +24,6 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]
 RULE = {"name": "person_at_door", "source": "door", "question": "Is a person standing at the door?"}
 
 
-class NoSources:
-    def source_names(self) -> list[str]:
-        return []
-
-    def get_buffer(self, name: str):
-        raise KeyError(name)
-
-
 @contextlib.asynccontextmanager
 async def daemon_like(mosquitto, stub, prefix, *, config_rules=(), homeassistant: HomeAssistantConfig | None = None):
     """What the daemon wires: the agent's messager publishes, a second connection takes `<prefix>/rules/set`."""
@@ -40,7 +33,7 @@ async def daemon_like(mosquitto, stub, prefix, *, config_rules=(), homeassistant
                                     persistent_session=False, name="mqtt-rules")
     await messager.start()
     await control_messager.start()
-    agent = VisualAgent(llm=llm, messager=messager, webrtc_driver=NoSources(), prefix=prefix)
+    agent = VisualAgent(llm=llm, messager=messager, webrtc_driver=Buffers(), prefix=prefix)
     discovery = RuleDiscovery(messager, prefix, homeassistant) if homeassistant else None
     engine = RuleEngine(agent, [RuleConfig(**r) for r in config_rules], discovery=discovery)
     await engine.start()

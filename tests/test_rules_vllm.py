@@ -12,30 +12,17 @@ import numpy as np
 import pytest
 
 from providers import create_provider
+from tests.fixtures.frames import Buffers
 from visual_agent.agent import VisualAgent
 from visual_agent.rules import RuleConfig, RuleEngine
 from visual_agent.rules.answer import RULE_SYSTEM_PROMPT, parse_answer, structured_options
-from webrtc import FrameBuffer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 
 
-class OneSource:
-    def __init__(self) -> None:
-        self.buffer = FrameBuffer("cam", max_frames=4, max_seconds=5)
-
-    def source_names(self) -> list[str]:
-        return ["cam"]
-
-    def get_buffer(self, name: str) -> FrameBuffer:
-        if name != "cam":
-            raise KeyError(name)
-        return self.buffer
-
-
 async def test_rules_structured_answers_from_the_real_vllm_server_parse(vllm_server):
     llm = create_provider({"provider": "vllm", "base_url": vllm_server.base_url, "temperature": 0.7})
-    source = OneSource()
+    source = Buffers("cam", max_frames=4)
     agent = VisualAgent(llm=llm, webrtc_driver=source)
     rule = RuleConfig(name="person", source="cam", question="Is a person in the picture?", check_every_s=0.5,
                       only_on_change=False, lookback_s=0)
@@ -45,7 +32,7 @@ async def test_rules_structured_answers_from_the_real_vllm_server_parse(vllm_ser
 
     async def feed() -> None:
         while feeding:
-            source.buffer.put(av.VideoFrame.from_ndarray(rng.integers(0, 255, (96, 128, 3), np.uint8), format="rgb24"))
+            source.get_buffer("cam").put(av.VideoFrame.from_ndarray(rng.integers(0, 255, (96, 128, 3), np.uint8), format="rgb24"))
             await asyncio.sleep(0.1)
 
     feeder = asyncio.create_task(feed())

@@ -111,25 +111,14 @@ async def test_vllm_native_astream_without_tools_yields_only_text(native_provide
 
 
 def _camera():
-    """A frame source holding one plain FrameBuffer with a frame (the agent needs only source_names/get_buffer)."""
+    """A frame source whose one source "desk" holds a noisy picture."""
     import av
     import numpy as np
 
-    from webrtc import FrameBuffer
+    from tests.fixtures.frames import Buffers
 
-    class Camera:
-        def __init__(self):
-            self.buffer = FrameBuffer("desk", max_frames=4, max_seconds=5)
-            picture = np.random.default_rng(3).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
-            self.buffer.put(av.VideoFrame.from_ndarray(picture, format="rgb24"))
-
-        def source_names(self):
-            return ["desk"]
-
-        def get_buffer(self, name):
-            return self.buffer
-
-    return Camera()
+    picture = np.random.default_rng(3).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
+    return Buffers("desk", max_frames=4).holding("desk", av.VideoFrame.from_ndarray(picture, format="rgb24"))
 
 
 async def _ask_both_ways(agent):

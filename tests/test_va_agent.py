@@ -13,8 +13,10 @@ import socket
 import pytest
 
 from providers import create_provider
-from tests.agents import agent_over_mqtt
+from tests.agents import running_agent
+from tests.fixtures.frames import Buffers, solid
 from tests.fixtures.webrtc import CounterVideoTrack, publish
+from tests.ports import free_tcp_port
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
@@ -26,18 +28,11 @@ from visual_agent.topics import Topics
 pytestmark = [pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(90)]
 
 
-def running_agent(mosquitto, server, llm_url, prefix, **agent_kw):
-    llm = {"base_url": llm_url, "model_name": "stub-model", "max_retries": 0, "timeout": 5}
-    return agent_over_mqtt(mosquitto, prefix, server, llm, max_payload_bytes=4096, **agent_kw)
-
-
 @contextlib.asynccontextmanager
 async def streaming_publisher(server, source="cam", width=320, height=240):
     async with publish(server.url, CounterVideoTrack(width, height, 30), source=source) as pub:
-        for _ in range(300):  # a few frames in the buffer, so a question for k frames finds k
-            if source in server.source_names() and len(server.get_buffer(source)) >= 5:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: source in server.source_names() and len(server.get_buffer(source)) >= 5, timeout=15,
+                         what=f"5 frames of {source} in the buffer (so a question for k frames finds k)")
         yield pub
 
 
@@ -158,7 +153,8 @@ async def test_agent_timeout_and_unreachable_llm(running_mosquitto, paho_peer, t
             async with running_agent(running_mosquitto, webrtc_server, dead, topic_prefix):
                 peer.publish(t["ask"], json.dumps({"id": "down", "question": "?"}))
                 (down,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
-    assert slow["id"] == "slow" and slow["error"]["type"] == "timeout" and 0.5 <= slow["latency_s"] < 2
+    # Answered at the deadline, not when the stand-in finally replied.
+    assert slow["id"] == "slow" and slow["error"]["type"] == "timeout" and 0.5 <= slow["latency_s"] < stub_llm.delay_s
     assert down["id"] == "down" and down["error"]["type"] == "llm_unreachable" and "127.0.0.1" in down["error"]["message"]
 
 
@@ -180,10 +176,7 @@ async def test_agent_close_fails_in_flight_with_shutdown(running_mosquitto, paho
     async with streaming_publisher(webrtc_server):
         async with running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, shutdown_grace_s=0.2) as agent:
             peer.publish(t["ask"], json.dumps({"id": "late", "question": "?"}))
-            for _ in range(100):
-                if agent.in_flight:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: agent.in_flight, what="the question in flight")
             assert agent.in_flight == 1
         (a,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
     assert a["id"] == "late" and a["error"]["type"] == "shutdown"
@@ -229,47 +222,39 @@ def test_agent_refuses_embeddings_for_a_provider_that_cannot_take_them():
         VisualAgent(llm=llm, embedding_function=embed)
 
 
-class BufferDriver:
-    """A driver holding plain FrameBuffers fed by the test (the agent only needs source_names/get_buffer)."""
-
-    def __init__(self, *names):
-        from webrtc import FrameBuffer
-
-        self.buffers = {n: FrameBuffer(n, max_frames=8, max_seconds=5) for n in names}
-        self.on_data_message = None
-
-    def source_names(self):
-        return list(self.buffers)
-
-    def get_buffer(self, name):
-        return self.buffers[name]
-
-
-def solid(value):
-    import av
-    import numpy as np
-
-    return av.VideoFrame.from_ndarray(np.full((120, 160, 3), value, np.uint8), format="rgb24")
-
-
 async def test_agent_scene_change_description(running_mosquitto, paho_peer, topic_prefix, stub_llm):
     peer = paho_peer("5")
     peer.subscribe(f"{topic_prefix}/desk/description")
-    driver = BufferDriver("desk")
+    driver = Buffers("desk")
     scene = {"enabled": True, "threshold": 0.3, "min_gap_s": 0.0, "check_interval_s": 0.05, "prompt": "What changed?"}
     async with running_agent(running_mosquitto, driver, stub_llm.base_url, topic_prefix, scene_change=scene):
         for _ in range(5):  # a steady dark picture: no description
             driver.get_buffer("desk").put(solid(20))
-            await asyncio.sleep(0.1)
-        assert peer.messages.empty() and not stub_llm.requests
+            await asyncio.sleep(0.1)  # the pace of the feed, checked at every 0.05 s
         driver.get_buffer("desk").put(solid(230))  # the lights go on
         got = json.loads((await asyncio.to_thread(peer.get, 10)).payload)
         for _ in range(5):  # steady again: nothing more
             driver.get_buffer("desk").put(solid(230))
             await asyncio.sleep(0.1)
-        assert peer.messages.empty()
+        driver.get_buffer("desk").put(solid(20))  # the lights go off: a change after the steady pictures
+        await wait_until(lambda: len(stub_llm.requests) >= 2 and _grey_level_sent(stub_llm.requests[-1]) < 128,
+                         what="the lights-off description asked")
+    # The watcher describes one change at a time, in order: a description of either steady picture would have been
+    # asked before the lights-off one, so the requests show exactly the two changes.
+    assert [_grey_level_sent(r) > 128 for r in stub_llm.requests] == [True, False]
     assert got["question"] == "What changed?" and got["source"] == "desk" and got["error"] is None
-    assert len(stub_llm.requests) == 1
+
+
+def _grey_level_sent(request: dict) -> float:
+    """The mean grey level of the first picture in a request the LLM stand-in received."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    url = next(part["image_url"]["url"] for part in request["messages"][-1]["content"] if part.get("type") == "image_url")
+    jpeg = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return float(cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE).mean())
 
 
 async def test_agent_shared_group_answers_each_question_once(running_mosquitto, paho_peer, topic_prefix, stub_llm):
@@ -277,7 +262,7 @@ async def test_agent_shared_group_answers_each_question_once(running_mosquitto, 
     peer = paho_peer("5")
     t = Topics(topic_prefix).as_dict()
     peer.subscribe(t["answer"])
-    driver = BufferDriver("cam")
+    driver = Buffers("cam")
     driver.get_buffer("cam").put(solid(100))
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model"})
     cfg = MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port, shared_group="g1")
@@ -294,8 +279,18 @@ async def test_agent_shared_group_answers_each_question_once(running_mosquitto, 
         for i in range(12):
             peer.publish(t["ask"], json.dumps({"id": f"s{i}", "question": "?"}))
         got = await asyncio.to_thread(answers, peer, 12, t["answer"])
-        await asyncio.sleep(0.3)
-        assert peer.messages.empty()  # no duplicates
+        # No duplicates: ask markers one at a time until each agent has answered one. An agent takes its messages
+        # in order and publishes on one connection, and the stand-in answers at once, so a
+        # duplicate it made would have come before its marker.
+        answered = [a.counters["answers"] for a in agents]
+        for i in range(20):
+            if all(a.counters["answers"] > n for a, n in zip(agents, answered, strict=True)):
+                break
+            peer.publish(t["ask"], json.dumps({"id": f"marker{i}", "question": "?"}))
+            (marker,) = await asyncio.to_thread(answers, peer, 1, t["answer"])
+            assert marker["id"] == f"marker{i}", f"answered twice: {marker}"
+        else:
+            raise AssertionError("the shared group never gave both agents a marker")
     finally:
         await stack.aclose()
         for m in messagers:
@@ -371,9 +366,6 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
     import threading
     import time
 
-    import av
-    import numpy as np
-
     from encoders import JpegEncoder
     from visual_agent.encoding import FrameEncoding
     from visual_agent.messages import Question
@@ -390,8 +382,7 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
             time.sleep(0.2)  # long enough for the second question to arrive while the first encodes
             return super().data_url(frame)
 
-    camera = BufferDriver("desk")
-    camera.get_buffer("desk").put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
+    camera = Buffers("desk").holding("desk", solid(0, 64, 48))
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     encoder = CountingEncoder()
     agent = VisualAgent(llm=llm, webrtc_driver=camera, encoding=FrameEncoding(llm, jpeg_encoder=encoder))
@@ -408,30 +399,22 @@ async def test_agent_concurrent_questions_on_one_frame_encode_it_once(stub_llm):
 
 async def test_agent_scene_watch_survives_a_source_that_leaves(stub_llm):
     """A page's source can go between listing the sources and reading one: the scene-change watcher goes on."""
-    import av
-    import numpy as np
-
     from visual_agent.config import SceneChangeConfig
-    from webrtc import FrameBuffer
 
-    class LeavingCamera:
+    class LeavingCamera(Buffers):
         """Source "b" is listed, then gone when the watcher reads it (its peer left)."""
 
         def __init__(self):
-            self.buffers = {"a": FrameBuffer("a"), "b": FrameBuffer("b")}
+            super().__init__("a", "b")
             self.reads_of_b = 0
-            for b in self.buffers.values():
-                b.put(av.VideoFrame.from_ndarray(np.zeros((18, 32, 3), np.uint8), format="rgb24"))
-
-        def source_names(self):
-            return list(self.buffers)
+            self.holding("a", solid(0, 32, 18)).holding("b", solid(0, 32, 18))
 
         def get_buffer(self, name):
             if name == "b":
                 self.reads_of_b += 1
                 if self.reads_of_b % 2 == 0:  # listed by _live_sources, gone at the watcher's read
                     raise KeyError(f"no source {name!r}")
-            return self.buffers[name]
+            return super().get_buffer(name)
 
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model", "max_retries": 0})
     camera = LeavingCamera()
@@ -462,7 +445,7 @@ async def test_agent_answers_busy_for_questions_a_full_inbox_dropped(running_mos
     try:
         (consumer,) = [task for task in intakes.mqtt._tasks if task.get_name() == "agent-mqtt-questions"]
         consumer.cancel()  # a consumer that has fallen behind: the inbox (1) fills
-        await asyncio.sleep(0.05)
+        await asyncio.wait([consumer])
         for i in range(3):
             peer.publish(t["ask"], json.dumps({"id": f"q{i}", "question": "?"}))
         busy = await asyncio.to_thread(answers, peer, 2, t["answer"])
@@ -480,16 +463,10 @@ async def test_agent_answers_busy_for_questions_a_full_inbox_dropped(running_mos
 
 async def test_agent_error_answer_masks_a_password_in_the_llm_url():
     """Error answers go to every MQTT listener: a user:token@ in the LLM's base_url is not in them."""
-    import av
-    import numpy as np
-
     from visual_agent.messages import Question
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    camera = BufferDriver("desk")
-    camera.get_buffer("desk").put(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24"))
+    closed = free_tcp_port()
+    camera = Buffers("desk").holding("desk", solid(0, 64, 48))
     llm = create_provider({"provider": "openai", "base_url": f"http://me:tok-secret@127.0.0.1:{closed}/v1",
                            "model_name": "m", "max_retries": 0, "timeout": 5})
     agent = VisualAgent(llm=llm, webrtc_driver=camera)
@@ -512,12 +489,9 @@ async def test_agent_page_question_during_shutdown_grace_gets_shutdown_answer(ru
         await pub.wait_open()
         async with running_agent(running_mosquitto, webrtc_server, stub_llm.base_url, topic_prefix, shutdown_grace_s=1.5) as agent:
             peer.publish(t["ask"], json.dumps({"id": "slow", "question": "?"}))
-            for _ in range(100):
-                if agent.in_flight:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: agent.in_flight, what="the slow question in flight")
             closing = asyncio.ensure_future(agent.drain())
-            await asyncio.sleep(0.2)
+            await wait_until(lambda: agent.admission.closing, what="the agent draining")
             pub.channel.send(json.dumps({"id": "late-page", "question": "still there?"}))
             got = json.loads(await asyncio.wait_for(pub.messages.get(), 5))
             await closing

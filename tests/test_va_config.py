@@ -184,14 +184,12 @@ def test_config_one_default_per_setting():
     """The embedded broker's own defaults are the config's (a broker built in code behaves like the default config)."""
     import inspect
 
-    from visual_agent.broker import EmbeddedBroker
+    from visual_agent.broker import BrokerLimits, EmbeddedBroker
     from visual_agent.config import MqttConfig
 
     mqtt, params = MqttConfig(), inspect.signature(EmbeddedBroker).parameters
     assert params["port"].default == mqtt.embedded_port and params["host"].default == mqtt.embedded_host
-    assert params["connect_timeout_s"].default == mqtt.embedded_connect_timeout_s
-    assert params["max_retained"].default == mqtt.embedded_max_retained
-    assert params["max_retained_bytes"].default == mqtt.embedded_max_retained_bytes
+    assert BrokerLimits() == BrokerLimits.from_config(mqtt)  # every `mqtt.embedded_*` bound
     from providers import VLLMServerConfig
 
     assert parse_config({"llm": {"provider": "vllm"}}, environ={}).llm.config.base_url == VLLMServerConfig().base_url

@@ -12,6 +12,7 @@ import json
 import pytest
 from aiohttp import ClientSession, web
 
+from tests.fixtures.frames import Buffers
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig
 from visual_agent.messages import Question
@@ -61,21 +62,13 @@ class RecordingProxy:
         await self._session.close()
 
 
-class Camera:
-    """A driver of one FrameBuffer per source, fed by the test; `send_data` keeps what the page would receive."""
+class Camera(Buffers):
+    """Buffers that also carry a page channel: `send_data` keeps what the page would receive."""
 
     def __init__(self, *names: str) -> None:
-        from webrtc import FrameBuffer
-
-        self.buffers = {n: FrameBuffer(n, max_frames=16, max_seconds=60) for n in names}
+        super().__init__(*names, max_frames=16, max_seconds=60)
         self.on_data_message = None
         self.sent: dict[str, list[dict]] = {}
-
-    def source_names(self):
-        return list(self.buffers)
-
-    def get_buffer(self, name):
-        return self.buffers[name]
 
     async def send_data(self, peer_id: str, text: str) -> None:
         self.sent.setdefault(peer_id, []).append(json.loads(text))

@@ -8,39 +8,16 @@ text), never by wording.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import pytest
 
-from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli, write_config
+from tests.fixtures.daemon import daemon_config, daemon_process, free_tcp_port, run_cli, wait_frames, write_config
 from tests.fixtures.webrtc import CounterVideoTrack, publish
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm, pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(240)]
-
-
-def daemon_config(tmp_path, *, llm: dict, mosquitto=None, prefix="visual_agent", page_port: int, **agent) -> dict:
-    cfg = {
-        "llm": llm,
-        "webrtc": {"host": "127.0.0.1", "port": page_port, "host_candidate_addresses": ["127.0.0.1"]},
-        "agent": {"question_timeout_s": 60, **agent},
-        "mqtt": {"prefix": prefix, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
-    }
-    if mosquitto is not None:
-        cfg["mqtt"].update(host=mosquitto.host, port=mosquitto.port)
-    return cfg
-
-
-async def wait_frames(page_url: str, source: str, timeout: float = 15.0) -> None:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        for _ in range(int(timeout / 0.1)):
-            async with http.get(page_url + "/healthz") as r:
-                health = await r.json()
-            if health["sources"].get(source, {}).get("received", 0) >= 5:
-                return
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"no frames for {source} in /healthz: {health}")
 
 
 async def test_e2e_daemon_vllm_server_mqtt5_and_311_ask_cli_stream_and_sigterm(tmp_path, vllm_server, running_mosquitto, paho_peer, topic_prefix):
@@ -115,6 +92,14 @@ async def test_e2e_daemon_serves_page_when_llm_is_down_and_check_says_so(tmp_pat
     assert rc == 1 and "llm     FAIL" in out and "mqtt    OK" in out and "config  OK" in out, out + err
 
 
+async def _outboxed(page_url: str) -> bool:
+    """Whether `/healthz` counts an MQTT message kept to send once the broker is back."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(page_url + "/healthz") as r:
+        return (await r.json()).get("broker", {}).get("outbox", 0) >= 1
+
+
 async def test_e2e_broker_restart_loses_no_question(tmp_path, running_mosquitto, paho_peer, topic_prefix, stub_llm):
     """The broker restarts while a question is being answered and while another is asked: both get answers.
 
@@ -131,11 +116,11 @@ async def test_e2e_broker_restart_loses_no_question(tmp_path, running_mosquitto,
         async with publish(daemon.page_url, CounterVideoTrack(160, 120, 15), source="cam"):
             await wait_frames(daemon.page_url, "cam")
             asker.publish(f"{topic_prefix}/ask", json.dumps({"id": "before", "question": "first?"})).wait_for_publish(5)
-            while not stub_llm.requests:  # the daemon is now waiting on the LLM
-                await asyncio.sleep(0.05)
+            await wait_until(lambda: stub_llm.requests, 10, what="the daemon waiting on the LLM")
             await asyncio.to_thread(running_mosquitto.stop)
             asker.publish(f"{topic_prefix}/ask", json.dumps({"id": "during", "question": "second?"}))  # queued by paho
-            await asyncio.sleep(2.0)  # the first answer is made while the broker is down: outbox
+            await wait_until(functools.partial(_outboxed, daemon.page_url), 30, interval=0.1,
+                             what="the first answer made while the broker is down, kept in the outbox")
             await asyncio.to_thread(running_mosquitto.start)
             got = {json.loads((await asyncio.to_thread(asker.get, 30)).payload)["id"] for _ in range(2)}
         assert await daemon.terminate() == 0

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
 from tests.fixtures.daemon import daemon_process, free_tcp_port, run_cli
 from tests.fixtures.webrtc import CounterVideoTrack, publish
+from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config_loading import parse_config
 from visual_agent.daemon import Daemon, build_frame_encoding
@@ -41,10 +41,8 @@ async def test_e2e_chromium_page_asks_over_data_channel_and_shows_answer(vllm_se
     try:
         await page.goto(f"{daemon.driver.url}/?source=chrome&res=640x480&fps=30&autostart=1")
         await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", timeout=20000)
-        deadline = time.monotonic() + 20
-        while "chrome" not in daemon.driver.source_names():
-            assert time.monotonic() < deadline, f"no track from the page; console: {console}"
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: "chrome" in daemon.driver.source_names(), 20,
+                         what=lambda: f"a track from the page (console: {console})")
         await daemon.driver.get_buffer("chrome").wait_for_frame(20)
         await page.fill("#question", "What do you see?")
         await page.click("#ask-button")
@@ -81,10 +79,10 @@ async def test_e2e_native_vllm_with_clip_embeddings_on_live_stream(native_provid
     agent = VisualAgent(llm=native_provider, webrtc_driver=webrtc_server, embedding_function=counting_embed, provider_name="vllm_native")
     try:
         async with publish(webrtc_server.url, CounterVideoTrack(320, 240, 30, moving=True), source="live"):
-            await asyncio.sleep(0.3)
-            while "live" not in webrtc_server.source_names():
-                await asyncio.sleep(0.05)
-            await webrtc_server.get_buffer("live").wait_for_frame(15)
+            await wait_until(lambda: "live" in webrtc_server.source_names(), 15, what="the live source")
+            buffer = webrtc_server.get_buffer("live")
+            await wait_until(lambda: len(buffer.window(agent.config.window_s, 2)) >= 2, 15,
+                             what="two frames in the window, so the question can take two")
             answer = await agent.ask(Question(question="What is moving?", source="live", frames=2, conversation="c"))
             streamed = []
 
@@ -109,8 +107,7 @@ async def test_e2e_native_agent_defaults_to_clip_embeddings(native_provider, web
     assert agent.encoding.jpeg_encoder is None and agent.embedding_function is not None
     try:
         async with publish(webrtc_server.url, CounterVideoTrack(160, 120, 15), source="auto"):
-            while "auto" not in webrtc_server.source_names():
-                await asyncio.sleep(0.05)
+            await wait_until(lambda: "auto" in webrtc_server.source_names(), 15, what="the auto source")
             await webrtc_server.get_buffer("auto").wait_for_frame(15)
             answer = await agent.ask(Question(question="What is it?", source="auto"))
     finally:
@@ -160,13 +157,10 @@ async def test_e2e_native_qwen2vl_daemon_encoding_answers_from_embeddings(qwen2v
     agent = VisualAgent(llm=qwen2vl_native_provider, webrtc_driver=webrtc_server, encoding=encoding, provider_name="vllm_native")
     try:
         async with publish(webrtc_server.url, CounterVideoTrack(200, 120, 30, moving=True), source="qwen"):
-            while "qwen" not in webrtc_server.source_names():
-                await asyncio.sleep(0.05)
+            await wait_until(lambda: "qwen" in webrtc_server.source_names(), 15, what="the qwen source")
             buffer = webrtc_server.get_buffer("qwen")
-            async with asyncio.timeout(15):  # two frames in the window, so the question can take two
-                while len(buffer.window(agent.config.window_s, 2)) < 2:
-                    await buffer.wait_for_frame(15)
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: len(buffer.window(agent.config.window_s, 2)) >= 2, 15,
+                             what="two frames in the window, so the question can take two")
             answer = await agent.ask(Question(question="What is moving?", source="qwen", frames=2))
             streamed = []
 

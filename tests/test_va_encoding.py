@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from providers import create_provider
-from visual_agent import EmbeddingsMode, EncoderConfig, FrameEncoding, parse_config
+from visual_agent import ConfigError, EmbeddingsMode, EncoderConfig, FrameEncoding, parse_config
 from visual_agent.daemon import Daemon
 from visual_agent.sampling import TakenFrame
 
@@ -141,7 +141,7 @@ async def test_daemon_refuses_a_model_family_without_an_encoder_at_start(tmp_pat
                            "llm": {"provider": "vllm_native", "model_name": str(folder), "enable_mm_embeds": True}},
                           environ={})
     daemon = Daemon(config)
-    with pytest.raises(Exception, match="mllama") as refused:
+    with pytest.raises(ConfigError, match="mllama") as refused:
         await daemon.start()
     assert "llava" in str(refused.value) and "qwen2_vl" in str(refused.value) and "encoder.embeddings: off" in str(refused.value)
     assert daemon.agent is None

@@ -217,7 +217,7 @@ def _handful(seed: int = 11, n: int = 12) -> list[bytes]:
 @pytest.mark.mqtt
 @pytest.mark.timeout(90)
 async def test_fuzz_malformed_questions_each_get_one_error_answer(running_mosquitto, paho_peer, topic_prefix, stub_llm):
-    from tests.test_va_agent import running_agent
+    from tests.agents import running_agent
     from visual_agent.topics import Topics
 
     t = Topics(topic_prefix).as_dict()

@@ -17,8 +17,8 @@ import pytest
 from encoders import to_array
 from providers import create_provider
 from tests.agents import agent_over_mqtt
+from tests.fixtures.frames import Buffers, solid
 from tests.rules_scene import BRIGHT, DARK, counter_of_gray, decode_gray, write_scene_clip
-from tests.test_rules_engine import Buffers, solid
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig

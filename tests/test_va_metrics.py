@@ -11,33 +11,13 @@ import urllib.request
 
 import pytest
 
-from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
+from tests.fixtures.daemon import daemon_config, daemon_process, free_tcp_port, wait_frames, write_config
+from tests.fixtures.mqtt import answers_by_id
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.metrics_scrape import moved, parse, scrape, total, value
-from tests.test_va_e2e import daemon_config, wait_frames
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.webrtc, pytest.mark.timeout(180)]
-
-
-async def answers_by_id(peer, ids: set[str], timeout: float = 30.0) -> dict[str, dict]:
-    """The answers to `ids` (an answer to a payload without a readable id is kept under "bad_payload")."""
-    got: dict[str, dict] = {}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not ids <= set(got):
-        remaining = deadline - loop.time()
-        assert remaining > 0, f"answers missing for {ids - set(got)}; got {got}"
-        try:
-            msg = await asyncio.to_thread(peer.get, remaining)
-        except TimeoutError:
-            raise AssertionError(f"answers missing for {ids - set(got)}; got {got}") from None
-        answer = json.loads(msg.payload)
-        if (answer["error"] or {}).get("type") == "bad_payload":
-            answer["id"] = "bad_payload"
-        assert answer["id"] not in got, f"answered twice: {answer}"
-        got[answer["id"]] = answer
-    return got
 
 
 async def test_metrics_move_by_exactly_the_traffic(tmp_path, running_mosquitto, paho_peer, topic_prefix, stub_llm):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import pytest
 
@@ -109,11 +108,7 @@ async def test_messager_broker_restart_keeps_questions_and_outbox(running_mosqui
     asker.publish(f"{topic_prefix}/ask", b"marker", qos=1)  # once it arrives, the broker holds our subscription
     assert (await m.next_message(10)).payload == b"marker"
     await asyncio.to_thread(broker.stop)
-    for _ in range(50):
-        if not m.connected:
-            break
-        await asyncio.sleep(0.05)
-    assert not m.connected
+    await wait_until(lambda: not m.connected, 5, what="the messager saw the broker go")
     await m.publish(f"{topic_prefix}/answer", b"made while offline")
     assert m.stats.outboxed == 1
     asker.publish(f"{topic_prefix}/ask", b"asked while the broker was down", qos=1)
@@ -139,9 +134,7 @@ async def test_messager_inbox_is_bounded(running_mosquitto, paho_peer, topic_pre
     async with MqttMessager(_cfg(running_mosquitto, inbox_max=2), subscriptions=[f"{topic_prefix}/in"]) as m:
         for i in range(5):
             peer.publish(f"{topic_prefix}/in", str(i)).wait_for_publish(5)
-        deadline = time.monotonic() + 5
-        while m.stats.received < 5 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: m.stats.received >= 5, 5, what="5 messages received")
         assert m.stats.received == 5 and m.stats.inbox_dropped == 3
         assert [(await m.next_message(1)).payload for _ in range(2)] == [b"0", b"1"]
 

@@ -18,7 +18,7 @@ import pytest
 from providers import create_provider
 from tests.fixtures.daemon import daemon_process, free_tcp_port
 from tests.fixtures.mqtt import PahoPeer
-from tests.test_va_mqtt_faults import HeldLLM, _answers, _config, _kept_session_asker, _status, _video_source
+from tests.mqtt_daemon import answers_on, kept_session_asker, looping_clip, mqtt_daemon_config, wait_status
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
@@ -30,36 +30,29 @@ from visual_agent.topics import Topics
 pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-async def held_llm():
-    llm = await HeldLLM().start()
-    yield llm
-    await llm.close()
-
-
 async def test_daemon_killed_during_an_llm_call_answers_that_question_after_its_restart(tmp_path, mosquitto_factory,
                                                                                       topic_prefix, held_llm):
     """SIGKILL while the LLM holds a question: the question was never acknowledged, so the broker keeps it in the
     daemon's session and hands it to the restarted daemon (DUP set), which answers it exactly once."""
     broker = mosquitto_factory()
-    asker = _kept_session_asker(broker, topic_prefix)
+    asker = kept_session_asker(broker, topic_prefix)
     try:
         answer, ask = f"{topic_prefix}/answer", f"{topic_prefix}/ask"
         page_port = free_tcp_port()
-        cfg = _config(tmp_path, broker, topic_prefix, page_port, held_llm.base_url, sources=_video_source(tmp_path),
+        cfg = mqtt_daemon_config(tmp_path, broker, topic_prefix, page_port, held_llm.base_url, sources=looping_clip(tmp_path),
                       client_id=f"va-test-{uuid.uuid4().hex[:8]}")
         async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d1.log") as daemon:
-            await _status(asker, b"online")
+            await wait_status(asker, b"online")
             asker.publish(ask, json.dumps({"id": "killed", "question": "what now?", "source": "cam"}))
             await held_llm.wait_requests(1)
             daemon.proc.kill()
             await daemon.proc.wait()
-        await _status(asker, b"offline")  # the last will
+        await wait_status(asker, b"offline")  # the last will
         held_llm.release()
         async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d2.log") as daemon:
-            got = await asyncio.to_thread(_answers, asker, answer, {"killed"})
+            got = await asyncio.to_thread(answers_on, asker, answer, {"killed"})
             asker.publish(ask, json.dumps({"id": "after", "question": "and now?", "source": "cam"}))
-            got += await asyncio.to_thread(_answers, asker, answer, {"after"})
+            got += await asyncio.to_thread(answers_on, asker, answer, {"after"})
             log = daemon.log()
         counts = {i: sum(1 for a in got if a["id"] == i) for i in ("killed", "after")}
         assert counts == {"killed": 1, "after": 1}, (counts, log)

@@ -11,14 +11,15 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
+from tests.fixtures.daemon import daemon_process, free_tcp_port
 from tests.fixtures.mqtt import PahoPeer
+from tests.mqtt_daemon import answers_on, kept_session_asker, looping_clip, mqtt_daemon_config, wait_status
+from tests.waiting import wait_until
+from visual_agent import MessagingError
 from visual_agent.config import MqttConfig
 from visual_agent.mqtt import MqttMessager
 
@@ -27,115 +28,22 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(120)]
 NO_MATCHING_SUBSCRIBERS = 16
 
 
-class HeldLLM:
-    """A STAND-IN OpenAI-compatible server that holds every chat request until `release()` (or forever)."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.arrived = asyncio.Condition()
-        self.released = asyncio.Event()
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> HeldLLM:
-        async def models(request: web.Request) -> web.Response:
-            return web.json_response({"object": "list", "data": [{"id": "held", "object": "model", "owned_by": "test"}]})
-
-        async def chat(request: web.Request) -> web.Response:
-            await request.read()
-            async with self.arrived:
-                self.requests += 1
-                self.arrived.notify_all()
-            await self.released.wait()
-            return web.json_response({
-                "id": "c1", "object": "chat.completion", "created": 0, "model": "held",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "held answer"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
-            })
-
-        app = web.Application()
-        app.router.add_get("/v1/models", models)
-        app.router.add_post("/v1/chat/completions", chat)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def wait_requests(self, n: int, timeout: float = 30.0) -> None:
-        async with self.arrived:
-            await asyncio.wait_for(self.arrived.wait_for(lambda: self.requests >= n), timeout)
-
-    def release(self) -> None:
-        self.released.set()
-
-    async def close(self) -> None:
-        self.released.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest.fixture
-async def held_llm():
-    llm = await HeldLLM().start()
-    yield llm
-    await llm.close()
-
-
-def _config(tmp_path, broker, prefix: str, page_port: int, llm_url: str, *, agent: dict | None = None,
-            sources: list | None = None, **mqtt: Any):
-    data: dict[str, Any] = {
-        "llm": {"provider": "openai", "base_url": llm_url, "model_name": "stub-model", "max_retries": 0, "timeout": 60},
-        "webrtc": {"port": page_port},
-        "agent": {"frame_wait_s": 10, "question_timeout_s": 60, **(agent or {})},
-        "mqtt": {"host": broker.host, "port": broker.port, "prefix": prefix, "reconnect_min_s": 0.1,
-                 "reconnect_max_s": 0.5, **mqtt},
-    }
-    if sources:
-        data["sources"] = sources
-    return write_config(tmp_path / f"daemon-{uuid.uuid4().hex[:6]}.yaml", data)
-
-
-def _video_source(tmp_path) -> list[dict]:
-    from tests.test_sources import write_video
-
-    clip = write_video(tmp_path / "clip.mp4", 1.0)
-    return [{"name": "cam", "url": str(clip), "loop": True}]
-
-
 async def _health(page_url: str) -> dict:
     async with aiohttp.ClientSession() as http, http.get(page_url + "/healthz") as r:
         return await r.json()
 
 
 async def _until_health(page_url: str, pred, what: str, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    health: dict = {}
-    while time.monotonic() < deadline:
-        health = await _health(page_url)
-        if pred(health):
-            return health
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{what} not seen in /healthz within {timeout} s: {health.get('broker')}")
+    """The daemon's `/healthz` once `pred` holds for it."""
+    last: dict = {}
 
+    async def holds() -> bool:
+        last.clear()
+        last.update(await _health(page_url))
+        return pred(last)
 
-def _answers(peer: PahoPeer, topic: str, ids: set, timeout: float = 30.0) -> list[dict]:
-    """Every answer on `topic` until each of `ids` arrived (duplicates kept, so a test can count them)."""
-    got: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while not ids <= {a["id"] for a in got}:
-        got.append(json.loads(peer.get(max(0.01, deadline - time.monotonic()), topic).payload))
-    return got
-
-
-async def _status(peer: PahoPeer, want: bytes, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = await asyncio.to_thread(peer.get, max(0.01, deadline - time.monotonic()))
-        if msg.topic.endswith("/status") and msg.payload == want:
-            return
+    await wait_until(holds, timeout, what=lambda: f"{what} in /healthz (broker: {last.get('broker')})", interval=0.05)
+    return last
 
 
 async def test_daemon_online_means_a_question_asked_at_once_is_answered(tmp_path, running_mosquitto, paho_peer,
@@ -155,24 +63,11 @@ async def test_daemon_online_means_a_question_asked_at_once_is_answered(tmp_path
     peer.subscribe(status)
     peer.subscribe(answer)
     page_port = free_tcp_port()
-    cfg = _config(tmp_path, running_mosquitto, topic_prefix, page_port, stub_llm.base_url, agent={"frame_wait_s": 0.5})
+    cfg = mqtt_daemon_config(tmp_path, running_mosquitto, topic_prefix, page_port, stub_llm.base_url, agent={"frame_wait_s": 0.5})
     async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d.log") as daemon:
-        got = await asyncio.to_thread(_answers, peer, answer, {"first"})
+        got = await asyncio.to_thread(answers_on, peer, answer, {"first"})
         assert await asyncio.to_thread(peer.puback, sent[0]) == 0, daemon.log()
     assert [a["id"] for a in got] == ["first"]
-
-
-def _kept_session_asker(broker, topic_prefix: str) -> PahoPeer:
-    """A peer whose session the broker keeps (its QoS-1 questions and subscriptions outlive a restart), listening to
-    the daemon's answers and status; the caller closes it."""
-    asker = PahoPeer(broker.host, broker.port, persistent=True)
-    try:
-        asker.subscribe(f"{topic_prefix}/answer")
-        asker.subscribe(f"{topic_prefix}/status")
-    except BaseException:
-        asker.close()
-        raise
-    return asker
 
 
 async def test_daemon_fixed_client_id_answers_questions_asked_while_it_was_stopped(tmp_path, mosquitto_factory,
@@ -180,27 +75,27 @@ async def test_daemon_fixed_client_id_answers_questions_asked_while_it_was_stopp
     """With `mqtt.client_id` the session outlives a clean stop (and a mosquitto restart with persistence on): the
     QoS-1 questions asked meanwhile are answered at the next start, each exactly once, with `queued_s`."""
     broker = mosquitto_factory()
-    asker = _kept_session_asker(broker, topic_prefix)
+    asker = kept_session_asker(broker, topic_prefix)
     try:
         answer, ask = f"{topic_prefix}/answer", f"{topic_prefix}/ask"
         page_port = free_tcp_port()
-        cfg = _config(tmp_path, broker, topic_prefix, page_port, stub_llm.base_url, agent={"frame_wait_s": 0.2},
+        cfg = mqtt_daemon_config(tmp_path, broker, topic_prefix, page_port, stub_llm.base_url, agent={"frame_wait_s": 0.2},
                       client_id=f"va-test-{uuid.uuid4().hex[:8]}")
         async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d1.log") as daemon:
-            await _status(asker, b"online")
+            await wait_status(asker, b"online")
             assert await daemon.terminate() == 0
-        await _status(asker, b"offline")
+        await wait_status(asker, b"offline")
         asked_at = time.time()
         infos = [asker.publish(ask, json.dumps({"id": f"q{i}", "question": "still there?", "asked_at": asked_at}))
                  for i in range(3)]
         assert [await asyncio.to_thread(asker.puback, i) for i in infos] == [0, 0, 0]  # the kept session takes them
         await asyncio.to_thread(broker.stop)
         await asyncio.to_thread(broker.start)  # the broker restores sessions and queued messages from its file
-        await asyncio.to_thread(_wait_connected, asker)
+        await wait_until(asker.client.is_connected, 15, what="the asker reconnected")
         async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d2.log") as daemon:
-            got = await asyncio.to_thread(_answers, asker, answer, {"q0", "q1", "q2"})
+            got = await asyncio.to_thread(answers_on, asker, answer, {"q0", "q1", "q2"})
             asker.publish(ask, json.dumps({"id": "after", "question": "and now?"}))
-            got += await asyncio.to_thread(_answers, asker, answer, {"after"})
+            got += await asyncio.to_thread(answers_on, asker, answer, {"after"})
             log = daemon.log()
         counts = {i: sum(1 for a in got if a["id"] == i) for i in ("q0", "q1", "q2", "after")}
         assert counts == {"q0": 1, "q1": 1, "q2": 1, "after": 1}, (counts, log)
@@ -211,23 +106,15 @@ async def test_daemon_fixed_client_id_answers_questions_asked_while_it_was_stopp
         asker.close()
 
 
-def _wait_connected(peer: PahoPeer, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not peer.client.is_connected():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the peer did not reconnect")
-        time.sleep(0.02)
-
-
 async def test_daemon_random_client_id_ends_its_session_on_a_clean_stop(tmp_path, running_mosquitto, paho_peer,
                                                                         topic_prefix, stub_llm):
     """Without `mqtt.client_id` a clean stop ends the session: no orphan subscription keeps taking questions."""
     peer = paho_peer("5")
     peer.subscribe(f"{topic_prefix}/status")
     page_port = free_tcp_port()
-    cfg = _config(tmp_path, running_mosquitto, topic_prefix, page_port, stub_llm.base_url)
+    cfg = mqtt_daemon_config(tmp_path, running_mosquitto, topic_prefix, page_port, stub_llm.base_url)
     async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d.log") as daemon:
-        await _status(peer, b"online")
+        await wait_status(peer, b"online")
         assert await daemon.terminate() == 0
     info = peer.publish(f"{topic_prefix}/ask", b"anyone?")
     assert await asyncio.to_thread(peer.puback, info) == NO_MATCHING_SUBSCRIBERS
@@ -250,7 +137,7 @@ async def test_daemon_starts_without_broker_and_connects_when_it_appears(tmp_pat
     broker = mosquitto_factory()
     await asyncio.to_thread(broker.stop)
     page_port = free_tcp_port()
-    cfg = _config(tmp_path, broker, topic_prefix, page_port, stub_llm.base_url, agent={"frame_wait_s": 0.2})
+    cfg = mqtt_daemon_config(tmp_path, broker, topic_prefix, page_port, stub_llm.base_url, agent={"frame_wait_s": 0.2})
     async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d.log") as daemon:
         health = await _until_health(daemon.page_url, lambda h: "broker" in h, "the broker state")
         assert health["broker"]["state"] == "connecting" and health["broker"]["last_error"], health["broker"]
@@ -259,9 +146,9 @@ async def test_daemon_starts_without_broker_and_connects_when_it_appears(tmp_pat
         try:
             peer.subscribe(f"{topic_prefix}/status")
             peer.subscribe(f"{topic_prefix}/answer")
-            await _status(peer, b"online")
+            await wait_status(peer, b"online")
             peer.publish(f"{topic_prefix}/ask", json.dumps({"id": "late", "question": "up?"}))
-            got = await asyncio.to_thread(_answers, peer, f"{topic_prefix}/answer", {"late"})
+            got = await asyncio.to_thread(answers_on, peer, f"{topic_prefix}/answer", {"late"})
         finally:
             peer.close()
     assert [a["id"] for a in got] == ["late"]
@@ -273,14 +160,14 @@ async def test_daemon_broker_restart_mid_stream_keeps_questions_and_bounds_the_o
     made while offline go out after the reconnect up to `mqtt.outbox_max` (2), the rest is counted in /healthz; a
     question asked while the broker was down is answered (none lost)."""
     broker = mosquitto_factory()
-    asker = _kept_session_asker(broker, topic_prefix)
+    asker = kept_session_asker(broker, topic_prefix)
     try:
         answer, ask = f"{topic_prefix}/answer", f"{topic_prefix}/ask"
         page_port = free_tcp_port()
-        cfg = _config(tmp_path, broker, topic_prefix, page_port, held_llm.base_url, sources=_video_source(tmp_path),
+        cfg = mqtt_daemon_config(tmp_path, broker, topic_prefix, page_port, held_llm.base_url, sources=looping_clip(tmp_path),
                       outbox_max=2, client_id=f"va-test-{uuid.uuid4().hex[:8]}")
         async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d.log") as daemon:
-            await _status(asker, b"online")
+            await wait_status(asker, b"online")
             for i in range(3):
                 asker.publish(ask, json.dumps({"id": f"m{i}", "question": "what now?", "source": "cam"}))
             await held_llm.wait_requests(3)
@@ -290,8 +177,8 @@ async def test_daemon_broker_restart_mid_stream_keeps_questions_and_bounds_the_o
             held_llm.release()
             await _until_health(daemon.page_url, lambda h: h.get("broker", {}).get("outbox_dropped") == 1, "one answer dropped")
             await asyncio.to_thread(broker.start)
-            await _status(asker, b"online")
-            got = await asyncio.to_thread(_answers, asker, answer, {"while-down"})
+            await wait_status(asker, b"online")
+            got = await asyncio.to_thread(answers_on, asker, answer, {"while-down"})
             health = await _health(daemon.page_url)
             log = daemon.log()
         delivered = sorted(a["id"] for a in got if a["id"].startswith("m"))
@@ -312,10 +199,10 @@ async def test_daemon_sigterm_during_llm_call_answers_shutdown_and_says_offline(
     peer.subscribe(status)
     page_port = free_tcp_port()
     grace = 1.0
-    cfg = _config(tmp_path, running_mosquitto, topic_prefix, page_port, held_llm.base_url,
-                  sources=_video_source(tmp_path), agent={"shutdown_grace_s": grace})
+    cfg = mqtt_daemon_config(tmp_path, running_mosquitto, topic_prefix, page_port, held_llm.base_url,
+                  sources=looping_clip(tmp_path), agent={"shutdown_grace_s": grace})
     async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d.log") as daemon:
-        await _status(peer, b"online")
+        await wait_status(peer, b"online")
         peer.publish(f"{topic_prefix}/ask", json.dumps({"id": "inflight", "question": "slow?", "source": "cam"}))
         await held_llm.wait_requests(1)
         code = await daemon.terminate(timeout=grace + 15)
@@ -345,7 +232,7 @@ async def test_messager_refused_subscription_means_no_online():
         cfg = MqttConfig(host="127.0.0.1", port=port, protocol="3.1.1", reconnect_min_s=0.1, reconnect_max_s=0.2)
         async with MqttMessager(cfg, subscriptions=["open/status"]) as watcher:
             m = MqttMessager(cfg, subscriptions=["closed/ask"], status_topic="open/status")
-            with pytest.raises(Exception, match="refused the subscription to closed/ask"):
+            with pytest.raises(MessagingError, match="refused the subscription to closed/ask"):
                 await m.start(timeout=3)
             assert not m.connected and m.stats.connects >= 2  # it retried
             await m.close(publish_offline=False)

@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 
 from providers import create_provider
+from tests.fixtures.frames import Buffers
 from tests.fixtures.webrtc import CounterVideoTrack, publish, tasks_now
 from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig
 from visual_agent.messages import Question
-from webrtc import FrameBuffer, SourceConfig, WebRTCConfig
+from webrtc import SourceConfig, WebRTCConfig
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(90)]
 
@@ -130,23 +131,14 @@ async def test_peer_reconnect_after_vanishing_never_serves_old_frames(webrtc_ser
 async def test_peer_question_before_the_first_frame_waits_for_it(stub_llm):
     """`agent.frame_wait_s`: a question to a source with no frame yet is answered once the first frame comes."""
 
-    class Camera:
-        buffer = FrameBuffer("cam")
-
-        def source_names(self):
-            return ["cam"]
-
-        def get_buffer(self, name):
-            return self.buffer
-
-    camera = Camera()
+    camera = Buffers("cam")
     agent, llm = _agent(stub_llm, camera, frame_wait_s=20)
     try:
         asking = asyncio.create_task(agent.ask(Question(question="anything?")))
-        await wait_until(lambda: camera.buffer._new_frame is not None or asking.done(), timeout=5,
+        await wait_until(lambda: camera.get_buffer("cam")._new_frame is not None or asking.done(), timeout=5,
                          what="the question waiting for a frame")
         assert not asking.done(), asking.result()
-        camera.buffer.put(av.VideoFrame.from_ndarray(np.zeros((60, 80, 3), np.uint8), format="rgb24"))
+        camera.get_buffer("cam").put(av.VideoFrame.from_ndarray(np.zeros((60, 80, 3), np.uint8), format="rgb24"))
         answer = await asyncio.wait_for(asking, 20)
     finally:
         await agent.close()
@@ -157,7 +149,7 @@ async def test_peer_question_before_the_first_frame_waits_for_it(stub_llm):
 
 async def test_peer_file_source_that_ended_answers_from_its_last_frame_with_its_age(tmp_path, webrtc_server_factory,
                                                                                     stub_llm):
-    from tests.test_sources import write_video
+    from tests.clips import write_video
 
     clip = write_video(tmp_path / "short.mp4", 0.5)
     server = await webrtc_server_factory(sources=[SourceConfig(name="short", url=str(clip))])

@@ -14,12 +14,12 @@ import json
 import pytest
 
 from providers import create_provider
-from tests.fixtures.daemon import daemon_process, free_tcp_port, write_config
+from tests.fixtures.daemon import daemon_config, daemon_process, free_tcp_port, wait_frames, write_config
+from tests.fixtures.frames import Buffers, solid
+from tests.fixtures.mqtt import answers_by_id
 from tests.fixtures.webrtc import CounterVideoTrack, publish
 from tests.metrics_scrape import scrape, value
-from tests.test_va_agent import BufferDriver, solid
-from tests.test_va_e2e import daemon_config, wait_frames
-from tests.test_va_metrics import answers_by_id
+from tests.waiting import wait_until
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
 from visual_agent.mqtt import MqttMessager
@@ -48,11 +48,8 @@ async def daemon_with_camera(tmp_path, name: str, source: str, **kw):
 
 async def wait_subscribed(daemon, timeout: float = 10.0) -> None:
     """Until the daemon's log says it takes questions on its source's topic (checked every SOURCE_CHECK_S)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while "agent: taking questions about" not in daemon.log():
-        assert loop.time() < deadline, daemon.log()
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: "agent: taking questions about" in daemon.log(), timeout, interval=0.05,
+                     what=lambda: f"the daemon taking questions on its source's topic; its log:\n{daemon.log()}")
 
 
 def mqtt_questions(daemon) -> float:
@@ -109,7 +106,7 @@ async def test_scaleout_source_topic_follows_the_source(running_mosquitto, paho_
 
     peer = paho_peer("5")
     peer.subscribe(f"{topic_prefix}/answer")
-    driver = BufferDriver()
+    driver = Buffers()
     llm = create_provider({"provider": "openai", "base_url": stub_llm.base_url, "model_name": "stub-model"})
     messager = MqttMessager(MqttConfig(host=running_mosquitto.host, port=running_mosquitto.port))
     await messager.start()
@@ -118,23 +115,16 @@ async def test_scaleout_source_topic_follows_the_source(running_mosquitto, paho_
     intake: MqttQuestions | None = (await serve(stack, agent)).mqtt
     assert intake is not None
 
-    async def until(condition, timeout=5.0):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not condition():
-            assert loop.time() < deadline
-            await asyncio.sleep(0.02)
-
     try:
         from webrtc import FrameBuffer
 
         driver.buffers["door"] = FrameBuffer("door")
         driver.buffers["door"].put(solid(80))
-        await until(lambda: "door" in intake.source_topics)
+        await wait_until(lambda: "door" in intake.source_topics, 5, what="door's topic subscribed")
         peer.publish(f"{topic_prefix}/door/ask", json.dumps({"id": "d-1", "question": "open?"}))
         assert (await answers_by_id(peer, {"d-1"}))["d-1"]["source"] == "door"
         del driver.buffers["door"]
-        await until(lambda: "door" not in intake.source_topics)
+        await wait_until(lambda: "door" not in intake.source_topics, 5, what="door's topic dropped")
         before = agent.counters.copy()
         peer.publish(f"{topic_prefix}/door/ask", json.dumps({"id": "d-2", "question": "anyone?"}))
         # a sentinel on <prefix>/ask from the same publisher arrives after it: by its answer, d-2 would have been taken

@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from providers import create_provider
-from tests.test_va_agent import BufferDriver, solid
+from tests.children import run_child
+from tests.fixtures.frames import Buffers, solid
 from visual_agent.agent import VisualAgent
 from visual_agent.config import AgentConfig, MqttConfig
 from visual_agent.intakes import serve
@@ -33,7 +31,7 @@ async def test_tracing_one_trace_per_question_with_stage_spans(running_mosquitto
 
     exporter = InMemorySpanExporter()
     tracing = QuestionTracing(exporter)
-    driver = BufferDriver("cam")
+    driver = Buffers("cam")
     driver.get_buffer("cam").put(solid(100))
     peer = paho_peer("5")
     peer.subscribe(f"{topic_prefix}/answer")
@@ -85,31 +83,7 @@ async def test_tracing_one_trace_per_question_with_stage_spans(running_mosquitto
 
 def test_tracing_opentelemetry_not_imported_by_default(tmp_path):
     """`import visual_agent` and a default daemon (metrics on, no OTLP endpoint) leave opentelemetry unimported."""
-    script = textwrap.dedent("""
-        import asyncio, sys
-        import visual_agent
-        from visual_agent.config_loading import parse_config
-        from visual_agent.daemon import Daemon
-        assert not [m for m in sys.modules if m.startswith("opentelemetry")], "imported by import visual_agent"
-
-        async def main():
-            config = parse_config({"llm": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model_name": "m"},
-                                   "webrtc": {"port": 0}, "mqtt": {"enabled": False}})
-            daemon = Daemon(config)
-            await daemon.start()
-            try:
-                assert daemon.metrics is not None and daemon.tracing is None
-                body, _ = daemon.driver.metrics_exposition()
-                assert b"visual_agent_questions_total" in body
-            finally:
-                await daemon.close()
-
-        asyncio.run(main())
-        leaked = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
-        assert not leaked, leaked
-        print("clean")
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = run_child("otel_not_imported", timeout=60)
     assert done.returncode == 0 and done.stdout.strip().endswith("clean"), done.stdout + done.stderr
 
 

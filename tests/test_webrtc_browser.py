@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
+
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -37,10 +38,8 @@ async def test_webrtc_browser_page_streams_and_answers_over_data_channel(webrtc_
     try:
         await page.goto(f"{webrtc_server.url}/?source=chrome&res=1280x720&fps=30&autostart=1")
         buf = webrtc_server.get_buffer  # the buffer appears when the page's video track arrives
-        deadline = time.monotonic() + 20
-        while "chrome" not in webrtc_server.source_names():
-            assert time.monotonic() < deadline, f"no track from the page; console: {console}"
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: "chrome" in webrtc_server.source_names(), 20, interval=0.1,
+                         what=lambda: f"a track from the page (console: {console})")
         first = await buf("chrome").wait_for_frame(20)
         await page.wait_for_function("window.agentPage.state === 'connected'", timeout=20000)
         await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", timeout=20000)
@@ -72,10 +71,7 @@ async def test_webrtc_browser_page_streams_and_answers_over_data_channel(webrtc_
         assert shot.stat().st_size > 10_000
 
         await page.click("#stop")  # the page goes away politely: the server drops the peer
-        deadline = time.monotonic() + 15
-        while webrtc_server.peers():
-            assert time.monotonic() < deadline, "peer still listed after the page stopped"
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: not webrtc_server.peers(), 15, interval=0.1, what="the peer gone after the page stopped")
         assert buf("chrome").state.value == "ended"
     finally:
         await context.close()
@@ -98,16 +94,16 @@ async def test_webrtc_browser_page_reconnect_keeps_source_and_closing_tab_cleans
                                      "&& window.agentPage.state === 'connected'", timeout=20000)
         seq = webrtc_server.get_buffer("tab").latest()
         await webrtc_server.get_buffer("tab").wait_for_frame(15, newer_than=seq.seq if seq else 0)
-        deadline = time.monotonic() + 15
-        while [p.id for p in webrtc_server.peers()] != [await page.evaluate("window.agentPage.peerId")]:
-            assert time.monotonic() < deadline, webrtc_server.peers()
-            await asyncio.sleep(0.1)
+        async def only_the_new_peer() -> bool:
+            return [p.id for p in webrtc_server.peers()] == [await page.evaluate("window.agentPage.peerId")]
+
+        await wait_until(only_the_new_peer, 15, interval=0.1,
+                         what=lambda: f"only the page's new peer listed (peers: {webrtc_server.peers()})")
     finally:
         await context.close()  # the tab goes away without pressing Stop
-    deadline = time.monotonic() + 8  # pagehide closes the peer, or 3 s without video do
-    while webrtc_server.peers():
-        assert time.monotonic() < deadline, f"peers left after the tab closed: {webrtc_server.peers()}"
-        await asyncio.sleep(0.2)
+    # pagehide closes the peer, or 3 s without video do
+    await wait_until(lambda: not webrtc_server.peers(), 8, interval=0.2,
+                     what=lambda: f"no peers after the tab closed (peers: {webrtc_server.peers()})")
 
 
 async def test_webrtc_browser_page_refuses_a_question_over_the_message_limit(webrtc_server, chromium):
@@ -127,10 +123,7 @@ async def test_webrtc_browser_page_refuses_a_question_over_the_message_limit(web
         assert await page.input_value("#question") == too_long  # kept, to be shortened
         await page.fill("#question", "short?")
         await page.click("#ask-button")
-        deadline = time.monotonic() + 10
-        while not got:
-            assert time.monotonic() < deadline, "the short question never arrived"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: got, 10, what="the short question arrived")
         assert [json.loads(t)["question"] for t in got] == ["short?"]
     finally:
         await context.close()
@@ -240,10 +233,7 @@ async def test_webrtc_browser_firefox_page_streams_and_answers(webrtc_server, fi
     assert await browser.evaluate("document.querySelector('.answer.done .q').textContent") == "Which browser?"
     await browser.screenshot(artifacts_dir / "webrtc_browser_page_firefox.png")
     await browser.evaluate("(() => { document.getElementById('stop').click(); return true; })()")
-    deadline = time.monotonic() + 10
-    while webrtc_server.peers():
-        assert time.monotonic() < deadline, "peer still listed after Firefox stopped"
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: not webrtc_server.peers(), 10, interval=0.1, what="the peer gone after Firefox stopped")
 
 
 async def test_webrtc_browser_page_sends_one_conversation_id_per_tab_across_a_reconnect(webrtc_server, chromium):
@@ -256,10 +246,7 @@ async def test_webrtc_browser_page_sends_one_conversation_id_per_tab_across_a_re
         await page.wait_for_function("window.agentPage.dc && window.agentPage.dc.readyState === 'open'", timeout=20000)
         await page.fill("#question", text)
         await page.click("#ask-button")
-        deadline = time.monotonic() + 10
-        while len(got) == n:
-            assert time.monotonic() < deadline, f"{text!r} never arrived"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(got) > n, 10, what=f"{text!r} arrived")
         return got[-1][1]
 
     context = await chromium.new_context()

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import json
 import ssl
-import time
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +14,7 @@ import pytest
 
 from tests.fixtures.pki import TestCA
 from tests.fixtures.webrtc import CHROMIUM_ARGS, CHROMIUM_PATH, CounterVideoTrack, publish
+from tests.waiting import wait_until
 from webrtc import WebRTCConfig, WebRTCConfigError, WebRTCServer
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(120)]
@@ -135,10 +135,7 @@ async def test_webrtc_https_serves_and_takes_certificate_names_as_hosts(https_se
 async def wait_js(page, expression: str, timeout: float = 20.0) -> None:
     """Poll `expression` with page.evaluate (playwright's wait_for_function evals strings, which the page's CSP
     forbids; evaluate does not go through the page's policy)."""
-    deadline = time.monotonic() + timeout
-    while not await page.evaluate(expression):
-        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: page.evaluate(expression), timeout, what=expression, interval=0.1)
 
 
 @pytest.fixture
@@ -182,10 +179,7 @@ async def test_webrtc_https_page_publishes_with_token_from_fragment(https_server
         await wait_js(page, "window.agentPage.dc && window.agentPage.dc.readyState === 'open'")
         await page.fill("#question", "hello over https")
         await page.click("#ask-button")
-        deadline = time.monotonic() + 10
-        while not seen:
-            assert time.monotonic() < deadline, console
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: seen, 10, what=lambda: f"the question over the data channel (console: {console})")
         assert json.loads(seen[0])["question"] == "hello over https"
         # a reload keeps the token for the tab (sessionStorage), and the reconnect proves it owns "secure"
         first = await page.evaluate("window.agentPage.peerId")

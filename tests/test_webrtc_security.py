@@ -344,7 +344,7 @@ def test_webrtc_security_rtsp_query_secrets_are_masked():
 async def test_webrtc_security_source_url_secrets_stay_out_of_every_log_line(webrtc_server_factory, tmp_path, caplog):
     """Our own lines and aiortc's (its `MediaPlayer` logs the URL it plays, at DEBUG and in one WARNING) show a URL's
     `?token=` and `user:pass@` masked. A file whose name carries `?token=` makes aiortc log a real line with it."""
-    from tests.test_sources import write_video
+    from tests.clips import write_video
     from webrtc import SourceConfig
 
     clip = write_video(tmp_path / "clip.mp4", 0.5).rename(tmp_path / "clip.mp4?token=filesecret1")

@@ -3,27 +3,25 @@
 amqtt speaks MQTT 3.1.1 only; the messager retries with 3.1.1 when a broker refuses 5, and sets TCP_NODELAY
 on its socket (a QoS-1 round trip to amqtt takes ~44 ms without it). The broker runs on the daemon's event loop.
 
-What it adds to amqtt (each found missing by trying it as an attacker would):
+What it adds to amqtt (each found missing by trying it as an attacker would; docs/SECURITY.md lists the tests):
 - Credentials: with `mqtt.username`/`mqtt.password` set, clients must present them (compared in constant time);
   bound beyond loopback they are required (`EmbeddedBrokerError` otherwise).
-- The daemon's own client logs in with a random per-start credential; only it may publish under `<prefix>/`
-  (status, answers, replies, descriptions, Home Assistant's state topics, rule states); other clients there only
-  ask, on `<prefix>/ask` or `<prefix>/<source>/ask`, query the event store on `<prefix>/events/query` and set the
-  rules on `<prefix>/rules/set` (no fake answers,
-  no fake ``offline``, no fake sensor or rule state).
+- Topic rights (`broker_acl.TopicRights`): the daemon's own client logs in with a random per-start credential and
+  alone publishes under `<prefix>/`; others ask (`<prefix>/ask`, `<prefix>/<source>/ask`) but may not read the
+  questions, and query the event store (`<prefix>/events/query`); only the daemon and the operator (the configured
+  broker user) set the rules and Home Assistant's discovery configs.
 - The daemon's client id is its own: amqtt takes a client id over (disconnecting its holder) and copies the
   newcomer's credentials onto the existing session before it checks them; here a newcomer is checked first, and one
   that is not the daemon may not use an id the daemon holds (else anyone who read the id in /healthz could
   disconnect the daemon, or leave its session with rights that may not publish its answers).
-- A CONNECT timeout: a TCP connection that sends no CONNECT within `mqtt.embedded_connect_timeout_s` is closed
-  (idle sockets would otherwise hold all `max_connections` slots and lock every client out).
-- Retained messages are bounded: at most `mqtt.embedded_max_retained` topics of at most
-  `mqtt.embedded_max_retained_bytes` each; beyond that a message is delivered but not retained (logged, counted).
+- Bounds (`broker_limits`): connection slots that idle sockets cannot hold, descriptors freed as soon as a socket
+  ends before its CONNECT, a CONNECT window, a packet size, what waits for each session (offline, or unsent to a
+  client that does not read: count and bytes), kept sessions, retained messages. Each refusal is counted in
+  `describe()` (/healthz) and logged, rate-limited.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -32,58 +30,50 @@ import secrets
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .config import (
-    DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S,
-    DEFAULT_EMBEDDED_HOST,
-    DEFAULT_EMBEDDED_MAX_RETAINED,
-    DEFAULT_EMBEDDED_MAX_RETAINED_BYTES,
-    DEFAULT_EMBEDDED_PORT,
-)
+from .broker_acl import DAEMON_USERNAME, TopicRights
+from .broker_limits import BrokerLimits, ConnectionGate, RateLimitedLog, RateLimitFilter, SessionQueues
+from .config import DEFAULT_EMBEDDED_HOST, DEFAULT_EMBEDDED_PORT
 from .errors import EmbeddedBrokerError
 
 if TYPE_CHECKING:
     from .config import MqttConfig
 
-__all__ = ["DAEMON_USERNAME", "EmbeddedBroker"]
+__all__ = ["DAEMON_USERNAME", "BrokerLimits", "EmbeddedBroker"]
 
 logger = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 256
-DAEMON_USERNAME = "visual-agent-daemon"
-"""The user name of the daemon's own client at its embedded broker (its password is random per start)."""
 _SESSION_FIELDS = ("username", "password", "will_flag", "will_message", "will_topic", "will_qos", "keep_alive")
 """What amqtt copies from a reconnecting client onto the existing session of its id (amqtt 0.12)."""
-_CONNACK_NOT_AUTHORIZED = b"\x20\x02\x00\x05"
+_COUNTERS = ("auth_failures", "client_id_refused", "publish_denied", "subscribe_denied", "retain_refused",
+             "connect_timeouts", "closed_before_connect", "pending_evicted", "connections_refused", "message_too_large",
+             "queue_dropped", "sessions_evicted")
 
 
 class EmbeddedBroker:
     """Start with `await start()` (or `async with`); `port` is the bound port; `close()` is idempotent."""
 
-    def __init__(
-        self,
-        port: int = DEFAULT_EMBEDDED_PORT,
-        *,
-        host: str = DEFAULT_EMBEDDED_HOST,
-        username: str | None = None,
-        password: str | None = None,
-        prefix: str | None = None,
-        connect_timeout_s: float = DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S,
-        max_retained: int = DEFAULT_EMBEDDED_MAX_RETAINED,
-        max_retained_bytes: int = DEFAULT_EMBEDDED_MAX_RETAINED_BYTES,
-    ) -> None:
+    def __init__(self, port: int = DEFAULT_EMBEDDED_PORT, *, host: str = DEFAULT_EMBEDDED_HOST, username: str | None = None,
+                 password: str | None = None, prefix: str | None = None, discovery_prefix: str | None = "homeassistant",
+                 limits: BrokerLimits | None = None) -> None:
         self.host = host
         self.requested_port = port
         self.port: int | None = None
         self.username = username
         self._password = password
         self.prefix = prefix
-        self.connect_timeout_s = connect_timeout_s
-        self.max_retained = max_retained
-        self.max_retained_bytes = max_retained_bytes
+        self.limits = limits or BrokerLimits()
         self.daemon_password = secrets.token_urlsafe(24)
         """The daemon's own client's password (random per start; never logged)."""
-        self.counters = {"connect_timeouts": 0, "auth_failures": 0, "publish_denied": 0, "retain_refused": 0,
-                         "client_id_refused": 0}
+        self.counters = dict.fromkeys(_COUNTERS, 0)
+        self.log = RateLimitedLog(logger)
+        self.rights = TopicRights(prefix, discovery_prefix=discovery_prefix, operator=username if password else None,
+                                  counters=self.counters, log=self.log)
+        lim = self.limits
+        self.gate = ConnectionGate(max_connections=lim.max_connections, max_pending=lim.max_pending,
+                                   counters=self.counters, log=self.log)
+        self.queues = SessionQueues(max_messages=lim.max_queued_messages, max_bytes=lim.max_queued_bytes,
+                                    max_unsent_bytes=lim.max_unsent_bytes,
+                                    counters=self.counters, log=self.log)
         self.daemon_sessions: dict[str, dict[str, Any]] = {}
         """Client ids the daemon's own client connected with -> that session's fields as the daemon set them."""
         self._broker: Any = None
@@ -91,30 +81,40 @@ class EmbeddedBroker:
 
     @classmethod
     def from_config(cls, mqtt: MqttConfig) -> EmbeddedBroker:
-        """The embedded broker `mqtt` asks for (address, credentials, limits)."""
+        """The embedded broker `mqtt` asks for (address, credentials, topic rights, limits)."""
         return cls(
             mqtt.embedded_port,
             host=mqtt.embedded_host,
             username=mqtt.username,
             password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
             prefix=mqtt.prefix,
-            connect_timeout_s=mqtt.embedded_connect_timeout_s,
-            max_retained=mqtt.embedded_max_retained,
-            max_retained_bytes=mqtt.embedded_max_retained_bytes,
+            discovery_prefix=mqtt.homeassistant.discovery_prefix,
+            limits=BrokerLimits.from_config(mqtt),
         )
 
     def __repr__(self) -> str:
         auth = "password" if self.username else "anonymous"
         return f"EmbeddedBroker({self.host}:{self.port or self.requested_port}, {auth}, running={self._broker is not None})"
 
+    @property
+    def connect_timeout_s(self) -> float:
+        return self.limits.connect_timeout_s
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.limits.max_message_bytes
+
     def daemon_client_config(self, mqtt: MqttConfig) -> MqttConfig:
         """`mqtt` with the daemon's own credentials at this broker (the only client that may publish status/answers)."""
         return mqtt.model_copy(update={"username": DAEMON_USERNAME, "password": _secret(self.daemon_password)})
 
     def describe(self) -> dict[str, Any]:
-        """State for /healthz (no secrets)."""
+        """State for /healthz (no secrets): sockets, sessions, queued bytes, retained topics and the refusal counters."""
+        b = self._broker
         return {"bind": f"{self.host}:{self.port}", "auth": "password" if self.username else "anonymous",
-                "retained": len(self._broker._retained_messages) if self._broker is not None else 0, **self.counters}
+                "connected": self.gate.connected, "pending": self.gate.pending,
+                "sessions": len(b._sessions) if b is not None else 0, "queued_bytes": self.queues.total_bytes(),
+                "retained": len(b._retained_messages) if b is not None else 0, **self.counters}
 
     async def start(self) -> EmbeddedBroker:
         if not _is_loopback(self.host) and not (self.username and self._password):
@@ -128,16 +128,17 @@ class EmbeddedBroker:
             from amqtt.broker import Broker
         except ImportError as exc:  # pragma: no cover - amqtt is a core dependency
             raise EmbeddedBrokerError("amqtt is not installed; install it or configure mqtt.host") from exc
+        from .broker_amqtt import guarded_broker_class
+
         port = self.requested_port or _free_port(self.host)
-        # amqtt logs every connection at INFO; keep the daemon's log readable.
-        for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_amqtt_logs()
         config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}", "max_connections": MAX_CONNECTIONS}},
-            # Authentication and topic rules are `_GuardedBroker`'s own (below), not amqtt plugins.
+            # No amqtt `max_connections`: its semaphore makes sockets beyond it wait, unbounded; `ConnectionGate` decides.
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}"}},
+            # Authentication and topic rules are `_GuardedBroker`'s own (broker_amqtt.py), not amqtt plugins.
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
-        broker = _guarded_broker_class(Broker)(config, guard=self)
+        broker = guarded_broker_class(Broker)(config, guard=self)
         try:
             await broker.start()
         except Exception as exc:
@@ -165,8 +166,9 @@ class EmbeddedBroker:
         if broker is not None:
             with contextlib.suppress(Exception):
                 await broker.shutdown()
+        self.gate.close_pending()
 
-    # --- the rules `_GuardedBroker` asks -------------------------------------------------------------
+    # --- the rules `broker_amqtt._GuardedBroker` asks ------------------------------------------------
 
     def authenticate(self, username: str | None, password: str | None) -> bool:
         """The daemon's own client, the configured user, or (without a configured user) anyone."""
@@ -180,7 +182,7 @@ class EmbeddedBroker:
             ok = True
         if not ok:
             self.counters["auth_failures"] += 1
-            logger.warning("embedded broker: refused a client with a wrong user name or password")
+            self.log.warning("auth", "embedded broker: refused a client with a wrong user name or password")
         return ok
 
     def admits(self, session: Any) -> bool:
@@ -190,14 +192,18 @@ class EmbeddedBroker:
             return False
         if session.client_id in self.daemon_sessions and username != DAEMON_USERNAME:
             self.counters["client_id_refused"] += 1
-            logger.warning("embedded broker: refused a client (user %r) that used the daemon's client id", username)
+            self.log.warning("client_id", "embedded broker: refused a client (user %r) that used the daemon's client id",
+                             username)
             return False
         # A last will is a publish too: no fake retained `offline` by dying on purpose.
-        if session.will_flag and session.will_topic and not self.may_publish(username, session.will_topic):
+        if session.will_flag and session.will_topic and not self.rights.may_publish(username, session.will_topic):
             return False
         if username == DAEMON_USERNAME:
             self.daemon_sessions[session.client_id] = {f: getattr(session, f, None) for f in _SESSION_FIELDS}
         return True
+
+    def is_daemon(self, session: Any) -> bool:
+        return session.username == DAEMON_USERNAME and session.client_id in self.daemon_sessions
 
     def undo_takeover(self, session: Any, existing: Any) -> None:
         """A refused newcomer's fields were copied onto the daemon's existing session: put the daemon's back."""
@@ -207,89 +213,51 @@ class EmbeddedBroker:
                 setattr(session, field, value)
 
     def may_publish(self, username: str | None, topic: str) -> bool:
-        """Under `<prefix>/` only the daemon's own client publishes, except what others are meant to send: questions
-        (`<prefix>/ask`, `<prefix>/<source>/ask`), event queries (`<prefix>/events/query`) and the rule set
-        (`<prefix>/rules/set`)."""
-        if username == DAEMON_USERNAME or self.prefix is None:
-            return True
-        if not topic.startswith(self.prefix + "/") or self._is_inbound(topic[len(self.prefix) + 1:]):
-            return True
-        self.counters["publish_denied"] += 1
-        logger.warning("embedded broker: a client (user %r) may not publish to %s; dropped", username, topic[:200])
-        return False
-
-    @staticmethod
-    def _is_inbound(rest: str) -> bool:
-        """`rest` (the topic after `<prefix>/`) is one the daemon takes from other clients."""
-        parts = rest.split("/")
-        return rest in ("ask", "rules/set", "events/query") or (len(parts) == 2 and parts[1] == "ask" and parts[0] not in ("", "rules"))
+        return self.rights.may_publish(username, topic)
 
     def may_retain(self, topic: str, size: int, retained: dict[str, Any]) -> bool:
-        if size > self.max_retained_bytes:
-            why = f"{size} bytes > mqtt.embedded_max_retained_bytes {self.max_retained_bytes}"
-        elif topic not in retained and len(retained) >= self.max_retained:
+        if self.rights.is_question(topic):
+            why = "a question is never retained (a later subscriber would read it)"
+        elif size > self.limits.max_retained_bytes:
+            why = f"{size} bytes > mqtt.embedded_max_retained_bytes {self.limits.max_retained_bytes}"
+        elif topic not in retained and len(retained) >= self.limits.max_retained:
             why = f"{len(retained)} retained topics = mqtt.embedded_max_retained"
         else:
             return True
         self.counters["retain_refused"] += 1
-        logger.warning("embedded broker: not retaining the message on %s (%s)", topic, why)
+        self.log.warning("retain", "embedded broker: not retaining the message on %s (%s)", topic[:200], why)
         return False
 
+    def packet_refused(self, length: int, limit: int) -> None:
+        """A client sent a packet over `mqtt.embedded_max_message_bytes` (its connection is closed)."""
+        self.counters["message_too_large"] += 1
+        self.log.warning("too_large", "embedded broker: closed a connection that sent a packet of %d bytes "
+                         "(mqtt.embedded_max_message_bytes: %d)", length, limit)
 
-def _guarded_broker_class(base: type) -> type:
-    """amqtt's `Broker` with `EmbeddedBroker`'s rules (amqtt 0.11-0.12 internals; tests/test_va_mqtt_security.py checks each)."""
-    from amqtt.contexts import Action
-    from amqtt.errors import AMQTTError
+    def sessions_over_bound(self, sessions: dict[str, tuple[Any, Any]]) -> list[str]:
+        """Client ids of the longest-disconnected persistent sessions beyond `max_sessions` (to be forgotten)."""
+        kept = sorted((s.last_disconnect_time or 0, cid) for cid, (s, _) in sessions.items()
+                      if not s.clean_session and not s.transitions.is_connected() and cid not in self.daemon_sessions)
+        over = [cid for _, cid in kept[:max(0, len(kept) - self.limits.max_sessions)]]
+        if over:
+            self.counters["sessions_evicted"] += len(over)
+            self.log.warning("sessions", "embedded broker: more than %d disconnected persistent sessions "
+                             "(mqtt.embedded_max_sessions); forgot the oldest", self.limits.max_sessions)
+        return over
 
-    class _GuardedBroker(base):
-        def __init__(self, config: dict[str, Any], *, guard: EmbeddedBroker) -> None:
-            super().__init__(config)
-            self._guard = guard
 
-        async def _initialize_client_session(self, reader: Any, writer: Any, *args: Any) -> Any:
-            try:
-                return await asyncio.wait_for(super()._initialize_client_session(reader, writer, *args),
-                                              self._guard.connect_timeout_s)
-            except TimeoutError:
-                self._guard.counters["connect_timeouts"] += 1
-                with contextlib.suppress(Exception):
-                    await writer.close()
-                raise AMQTTError(f"no CONNECT within {self._guard.connect_timeout_s:g} s") from None
+_LOG_FILTER = RateLimitFilter()
 
-        async def _handle_client_session(self, reader: Any, writer: Any, client_session: Any, *args: Any) -> None:
-            # amqtt would take the id over (stopping its holder's connection) before its own credential check
-            if not self._guard.admits(client_session):
-                self._guard.undo_takeover(client_session, self._sessions.get(client_session.client_id, (None,))[0])
-                with contextlib.suppress(Exception):
-                    writer.write(_CONNACK_NOT_AUTHORIZED)
-                    await writer.drain()
-                with contextlib.suppress(Exception):
-                    await writer.close()
-                return
-            await super()._handle_client_session(reader, writer, client_session, *args)
 
-        async def _authenticate(self, session: Any, listener: Any) -> bool:
-            return True  # `admits` decided before amqtt's own flow began
-
-        async def _delete_session(self, client_id: str) -> None:
-            # a clean-session CONNECT deletes the session of its id before any credential check
-            existing = self._sessions.get(client_id, (None,))[0]
-            if client_id in self._guard.daemon_sessions and existing is not None and existing.transitions.is_connected():
-                return
-            await super()._delete_session(client_id)
-
-        async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
-            if action == Action.PUBLISH:
-                return self._guard.may_publish(getattr(session, "username", None), topic)
-            return True
-
-        async def retain_message(self, source_session: Any, topic_name: str | None, data: Any, qos: int | None = None) -> None:
-            if data and topic_name is not None and source_session is not None and not self._guard.may_retain(
-                    topic_name, len(data), self._retained_messages):
-                return
-            await super().retain_message(source_session, topic_name, data, qos)
-
-    return _GuardedBroker
+def _quiet_amqtt_logs() -> None:
+    """amqtt logs every connection at INFO and every failed one at WARNING/ERROR: keep warnings, at a bounded rate."""
+    for name in ("amqtt", "transitions"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("amqtt"):
+            log = logging.getLogger(name)
+            if _LOG_FILTER not in log.filters:
+                log.addFilter(_LOG_FILTER)
 
 
 def _secret(value: str) -> Any:

@@ -75,9 +75,16 @@ DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024
 DEFAULT_SESSION_EXPIRY_S = 3600
 DEFAULT_MQTT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_EMBEDDED_HOST = "127.0.0.1"
-DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_EMBEDDED_MAX_RETAINED = 1000
 DEFAULT_EMBEDDED_MAX_RETAINED_BYTES = 64 * 1024
+DEFAULT_EMBEDDED_MAX_CONNECTIONS = 256
+DEFAULT_EMBEDDED_MAX_PENDING = 128
+DEFAULT_EMBEDDED_MAX_MESSAGE_BYTES = 256 * 1024
+DEFAULT_EMBEDDED_MAX_QUEUED_MESSAGES = 100
+DEFAULT_EMBEDDED_MAX_QUEUED_BYTES = 1024 * 1024
+DEFAULT_EMBEDDED_MAX_SESSIONS = 64
+DEFAULT_EMBEDDED_MAX_UNSENT_BYTES = 8 * 1024 * 1024
 DEFAULT_HA_DISCOVERY_PREFIX = "homeassistant"
 
 
@@ -288,6 +295,22 @@ class MqttConfig(_Section):
     """Most retained messages the embedded broker keeps; a new retained topic beyond it is not retained."""
     embedded_max_retained_bytes: int = Field(DEFAULT_EMBEDDED_MAX_RETAINED_BYTES, ge=64)
     """Largest retained payload the embedded broker keeps (larger ones are delivered, not retained)."""
+    embedded_max_connections: int = Field(DEFAULT_EMBEDDED_MAX_CONNECTIONS, ge=2)
+    """Sockets the embedded broker holds at once (connected clients and those still to send CONNECT)."""
+    embedded_max_pending: int = Field(DEFAULT_EMBEDDED_MAX_PENDING, ge=1)
+    """Sockets that have not sent CONNECT yet; a new one beyond it closes the oldest of them."""
+    embedded_max_message_bytes: int = Field(DEFAULT_EMBEDDED_MAX_MESSAGE_BYTES, ge=1024)
+    """Largest MQTT packet the embedded broker reads from a client (the daemon's own excepted); a larger one closes
+    that connection."""
+    embedded_max_queued_messages: int = Field(DEFAULT_EMBEDDED_MAX_QUEUED_MESSAGES, ge=1)
+    """Messages queued for one disconnected persistent session; more are dropped."""
+    embedded_max_queued_bytes: int = Field(DEFAULT_EMBEDDED_MAX_QUEUED_BYTES, ge=1024)
+    """Payload bytes queued for one disconnected persistent session; more are dropped."""
+    embedded_max_unsent_bytes: int = Field(DEFAULT_EMBEDDED_MAX_UNSENT_BYTES, ge=64 * 1024)
+    """Payload bytes waiting to be written to one connected client (one that does not read holds them); more are
+    dropped for it. All clients together hold at most 8 times this."""
+    embedded_max_sessions: int = Field(DEFAULT_EMBEDDED_MAX_SESSIONS, ge=1)
+    """Disconnected persistent sessions the embedded broker keeps; beyond it the longest-disconnected is forgotten."""
     prefix: str = DEFAULT_PREFIX
     """Topic prefix: `<prefix>/ask`, `<prefix>/answer`, `<prefix>/status`, ..."""
     protocol: MqttProtocol = MqttProtocol.V5

@@ -1,9 +1,15 @@
 """Conversation histories: whose earlier turns the model sees with a new question (`agent.history`).
 
-A history belongs to a key: (source, conversation id) in `conversation` mode, (source, None) in `source` mode;
-questions without a key (no conversation id in `conversation` mode, or `off`) get none. The store is bounded:
-at most `max_conversations` keys (the least recently used is forgotten) of `max_turns` turns each, and a key
-silent for `ttl_s` is forgotten, so neither many askers nor long sessions grow it.
+A history belongs to a key: (source, conversation id, asker) in `conversation` mode, (source, None, None) in
+`source` mode; questions without a key (no conversation id in `conversation` mode, or `off`) get none. The asker is
+who sent the question as its intake knows it (an MQTT client's response topic, a page's peer, ...): a conversation
+id sent by another asker is another conversation, so nobody joins (or poisons) someone else's history by its id.
+
+The store is bounded: at most `max_conversations` keys of `max_turns` turns each, and a key silent for `ttl_s` is
+forgotten, so neither many askers nor long sessions grow it. When it is full, an asker holding more than its fair
+share (`max_conversations` / askers) gives up its own least recently used conversation; a smaller one takes room
+from the largest asker (with more askers than room, the least recently used conversation goes). One asker opening
+fresh conversations therefore evicts only its own.
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ __all__ = ["ConversationKey", "ConversationStore", "Turn"]
 
 Turn = tuple[str, str]
 """(question, answer)."""
-ConversationKey = tuple[str, "str | None"]
-"""(source, conversation id); the id is None for the shared history of a source (`agent.history: source`)."""
+ConversationKey = tuple[str, "str | None", "str | None"]
+"""(source, conversation id, asker); id and asker are None for the shared history of a source (`agent.history: source`)."""
 
 
 class ConversationStore:
-    """Turns per conversation, bounded in number, length and age."""
+    """Turns per conversation, bounded in number (fairly among askers), length and age."""
 
     def __init__(self, *, mode: HistoryMode | str = HistoryMode.CONVERSATION, max_turns: int, max_conversations: int,
                  ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -35,21 +41,22 @@ class ConversationStore:
         self._turns: collections.OrderedDict[ConversationKey, tuple[float, collections.deque[Turn]]] = (
             collections.OrderedDict())
         """key -> (last used, turns); least recently used first."""
+        self._per_asker: collections.Counter[str | None] = collections.Counter()
 
     def __len__(self) -> int:
         self._expire()
         return len(self._turns)
 
     def __repr__(self) -> str:
-        return f"ConversationStore(mode={self.mode.value}, conversations={len(self._turns)})"
+        return f"ConversationStore(mode={self.mode.value}, conversations={len(self._turns)}, askers={len(self._per_asker)})"
 
-    def key(self, source: str, conversation: str | None) -> ConversationKey | None:
-        """The history a question on `source` with this conversation id belongs to; None: it gets none."""
+    def key(self, source: str, conversation: str | None, asker: str | None = None) -> ConversationKey | None:
+        """The history a question on `source` with this conversation id from `asker` belongs to; None: it gets none."""
         if self.max_turns <= 0 or self.mode is HistoryMode.OFF:
             return None
         if self.mode is HistoryMode.SOURCE:
-            return (source, None)
-        return None if conversation is None else (source, conversation)
+            return (source, None, None)
+        return None if conversation is None else (source, conversation, asker)
 
     def turns(self, key: ConversationKey | None) -> list[Turn]:
         """The turns kept under `key`, oldest first (a read counts as use: it keeps the conversation alive)."""
@@ -67,17 +74,38 @@ class ConversationStore:
             return
         self._expire()
         entry = self._turns.get(key)
-        turns = entry[1] if entry is not None else collections.deque(maxlen=self.max_turns)
+        if entry is None:
+            turns: collections.deque[Turn] = collections.deque(maxlen=self.max_turns)
+            self._per_asker[key[2]] += 1
+        else:
+            turns = entry[1]
         turns.append((question, answer))
         self._turns[key] = (self._clock(), turns)
         self._turns.move_to_end(key)
         while len(self._turns) > self.max_conversations:
-            self._turns.popitem(last=False)
+            giver = self._who_gives_up(key[2])
+            # with as many askers as room, each holds one: then the least recently used conversation goes
+            self._drop(self._oldest_of(giver) if self._per_asker[giver] > 1 else next(iter(self._turns)))
 
     def forget(self, key: ConversationKey | None) -> None:
         """Drop `key`'s turns (a page's tab closed without its own conversation id)."""
-        if key is not None:
-            self._turns.pop(key, None)
+        if key is not None and key in self._turns:
+            self._drop(key)
+
+    def _who_gives_up(self, asker: str | None) -> str | None:
+        """`asker` when it holds more than its fair share, else the asker holding the most."""
+        if self._per_asker[asker] > self.max_conversations // len(self._per_asker):
+            return asker
+        return max(self._per_asker, key=lambda a: self._per_asker[a])
+
+    def _oldest_of(self, asker: str | None) -> ConversationKey:
+        return next(k for k in self._turns if k[2] == asker)
+
+    def _drop(self, key: ConversationKey) -> None:
+        del self._turns[key]
+        self._per_asker[key[2]] -= 1
+        if self._per_asker[key[2]] <= 0:
+            del self._per_asker[key[2]]
 
     def _expire(self) -> None:
         deadline = self._clock() - self.ttl_s
@@ -85,4 +113,4 @@ class ConversationStore:
             key, (used, _) = next(iter(self._turns.items()))
             if used > deadline:
                 return
-            del self._turns[key]
+            self._drop(key)

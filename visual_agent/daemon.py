@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .agent import VisualAgent
 from .broker import EmbeddedBroker
+from .broker_metrics import BrokerCollector
 from .config import Config
 from .console import Console
 from .encoding import FrameEncoding
@@ -31,6 +32,7 @@ from .metrics import AgentMetrics
 from .mqtt import MqttMessager
 from .page_link import show_on_terminal
 from .rules import RuleControl, RuleDiscovery, RuleEngine
+from .subscription_check import SubscriptionCheck
 from .telemetry import Telemetry
 from .topics import Topics
 
@@ -107,6 +109,8 @@ class Daemon:
         self.rules: RuleEngine | None = None
         self.rules_control: RuleControl | None = None
         self.rules_messager: MqttMessager | None = None
+        self.subscription_check: SubscriptionCheck | None = None
+        """Whether the broker delivers what the daemon subscribes to (not needed with the embedded broker)."""
         self.intakes: Intakes | None = None
         self.console = Console(self)
         """The page's console API (`visual_agent/console`): state, snapshots, rules."""
@@ -160,6 +164,9 @@ class Daemon:
                 await self.mcp.start()
             await self._connect_mqtt()  # after the intakes subscribed: `online` means questions are taken
             await self.memory.start_mqtt(self.messager)
+            if self.messager is not None and self.broker is None:  # a broker's ACL may drop what it let us subscribe
+                self.subscription_check = SubscriptionCheck(self.messager).start()
+                stack.push_async_callback(self.subscription_check.close)
             self.driver.healthz_extra = self.health
             probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
             stack.push_async_callback(_cancelled, probe)
@@ -186,6 +193,8 @@ class Daemon:
         telemetry = Telemetry()
         if cfg.metrics:
             self.metrics = AgentMetrics(self.driver, self.messager)
+            if self.broker is not None:
+                self.metrics.registry.register(BrokerCollector(self.broker))
             telemetry.add(self.metrics)
             if self.driver is not None:
                 self.driver.metrics_exposition = self.metrics.exposition
@@ -298,6 +307,7 @@ class Daemon:
         return {
             "broker": self.messager.describe() if self.messager else {"state": "disabled"},
             **({"embedded_broker": self.broker.describe()} if self.broker is not None else {}),
+            **({"subscriptions": self.subscription_check.describe()} if self.subscription_check else {}),
             "llm": {"provider": self.config.provider_name(), **self.llm_state},
             "agent": self.agent.describe_state() if self.agent else None,
             "rules": self.rules.describe() if self.rules else None,
