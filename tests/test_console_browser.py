@@ -38,7 +38,7 @@ async def test_console_phone_sees_sources_sets_a_rule_watches_it_turn_on_and_fin
             await page.locator("#chip-broker.ok").wait_for(timeout=15000)
             await page.locator("#chip-storage.ok").wait_for(timeout=15000)
             assert await page.inner_text("#chip-token") == "token accepted"
-            assert "Press Connect" in await page.inner_text("#notice")
+            assert "Connect" not in await page.inner_text("#notice")  # asking needs no camera
             assert "#token=" not in page.url  # moved out of the address bar
             icon = await page.get_attribute("link[rel=icon]", "href")
             assert icon.startswith("data:image/svg+xml,")  # a favicon, inline: no request, allowed by the policy

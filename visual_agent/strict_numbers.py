@@ -11,9 +11,9 @@ import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-__all__ = ["NumbersNotBooleans", "is_number_type"]
+__all__ = ["NumbersNotBooleans", "Section", "is_number_type"]
 
 _NUMBERS = (int, float)
 
@@ -38,3 +38,9 @@ class NumbersNotBooleans(BaseModel):
             if field is not None and is_number_type(field.annotation):
                 raise ValueError("must be a number, not a boolean")
         return value
+
+
+class Section(NumbersNotBooleans):
+    """Base of a config section: unknown keys refused, each field's docstring its documentation, assignments checked."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)

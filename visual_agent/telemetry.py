@@ -34,7 +34,7 @@ class Via(str, enum.Enum):
     MQTT = "mqtt"
     """A question on `<prefix>/ask` or `<prefix>/<source>/ask`."""
     PAGE = "page"
-    """A question typed on the page (its data channel)."""
+    """A question typed on the page (its data channel, or `POST /api/ask`)."""
     MCP = "mcp"
     """A question from another agent, through the MCP tool `ask`."""
     PERIODIC = "periodic"

@@ -7,6 +7,7 @@ channel. Every route is served by the page's server behind its token guard (`Web
 | `GET /sources/<name>.jpg` | `snapshots.py` | the source's newest frame as a small JPEG (`ETag`: its frame seq) |
 | `GET/PUT/DELETE /api/rules[/<name>]` | `rules_api.py` | the rule set of `<prefix>/rules/set`, edited |
 | `GET /api/rules/<name>/evidence.jpg`, `lookback.jpg` | `rules_api.py` | the rule's newest `on` evidence |
+| `POST /api/ask` | `ask_api.py` | a question about any source (or the past), answered without a camera of the page's own |
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from ..host import DaemonHost
+from .ask_api import AskApi
 from .llm_watch import LlmWatch
 from .rules_api import EvidenceStore, RulesApi
 from .snapshots import Snapshots
 from .state import console_state
 
-__all__ = ["Console", "EvidenceStore", "LlmWatch", "RulesApi", "Snapshots", "console_state"]
+__all__ = ["AskApi", "Console", "EvidenceStore", "LlmWatch", "RulesApi", "Snapshots", "console_state"]
 
 
 class Console:
@@ -32,6 +34,7 @@ class Console:
         self.daemon = daemon
         self.evidence = EvidenceStore(daemon)
         self.rules = RulesApi(daemon, self.evidence)
+        self.questions = AskApi(daemon)
         self.snapshots: Snapshots | None = None
         self.llm = LlmWatch()
         """Probes the LLM again while a page watches (`llm_watch.py`)."""
@@ -41,7 +44,7 @@ class Console:
         self.snapshots = Snapshots(driver)
         driver.add_route("GET", "/api/state", self.state)
         driver.add_route("GET", "/sources/{name}.jpg", self.snapshot)
-        for method, path, handler in self.rules.routes():
+        for method, path, handler in [*self.rules.routes(), *self.questions.routes()]:
             driver.add_route(method, path, handler)
 
     def watch(self, agent: Any) -> None:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..http_body import BodyError, read_body
 from ..interfaces import AgentEvent, EventKind
 from ..rules import RuleSetError, parse_rule_set
 from ..rules.config import MAX_RULES_PAYLOAD_BYTES
@@ -101,9 +102,11 @@ class RulesApi:
     async def put(self, request: web.Request) -> web.StreamResponse:
         """Create or replace one rule; the body is the rule's JSON (its `name` may be left out)."""
         name = request.match_info["name"]
-        body = await request.read()
-        if len(body) > MAX_RULES_PAYLOAD_BYTES:
-            return _error(413, f"the rule is {len(body)} bytes; at most {MAX_RULES_PAYLOAD_BYTES} are taken")
+        try:
+            body = await read_body(request, max_bytes=MAX_RULES_PAYLOAD_BYTES,
+                                   timeout_s=self.daemon.config.webrtc.body_timeout_s)
+        except BodyError as exc:
+            return _error(exc.status, f"the rule's {exc}" if exc.status == 413 else str(exc))
         try:
             rule = json.loads(body)
         except (UnicodeDecodeError, ValueError) as exc:

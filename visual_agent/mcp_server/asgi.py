@@ -14,28 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
+from ..http_body import BodyError, read_body
+
 __all__ = ["AsgiApp", "asgi_handler"]
 
 Message = MutableMapping[str, Any]
 AsgiApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
                    Awaitable[None]]
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(limit + 1 - size):  # read() may return less than asked
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-    return b"".join(chunks)
 
 
 def _scope(request: web.Request) -> dict[str, Any]:
@@ -59,11 +44,9 @@ def asgi_handler(app: AsgiApp, *, max_body_bytes: int, body_timeout_s: float) ->
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
-            body = await asyncio.wait_for(_read_body(request, max_body_bytes), body_timeout_s)
-        except _TooLarge:
-            return web.Response(status=413, text=f"request body over {max_body_bytes} bytes\n")
-        except TimeoutError:
-            return web.Response(status=408, text=f"request body not received within {body_timeout_s:g} s\n")
+            body = await read_body(request, max_bytes=max_body_bytes, timeout_s=body_timeout_s)
+        except BodyError as exc:
+            return web.Response(status=exc.status, text=f"request {exc}\n")
         finished = asyncio.Event()
         delivered = False
         response: web.StreamResponse | None = None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .config import McpConfig
-from .questions import McpQuestions
+from .questions import ASKER, McpQuestions
 
 if TYPE_CHECKING:
     from ..host import DaemonHost
@@ -73,7 +73,7 @@ class DaemonTools:
             self._questions = McpQuestions(agent)
         body = {"question": question, **({"source": source} if source is not None else {}),
                 **({"frames": frames} if frames is not None else {})}
-        answer, jpeg = await self._questions.ask(json.dumps(body))
+        answer, jpeg = await self._questions.ask(json.dumps(body), asker=ASKER, frame=True)
         return ToolResult(answer.as_dict(), [jpeg] if jpeg is not None else [], error=answer.error is not None)
 
     # --- the event store --------------------------------------------------------------------------

@@ -7,9 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from ..strict_numbers import NumbersNotBooleans
+from ..strict_numbers import Section
 
 __all__ = [
     "DEFAULT_MEMORY_PROMPT",
@@ -46,11 +46,7 @@ def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     return root / STATE_DIR_NAME
 
 
-class _Section(NumbersNotBooleans):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-
-class MemoryTriggerConfig(_Section):
+class MemoryTriggerConfig(Section):
     """Scene memory: describe each source when its picture changes, at most every `every_s`; a static scene costs
     nothing (the same grey-thumbnail change gate as the rules)."""
 
@@ -66,7 +62,7 @@ class MemoryTriggerConfig(_Section):
     """The question asked; its answer is stored as a `memory` event."""
 
 
-class StorageConfig(_Section):
+class StorageConfig(Section):
     """The event store: every answer, description and rule event with a thumbnail, searchable by text and time."""
 
     enabled: bool = True

@@ -1,5 +1,7 @@
-// The console page's camera and ask panels: publish the camera over WebRTC, ask questions about any source on the
-// data channel, show streamed answers. Plain JavaScript, no build step; works in Chromium and Firefox. The other
+// The console page's camera and ask panels: publish the camera over WebRTC, ask questions about any source, show
+// the answers. A question about this page's own connected camera goes over its data channel (answers stream); any
+// other, and every question before Connect, goes to POST api/ask (the answer streams back as NDJSON), so a phone can
+// ask the garage camera without streaming its own. Plain JavaScript, no build step; works in Chromium and Firefox. The other
 // panels (console.js: state and sources, rules.js, timeline.js) use the helpers defined here.
 // URL parameters (optional): ?source=name&res=1280x720&fps=30&autostart=1
 // The camera's source name is kept in localStorage (one per browser), so `visual-agent ask -s <name>` keeps working
@@ -78,13 +80,23 @@ function setPill(id, text) {
   el.className = `pill ${text}`;
 }
 
+function channelOpen() {
+  return !!(page.dc && page.dc.readyState === "open");
+}
+
+function canAskOverHttp() {  // the console API answered with the token (console.js); null before its first answer
+  const konsole = window.agentConsole;
+  return !!(konsole && konsole.available === true && konsole.problem !== "token");
+}
+
 function updateButtons() {
   const live = page.pc !== null;
-  const open = !!(page.dc && page.dc.readyState === "open");
   $("connect").textContent = live ? "Reconnect" : "Connect";
   $("stop").disabled = !live;
-  $("ask-button").disabled = !open;
-  $("ask-hint").classList.toggle("hidden", open);
+  $("ask-button").disabled = !(channelOpen() || canAskOverHttp());
+  // only a server without the console API (the webrtc package alone) takes questions over the camera's connection only
+  const cameraOnly = window.agentConsole && window.agentConsole.available === false;
+  $("ask-hint").classList.toggle("hidden", !(cameraOnly && !channelOpen()));
 }
 
 function waitForIceGathering(pc, timeoutMs) {
@@ -238,25 +250,27 @@ function onMessage(data) {
     entry.el.querySelector(".text").textContent = entry.text;
     return;
   }
-  if ("id" in msg && ("text" in msg || "error" in msg)) {  // the final answer
-    const entry = answerBox(msg.id, msg.question);
-    entry.done = true;
-    entry.final = msg;
-    const failed = msg.error && msg.error !== null;
-    entry.text = failed ? `${msg.error.type || "error"}: ${msg.error.message || ""}` : (msg.text || "");
-    entry.el.querySelector(".text").textContent = entry.text;
-    const meta = [];
-    if (msg.model) meta.push(msg.model);
-    if (msg.provider) meta.push(msg.provider);
-    if (typeof msg.latency_s === "number") meta.push(`${msg.latency_s.toFixed(2)} s`);
-    if (Array.isArray(msg.frames) && msg.frames.length) {
-      meta.push(`${msg.frames.length} frame(s), newest ${Math.min(...msg.frames.map((f) => f.age_s ?? Infinity)).toFixed(3)} s old`);
-    }
-    entry.el.querySelector(".meta").textContent = meta.join(" · ");
-    entry.el.className = `answer ${failed ? "failed" : "done"}`;
-    return;
-  }
+  if ("id" in msg && ("text" in msg || "error" in msg)) { showAnswer(msg); return; }  // the final answer
   log(`message: ${data}`);
+}
+
+function showAnswer(msg) {  // a final answer (or error answer), from the data channel or POST api/ask
+  const entry = answerBox(msg.id, msg.question);
+  entry.done = true;
+  entry.final = msg;
+  const failed = msg.error && msg.error !== null;
+  entry.text = failed ? `${msg.error.type || "error"}: ${msg.error.message || ""}` : (msg.text || "");
+  entry.el.querySelector(".text").textContent = entry.text;
+  const meta = [];
+  if (msg.model) meta.push(msg.model);
+  if (msg.provider) meta.push(msg.provider);
+  if (typeof msg.latency_s === "number") meta.push(`${msg.latency_s.toFixed(2)} s`);
+  if (Array.isArray(msg.frames) && msg.frames.length) {
+    meta.push(`${msg.frames.length} frame(s), newest ${Math.min(...msg.frames.map((f) => f.age_s ?? Infinity)).toFixed(3)} s old`);
+  }
+  if (Array.isArray(msg.events)) meta.push(`from ${msg.events.length} stored event(s)`);
+  entry.el.querySelector(".meta").textContent = meta.join(" · ");
+  entry.el.className = `answer ${failed ? "failed" : "done"}`;
 }
 
 // One conversation per browser tab: its id lives in sessionStorage, so the history survives a reconnect (and a
@@ -298,31 +312,106 @@ function ruleLine(msg) {
   return `${msg.rule}: ${msg.state}${msg.degraded ? " (slowed: budget)" : ""}${msg.reason ? " — " + msg.reason : ""}`;
 }
 
+// This tab's name for the daemon's fair share (X-Console-Tab): each tab waits its own turn when the model is busy.
+function tabId() {
+  if (!page.tab) {
+    try { page.tab = sessionStorage.getItem("visual-agent-tab"); } catch (e) { /* privacy mode: this load only */ }
+    if (!page.tab || !/^[A-Za-z0-9_-]{1,64}$/.test(page.tab)) {
+      page.tab = `tab-${[...crypto.getRandomValues(new Uint8Array(8))].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+      try { sessionStorage.setItem("visual-agent-tab", page.tab); } catch (e) { /* kept for this load */ }
+    }
+  }
+  return page.tab;
+}
+
+// A question about the past (timeline.js's "Ask about this"): {since, until, label} until asked or cleared.
+function setAskPast(past) {
+  page.askPast = past || null;
+  $("ask-past").classList.toggle("hidden", !past);
+  $("ask-past-label").textContent = past ? past.label : "";
+}
+
 function ask(event) {
   event.preventDefault();
   const question = $("question").value.trim();
-  if (!question || !page.dc || page.dc.readyState !== "open") return;
+  if (!question) return;
   const id = (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).slice(0, 12);
-  const message = { id, question, stream: true };
+  const message = { id, question };
   const about = $("ask-source").value || page.source;
   if (about) message.source = about;
   const conversation = conversationId();
   if (conversation) message.conversation = conversation;
+  const past = page.askPast;
+  if (past) { message.since = past.since; message.until = past.until; }
+  const said = [...(about && about !== page.source ? [about] : []), ...(past ? [past.label] : [])];
+  const label = said.length ? `${question} (${said.join(", ")})` : question;
+  if (channelOpen() && (!about || about === page.source)) {
+    if (!askOverChannel(message, label)) return;  // too long: kept in the box, to be shortened
+  } else if (canAskOverHttp()) askOverHttp(message, label);
+  else { log("cannot ask yet: the daemon has not answered with the token; press Connect to ask your camera"); return; }
+  $("question").value = "";
+  setAskPast(null);
+}
+
+async function askOverHttp(message, label) {
+  const entry = answerBox(message.id, label);
+  entry.el.querySelector(".text").textContent = "…";
+  let answer;
+  try {
+    const response = await fetch("api/ask", {
+      method: "POST", cache: "no-store", body: JSON.stringify(message),
+      headers: { "Content-Type": "application/json", "Accept": "application/x-ndjson", "X-Console-Tab": tabId(), ...authHeaders() },
+    });
+    if ((response.headers.get("Content-Type") || "").startsWith("application/x-ndjson") && response.body) {
+      await readLines(response.body, onMessage);  // pieces, then the answer: the data channel's messages
+      if (!entry.done) showAnswer({ id: message.id, error: { type: "network", message: "the answer stopped halfway; ask again" } });
+      return;
+    }
+    const text = await response.text();
+    try { answer = JSON.parse(text); } catch (e) { answer = null; }
+    if (response.status === 401) answer = { error: { type: "token", message: tokenProblem() } };
+    else if (!answer || typeof answer !== "object" || !("error" in answer)) {
+      answer = { error: { type: `HTTP ${response.status}`, message: text.trim().slice(0, 300) } };
+    }
+  } catch (err) {
+    answer = { error: { type: "network", message: `the daemon did not answer (${err.message || err}); ask again` } };
+  }
+  if (!entry.done) showAnswer({ ...answer, id: message.id });  // a refusal before parsing has a fresh id: this box is its
+}
+
+async function readLines(body, each) {  // an NDJSON body, one line at a time as it arrives
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let rest = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    rest += decoder.decode(value || new Uint8Array(), { stream: !done });
+    const lines = rest.split("\n");
+    rest = lines.pop();
+    lines.filter((line) => line.trim()).forEach(each);
+    if (done) break;
+  }
+  if (rest.trim()) each(rest);
+}
+
+function askOverChannel(message, label) {  // answers stream back on the channel (onMessage)
+  message.stream = true;
   const text = JSON.stringify(message);
   const bytes = new TextEncoder().encode(text).length;
   if (page.maxMessageBytes && bytes > page.maxMessageBytes) {  // the server would drop it: no answer would come
     log(`question too long: ${bytes} bytes, the server takes at most ${page.maxMessageBytes}`);
-    return;
+    return false;
   }
   page.dc.send(text);
-  answerBox(id, about && about !== page.source ? `${question} (${about})` : question);
-  $("question").value = "";
+  answerBox(message.id, label);
+  return true;
 }
 
 $("connect").addEventListener("click", connect);
 window.addEventListener("pagehide", () => { if (page.pc) page.pc.close(); });  // tell the server at once
 $("stop").addEventListener("click", stop);
 $("ask-form").addEventListener("submit", ask);
+$("ask-past-clear").addEventListener("click", () => setAskPast(null));
 
 // a value the list lacks is added to it (setting it alone would leave the list empty: a 0x0, 0-fps camera)
 function choose(select, value, pattern) {

@@ -90,7 +90,6 @@ function whatToDo(state) {  // the one next step, in words
     return [`The LLM (${state.llm.provider}) does not answer: ${state.llm.detail || "unreachable"}. Questions and rules get errors until it is up; \`visual-agent check\` says what to fix.`, true];
   }
   if (!state.sources.length) return ["No source yet: press Connect to publish this device's camera, or add sources to the config.", false];
-  if (!page.pc) return ["Press Connect to publish this camera and ask questions; the tiles show every source.", false];
   return [null, false];
 }
 
@@ -152,7 +151,7 @@ function showSources(state) {
   const empty = $("sources-empty");
   empty.textContent = "No source yet. Press Connect to publish this device's camera, or add `sources:` to the config.";
   empty.classList.toggle("hidden", names.length > 0);
-  fillSourceSelect($("ask-source"), names, "my camera");
+  fillSourceSelect($("ask-source"), names, ownCameraLabel());
   fillSourceSelect($("rule-source"), names, null);
   if ($("tl-source")) fillSourceSelect($("tl-source"), names, "all sources");
 }
@@ -167,9 +166,16 @@ function fillSourceSelect(select, names, firstLabel) {  // keeps the choice; a c
   select.value = chosen && wanted.includes(chosen) ? chosen : wanted[0] || "";
 }
 
-function askAbout(source, question) {
-  fillSourceSelect($("ask-source"), [...new Set([...Object.keys(konsole.tiles), source])], "my camera");
-  $("ask-source").value = source === page.source ? "" : source;
+function ownCameraLabel() {  // "my camera" is a choice once this page publishes one; before, the first source is
+  return page.pc ? "my camera" : null;
+}
+
+// Put a question about `source` in the ask box; `past` ({since, until, label}) makes it a question about that time.
+function askAbout(source, question, past) {
+  const label = ownCameraLabel();
+  fillSourceSelect($("ask-source"), [...new Set([...Object.keys(konsole.tiles), source])], label);
+  $("ask-source").value = source === page.source && label ? "" : source;
+  setAskPast(past);
   if (question) $("question").value = question;
   $("question").focus();
   $("ask").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -217,9 +223,12 @@ async function pollState() {
   let stopped = false;
   const loop = async () => {
     if (stopped) return;
-    if ((await pollState()) === "stop") { stopped = true; return; }
+    const result = await pollState();
+    updateButtons();  // whether the ask box can use POST api/ask
+    if (result === "stop") { stopped = true; return; }
     setTimeout(loop, STATE_EVERY_MS);
   };
   loop();
+  setInterval(updateButtons, STATE_EVERY_MS);  // asking over HTTP follows the console API's answers
   setInterval(() => { if (!stopped) Object.values(konsole.tiles).forEach(refreshSnapshot); }, SNAPSHOT_EVERY_MS);
 })();

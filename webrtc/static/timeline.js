@@ -1,11 +1,13 @@
 // The timeline: what the daemon saw and said (answers, descriptions, scene memories, rules turning on and off), per
 // day, newest first, with thumbnails, from the event store's GET events (?source=&kind=&q=&limit=). Filter by source
-// and kind, search the text, and "Ask about this" puts a question about an event in the ask box. A daemon without
-// the event store answers 404: the panel stays hidden rather than empty.
+// and kind, search the text, and "Ask about this" puts a question about the time around an event in the ask box (a
+// question about the past: since/until, answered from the event store). A daemon without the event store answers
+// 404: the panel stays hidden rather than empty.
 "use strict";
 
 const TIMELINE_EVERY_MS = 4000;
 const TIMELINE_LIMIT = 100;
+const PAST_AROUND_S = 60;  // "Ask about this" asks about the stored events this long before and after the event
 const timeline = (window.agentTimeline = { available: null, events: [], thumbs: {}, busy: false, query: "" });
 
 function timelineQuery() {
@@ -46,7 +48,9 @@ function drawEvent(event) {
   ask.type = "button";
   ask.addEventListener("click", () => {
     const when = new Date(event.at * 1000).toLocaleTimeString();
-    askAbout(event.source, `About ${when} (“${event.text.slice(0, 80)}”): `);
+    const past = { since: event.at - PAST_AROUND_S, until: event.at + PAST_AROUND_S,
+                   label: `${when} ± ${PAST_AROUND_S} s` };
+    askAbout(event.source, `About ${when} (“${event.text.slice(0, 80)}”): `, past);
   });
   body.append(head, text, ask);
   row.append(thumb, body);
