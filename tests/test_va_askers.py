@@ -5,7 +5,8 @@ Over real mosquitto, two MQTT 5 clients with their own response topics are two a
 conversations evicts only its own, and sending the other's conversation id neither reads nor poisons it. Over the
 embedded broker, one client flooding a slow STAND-IN model (tests/fixtures/llm_stub.py) gets `busy` while another
 client's questions, one at a time, are all answered. A page tab's conversation is the page's: it continues on the
-tab's next peer connection, and an MQTT question under the tab's id does not join it.
+tab's next peer connection and on the console's `POST /api/ask`, and an MQTT question under the tab's id does not
+join it.
 """
 
 from __future__ import annotations
@@ -262,3 +263,42 @@ async def test_askers_a_page_tab_keeps_its_conversation_across_a_reconnect_and_m
 
 def _llm(stub: Any) -> dict:
     return {"base_url": stub.base_url, "model_name": "stub-model", "max_retries": 0, "timeout": 30}
+
+
+async def test_askers_the_consoles_questions_continue_the_pages_conversations_not_mqtts(
+        tmp_path, stub_llm, running_mosquitto, paho_peer, topic_prefix):
+    """`POST /api/ask` (the page without its camera): its conversations are the page's, whichever tab header asks;
+    an MQTT asker sending the same conversation id about the same source neither reads nor joins it."""
+    import aiohttp
+
+    from tests.console_daemon import TOKEN, console_daemon
+
+    peer = paho_peer("5")
+    reply = f"{topic_prefix}/reply/mqtt-asker"
+    peer.subscribe(reply)
+
+    async def http_ask(http: aiohttp.ClientSession, url: str, tab: str, qid: str, question: str) -> dict:
+        body = {"id": qid, "question": question, "source": "door", "conversation": "tab-1"}
+        headers = {"Authorization": f"Bearer {TOKEN}", "X-Console-Tab": tab}
+        async with http.post(f"{url}/api/ask", json=body, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async with console_daemon(tmp_path, stub_llm, mosquitto=running_mosquitto, prefix=topic_prefix) as daemon, \
+            aiohttp.ClientSession() as http:
+        await daemon.driver.get_buffer("door").wait_for_frame(10)
+        stub_llm.reply_fn = _history_seen
+        await http_ask(http, daemon.driver.url, "tab-a", "h1", SECRET)
+        outsider = await asyncio.to_thread(_ask_about, peer, topic_prefix, reply)
+        again = await http_ask(http, daemon.driver.url, "tab-b", "h2", "and now?")
+    print(f"the MQTT asker saw the page's turn: {SECRET in outsider['text']}; the page's next question saw its own "
+          f"turn: {SECRET in again['text']}, the MQTT asker's: {POISON in again['text']}")
+    assert SECRET not in outsider["text"], outsider["text"]
+    assert SECRET in again["text"] and POISON not in again["text"], again["text"]
+
+
+def _ask_about(peer: PahoPeer, prefix: str, reply: str) -> dict:
+    """The MQTT asker's question about `door` under the page tab's conversation id."""
+    peer.publish(f"{prefix}/ask", json.dumps({"id": "m1", "question": POISON, "source": "door",
+                                              "conversation": "tab-1"}), response_topic=reply)
+    return json.loads(peer.get(30, reply).payload)
