@@ -159,3 +159,59 @@ def test_memory_light_install_searches_text_and_imports_nothing_of_the_extra(tmp
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
     assert "vectors extra" in out.stderr  # the log says why image search is off
+
+
+def test_memory_vector_index_reopen_drops_vectors_without_events_and_starts_anew_for_another_model(
+        tmp_path: Path) -> None:
+    from visual_agent.memory.vectors import VectorIndex, VectorIndexError
+
+    path = tmp_path / "vectors.db"
+    index = VectorIndex(path, dim=3, model="a")
+    index.open((None, None))
+    index.add([(i, float(i), "s", np.eye(3)[i]) for i in range(3)])
+    assert [i for i, _ in index.nearest(np.eye(3)[2], k=1)] == [2]
+    with pytest.raises(VectorIndexError, match="4 values"):
+        index.nearest(np.ones(4), k=1)
+    index.close()
+    index = VectorIndex(path, dim=3, model="a")
+    index.open((1, 1))  # a crash left vectors of events 0 and 2 behind (or before) the events
+    assert index.count() == 1 and [i for i, _ in index.nearest(np.ones(3), k=3)] == [1]
+    index.close()
+    other = VectorIndex(path, dim=5, model="b")
+    other.open((0, 10))  # another model's vectors cannot be compared with these: a new table
+    assert other.count() == 0
+    other.add([(4, 4.0, "s", np.ones(5))])
+    assert other.count() == 1
+    other.close()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_memory_image_search_config_keys() -> None:
+    from visual_agent.config_loading import parse_config
+    from visual_agent.errors import ConfigError
+
+    cfg = parse_config({"storage": {"image_search": "off", "image_model": "ViT-B-32"}}, environ={})
+    assert (cfg.storage.image_search, cfg.storage.image_model) == ("off", "ViT-B-32")
+    assert StorageConfig().image_search == "auto" and StorageConfig().image_model is None
+    with pytest.raises(ConfigError, match="storage.image_search"):
+        parse_config({"storage": {"image_search": "on"}}, environ={})
+
+
+def test_memory_question_the_text_tower_cannot_embed_falls_back_to_text(tmp_path: Path, tiny_clip: Path) -> None:
+    bad = tmp_path / "bad-clip"  # the same model with a vocabulary too small for open_clip's tokenizer
+    bad.mkdir()
+    cfg = json.loads((tiny_clip / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["text_cfg"]["vocab_size"] = 100
+    (bad / "open_clip_config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    from safetensors.torch import save_file
+    model = open_clip.CLIP(**cfg["model_cfg"])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(bad / "open_clip_model.safetensors"))
+    store = _store(tmp_path / "store", bad)
+    try:
+        event_id = store.submit(Event(source="s", kind="memory", text="a red car", image=_noise(0))).result(10)
+        assert store.similar("a red car") == []
+        assert [e.id for e in store.search("red car")] == [event_id]
+        assert store.health()["image_search"]["failures"] == 1
+    finally:
+        store.close()

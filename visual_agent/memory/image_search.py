@@ -48,7 +48,13 @@ class ImageSearch:
         """The question's text vector; None when the encoder has no text tower."""
         if not self.can_search:
             return None
-        return np.asarray(self.encoder.embed_text(text)[0].numpy(), dtype=np.float32)
+        try:
+            return np.asarray(self.encoder.embed_text(text)[0].numpy(), dtype=np.float32)
+        except Exception as exc:  # a tokenizer that does not fit the model: the question goes on by text
+            self.failures += 1
+            logger.warning("event store: cannot embed a question with %s (%s: %s); text search only for it",
+                           self.index.model, type(exc).__name__, exc)
+            return None
 
     def close(self) -> None:
         self.index.close()
