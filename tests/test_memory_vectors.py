@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,6 +143,7 @@ def test_memory_llava_tower_embeds_but_questions_use_text(tmp_path: Path, tiny_l
 
 LIGHT = """
 import sys
+import threading
 sys.modules["apsw"] = None  # the vectors extra is not installed
 from visual_agent.memory import Event, EventStore, StorageConfig
 store = EventStore(StorageConfig(path=sys.argv[1], image_model=sys.argv[2]))
@@ -214,4 +216,37 @@ def test_memory_question_the_text_tower_cannot_embed_falls_back_to_text(tmp_path
         assert [e.id for e in store.search("red car")] == [event_id]
         assert store.health()["image_search"]["failures"] == 1
     finally:
+        store.close()
+
+
+class _GatedEncoder:
+    """The real encoder behind a gate: holds the writer thread inside `embed` until the test opens it."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder, self.gate, self.entered = encoder, threading.Event(), threading.Event()
+
+    def embed(self, images, **kw):
+        self.entered.set()
+        self.gate.wait(20)
+        return self.encoder.embed(images, **kw)
+
+
+def test_memory_a_slow_encoder_costs_vectors_never_events(tmp_path: Path, tiny_clip: Path) -> None:
+    store = _store(tmp_path, tiny_clip, queue_max=4)
+    search = store.image_search
+    assert search is not None
+    gated = _GatedEncoder(search.encoder)
+    search.encoder = gated
+    try:
+        first = store.submit(Event(source="s", kind="memory", text="first", image=_noise(0)))
+        assert gated.entered.wait(10)  # the writer holds the first event inside the encoder
+        backlog = [store.submit(Event(source="s", kind="memory", text=f"later {i}", image=_noise(i + 1)))
+                   for i in range(4)]
+        gated.gate.set()
+        ids = [f.result(10) for f in [first, *backlog]]  # every event is written
+        assert len(set(ids)) == 5 and store.count() == 5
+        assert search.index.count() == 1 and search.skipped == 4  # the backlog went without vectors
+        assert store.health()["image_search"]["skipped"] == 4
+    finally:
+        gated.gate.set()
         store.close()

@@ -32,6 +32,8 @@ class ImageSearch:
         self.index = index
         self.can_search = bool(getattr(encoder, "has_text", False))
         self.failures = 0
+        self.skipped = 0
+        """Thumbnails left without a vector because the writer's queue was over half full (the encoder fell behind)."""
 
     def embed_thumbnails(self, jpegs: list[bytes]) -> list[np.ndarray | None]:
         """One L2-normalised vector per JPEG (None for one that does not decode)."""

@@ -340,7 +340,7 @@ def _image_health(search: ImageSearch | None) -> dict[str, Any] | None:
     if search is None:
         return None
     return {"model": search.index.model, "dims": search.index.dim, "questions": search.can_search,
-            "failures": search.failures}
+            "failures": search.failures, "skipped": search.skipped}
 
 
 def _prefixed(prefix: str) -> str:

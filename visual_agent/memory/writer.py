@@ -255,6 +255,9 @@ class EventWriter:
         out: list[Any] = [None] * len(thumbnails)
         if search is None or not todo:
             return out
+        if len(thumbnails) + self._queue.qsize() > self._queue.maxsize // 2:  # the encoder fell behind: keep events
+            search.skipped += len(todo)
+            return out
         try:
             for (i, _), vector in zip(todo, search.embed_thumbnails([t for _, t in todo]), strict=True):
                 out[i] = vector
