@@ -6,7 +6,9 @@ retention sweep.
    the event loop while a probe measures its longest stall. Cost = the writer thread's seconds per event; baseline:
    the same row inserted by a bare `sqlite3` executemany (no FTS, no thumbnail) in this process. With
    `--image-model ViT-B-32` (the vectors and clip extras; random weights cost what trained ones do) also the 720p event
-   whose thumbnail the writer embeds and indexes in sqlite-vec (`storage.image_model`).
+   whose thumbnail the writer embeds and indexes in sqlite-vec (`storage.image_model`), and the nearest-neighbour
+   search of a question about the past (`VectorIndex.nearest`, k = 8) over N random 512-float vectors (one every 10 s),
+   in a 1-day window and over everything, p50/p99 per size up to 10^5.
 2. Query: a store of N events (8 sources, one every 10 s each, texts drawn from a camera-description vocabulary;
    built with executemany, no images) queried through `EventStore` as `GET /events` does: the newest 50, one source in
    a 1-hour window, a common word, a rare word, and the search of a question about the past (`EventStore.search`)
@@ -146,6 +148,27 @@ async def bench_insert(tmp: Path, events: int, image_model: str | None = None) -
         conn.execute("COMMIT")
     out["baseline_ms_per_event"] = 1000 * (time.perf_counter() - started) / events
     conn.close()
+    return out
+
+
+def bench_knn(tmp: Path, n: int, runs: int) -> dict:
+    from visual_agent.memory.vectors import VectorIndex
+
+    rng = np.random.default_rng(0)
+    index = VectorIndex(tmp / f"knn-{n}.db", dim=512, model="bench")
+    index.open((0, n))
+    for start in range(0, n, 1000):
+        vectors = rng.standard_normal((min(1000, n - start), 512)).astype(np.float32)
+        index.add([(start + i, (start + i) * 10.0, SOURCES[(start + i) % 8], v) for i, v in enumerate(vectors)])
+    out = {}
+    for name, window in (("1-day window", {"since": n * 10.0 - 86400, "until": n * 10.0}), ("everything", {})):
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            index.nearest(rng.standard_normal(512), k=8, **window)
+            times.append(1000 * (time.perf_counter() - started))
+        out[name] = (pct(times, 50), pct(times, 99))
+    index.close()
     return out
 
 
@@ -378,6 +401,12 @@ async def main() -> None:
             for name, value in r.items():
                 if isinstance(value, tuple):
                     print(f"      {name:32s} {value[0]:7.2f} / {value[1]:7.2f}")
+        if args.image_model:
+            print("2b. image search: nearest 8 of N 512-float vectors (ms, p50 / p99)")
+            for n in [n for n in args.sizes if n <= 100_000]:  # a full scan of 10^6 takes about a second a run
+                r = bench_knn(tmp, n, min(args.queries, 50))
+                results[f"knn_{n}"] = r
+                print("   " + f"{n:>9,} vectors: " + ", ".join(f"{k} {v[0]:.1f} / {v[1]:.1f}" for k, v in r.items()))
         per_event = ins["720p frame (thumbnail)"]["bytes_per_event"]
         day = 86400 / 60
         print(f"3. size: {per_event / 1024:.1f} KiB per event with its thumbnail; default memory trigger "

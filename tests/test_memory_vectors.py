@@ -250,3 +250,18 @@ def test_memory_a_slow_encoder_costs_vectors_never_events(tmp_path: Path, tiny_c
     finally:
         gated.gate.set()
         store.close()
+
+
+def test_memory_vector_index_windows_across_days(tmp_path: Path) -> None:
+    from visual_agent.memory.vectors import VectorIndex
+
+    index = VectorIndex(tmp_path / "vectors.db", dim=2, model="a")
+    index.open((None, None))
+    day = 86400.0
+    index.add([(i, i * day + 100, "s", np.array([1.0, i / 10])) for i in range(4)])  # one event a day
+    near = lambda **window: sorted(i for i, _ in index.nearest(np.array([1.0, 0.0]), k=10, **window))  # noqa: E731
+    assert near() == [0, 1, 2, 3]
+    assert near(since=day + 50, until=2 * day + 200) == [1, 2]
+    assert near(since=day + 150) == [2, 3] and near(until=day + 100) == [0, 1]
+    assert near(since=day + 150, until=day + 160) == []
+    index.close()
