@@ -109,6 +109,8 @@ class ClipEncoder:
         preprocess_cfg = getattr(visual, "preprocess_cfg", None) or {"size": visual.image_size}
         preprocess = PreprocessConfig.from_open_clip(preprocess_cfg)
         self._setup(config, visual, Preprocessor(preprocess), cache, name=model_name)
+        self._text_model: Any = model if hasattr(model, "encode_text") else None
+        self._tokenizer: Any = open_clip.get_tokenizer(model_name) if self._text_model is not None else None
         self.checkpoint: LlavaCheckpoint | None = None
         self.projector: LlavaProjector | None = None
         self.output_dtype = torch.float32
@@ -138,6 +140,7 @@ class ClipEncoder:
         self = cls.__new__(cls)
         config = ClipEncoderConfig(device=device, dtype=dtype, max_batch=max_batch)
         self._setup(config, visual, Preprocessor(ckpt.preprocess), cache, name=str(ckpt.path))
+        self._text_model = self._tokenizer = None  # LLaVA keeps the vision tower only
         self.checkpoint = ckpt
         self.projector = projector.to(device=config.device, dtype=config.resolved_dtype()).eval()
         self.output_dtype = output_dtype or ckpt.dtype
@@ -189,6 +192,19 @@ class ClipEncoder:
     def embed(self, images: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB) -> torch.Tensor:
         """(n, embed_dim) float32 L2-normalised pooled CLIP vectors of one frame or a list of frames."""
         return self._run(_POOLED, _as_list(images), channel_order)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether `embed_text` works: open_clip models have a text tower, a LLaVA vision tower does not."""
+        return self._text_model is not None
+
+    @torch.inference_mode()
+    def embed_text(self, texts: str | list[str]) -> torch.Tensor:
+        """(n, embed_dim) float32 L2-normalised text vectors, comparable with `embed`'s (blocking)."""
+        if self._text_model is None:
+            raise EncoderError(f"{self.name!r} has no text tower (a LLaVA checkpoint's vision tower only)")
+        tokens = self._tokenizer([texts] if isinstance(texts, str) else list(texts)).to(self.config.device)
+        return F.normalize(self._text_model.encode_text(tokens).float(), dim=-1).cpu()
 
     def embed_for_llm(self, images: Any, *, channel_order: ChannelOrder | str = ChannelOrder.RGB) -> torch.Tensor:
         """(n_images, image_tokens, lm_hidden) projected features in `output_dtype`: what vLLM's

@@ -4,7 +4,11 @@ retention sweep.
 
 1. Insert: events with a 1280x720 frame each (thumbnail made in the writer thread) and text-only events, queued from
    the event loop while a probe measures its longest stall. Cost = the writer thread's seconds per event; baseline:
-   the same row inserted by a bare `sqlite3` executemany (no FTS, no thumbnail) in this process.
+   the same row inserted by a bare `sqlite3` executemany (no FTS, no thumbnail) in this process. With
+   `--image-model ViT-B-32` (the vectors and clip extras; random weights cost what trained ones do) also the 720p event
+   whose thumbnail the writer embeds and indexes in sqlite-vec (`storage.image_model`), and the nearest-neighbour
+   search of a question about the past (`VectorIndex.nearest`, k = 8) over N random 512-float vectors (one every 10 s),
+   in a 1-day window and over everything, p50/p99 per size up to 10^5.
 2. Query: a store of N events (8 sources, one every 10 s each, texts drawn from a camera-description vocabulary;
    built with executemany, no images) queried through `EventStore` as `GET /events` does: the newest 50, one source in
    a 1-hour window, a common word, a rare word, and the search of a question about the past (`EventStore.search`)
@@ -97,11 +101,19 @@ async def idle_gaps(seconds: float = 2.0) -> tuple[float, float]:
     return 1000 * max(0.0, probe.max - 0.002), 1000 * max(0.0, pct(probe.gaps, 99) - 0.002)
 
 
-async def bench_insert(tmp: Path, events: int) -> dict:
+INSERT_KINDS = ("720p frame (thumbnail)", "text only", "720p + image vector")
+
+
+async def bench_insert(tmp: Path, events: int, image_model: str | None = None) -> dict:
     out: dict = {}
-    for name, image in (("720p frame (thumbnail)", frame_720p(True)), ("text only", None)):
-        store = EventStore(StorageConfig(path=str(tmp / f"insert-{len(out)}"), queue_max=events + 10))
+    for name, image in zip(INSERT_KINDS, (frame_720p(True), None, frame_720p(True))[:3 if image_model else 2],
+                           strict=False):
+        model = image_model if name == INSERT_KINDS[2] else None
+        store = EventStore(StorageConfig(path=str(tmp / f"insert-{len(out)}"), queue_max=4 * events + 10,
+                                         image_model=model))
         assert await store.start()
+        assert (store.image_search is not None) == bool(model), "image search did not start: see the log"
+
         await store.write(Event(source="cam0", kind="memory", text="warm-up", image=image))  # first-use imports
         add_s: list[float] = []
         async with loop_gaps(0.002) as probe:
@@ -120,7 +132,7 @@ async def bench_insert(tmp: Path, events: int) -> dict:
             "loop_us_per_add": 1e6 * statistics.mean(add_s),
             "loop_max_stall_ms": 1000 * max(0.0, probe.max - 0.002),
             "loop_p99_stall_ms": 1000 * max(0.0, pct(probe.gaps, 99) - 0.002),
-            "bytes_per_event": _db_bytes(store.path) / writer.stats.written,
+            "bytes_per_event": (_db_bytes(store.path) + _vector_bytes(store)) / writer.stats.written,
             "used": used,
         }
         await store.aclose()
@@ -137,6 +149,35 @@ async def bench_insert(tmp: Path, events: int) -> dict:
     out["baseline_ms_per_event"] = 1000 * (time.perf_counter() - started) / events
     conn.close()
     return out
+
+
+def bench_knn(tmp: Path, n: int, runs: int) -> dict:
+    from visual_agent.memory.vectors import VectorIndex
+
+    rng = np.random.default_rng(0)
+    index = VectorIndex(tmp / f"knn-{n}.db", dim=512, model="bench")
+    index.open((0, n))
+    for start in range(0, n, 1000):
+        vectors = rng.standard_normal((min(1000, n - start), 512)).astype(np.float32)
+        index.add([(start + i, (start + i) * 10.0, SOURCES[(start + i) % 8], v) for i, v in enumerate(vectors)])
+    out = {}
+    for name, window in (("1-day window", {"since": n * 10.0 - 86400, "until": n * 10.0}), ("everything", {})):
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            index.nearest(rng.standard_normal(512), k=8, **window)
+            times.append(1000 * (time.perf_counter() - started))
+        out[name] = (pct(times, 50), pct(times, 99))
+    index.close()
+    return out
+
+
+def _vector_bytes(store: EventStore) -> int:
+    """The image index's file (vectors.db and its WAL), when image search is on."""
+    search = store.image_search
+    if search is None:
+        return 0
+    return sum(p.stat().st_size for p in search.index.path.parent.glob(search.index.path.name + "*"))
 
 
 def _db_bytes(path: Path) -> int:
@@ -329,6 +370,7 @@ async def main() -> None:
     parser.add_argument("--insert-events", type=int, default=300)
     parser.add_argument("--sweep-events", type=int, default=100_000)
     parser.add_argument("--trigger-s", type=float, default=20.0)
+    parser.add_argument("--image-model", help="also insert with image search on (e.g. ViT-B-32: random weights)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--sweep-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,11 +383,11 @@ async def main() -> None:
         idle = await idle_gaps()
         results["idle_loop"] = idle
         print(f"0. baseline: the idle loop's own longest stall {idle[0]:.2f} ms, p99 {idle[1]:.2f} ms (the machine's load)")
-        ins = await bench_insert(tmp, args.insert_events)
+        ins = await bench_insert(tmp, args.insert_events, args.image_model)
         results["insert"] = ins
         print("1. insert (writer thread, per event; the loop only queues)")
         base = ins["baseline_ms_per_event"]
-        for name in ("720p frame (thumbnail)", "text only"):
+        for name in [k for k in INSERT_KINDS if k in ins]:
             r = ins[name]
             print(f"   {name:24s} writer {r['writer_ms_per_event']:.2f} ms ({r['writer_ms_per_event'] / base:.1f}x the bare "
                   f"row's {base:.2f} ms), loop {r['loop_us_per_add']:.1f} us per add, loop stall max "
@@ -359,6 +401,12 @@ async def main() -> None:
             for name, value in r.items():
                 if isinstance(value, tuple):
                     print(f"      {name:32s} {value[0]:7.2f} / {value[1]:7.2f}")
+        if args.image_model:
+            print("2b. image search: nearest 8 of N 512-float vectors (ms, p50 / p99)")
+            for n in [n for n in args.sizes if n <= 100_000]:  # a full scan of 10^6 takes about a second a run
+                r = bench_knn(tmp, n, min(args.queries, 50))
+                results[f"knn_{n}"] = r
+                print("   " + f"{n:>9,} vectors: " + ", ".join(f"{k} {v[0]:.1f} / {v[1]:.1f}" for k, v in r.items()))
         per_event = ins["720p frame (thumbnail)"]["bytes_per_event"]
         day = 86400 / 60
         print(f"3. size: {per_event / 1024:.1f} KiB per event with its thumbnail; default memory trigger "

@@ -65,8 +65,8 @@ fi
 # the project itself, editable, reinstalled when pyproject.toml changes
 PROJECT_STAMP="$VENV/.project-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
 if [ ! -f "$PROJECT_STAMP" ]; then
-  log "installing the project with extras dev,clip,llamaindex,otel,mcp"
-  pip_install -e "$ROOT[dev,clip,llamaindex,otel,mcp]"
+  log "installing the project with extras dev,clip,vectors,llamaindex,otel,mcp"
+  pip_install -e "$ROOT[dev,clip,vectors,llamaindex,otel,mcp]"
   "$PY" -c 'import torch; assert torch.__version__.endswith("+cpu"), "pip replaced the CPU torch: " + torch.__version__'
   rm -f "$VENV"/.project-*
   touch "$PROJECT_STAMP" "$VENV/.project-1"

@@ -8,6 +8,8 @@ in and out of it (docs/VISUAL_AGENT_GUIDE.md, "Memory").
 | `schema.py` | the SQLite file: WAL, tables, FTS5 index, images keyed by event |
 | `thumbnails.py` | `Thumbnailer`: an event's image as a ~320 px JPEG (in the writer thread) |
 | `writer.py` | `EventWriter`: the one writer thread, a bounded queue, failures counted and reported |
+| `vectors.py` | `VectorIndex`: thumbnails' image vectors in a sqlite-vec `vec0` table (`vectors.db`, through apsw) |
+| `image_search.py` | `ImageSearch`: the CLIP encoder and its index (`storage.image_model`); None on a light install |
 | `retention.py` | `Retention`: age and size bounds, enforced a small batch at a time |
 | `query.py` | `EventQuery`: the filters of `GET /events` and `<prefix>/events/query`, FTS5 terms quoted |
 | `store.py` | `EventStore`: open, add, query, search, thumbnail, health, close |

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -82,6 +83,15 @@ class StorageConfig(Section):
     """JPEG quality of the thumbnails."""
     past_events: int = Field(DEFAULT_PAST_EVENTS, ge=1, le=64)
     """Most stored events (thumbnail and text) a question about the past shows the model."""
+    image_search: Literal["auto", "off"] = "auto"
+    """`auto`: embed each thumbnail and add image similarity to questions about the past when `image_model` is set
+    and the `vectors` extra is installed (else text search only); `off`: text search only."""
+    image_model: str | None = None
+    """The image encoder of `image_search`: an open_clip model name ('ViT-B-32', 'hf-hub:org/repo') or a local folder
+    (an open_clip folder with `open_clip_config.json`, or a LLaVA checkpoint: its vision tower, which has no text
+    tower, so questions are still matched by text only). None: no image search."""
+    image_pretrained: str | None = None
+    """open_clip weights for a model name: a tag ('laion2b_s34b_b79k', downloaded once) or a local file."""
     memory: MemoryTriggerConfig = Field(default_factory=MemoryTriggerConfig)
     """The scene-memory trigger."""
 

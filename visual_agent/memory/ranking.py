@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["rank_matches"]
+__all__ = ["RRF_K", "fuse_rankings", "rank_matches"]
+
+RRF_K = 60
+"""Reciprocal rank fusion's constant (the usual 60): a rank-1 hit of one ranking outweighs a rank-5 hit of both."""
 
 
 def rank_matches(hits: dict[str, list[int]], *, low: int, high: int, cap: int) -> list[int]:
@@ -33,3 +36,13 @@ def rank_matches(hits: dict[str, list[int]], *, low: int, high: int, cap: int) -
         for event_id in ids:
             scores[event_id] = scores.get(event_id, 0.0) + weights.get(word, 0.0)
     return sorted(scores, key=lambda i: (-scores[i], -i))
+
+
+def fuse_rankings(*rankings: list[int], k: int = RRF_K) -> list[int]:
+    """Ids of several best-first rankings in one order (reciprocal rank fusion: each ranking adds 1 / (k + rank));
+    ties keep the order of first appearance, the earlier ranking first."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, event_id in enumerate(ranking, start=1):
+            scores[event_id] = scores.get(event_id, 0.0) + 1.0 / (k + rank)
+    return sorted(scores, key=lambda i: -scores[i])

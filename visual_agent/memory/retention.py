@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .schema import IMAGE_SLOTS, rollback, used_bytes
@@ -33,6 +34,8 @@ class Retention:
     deleted_by_age: int = 0
     deleted_by_size: int = 0
     last_used_bytes: int = 0
+    on_delete: Callable[[list[int]], None] | None = None
+    """Called with the ids of each deleted batch after its commit (the image index drops their vectors)."""
 
     def step(self, conn: sqlite3.Connection, now: float | None = None) -> bool:
         """One bounded batch; True when there may be more to do (call again soon)."""
@@ -62,8 +65,7 @@ class Retention:
         per_event = self.last_used_bytes / (high - low + 1)
         return max(1, min(self.batch, int((self.last_used_bytes - self.max_bytes) / max(per_event, 1.0)) + 1))
 
-    @staticmethod
-    def _delete(conn: sqlite3.Connection, ids: list[int]) -> None:
+    def _delete(self, conn: sqlite3.Connection, ids: list[int]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in ids])
@@ -73,6 +75,8 @@ class Retention:
         except BaseException:
             rollback(conn)
             raise
+        if self.on_delete is not None:
+            self.on_delete(ids)
 
     @staticmethod
     def _give_back(conn: sqlite3.Connection) -> bool:

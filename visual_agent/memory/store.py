@@ -1,5 +1,5 @@
 """`EventStore`: the daemon's memory of what it saw and said, embedded (SQLite in `storage.path`), searchable by
-text (FTS5) and time.
+text (FTS5) and time, and by image similarity where an image encoder is configured (`image_search`).
 
     store = EventStore(StorageConfig(path=...)); store.open()       # or `await store.start()`
     store.add(Event(source="door", kind="answer", text=..., image=frame))   # never blocks; False: dropped
@@ -26,11 +26,13 @@ from typing import Any
 
 from .config import StorageConfig
 from .events import Event, StoredEvent
+from .image_search import ImageSearch, build_image_search
 from .query import EventQuery, match_expression, words
 from .ranking import rank_matches
 from .retention import Retention
 from .schema import EVENT_COLUMNS, IMAGE_SLOTS, connect, row_to_event
 from .thumbnails import Thumbnailer
+from .vectors import VectorIndexError
 from .writer import EventWriter, StoreUnavailableError
 
 __all__ = ["EventStore", "StoreUnavailableError"]
@@ -78,9 +80,10 @@ class EventStore:
             return True
         cfg = self.config
         retention = Retention(max_age_s=cfg.retention_days * _SECONDS_PER_DAY, max_bytes=int(cfg.max_mb * 1024 * 1024))
-        writer = EventWriter(self.path, retention, self._thumbnailer, queue_max=cfg.queue_max)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            writer = EventWriter(self.path, retention, self._thumbnailer, queue_max=cfg.queue_max,
+                                 image_search=build_image_search(cfg, self.path.parent))
             writer.start()
         except (OSError, sqlite3.Error) as exc:
             self.error = f"cannot open the event store {self.path}: {type(exc).__name__}: {exc}"
@@ -105,6 +108,8 @@ class EventStore:
         readers, self._readers = self._readers, None
         if readers is not None:
             readers.shutdown(wait=True)
+        if writer is not None and writer.image_search is not None:
+            writer.image_search.close()
         with self._lock:
             for conn in self._reader_conns:
                 with contextlib.suppress(sqlite3.Error):
@@ -188,6 +193,43 @@ class EventStore:
             if len(found) >= limit:
                 break
         return found[:limit]
+
+    @property
+    def image_search(self) -> ImageSearch | None:
+        """The image index and its encoder when image search is on (see `image_search.py`), else None."""
+        writer = self._writer
+        return writer.image_search if writer is not None else None
+
+    def similar(self, text: str, *, source: str | None = None, since: float | None = None,
+                until: float | None = None, limit: int = 20) -> list[StoredEvent]:
+        """Events whose thumbnails look most like `text` describes (CLIP text vs image vectors), nearest first;
+        [] without image search or a text tower."""
+        search = self.image_search
+        vector = search.embed_question(text) if search is not None else None
+        return [] if search is None or vector is None else self.nearest(vector, source=source, since=since,
+                                                                         until=until, limit=limit)
+
+    def nearest(self, vector: Any, *, source: str | None = None, since: float | None = None,
+                until: float | None = None, limit: int = 20) -> list[StoredEvent]:
+        """Events whose thumbnail vectors lie nearest `vector` (cosine) within the filters, nearest first."""
+        search = self.image_search
+        if search is None:
+            return []
+        try:
+            ids = [i for i, _ in search.index.nearest(vector, k=limit, source=source, since=since, until=until)]
+        except VectorIndexError as exc:
+            raise StoreUnavailableError(str(exc)) from exc
+        if not ids:
+            return []
+        rows = self._read(f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({', '.join('?' * len(ids))})", ids)
+        by_id = {row[0]: row_to_event(row) for row in rows}
+        return [by_id[i] for i in ids if i in by_id]  # a vector whose event is gone is skipped
+
+    async def asimilar(self, text: str, **filters: Any) -> list[StoredEvent]:
+        search = self.image_search
+        if search is None or not search.can_search:
+            return []
+        return await self._in_reader(lambda: self.similar(text, **filters))
 
     def _id_bounds(self, since: float | None, until: float | None) -> tuple[int, int] | None:
         """The id range holding every event of [since, until] (None: no event there), found in the time index. Ids
@@ -282,6 +324,7 @@ class EventStore:
             "used_mb": round(writer.used_bytes() / 1048576, 2), "max_mb": self.config.max_mb,
             "retention_days": self.config.retention_days,
             "deleted_by_age": writer.retention.deleted_by_age, "deleted_by_size": writer.retention.deleted_by_size,
+            "image_search": _image_health(writer.image_search),
         }
 
     @property
@@ -291,6 +334,13 @@ class EventStore:
     def writer_seconds(self) -> float:
         """Seconds the writer thread spent writing so far (the benchmark's cost per event)."""
         return self._writer.stats.write_s if self._writer is not None else 0.0
+
+
+def _image_health(search: ImageSearch | None) -> dict[str, Any] | None:
+    if search is None:
+        return None
+    return {"model": search.index.model, "dims": search.index.dim, "questions": search.can_search,
+            "failures": search.failures, "skipped": search.skipped}
 
 
 def _prefixed(prefix: str) -> str:

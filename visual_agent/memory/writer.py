@@ -2,7 +2,9 @@
 
 Each turn takes the waiting events (up to `BATCH_MAX`), makes their thumbnails (libswscale + libjpeg-turbo, in this
 thread), inserts them in one transaction and resolves their futures with the new ids; between turns it runs one
-retention step. A full queue drops the new event and counts it; a failed write (a full disk, a broken file) fails
+retention step. With image search (`image_search.ImageSearch`) the thumbnails' embeddings are made in this thread too
+and written to the vector index after the events' commit (a failure there costs the vectors, never the events). A
+full queue drops the new event and counts it; a failed write (a full disk, a broken file) fails
 that batch's futures, counts it and keeps the error for /healthz, and the thread goes on (the next write may
 succeed once space is freed).
 """
@@ -23,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from .events import Event
+from .image_search import ImageSearch
 from .retention import Retention
 from .schema import IMAGE_SLOTS, connect, create_schema, rollback
 from .thumbnails import Thumbnailer
+from .vectors import VectorIndexError
 
 __all__ = ["BATCH_MAX", "EventWriter", "StoreUnavailableError", "WriterStats"]
 
@@ -71,8 +75,10 @@ class _Flush:
 class EventWriter:
     """Owns the write connection; `start()` opens the file (raises `sqlite3.Error` when it cannot), `submit` queues."""
 
-    def __init__(self, path: Path, retention: Retention, thumbnailer: Thumbnailer, *, queue_max: int) -> None:
+    def __init__(self, path: Path, retention: Retention, thumbnailer: Thumbnailer, *, queue_max: int,
+                 image_search: ImageSearch | None = None) -> None:
         self.path = path
+        self.image_search = image_search
         self.retention = retention
         self.thumbnailer = thumbnailer
         self.stats = WriterStats()
@@ -137,6 +143,7 @@ class EventWriter:
             _create_private(self.path)
             conn = connect(self.path)
             create_schema(conn)
+            self._open_vectors(conn)
         except BaseException as exc:
             self._open_error = exc
             self._opened.set()
@@ -151,6 +158,20 @@ class EventWriter:
             logger.exception("event store: the writer thread stopped; nothing more is recorded until a restart")
         finally:
             conn.close()
+
+    def _open_vectors(self, conn: sqlite3.Connection) -> None:
+        """Open the image index beside the events; one that cannot be opened leaves the store searching by text."""
+        search = self.image_search
+        if search is None:
+            return
+        try:
+            search.index.open(conn.execute("SELECT min(id), max(id) FROM events").fetchone())
+        except VectorIndexError as exc:
+            logger.error("event store: %s; questions about the past use text search only", exc)
+            self.image_search = None
+            search.close()
+            return
+        self.retention.on_delete = search.index.delete
 
     def _loop(self, conn: sqlite3.Connection) -> None:
         next_sweep = 0.0
@@ -201,6 +222,7 @@ class EventWriter:
                 future.set_exception(ValueError(f"not an event the store can keep: {exc}"))
                 continue
             rows.append((row, future, self.thumbnailer.images(event)))
+        vectors = self._embed([images[0] if images else None for _, _, images in rows])
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -214,6 +236,7 @@ class EventWriter:
             for _, future, _ in rows:
                 future.set_exception(StoreUnavailableError(f"the event store could not write: {exc}"))
             return
+        self._add_vectors([(i, row[0], row[1], v) for (row, _, _), i, v in zip(rows, ids, vectors, strict=True)])
         elapsed = time.perf_counter() - started
         self.stats.write_s += elapsed
         self.stats.written += len(rows)
@@ -225,12 +248,49 @@ class EventWriter:
         for (_, future, _), new_id in zip(rows, ids, strict=True):
             future.set_result(new_id)
 
+    def _embed(self, thumbnails: list[bytes | None]) -> list[Any]:
+        """The thumbnails' image vectors (None where there is none, or image search is off or failed)."""
+        search = self.image_search
+        todo = [(i, t) for i, t in enumerate(thumbnails) if t is not None]
+        out: list[Any] = [None] * len(thumbnails)
+        if search is None or not todo:
+            return out
+        if len(thumbnails) + self._queue.qsize() > self._queue.maxsize // 2:  # the encoder fell behind: keep events
+            search.skipped += len(todo)
+            return out
+        try:
+            for (i, _), vector in zip(todo, search.embed_thumbnails([t for _, t in todo]), strict=True):
+                out[i] = vector
+        except Exception as exc:  # the encoder refused: the events are kept without vectors
+            self._vector_failed(exc)
+        return out
+
+    def _add_vectors(self, rows: list[tuple[int, float, str, Any]]) -> None:
+        search = self.image_search
+        rows = [r for r in rows if r[3] is not None]
+        if search is None or not rows:
+            return
+        try:
+            search.index.add(rows)
+        except Exception as exc:
+            self._vector_failed(exc)
+
+    def _vector_failed(self, exc: Exception) -> None:
+        assert self.image_search is not None
+        self.image_search.failures += 1
+        if self.image_search.failures == 1 or self.image_search.failures % 100 == 0:
+            logger.warning("event store: no image vectors for a batch (%d so far): %s: %s",
+                           self.image_search.failures, type(exc).__name__, exc)
+
     def _sweep(self, conn: sqlite3.Connection) -> bool:
         try:
             return self.retention.step(conn)
         except sqlite3.Error as exc:
             self._failed(exc, 0)
             return False
+        except VectorIndexError as exc:  # the events went; their vectors wait for the next open's clean-up
+            self._vector_failed(exc)
+            return True
 
     def _failed(self, exc: sqlite3.Error, events: int) -> None:
         self.stats.failed += events
