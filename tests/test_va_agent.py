@@ -101,7 +101,7 @@ async def test_agent_streams_partials_before_the_answer_and_remembers(running_mo
             seen.append((m.topic, json.loads(m.payload)))
         peer.publish(t["ask"], json.dumps({"id": "s2", "question": "and then?", "conversation": "c"}))
         assert json.loads((await asyncio.to_thread(peer.get, 10, t["answer"])).payload)["id"] == "s2"
-        assert agent.history("cam", "c")[-2:] == [("count", "one two three four"), ("and then?", "one two three four")]
+        assert agent.history("cam", "c", "mqtt")[-2:] == [("count", "one two three four"), ("and then?", "one two three four")]
     partials = [p for topic, p in seen if topic == t["partial"]]
     assert [p["seq"] for p in partials] == list(range(1, len(partials) + 1)) and len(partials) == 4
     assert "".join(p["delta"] for p in partials) == seen[-1][1]["text"] == "one two three four"

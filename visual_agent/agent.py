@@ -200,16 +200,18 @@ class VisualAgent:
         self.telemetry.answered(via, answer)
         return answer
 
-    def take(self, question: Question, reply: Reply, *, via: Via, asker: str,
+    def take(self, question: Question, reply: Reply, *, via: Via, asker: str, owner: str | None = None,
              timing: QuestionTiming | None = None) -> QuestionError | None:
         """Admit `question` and answer it through `reply` in a task of its own, held in flight until its answer is
-        sent; returns the refusal when not admitted (answer it with `refuse`)."""
+        sent; returns the refusal when not admitted (answer it with `refuse`). `owner`: whose conversations its
+        conversation id names (default: the asker; see `conversations.ConversationStore`)."""
         refused = self.admit(asker, question.id)
         if refused is not None:
             return refused
         slot = self.admission.enter(asker, question.id)
         timing = timing or QuestionTiming(id=question.id, received_at=time.monotonic())
-        task = asyncio.get_running_loop().create_task(self._answer_and_send(question, reply, via, timing, slot),
+        task = asyncio.get_running_loop().create_task(self._answer_and_send(question, reply, via, timing, slot,
+                                                                            owner or asker),
                                                       name=f"agent-question-{question.id}")
         self._question_tasks.add(task)
 
@@ -221,7 +223,7 @@ class VisualAgent:
         return None
 
     async def _answer_and_send(self, question: Question, reply: Reply, via: Via, timing: QuestionTiming,
-                               slot: Slot) -> None:
+                               slot: Slot, owner: str) -> None:
         """Wait for the slot's turn, answer, streaming partials when the question (or `agent.stream`) asks; when
         cancelled (shutdown), send a `shutdown` answer instead."""
         stream = self.config.stream if question.stream is None else question.stream
@@ -239,7 +241,7 @@ class VisualAgent:
                 timing.answered_at = time.monotonic()
             else:
                 answer = await self.ask(question, via=via, on_partial=on_partial if stream else None, timing=timing,
-                                        used=used)
+                                        used=used, owner=owner)
         except asyncio.CancelledError:
             failed = Answer.failed(question, QuestionError(ErrorType.SHUTDOWN, "the daemon stopped before the answer "
                                    "was ready"), provider=self.provider_name,
@@ -337,14 +339,16 @@ class VisualAgent:
     # --- questions ------------------------------------------------------------------------------
 
     async def ask(self, question: Question, *, via: Via = Via.MQTT, on_partial: PartialCallback | None = None,
-                  timing: QuestionTiming | None = None, used: list[TakenFrame] | None = None) -> Answer:
+                  timing: QuestionTiming | None = None, used: list[TakenFrame] | None = None,
+                  owner: str | None = None) -> Answer:
         """The answer to `question` (already admitted, or asked directly from Python); never raises: failures come
-        back as an answer with `error`. `used` gets the frames the model saw."""
+        back as an answer with `error`. `used` gets the frames the model saw; `owner` is whose conversation
+        `question.conversation` is (the asker key `take` got; None: Python's own)."""
         timing = timing or QuestionTiming(id=question.id, received_at=time.monotonic())
         deadline = timing.received_at + self.config.question_timeout_s  # the wait for a slot counts
         source: str | None = question.source
         try:
-            answer = await self._answer(question, via, on_partial, timing, deadline, used)
+            answer = await self._answer(question, via, on_partial, timing, deadline, used, owner)
         except QuestionError as exc:
             answer = Answer.failed(question, exc, provider=self.provider_name)
         except asyncio.CancelledError:
@@ -363,7 +367,7 @@ class VisualAgent:
         return answer
 
     async def _answer(self, question: Question, via: Via, on_partial: PartialCallback | None, timing: QuestionTiming,
-                      deadline: float, used: list[TakenFrame] | None) -> Answer:
+                      deadline: float, used: list[TakenFrame] | None, owner: str | None) -> Answer:
         timing.started_at = time.monotonic()
         if question.about_the_past and self.recall is not None:  # from the event store, not the live frames
             return await self.recall(question, on_partial=on_partial, deadline=deadline, timing=timing)
@@ -381,7 +385,7 @@ class VisualAgent:
             raise QuestionError(ErrorType.TIMEOUT, "no answer within agent.question_timeout_s = "
                                 f"{self.config.question_timeout_s:g} s") from None
         timing.frames_at = time.monotonic()
-        key = self.conversations.key(source, question.conversation) if via.asked else None
+        key = self.conversations.key(source, question.conversation, owner) if via.asked else None
         turns = self.conversations.turns(key)
         request = ModelRequest(prompt=question.question, via=via, asker=via.value, source=source, frames=taken,
                                history=turns, options=self.llm_options, on_partial=on_partial,
@@ -397,9 +401,10 @@ class VisualAgent:
             tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls],
         )
 
-    def history(self, source: str, conversation: str | None = None) -> list[Turn]:
-        """The (question, answer) pairs kept for a question on `source` in `conversation` (see `agent.history`)."""
-        return self.conversations.turns(self.conversations.key(source, conversation))
+    def history(self, source: str, conversation: str | None = None, owner: str | None = None) -> list[Turn]:
+        """The (question, answer) pairs kept for a question from `owner` on `source` in `conversation` (see
+        `agent.history`)."""
+        return self.conversations.turns(self.conversations.key(source, conversation, owner))
 
     # --- descriptions and observers --------------------------------------------------------------
 

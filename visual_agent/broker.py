@@ -14,6 +14,9 @@ What it adds to amqtt (each found missing by trying it as an attacker would; doc
   newcomer's credentials onto the existing session before it checks them; here a newcomer is checked first, and one
   that is not the daemon may not use an id the daemon holds (else anyone who read the id in /healthz could
   disconnect the daemon, or leave its session with rights that may not publish its answers).
+- Who asks (`broker_senders.QuestionSenders`): MQTT 3.1.1 has no response topic, so the broker notes the client id
+  that published each question it routes to the daemon; the MQTT intake asks `sender_of` for the message it got,
+  and each client is an asker of its own (`client:<id>`: its fair share, its conversations).
 - Bounds (`broker_limits`): connection slots that idle sockets cannot hold, descriptors freed as soon as a socket
   ends before its CONNECT, a CONNECT window, a packet size, what waits for each session (offline, or unsent to a
   client that does not read: count and bytes), kept sessions, retained messages. Each refusal is counted in
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .broker_acl import DAEMON_USERNAME, TopicRights
 from .broker_limits import BrokerLimits, ConnectionGate, RateLimitedLog, RateLimitFilter, SessionQueues
+from .broker_senders import QuestionSenders
 from .config import DEFAULT_EMBEDDED_HOST, DEFAULT_EMBEDDED_PORT
 from .errors import EmbeddedBrokerError
 
@@ -74,6 +78,8 @@ class EmbeddedBroker:
         self.queues = SessionQueues(max_messages=lim.max_queued_messages, max_bytes=lim.max_queued_bytes,
                                     max_unsent_bytes=lim.max_unsent_bytes,
                                     counters=self.counters, log=self.log)
+        self.senders = QuestionSenders()
+        """Who published the questions routed to the daemon, until its MQTT intake takes them (`sender_of`)."""
         self.daemon_sessions: dict[str, dict[str, Any]] = {}
         """Client ids the daemon's own client connected with -> that session's fields as the daemon set them."""
         self._broker: Any = None
@@ -169,6 +175,15 @@ class EmbeddedBroker:
         self.gate.close_pending()
 
     # --- the rules `broker_amqtt._GuardedBroker` asks ------------------------------------------------
+
+    def question_routed(self, client_id: str | None, topic: str, payload: bytes, copies: int) -> None:
+        """A client (not the daemon) published a question that reaches the daemon `copies` times: note who."""
+        if client_id is not None and client_id not in self.daemon_sessions:
+            self.senders.routed(topic, payload, client_id, copies)
+
+    def sender_of(self, topic: str, payload: bytes) -> str | None:
+        """The asker key (`client:<id>`) of a question the daemon received on `topic`, or None when unknown."""
+        return self.senders.sender(topic, payload)
 
     def authenticate(self, username: str | None, password: str | None) -> bool:
         """The daemon's own client, the configured user, or (without a configured user) anyone."""

@@ -116,6 +116,15 @@ def guarded_broker_class(base: type) -> type:
 
         # --- topics -------------------------------------------------------------------------------------------
 
+        async def _broadcast_message(self, session: Any, topic: str | None, data: Any, force_qos: int | None = None) -> None:
+            # who published a question: its note for each copy the daemon's own subscriptions will receive
+            guard = self._guard
+            if session is not None and topic and data is not None and guard.rights.is_question(topic):
+                copies = sum(1 for topic_filter, subscribers in self._subscriptions.items()
+                             if self._matches(topic, topic_filter) for target, _ in subscribers if guard.is_daemon(target))
+                guard.question_routed(session.client_id, topic, bytes(data), copies)
+            await super()._broadcast_message(session, topic, data, force_qos)
+
         async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
             rights, username = self._guard.rights, getattr(session, "username", None)
             if action == Action.PUBLISH:

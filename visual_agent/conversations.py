@@ -2,8 +2,9 @@
 
 A history belongs to a key: (source, conversation id, asker) in `conversation` mode, (source, None, None) in
 `source` mode; questions without a key (no conversation id in `conversation` mode, or `off`) get none. The asker is
-who sent the question as its intake knows it (an MQTT client's response topic, a page's peer, ...): a conversation
-id sent by another asker is another conversation, so nobody joins (or poisons) someone else's history by its id.
+who sent the question as its intake knows it (`VisualAgent.take`'s asker, or the owner it names: an MQTT client's
+response topic, `client:<id>` on the embedded broker, the page, ...): a conversation id sent by another asker is
+another conversation, so nobody joins (or poisons) someone else's history by its id.
 
 The store is bounded: at most `max_conversations` keys of `max_turns` turns each, and a key silent for `ttl_s` is
 forgotten, so neither many askers nor long sessions grow it. When it is full, an asker holding more than its fair

@@ -156,7 +156,8 @@ class Daemon:
                 self.agent.observe(self.homeassistant.observe)
             self.memory.attach(self.agent)
             self.console.watch(self.agent)
-            self.intakes = await serve(stack, self.agent)
+            self.intakes = await serve(stack, self.agent,  # the embedded broker knows who published each question
+                                       senders=self.broker.sender_of if self.broker is not None else None)
             await self.memory.start_trigger(stack, self.agent, threshold=cfg.agent.scene_change.threshold)
             await self._start_rules()
             if self.mcp is not None:

@@ -13,7 +13,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from .interfaces import AgentCore, FrameSource, MessageTransport, PageChannel
-from .mqtt_intake import MqttQuestions
+from .mqtt_intake import MqttQuestions, Senders
 from .page_intake import PageQuestions
 from .triggers import DescriptionTriggers
 
@@ -34,10 +34,13 @@ class Intakes:
 
 
 async def open_intakes(stack: contextlib.AsyncExitStack, core: AgentCore, config: AgentConfig, *,
-                       transport: MessageTransport | None = None, frames: FrameSource | None = None) -> Intakes:
-    """Open MQTT questions (with a `transport`), page questions (with `frames` that carry the page) and the
-    description triggers for `core`, each left when `stack` closes (see the module docstring for the order)."""
-    mqtt = await stack.enter_async_context(MqttQuestions(core, transport, frames)) if transport is not None else None
+                       transport: MessageTransport | None = None, frames: FrameSource | None = None,
+                       senders: Senders | None = None) -> Intakes:
+    """Open MQTT questions (with a `transport`; `senders`: who published each, where the broker knows), page
+    questions (with `frames` that carry the page) and the description triggers for `core`, each left when `stack`
+    closes (see the module docstring for the order)."""
+    mqtt = (await stack.enter_async_context(MqttQuestions(core, transport, frames, senders=senders))
+            if transport is not None else None)
     page = None
     if isinstance(frames, PageChannel):
         page = await stack.enter_async_context(PageQuestions(core, frames, transport))
@@ -46,8 +49,10 @@ async def open_intakes(stack: contextlib.AsyncExitStack, core: AgentCore, config
     return Intakes(mqtt, page, triggers)
 
 
-async def serve(stack: contextlib.AsyncExitStack, agent: VisualAgent) -> Intakes:
+async def serve(stack: contextlib.AsyncExitStack, agent: VisualAgent, *, senders: Senders | None = None) -> Intakes:
     """Start `agent` and open its intakes on `stack`, over its own `messager` and `webrtc_driver`: what the daemon
-    does, for an agent built by hand (`async with AsyncExitStack() as stack: await serve(stack, agent)`)."""
+    does, for an agent built by hand (`async with AsyncExitStack() as stack: await serve(stack, agent)`).
+    `senders`: the embedded broker's `sender_of`, when the messager is its client."""
     await stack.enter_async_context(agent)
-    return await open_intakes(stack, agent, agent.config, transport=agent.messager, frames=agent.driver)
+    return await open_intakes(stack, agent, agent.config, transport=agent.messager, frames=agent.driver,
+                              senders=senders)

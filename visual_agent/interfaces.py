@@ -141,10 +141,11 @@ class AgentCore(Protocol):
         or wait its turn; else the `busy` or `shutdown` error to answer with."""
         ...
 
-    def take(self, question: Question, reply: Reply, *, via: Via, asker: str,
+    def take(self, question: Question, reply: Reply, *, via: Via, asker: str, owner: str | None = None,
              timing: QuestionTiming | None = None) -> QuestionError | None:
         """Admit `question` and answer it in a task of its own (which waits for its turn) through `reply`; the
-        refusal when not admitted (the caller answers with it: `refuse`)."""
+        refusal when not admitted (the caller answers with it: `refuse`). Its conversation id names a conversation
+        of `owner` (default: `asker`): another asker's id is another conversation."""
         ...
 
     def refuse(self, via: Via, question: Question | None, error: QuestionError) -> Answer:
@@ -152,7 +153,7 @@ class AgentCore(Protocol):
         ...
 
     async def ask(self, question: Question, *, via: Via = ..., on_partial: Any = None,
-                  timing: QuestionTiming | None = None) -> Answer:
+                  timing: QuestionTiming | None = None, owner: str | None = None) -> Answer:
         """The answer to an admitted `question` (never raises: failures are answers with `error`)."""
         ...
 

@@ -18,7 +18,9 @@ answer is handed to the transport (it leaves before the acknowledgement), anythi
 `queued_s` is the asker's `asked_at` (its wall clock) to the daemon's receipt (this host's wall clock): the two
 clocks are different machines' unless they are synchronised (NTP), so it is a hint, never negative.
 It is an async context manager: entered, it subscribes and takes questions; left, it stops taking them and answers
-what is left. The admission key of a question is its response topic, else `mqtt`.
+what is left. The asker key of a question (its fair share, whose conversations its id names) is its MQTT 5
+response topic, else its publishing client as the embedded broker knows it (`client:<id>`, from `senders`), else
+`mqtt`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ __all__ = ["MqttQuestions", "SOURCE_CHECK_S"]
 
 logger = logging.getLogger(__name__)
 
+Senders = Callable[[str, bytes], "str | None"]
+"""(topic, payload) -> the asker key of the client that published that message, or None."""
+
 SOURCE_CHECK_S = 0.25
 """How often the sources held are compared with the source topics subscribed, for a frame source that cannot say
 when they change (`WebRTCServer.wait_sources_changed` can)."""
@@ -47,8 +52,11 @@ when they change (`WebRTCServer.wait_sources_changed` can)."""
 class MqttQuestions:
     """The MQTT intake of one core: subscribes, takes each message, answers it through the core."""
 
-    def __init__(self, core: AgentCore, transport: MessageTransport, frames: FrameSource | None = None) -> None:
+    def __init__(self, core: AgentCore, transport: MessageTransport, frames: FrameSource | None = None, *,
+                 senders: Senders | None = None) -> None:
+        """`senders`: who published a message, by (topic, payload) (`EmbeddedBroker.sender_of`); None: unknown."""
         self.core = core
+        self.senders = senders
         self.transport = transport
         self.frames = frames
         self.topics = core.topics
@@ -144,12 +152,13 @@ class MqttQuestions:
         settle = getattr(msg, "settle", _nothing)
         taken = False
         try:
-            taken = await self._take(msg, refuse, settle)
+            sender = self.senders(msg.topic, msg.payload) if self.senders is not None else None  # taken for each message
+            taken = await self._take(msg, refuse, settle, msg.response_topic or sender or "mqtt")
         finally:
             if not taken:
                 settle()
 
-    async def _take(self, msg: Any, refuse: QuestionError | None, settle: Callable[[], None]) -> bool:
+    async def _take(self, msg: Any, refuse: QuestionError | None, settle: Callable[[], None], asker: str) -> bool:
         """Whether the core took the question (its reply settles the message)."""
         if msg.retain:
             logger.warning("agent: ignoring a retained question on %s (it would be re-answered at every start)", msg.topic)
@@ -170,7 +179,7 @@ class MqttQuestions:
         reply = _MqttReply(self, reply_to, msg.correlation_data, queued_s, settle)
         refused = refuse or forbidden
         if refused is None:
-            refused = self.core.take(question, reply, via=Via.MQTT, asker=msg.response_topic or "mqtt", timing=timing)
+            refused = self.core.take(question, reply, via=Via.MQTT, asker=asker, timing=timing)
         if refused is not None:
             failed = self.core.refuse(Via.MQTT, question, refused)
             failed.queued_s = queued_s

@@ -7,7 +7,10 @@ id: the page keeps one per browser tab, so its conversation survives a reconnect
 A peer that left gets nothing (there is no one to answer).
 
 It is an async context manager: entered, it sets itself as the channel's handler; left, it lets go of it. The
-admission key of a question is its peer (`page:<peer id>`).
+admission key of a question is its peer (`page:<peer id>`): each tab's connection has its own fair share. Its
+conversations belong to the page (owner `page`): whoever holds the page's token, so a tab's own id (random, never
+on MQTT) finds its history again after a reconnect, while an MQTT client sending the same id gets another
+conversation.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from .interfaces import AgentCore, MessageTransport, PageChannel
 from .messages import Answer
 from .telemetry import Via
 
-__all__ = ["PageQuestions"]
+__all__ = ["PAGE_OWNER", "PageQuestions"]
 
 logger = logging.getLogger(__name__)
+
+PAGE_OWNER = "page"
+"""Whose conversations the page's questions continue (every holder of the page's token)."""
 
 
 class PageQuestions:
@@ -52,7 +58,8 @@ class PageQuestions:
             question.source = source
         if question.conversation is None:
             question.conversation = f"peer:{peer_id}"
-        refused = self.core.take(question, _PageReply(self, peer_id), via=Via.PAGE, asker=f"page:{peer_id}")
+        refused = self.core.take(question, _PageReply(self, peer_id), via=Via.PAGE, asker=f"page:{peer_id}",
+                                owner=PAGE_OWNER)
         if refused is not None:
             await self._send(peer_id, self.core.refuse(Via.PAGE, question, refused).payload())
 

@@ -82,11 +82,12 @@ class RequestQuestions:
         """The questions in flight (bounded by the agent's admission: `max_in_flight` plus those waiting)."""
         agent.observe(self._observe)
 
-    async def ask(self, payload: bytes | str, *, asker: str, frame: bool = False,
+    async def ask(self, payload: bytes | str, *, asker: str, owner: str | None = None, frame: bool = False,
                   on_partial: PartialSink | None = None) -> tuple[Answer, bytes | None]:
         """The answer to one question payload (the JSON of `<prefix>/ask`), and the newest frame it used as JPEG
         when `frame` (else None); with `on_partial`, the pieces as the model makes them (the question's own `stream`
-        is then ignored). Refusals (bad payload, busy, shutdown) are answers with `error`, never raised."""
+        is then ignored). `owner`: whose conversations its id names (default: the asker). Refusals (bad payload,
+        busy, shutdown) are answers with `error`, never raised."""
         agent, via = self.agent, self.via
         try:
             question = agent.parse(payload, via)
@@ -96,7 +97,8 @@ class RequestQuestions:
         pending = _Pending()
         self._pending.append(pending)
         try:
-            refused = agent.take(question, _RequestReply(self, pending, on_partial), via=via, asker=asker)
+            refused = agent.take(question, _RequestReply(self, pending, on_partial), via=via, asker=asker,
+                                 owner=owner)
             if refused is not None:
                 return agent.refuse(via, question, refused), None
             answer = await asyncio.shield(pending.answer)  # the question runs on when its caller goes away

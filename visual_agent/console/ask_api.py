@@ -11,7 +11,8 @@ gets the plain JSON below with its own status.
 
 Admission: each page tab names itself in `X-Console-Tab` (1-64 of `A-Za-z0-9_-`), its asker key `page-tab:<id>`,
 so the fair share per asker holds between tabs (one that floods gets `busy` while another is answered); a request
-without the header shares the key `page-tab`. The body is bounded by the agent's question size
+without the header shares the key `page-tab`. Its conversations are the page's (owner `page`), as on the data
+channel, so a tab's conversation is one history whichever way the tab asks. The body is bounded by the agent's question size
 (`mqtt.max_payload_bytes`) and must arrive within `webrtc.body_timeout_s`. Status: 200 with the answer (also an
 answer whose model call failed: its `error` says why), 400 body not a JSON object or a bad question, 404 unknown
 source, 408 body too slow, 413 body too large, 429 busy (`Retry-After`), 503 starting or shutting down; every error
@@ -30,6 +31,7 @@ from aiohttp import web
 from ..errors import ErrorType, QuestionError
 from ..http_body import BodyError, read_body
 from ..messages import Answer
+from ..page_intake import PAGE_OWNER
 from ..request_intake import RequestQuestions
 from ..telemetry import Via
 
@@ -82,7 +84,9 @@ class AskApi:
             self._questions = RequestQuestions(agent, Via.PAGE)
         asker = f"{ASKER_PREFIX}:{tab}" if tab else ASKER_PREFIX
         stream = _NdjsonStream(request) if NDJSON in request.headers.get("Accept", "") else None
-        answer, _ = await self._questions.ask(body, asker=asker, on_partial=stream.partial if stream else None)
+        # the tab's conversation id is the page's, as over its data channel: one history whichever way it asks
+        answer, _ = await self._questions.ask(body, asker=asker, owner=PAGE_OWNER,
+                                              on_partial=stream.partial if stream else None)
         if stream is None or stream.response is None:  # nothing streamed (a refusal, a past question): one JSON
             return _answer_response(answer)
         with contextlib.suppress(ConnectionError):  # the caller went away: the answer still went to MQTT
