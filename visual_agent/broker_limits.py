@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .config import (
+from .config_mqtt import (
     DEFAULT_EMBEDDED_CONNECT_TIMEOUT_S,
     DEFAULT_EMBEDDED_MAX_CONNECTIONS,
     DEFAULT_EMBEDDED_MAX_MESSAGE_BYTES,

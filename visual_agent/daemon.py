@@ -33,6 +33,7 @@ from .mqtt import MqttMessager
 from .page_link import show_on_terminal
 from .rules import RuleControl, RuleDiscovery, RuleEngine
 from .subscription_check import SubscriptionCheck
+from .tasks import cancel_and_wait
 from .telemetry import Telemetry
 from .topics import Topics
 
@@ -170,7 +171,7 @@ class Daemon:
                 stack.push_async_callback(self.subscription_check.close)
             self.driver.healthz_extra = self.health
             probe = asyncio.get_running_loop().create_task(self._probe_llm(), name="daemon-llm-probe")
-            stack.push_async_callback(_cancelled, probe)
+            stack.push_async_callback(cancel_and_wait, probe)
         except BaseException as exc:
             await self.close()
             if _is_startup_error(exc):  # a page port in use, a provider that cannot be built: a message, not a traceback
@@ -334,10 +335,6 @@ async def _quietly(close: Any) -> None:
         await close()
 
 
-async def _cancelled(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
 
 
 def _is_startup_error(exc: BaseException) -> bool:

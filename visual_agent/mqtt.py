@@ -37,6 +37,7 @@ from .config import MqttConfig, MqttProtocol
 from .errors import BrokerRefusedError, MessagingError
 from .mqtt_bridge import ClosedBeforeConnack, ConnackRefused, IncomingMessage, NoConnack, NotConnected, PahoBridge
 from .mqtt_queues import Inbox, MessagerStats, Outbox, Outgoing
+from .tasks import cancel_and_wait
 
 __all__ = ["IncomingMessage", "MessagerStats", "MqttMessager", "STATUS_OFFLINE", "STATUS_ONLINE"]
 
@@ -194,11 +195,7 @@ class MqttMessager:
             await bridge.flush(_CLOSE_FLUSH_S)
             # A clean stop of a random id ends the session (MQTT 5): the broker may forget us now.
             await bridge.disconnect(session_expiry_s=None if self.keeps_session else 0)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._outbox:
             logger.warning("mqtt: closing with %d message(s) never delivered (the broker was away)", len(self._outbox))

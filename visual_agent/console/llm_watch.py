@@ -5,9 +5,10 @@ none when nobody watches), so a model server that went away shows on the page be
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
+
+from ..tasks import cancel_and_wait
 
 __all__ = ["LLM_PROBE_EVERY_S", "LLM_PROBE_TIMEOUT_S", "LlmWatch"]
 
@@ -52,7 +53,4 @@ class LlmWatch:
     async def close(self) -> None:
         """Cancel a probe in flight. Safe twice."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)

@@ -11,11 +11,11 @@ own (the daemon gives it a connection), so event queries never wait behind quest
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
 
+from ..tasks import cancel_and_wait
 from ..topics import Topics, valid_reply_topic
 from .query import EventQuery, EventQueryError
 from .store import EventStore, StoreUnavailableError
@@ -45,10 +45,7 @@ class EventQueries:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)
 
     async def _consume(self) -> None:
         async for msg in self.transport.messages():

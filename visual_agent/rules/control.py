@@ -9,12 +9,12 @@ refused set (bad JSON, a bad rule, too many rules, too large) changes nothing an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from typing import Any
 
+from ..tasks import cancel_and_wait
 from ..topics import Topics
 from .config import RuleSetError, parse_rule_set
 from .engine import RuleEngine
@@ -82,7 +82,4 @@ class RuleControl:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)

@@ -37,6 +37,7 @@ from ..errors import ErrorType, QuestionError
 from ..interfaces import AgentEvent, EventKind, RuleChange
 from ..model_call import ModelRequest
 from ..sampling import TakenFrame, thumbnail, thumbnail_distance
+from ..tasks import cancel_and_wait
 from ..telemetry import Via
 from ..topics import Topics
 from .answer import RULE_SYSTEM_PROMPT, parse_answer, structured_options
@@ -385,11 +386,7 @@ class RuleEngine:
         self.lookbacks.need("rules", {})
         tasks = list(self._watchers.values())
         self._watchers.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*tasks)
 
 
 def _evidence(frame: Any, before: list[Thumbnail]) -> tuple[bytes, bytes | None]:

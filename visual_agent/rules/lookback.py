@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..sampling import TakenFrame
+from ..tasks import cancel_and_wait
 from .follow import NewFrames
 
 __all__ = ["LOOKBACK_FPS", "QUESTION_LOOKBACK_FRAMES", "Lookback", "LookbackStore", "Thumbnail", "contact_sheet",
@@ -217,11 +217,7 @@ class LookbackStore:
         self._feeders.clear()
         self._follower = None
         self._lookbacks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*tasks)
 
 
 def pick_before(thumbs: list[Thumbnail], count: int) -> list[Thumbnail]:
