@@ -191,7 +191,7 @@ class OpenAICompatibleProvider(LLMProvider):
                     error.message += f" (not retried: waiting {wait:.3g} s would pass the answer's deadline, {max(left, 0):.3g} s away)"
                     raise error from exc
                 attempt += 1
-                log.info("%s: %s; retry %d of %d in %.3g s", self.base_url, error, attempt, self.config.max_retries, wait)
+                log.info("%s; retry %d of %d in %.3g s", error, attempt, self.config.max_retries, wait)  # the error names the endpoint
                 await asyncio.sleep(wait)
 
     def _retry_wait(self, error: ProviderError, attempt: int) -> float | None:
