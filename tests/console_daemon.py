@@ -60,3 +60,21 @@ async def get_json(session: aiohttp.ClientSession, url: str, *, token: str | Non
             return r.status, json.loads(text)
         except ValueError:  # the guard's refusals are plain text
             return r.status, text
+
+
+def page_errors(page: Any, *, ignore_failed_loads: bool = False) -> list[str]:
+    """The page's uncaught exceptions and console errors, collected as they come (the list fills while the test runs).
+    `ignore_failed_loads`: leave out the browser's own "Failed to load resource" lines, which every 400/404 the
+    page provokes on purpose would add."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def on_console(message: Any) -> None:
+        if message.type != "error":
+            return
+        if ignore_failed_loads and message.text.startswith("Failed to load resource"):
+            return
+        errors.append(message.text)
+
+    page.on("console", on_console)
+    return errors

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.console_daemon import QUESTION_REPLY, TOKEN, console_daemon
+from tests.console_daemon import QUESTION_REPLY, TOKEN, console_daemon, page_errors
 from tests.fixtures.screens import DESKTOP, PHONE
 
 pytestmark = [pytest.mark.browser, pytest.mark.webrtc, pytest.mark.mqtt, pytest.mark.timeout(150)]
@@ -25,10 +25,7 @@ async def test_console_phone_sees_sources_sets_a_rule_watches_it_turn_on_and_fin
     async with console_daemon(tmp_path, stub_llm, mosquitto=running_mosquitto, prefix=topic_prefix) as daemon:
         context = await chromium.new_context(**PHONE, bypass_csp=False)
         page = await context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text)
-                if m.type == "error" and not m.text.startswith("Failed to load resource") else None)  # 400s, 404s
+        errors = page_errors(page, ignore_failed_loads=True)  # the rule editor provokes 400s on purpose
         try:
             await page.goto(daemon.driver.page_url())  # the URL the daemon prints, token in the fragment
             tile = page.locator(".tile[data-source=door]")

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.console_daemon import QUESTION_REPLY, console_daemon
+from tests.console_daemon import QUESTION_REPLY, console_daemon, page_errors
 from tests.fixtures.screens import PHONE
 
 pytestmark = [pytest.mark.browser, pytest.mark.mqtt, pytest.mark.timeout(120)]
@@ -21,9 +21,7 @@ async def test_console_phone_asks_a_source_without_a_camera_and_asks_about_an_ev
     async with console_daemon(tmp_path, stub_llm, mosquitto=running_mosquitto, prefix=topic_prefix) as daemon:
         context = await chromium.new_context(**PHONE, bypass_csp=False)
         page = await context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        errors = page_errors(page)
         try:
             await page.goto(daemon.driver.page_url())
             await page.locator(".tile[data-source=door] img.shot:not(.hidden)").wait_for(timeout=20000)
