@@ -1,10 +1,10 @@
 """Frames to JPEG bytes and `data:` URLs for HTTP providers, fast enough to run on every sampled frame.
 
 The video-frame path touches only the sampled frame. A 4:2:0 frame (what VP8 and H.264 decoders hand out) is resized
-plane by plane by libswscale (area interpolation, range expanded to JPEG's) and its Y, U and V planes go straight to
-libjpeg-turbo's YUV-planes encoder through `simplejpeg`: no RGB in between, a quarter quicker (BENCHMARKS.md,
-"Encoders"). Without `simplejpeg`, and for other frames, libswscale converts to BGR and OpenCV's libjpeg-turbo
-encodes. Arrays and PIL images are area-resized with OpenCV.
+plane by plane (OpenCV's box shrink by a whole factor, then libswscale's area filter with the range expanded to
+JPEG's) and its Y, U and V planes go straight to libjpeg-turbo's YUV-planes encoder through `simplejpeg`: no RGB in
+between, a third quicker (BENCHMARKS.md, "Encoders"). Without `simplejpeg`, and for other frames, libswscale
+converts to BGR and OpenCV's libjpeg-turbo encodes. Arrays and PIL images are area-resized with OpenCV.
 The aspect ratio is kept and images are never upscaled. `aencode`/`adata_url` run in a worker thread so the
 event loop (and RTP reception) never waits on the encoder. To skip re-encoding a static scene, wrap calls in an
 `EmbeddingCache`: `cache.get_or_compute(frame, encoder.data_url, namespace="jpeg")`.
