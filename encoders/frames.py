@@ -186,7 +186,7 @@ class _PlanesState:
     def __init__(self) -> None:
         from av.video.reformatter import VideoReformatter
 
-        self.reformatter = VideoReformatter()
+        self.reformatter: Any = VideoReformatter()  # its stubs miss the string forms of the colour arguments
         self.shrunk: Any = None
 
 
