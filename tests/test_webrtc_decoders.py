@@ -13,6 +13,7 @@ import pytest
 
 from tests.fixtures.webrtc import CounterVideoTrack, encode_moving_clip, publish
 from webrtc import decoders
+from webrtc.decode_pool import DECODE_THREADS, PooledDecodeQueue
 from webrtc.decoders import FFmpegVideoDecoder
 
 
@@ -64,7 +65,8 @@ def test_decoders_install_wraps_aiortc_once_and_leaves_audio_to_it():
     assert decoders.install() is True
     wrapper = rtcrtpreceiver.get_decoder
     assert decoders.install() is True and rtcrtpreceiver.get_decoder is wrapper  # not wrapped twice
-    assert rtcrtpreceiver.decoder_worker is decoders.hand_over_worker
+    assert rtcrtpreceiver.decoder_worker is decoders.pooled_worker
+    assert rtcrtpreceiver.queue.Queue is PooledDecodeQueue  # the receivers' decoder queues are the pool's
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
     opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
     before = decoders.decoders_made["vp8"]
@@ -84,8 +86,9 @@ async def test_decoders_serve_the_server_receivers(webrtc_server):
         buffer = webrtc_server.get_buffer("cam")
         first = await buffer.wait_for_frame(10)
         newest = await buffer.wait_for_frame(10, newer_than=first.seq + 10)
-        workers = [getattr(t, "_target", None) for t in threading.enumerate() if t.name == "video-decoder"]
-    assert workers and all(w is decoders.hand_over_worker for w in workers)  # frames came through our hand-over
+        per_stream = [t for t in threading.enumerate() if t.name == "video-decoder"]
+        pool = [t for t in threading.enumerate() if t.name.startswith("video-decode-")]
+    assert not per_stream and len(pool) == DECODE_THREADS  # no thread per stream: the shared pool decoded it
     assert decoders.decoders_made["vp8"] == before + 1
     assert (newest.width, newest.height, newest.frame.format.name) == (320, 240, "yuv420p")
 
@@ -124,3 +127,46 @@ def test_the_mailbox_holds_the_newest_frames_and_wakes_the_loop_once_while_it_is
     got, wakeups = asyncio.run(run())
     assert got == [96, 97, 98, 99, None]
     assert wakeups == 2  # one drain, one end
+
+
+class _Collect:
+    """A mailbox stand-in that records what the pool hands over, with the thread that handed it (no loop needed)."""
+
+    def __init__(self) -> None:
+        self.frames: list[int | None] = []
+        self.threads: set[str] = set()
+        self.done = threading.Event()
+
+    def post(self, frame: av.VideoFrame) -> None:
+        self.frames.append(frame.pts)
+        self.threads.add(threading.current_thread().name)
+
+    def end(self) -> None:
+        self.frames.append(None)
+        self.done.set()
+
+
+def test_the_pool_decodes_many_streams_in_order_on_its_few_threads():
+    """Eight real VP8 streams through `PooledDecodeQueue`s: every frame decoded once, each stream's in order, the end
+    of each track after its frames (even frames put before `attach`, as when a packet beats the receiver's thread),
+    and only the pool's threads decoding."""
+    from aiortc import rtcrtpreceiver
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    assert decoders.install() is True
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    clip = encoded_clip("libvpx", frames=30)
+    streams = [(rtcrtpreceiver.queue.Queue(), _Collect(), threading.Event()) for _ in range(8)]
+    for index, (q, sink, error) in enumerate(streams):
+        if index % 2:
+            q.attach(sink, error)
+        for packet in clip:
+            q.put((vp8, packet))
+        q.put(None)
+        q.put((vp8, clip[0]))  # after the end: ignored
+    for q, sink, error in streams[::2]:
+        q.attach(sink, error)
+    for _, sink, error in streams:
+        assert sink.done.wait(30)
+        assert sink.frames == [p.timestamp for p in clip] + [None] and not error.is_set()
+        assert sink.threads <= {f"video-decode-{i}" for i in range(DECODE_THREADS)}

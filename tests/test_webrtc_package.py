@@ -29,7 +29,10 @@ def test_webrtc_package_exports_every_public_name():
                 # the receive path's internals (decoders.py, loss.py, sockets.py, shrink.py): installed by the server
                 "LOSS_WAIT_S", "MAX_QUEUED_FRAMES", "PLI_INTERVAL_S", "PLI_MAX_INTERVAL_S", "RepairingJitterBuffer",
                 "frames_dropped_behind", "gaps_skipped", "granted_rcvbuf", "hand_over_worker", "install_media_demux",
-                "installed_rcvbuf", "shrunk"}
+                "installed_rcvbuf", "shrunk", "pooled_worker",
+                # decode_pool.py and feedback.py, installed the same way
+                "DECODE_THREADS", "DecodePool", "PooledDecodeQueue", "MIN_INTERVAL_MS", "SEND_AT_ONCE_DROP",
+                "ThrottledBitrateEstimator", "held_back"}
     assert missing <= internal, missing - internal
     assert set(webrtc.__all__) <= set(dir(webrtc))
     assert webrtc.WebRTCDriver is webrtc.WebRTCServer

@@ -11,12 +11,13 @@ FFmpeg's default starts a slice thread per core for every stream, and one thread
 aiortc has no hook for choosing a decoder, so `install()` wraps the `get_decoder` that its receiver module imported.
 It is idempotent, and leaves aiortc as it is (with a warning) where that name is gone or FFmpeg lacks a decoder.
 
-It also replaces aiortc's `decoder_worker`, the loop each receiver's decoder thread runs, by `hand_over_worker`: the same
-loop, but decoded frames reach the track's queue through a small mailbox and one `call_soon_threadsafe` per wake-up
-instead of `run_coroutine_threadsafe(queue.put(frame))`, which made the event loop's thread create a Task, run a
-coroutine and settle two futures for every frame of every stream (BENCHMARKS.md, "WebRTC ingest": the decode floor).
-aiortc's hand-over was unbounded too: a loop running behind its decoders (48 overloaded streams) let decoded frames
-pile up in its callbacks and the track's queue, over a gigabyte at the peak; the mailbox and the queue keep at most
+It also takes aiortc's decoder threads away: its receiver module's `queue.Queue` becomes `PooledDecodeQueue` and
+its `decoder_worker` becomes `pooled_worker`, so a few shared threads decode every stream (`decode_pool.py` says why).
+Decoded frames reach the track's queue through a small mailbox and one `call_soon_threadsafe` per wake-up instead of
+`run_coroutine_threadsafe(queue.put(frame))`, which made the event loop's thread create a Task, run a coroutine and
+settle two futures for every frame of every stream (BENCHMARKS.md, "WebRTC ingest": the decode floor). aiortc's
+hand-over was unbounded too: a loop running behind its decoders (48 overloaded streams) let decoded frames pile up in
+its callbacks and the track's queue, over a gigabyte at the peak; the mailbox and the queue keep at most
 `MAX_QUEUED_FRAMES` each per track, dropping the oldest, as the newest-wins buffer behind them would.
 """
 
@@ -33,8 +34,10 @@ from typing import Any, cast
 import av
 from av.video.codeccontext import VideoCodecContext
 
+from .decode_pool import PooledDecodeQueue
+
 __all__ = ["MAX_QUEUED_FRAMES", "FFmpegVideoDecoder", "decoders_made", "frames_dropped_behind", "hand_over_worker",
-           "install"]
+           "install", "pooled_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +150,24 @@ def hand_over_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue, outp
     del decoder
 
 
+def pooled_worker(loop: asyncio.AbstractEventLoop, input_q: Any, output_q: asyncio.Queue,
+                  decode_error: threading.Event) -> None:
+    """What aiortc's receiver thread runs: hands its `PooledDecodeQueue` the mailbox and returns, so the shared pool
+    decodes the stream and the thread ends at once. A queue of another kind (aiortc's own) gets `hand_over_worker`."""
+    if isinstance(input_q, PooledDecodeQueue):
+        input_q.attach(_Mailbox(loop, output_q), decode_error)
+        return
+    hand_over_worker(loop, input_q, output_q, decode_error)
+
+
+class _QueueModule:
+    """`queue` as aiortc's receiver module sees it once installed: the standard module with `Queue` pooled."""
+
+    def __init__(self) -> None:
+        self.__dict__.update({k: v for k, v in vars(queue).items() if not k.startswith("__")})
+        self.Queue = PooledDecodeQueue
+
+
 def _available(name: str) -> bool:
     try:
         av.codec.Codec(name, "r")
@@ -178,8 +199,9 @@ def install() -> bool:
 
     get_decoder._visual_agent_wrapper = True  # type: ignore[attr-defined]
     rtcrtpreceiver.get_decoder = get_decoder
-    if callable(getattr(rtcrtpreceiver, "decoder_worker", None)):
-        rtcrtpreceiver.decoder_worker = hand_over_worker
+    if callable(getattr(rtcrtpreceiver, "decoder_worker", None)) and getattr(rtcrtpreceiver, "queue", None) is queue:
+        rtcrtpreceiver.decoder_worker = pooled_worker
+        rtcrtpreceiver.queue = _QueueModule()  # type: ignore[assignment]
     else:
-        logger.warning("aiortc.rtcrtpreceiver has no decoder_worker: keeping its own frame hand-over")
+        logger.warning("aiortc.rtcrtpreceiver has no decoder_worker or queue: keeping its own decoder threads")
     return True

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from . import decoders, loss, sockets
+from . import decoders, feedback, loss, sockets
 from .catalog import SourceCatalog
 from .config import WebRTCConfig, validate_source_name
 from .errors import PeerNotFoundError, SignalingError, TooManyPeersError, WebRTCConfigError
@@ -182,6 +182,7 @@ class PeerRegistry:
 
         decoders.install()  # here, not at start: a daemon with no peer never imports aiortc
         loss.install()  # a lost packet costs a tenth of a second and a PLI, not seconds
+        feedback.install()  # REMB at most every 200 ms per stream, not per packet while "overusing"
         sockets.install(self.config.udp_receive_buffer_bytes)  # media past aioice's STUN parse; its buffer size
         if self.closed:
             raise SignalingError("the server is shutting down", status=503)
