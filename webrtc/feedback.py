@@ -34,7 +34,7 @@ held_back = 0
 def _make_class() -> type:
     from aiortc.rate import RemoteBitrateEstimator
 
-    class ThrottledBitrateEstimator(RemoteBitrateEstimator):  # type: ignore[misc]
+    class ThrottledBitrateEstimator(RemoteBitrateEstimator):
         """aiortc's estimator whose `add` returns a REMB at most every `MIN_INTERVAL_MS`, or when the estimate drops."""
 
         def __init__(self) -> None:
