@@ -233,3 +233,23 @@ async def test_a_packet_lost_for_good_costs_a_keyframe_not_the_stream(webrtc_ser
         after = await buffer.wait_for_frame(5, newer_than=at_loss + 15)
     assert after.seq > at_loss + 15
     assert loss.gaps_skipped > skipped and keyframes, (loss.gaps_skipped, skipped, keyframes)
+
+
+def test_a_stalled_stream_scans_its_buffer_once_per_frame_end_not_per_packet(buffer_class):
+    """While a gap waits for a frame end to skip to, each packet must not walk the whole buffer (up to 512 packets
+    of Python per packet, on the loop's thread, for every stalled stream): the scan runs only when a marker arrives."""
+    scans = []
+
+    class Counting(buffer_class):
+        def _skip_gap(self) -> bool:
+            scans.append(1)
+            return super()._skip_gap()
+
+    clock = Clock()
+    buffer = Counting(capacity=512, is_video=True, clock=clock)
+    packets = [p for f in range(60) for p in frame_packets(100 + f * PACKETS_PER_FRAME, f)]
+    lost = 5 * PACKETS_PER_FRAME + 1
+    fed = packets[:lost] + packets[lost + 1:]
+    results = feed(buffer, fed, clock, step=0.2)  # so slow that every frame still arriving looks stalled
+    assert [f for _, f in results if f is not None][5:] == list(range(6, 59))
+    assert 1 <= len(scans) <= sum(p.marker for p in fed)  # per packet it would be about three times as many

@@ -80,7 +80,7 @@ def _make_class() -> type:
             now = self._clock()
             if self._stalled_since is None:
                 self._stalled_since = now
-            elif now - self._stalled_since >= self.wait_s and self._skip_gap():
+            elif now - self._stalled_since >= self.wait_s and packet.marker and self._skip_gap():
                 self._stalled_since = None
                 last = self._reported_at
                 report = last is None or now - last >= self._interval
@@ -93,7 +93,8 @@ def _make_class() -> type:
 
         def _skip_gap(self) -> bool:
             """Drop everything up to the end of the frame after the first gap; False when there is no gap (a frame
-            still arriving) or the frame after it has not ended yet."""
+            still arriving) or the frame after it has not ended yet. `add` calls it only when a frame end arrives:
+            the scan walks the buffer (up to `capacity` packets), too dear for every packet of a stalled stream."""
             assert self._origin is not None and self._newest is not None
             span = uint16_add(self._newest, -self._origin)
             if span >= self._capacity:
