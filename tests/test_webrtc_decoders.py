@@ -103,12 +103,13 @@ def test_the_hand_over_keeps_the_newest_frames_when_the_loop_is_behind():
         decoders._deliver(q, i)
     decoders._deliver(q, None)
     got = [q.get_nowait() for _ in range(q.qsize())]
-    assert got == [7, 8, 9, None] and decoders.frames_dropped_behind == before + 7
+    kept = decoders.MAX_QUEUED_FRAMES - 1  # the end of the track takes a place too
+    assert got == [*range(10 - kept, 10), None] and decoders.frames_dropped_behind == before + 10 - kept
 
 
 def test_the_mailbox_holds_the_newest_frames_and_wakes_the_loop_once_while_it_is_busy():
-    """A decoder thread posting 100 frames while the loop is busy: one wake-up pending, the 4 newest kept, in order,
-    and the end of the track after them."""
+    """A decoder thread posting 100 frames while the loop is busy: one wake-up pending, the newest MAX_QUEUED_FRAMES
+    kept, in order, and the end of the track after them."""
     import asyncio
 
     async def run() -> tuple[list, int]:
@@ -121,11 +122,11 @@ def test_the_mailbox_holds_the_newest_frames_and_wakes_the_loop_once_while_it_is
         thread = threading.Thread(target=lambda: ([mailbox.post(i) for i in range(100)], mailbox.end()))
         thread.start()
         thread.join()  # the loop has not run meanwhile: everything waits in the mailbox
-        got = [await asyncio.wait_for(q.get(), 5) for _ in range(5)]
+        got = [await asyncio.wait_for(q.get(), 5) for _ in range(decoders.MAX_QUEUED_FRAMES + 1)]
         return got, len(scheduled)
 
     got, wakeups = asyncio.run(run())
-    assert got == [96, 97, 98, 99, None]
+    assert got[-1] is None and got[:-1] == list(range(100 - decoders.MAX_QUEUED_FRAMES, 100))
     assert wakeups == 2  # one drain, one end
 
 
