@@ -10,7 +10,7 @@ For each N in `--streams`: start the daemon (MQTT off, no LLM: nothing is asked)
 N publishers one after the other (source `s<i>`), wait until every source has frames, warm up, then for `--seconds`:
 
 - daemon CPU: utime + stime of the daemon process (every thread) / wall time, as % of one core, and how it splits
-  between the event loop's thread (the main thread) and the others (aiortc's decoder threads, one per stream);
+  between the event loop's thread (the main thread) and the others (the shared decode pool, one thread per core);
 - daemon RSS at the end, (RSS - RSS before the first stream) / N per stream, and the RSS added per stream since the
   previous N of the run (the slope, without the one-off cost of the first peer: importing aiortc, its first arenas);
 - per-stream fps from `visual_agent_frames_received_total` (GET /metrics) at the start and end of the window: min
@@ -365,7 +365,8 @@ def summarize_py_spy(path: Path, top: int = 15) -> dict:
         if any(frames[-1].startswith(idle) for idle in _IDLE_FRAMES):
             continue
         total += n
-        thread = frames[0].split("): ", 1)[-1]  # "thread (1234): video-decoder": all decoders together
+        thread = frames[0].split("): ", 1)[-1]  # "thread (1234): video-decode-0": the pool's threads together
+        thread = "video-decode" if thread.startswith("video-decode") else thread
         threads[thread] = threads.get(thread, 0) + n
         leaf = frames[-1]
         leaves[leaf] = leaves.get(leaf, 0) + n

@@ -27,8 +27,8 @@ that name reuses it; a ``browser-<n>``/``whip-<n>`` buffer is removed. Peers tha
 (``connect_timeout_s``) or stop sending video (``peer_idle_timeout_s``) are dropped. `WebRTCDriver` is
 another name of `WebRTCServer`, kept for code written against it.
 ``await driver.wait_sources_changed(version)`` returns once sources were added or removed since ``version``
-(the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own VP8/H.264 decoders,
-one thread per stream beside the event loop (decoders.py says why).
+(the daemon's per-source MQTT topics follow it). Peers' video is decoded by FFmpeg's own VP8/H.264 decoders
+on a shared pool of one thread per core beside the event loop (decoders.py and decode_pool.py say why).
 
 The page (GET /) sends each question as data-channel text ``{"id", "question", "stream": true, "source"}``;
 it renders partials ``{"id", "seq", "delta"}`` in ``seq`` order and replaces them with the final answer

@@ -1,4 +1,4 @@
-"""Video decoders for aiortc's receivers: FFmpeg's own VP8 decoder, and one thread per stream.
+"""Video decoders for aiortc's receivers: FFmpeg's own VP8 decoder, one FFmpeg thread each, run by a shared pool.
 
 aiortc decodes VP8 through FFmpeg's libvpx wrapper. libvpx keeps four reference frames of its own; FFmpeg then copies
 every output picture into a pooled frame; and on a 2-core machine libvpx starts a second thread for each stream. At
