@@ -108,6 +108,10 @@ async def test_rules_engine_turns_on_and_off_at_the_expected_frames_with_the_rig
     assert stats["unparsable"] == 0 and stats["skipped_unchanged"] > 0 and stats["events"] == 2
     state = json.loads(next(m.payload for m in reversed(messages) if m.topic == base))
     assert state["state"] == "off" and state["model"] == stub_llm.model and state["frames"][0]["age_s"] >= 0
+    on_states = [s for s in (json.loads(m.payload) for m in messages if m.topic == base) if s["state"] == "on"]
+    assert on_states and all(s["since_reason"] == events[0]["reason"] for s in on_states)  # why it turned on
+    held = [s for s in on_states if s["answer"] is False]  # the first "no" while off_after=2 holds it on
+    assert held and all(s["reason"] != s["since_reason"] for s in held)
     request = stub_llm.requests[-1]
     assert request["structured_outputs"]["regex"].startswith('\\{"answer"')  # vLLM's structured output
 

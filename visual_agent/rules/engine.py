@@ -86,6 +86,9 @@ class RuleRuntime:
     """Grey thumbnail of the frame of the last model check (the change gate compares with it)."""
     answer: bool | None = None
     reason: str = ""
+    since_reason: str = ""
+    """The reason of the check that turned the rule to its state: a rule held `on` by its hysteresis while the newest
+    check says no shows why it is on, with the newest answer beside it."""
     error: str | None = None
     frames: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
@@ -98,7 +101,7 @@ class RuleRuntime:
         return {
             "rule": cfg.name, "source": cfg.source, "question": cfg.question,
             "state": self.state.state.value, "since": round(self.since_wall, 3),
-            "answer": self.answer, "reason": self.reason, "error": self.error,
+            "answer": self.answer, "reason": self.reason, "since_reason": self.since_reason, "error": self.error,
             "frames": self.frames, "model": self.model,
             "checks": self.checks, "skipped_unchanged": self.skipped_unchanged, "unparsable": self.unparsable,
             "errors": self.errors, "busy": self.busy, "budget_degraded": self.budget_degraded, "degraded": self.degraded,
@@ -304,6 +307,7 @@ class RuleEngine:
         change = rule.state.observe(answer, time.monotonic())
         if change is not None:
             rule.since_wall = time.time()
+            rule.since_reason = rule.reason
         await self._publish_state(rule)
         if change is not None:
             await self._publish_event(rule, change, entry, taken)

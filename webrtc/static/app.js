@@ -309,7 +309,10 @@ function showRule(msg) {
 }
 
 function ruleLine(msg) {
-  return `${msg.rule}: ${msg.state}${msg.degraded ? " (slowed: budget)" : ""}${msg.reason ? " — " + msg.reason : ""}`;
+  // Why the rule is in its state (the check that turned it), not the newest check's reason: held "on" by its
+  // hysteresis while the newest check says no, "lamp: on — mean brightness 28" would contradict itself.
+  const why = msg.since_reason || msg.reason;
+  return `${msg.rule}: ${msg.state}${msg.degraded ? " (slowed: budget)" : ""}${why ? " — " + why : ""}`;
 }
 
 // This tab's name for the daemon's fair share (X-Console-Tab): each tab waits its own turn when the model is busy.

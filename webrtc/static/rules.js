@@ -54,7 +54,10 @@ function drawRule(rule) {
   if (rule.question) item.question.textContent = `${rule.source} · “${rule.question}”`;
   const bits = [];
   if (rule.since) bits.push(`${on ? "on" : "off"} since ${sinceText(rule.since)}`);
-  if (rule.answer !== undefined && rule.answer !== null) bits.push(`last answer ${rule.answer ? "yes" : "no"}`);
+  if (rule.answer !== undefined && rule.answer !== null) {
+    const newest = rule.reason && rule.since_reason && rule.reason !== rule.since_reason ? ` (${rule.reason})` : "";
+    bits.push(`last answer ${rule.answer ? "yes" : "no"}${newest}`);
+  }
   if (rule.checks !== undefined) bits.push(`${rule.checks} checks`);
   if (rule.model) bits.push(rule.model);
   if (rule.error) bits.push(`error: ${rule.error}`);
