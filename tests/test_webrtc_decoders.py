@@ -13,7 +13,7 @@ import pytest
 
 from tests.fixtures.webrtc import CounterVideoTrack, encode_moving_clip, publish
 from webrtc import decoders
-from webrtc.decode_pool import DECODE_THREADS, PooledDecodeQueue
+from webrtc.decode_pool import DECODE_THREADS, PooledDecodeQueue, is_keyframe
 from webrtc.decoders import FFmpegVideoDecoder
 
 
@@ -171,3 +171,55 @@ def test_the_pool_decodes_many_streams_in_order_on_its_few_threads():
         assert sink.done.wait(30)
         assert sink.frames == [p.timestamp for p in clip] + [None] and not error.is_set()
         assert sink.threads <= {f"video-decode-{i}" for i in range(DECODE_THREADS)}
+
+
+@pytest.mark.parametrize(("encoder", "name"), [("libvpx", "VP8"), ("libx264", "H264")])
+def test_keyframes_are_told_apart_from_the_frames_that_need_them(encoder, name):
+    """The pool's resume point: real encoders' frames, a keyframe every 30 (as `encoded_clip` makes them)."""
+    clip = encoded_clip(encoder, frames=61)
+    assert [i for i, p in enumerate(clip) if is_keyframe(name, p.data)] == [0, 30, 60]
+
+
+def test_a_stream_too_far_behind_drops_its_backlog_asks_for_a_keyframe_and_resumes_there():
+    """More than MAX_PENDING_FRAMES waiting (here: a stream not yet served) are dropped, a keyframe is asked for (the
+    decode-error flag aiortc's receiver turns into a PLI), frames until the next keyframe are dropped too, and
+    decoding resumes at that keyframe, in order: bounded, where aiortc's queue grew without end."""
+    from aiortc import rtcrtpreceiver
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from webrtc import decode_pool
+
+    assert decoders.install() is True
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    clip = encoded_clip("libvpx", frames=75)  # keyframes at 0, 30 and 60
+    q, sink, error = rtcrtpreceiver.queue.Queue(), _Collect(), threading.Event()
+    before = decode_pool.frames_dropped_pending
+    for packet in clip[:45]:  # the 31st put finds 30 waiting
+        q.put((vp8, packet))
+    q.put(None)
+    q.attach(sink, error)
+    assert error.is_set()  # a keyframe asked for (the stream's own came next here)
+    assert sink.done.wait(30)
+    # frames 0-29 dropped at the 31st (frame 30, itself a keyframe: decoding resumes there)
+    assert sink.frames == [p.timestamp for p in clip[30:45]] + [None]
+    assert decode_pool.frames_dropped_pending == before + 30
+
+
+def test_a_backlog_dropped_between_keyframes_waits_for_the_next_one():
+    from aiortc import rtcrtpreceiver
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from webrtc import decode_pool
+
+    assert decoders.install() is True
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    clip = encoded_clip("libvpx", frames=75)
+    q, sink, error = rtcrtpreceiver.queue.Queue(), _Collect(), threading.Event()
+    before = decode_pool.frames_dropped_pending
+    for packet in clip[1:]:  # 1-29 wait, the 31st put (frame 31) overflows; 31-59 are dropped; 60 resumes
+        q.put((vp8, packet))
+    q.attach(sink, error)
+    q.put(None)
+    assert sink.done.wait(30)
+    assert sink.frames == [p.timestamp for p in clip[60:]] + [None] and error.is_set()
+    assert decode_pool.frames_dropped_pending == before + 30 + 29
