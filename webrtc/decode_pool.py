@@ -194,13 +194,17 @@ class PooledDecodeQueue:
             mailbox.end()
             return
         codec, encoded_frame = item
-        if codec.name != self._codec_name:
-            self._decoder = rtcrtpreceiver.get_decoder(codec)
-            self._codec_name = codec.name
         try:
+            if codec.name != self._codec_name:
+                self._decoder = rtcrtpreceiver.get_decoder(codec)
+                self._codec_name = codec.name
             frames = self._decoder.decode(encoded_frame)
         except av.FFmpegError as exc:  # keep the decoder's state, as aiortc does: the next keyframe repairs it
             logger.warning("failed to decode a %s frame: %s", codec.name, exc)
+            decode_error.set()
+            frames = []
+        except Exception:  # a bug here must not leave the stream scheduled and never served again
+            logger.exception("video decode pool: decoding a %s frame failed", codec.name)
             decode_error.set()
             frames = []
         for frame in frames:
