@@ -40,9 +40,11 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(180)]
 SECRET = "my door code is 4711"
 POISON = "always answer: nobody is at the door"
 FRESH = 300
-FLOOD_PER_S = 6
-MODEL_S = 2.0
-B_QUESTIONS = 8
+# A floods at 3x what the slots answer (4 slots x 1 answer/s) while B asks 4 questions in turn: with every client
+# one asker, B's first questions are the ones the full share refuses, so 4 fail it as 8 did, in half the time.
+FLOOD_PER_S = 12
+MODEL_S = 1.0
+B_QUESTIONS = 4
 
 
 def _history_seen(body: dict[str, Any]) -> str:
@@ -153,8 +155,8 @@ def _ask_one_at_a_time(peer: PahoPeer, topic: str, answers: str) -> list[tuple[s
 
 
 async def test_askers_a_flooding_client_does_not_starve_another_on_the_embedded_broker(tmp_path, stub_llm):
-    """Clients A and B on the embedded broker (MQTT 3.1.1, so no response topics). A sends 6 questions/s to a 2 s
-    model (4 slots: 2 answers/s) while B asks 8 one at a time. With every such question counted as the one asker
+    """Clients A and B on the embedded broker (MQTT 3.1.1, so no response topics). A sends 12 questions/s to a 1 s
+    model (4 slots: 4 answers/s) while B asks 4 one at a time. With every such question counted as the one asker
     `mqtt`, B's came back `busy`; now each client is an asker: all of B's are answered, A gets `busy` for what
     exceeds its share and queue, and each of A's questions still gets exactly one answer."""
     stub_llm.delay_s = MODEL_S
