@@ -15,7 +15,7 @@ import pytest
 
 from providers import OpenAICompatibleProvider, ToolCall, ToolCallsEvent
 from providers.streaming import ToolCallAssembler
-from tests.fixtures.vllm import serving
+from tests.fixtures.vllm import TOOL_ARGS
 
 TOOLS = [
     {
@@ -53,14 +53,12 @@ def _server_llm(server) -> OpenAICompatibleProvider:
     )
 
 
-@pytest.fixture(scope="module")
-def tool_server(tiny_llava_path, tmp_path_factory):
-    """A real vLLM OpenAI server on the tiny LLaVA with auto tool choice and the pythonic parser."""
-    pytest.importorskip("vllm")
-    log_path = tmp_path_factory.mktemp("vllm-tools") / "server.log"
-    with serving(tiny_llava_path, log_path,
-                 extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "pythonic")) as server:
-        yield server
+@pytest.fixture
+def tool_server(vllm_server):
+    """A real vLLM OpenAI server on the tiny LLaVA with auto tool choice and the pythonic parser: the session's
+    `vllm_server`, started with them (`TOOL_ARGS`) so that this module no longer starts a server of its own."""
+    assert all(arg in vllm_server.process.args for arg in TOOL_ARGS), vllm_server.process.args
+    return vllm_server
 
 
 @pytest.mark.vllm

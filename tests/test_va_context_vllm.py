@@ -21,6 +21,9 @@ from visual_agent.page_intake import PageQuestions
 pytestmark = pytest.mark.vllm
 
 HISTORY_TURNS = 4
+# Questions in the one-conversation test: two rounds of the 6-question pattern (4 frames every third, streamed
+# every other), 8 of them with a full history of HISTORY_TURNS long random answers (it was 20: more of the same).
+QUESTIONS = 12
 
 
 class RecordingProxy:
@@ -45,7 +48,7 @@ class RecordingProxy:
                 self.statuses.append(upstream.status)
             return web.Response(body=data, status=upstream.status, content_type=upstream.content_type)
 
-    async def __aenter__(self) -> "RecordingProxy":
+    async def __aenter__(self) -> RecordingProxy:
         self._session = ClientSession()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
@@ -113,21 +116,21 @@ def small_server(request):
     return request.getfixturevalue("vllm_server_256" if request.param == "256" else "vllm_server")
 
 
-async def test_context_budget_twenty_questions_in_one_conversation_all_answered(small_server):
-    """20 questions with history on, every third with 4 frames, every other streamed, the provider's default
+async def test_context_budget_a_dozen_questions_in_one_conversation_all_answered(small_server):
+    """12 questions with history on, every third with 4 frames, every other streamed, the provider's default
     max_tokens (512): each is answered, and `trimmed` says exactly what the model did not receive."""
     camera = Camera("cam")
     async with RecordingProxy(small_server.base_url) as proxy:
         agent = make_agent(proxy.base_url, camera)
         try:
             trimmed_any = False
-            for i in range(20):
+            for i in range(QUESTIONS):
                 camera.feed("cam")
                 frames = 4 if i % 3 == 0 else None
                 before = len(proxy.requests)
                 pieces: list[str] = []
 
-                async def on_partial(seq: int, delta: str) -> None:
+                async def on_partial(seq: int, delta: str, pieces: list[str] = pieces) -> None:
                     pieces.append(delta)
 
                 answer = await agent.ask(Question(question=f"question {i}: what is on the table?", source="cam",
@@ -144,7 +147,7 @@ async def test_context_budget_twenty_questions_in_one_conversation_all_answered(
                 assert 16 <= sent["max_tokens"] <= 512
                 assert answer.as_dict().get("trimmed") == (trimmed or None)
             assert proxy.statuses[-1] == 200
-            print(f"\n{small_server.max_model_len} tokens: {len(proxy.requests)} requests for 20 questions, "
+            print(f"\n{small_server.max_model_len} tokens: {len(proxy.requests)} requests for {QUESTIONS} questions, "
                   f"{proxy.statuses.count(400)} refused; {agent.budget!r}")
         finally:
             await agent.close()
