@@ -31,7 +31,7 @@ def test_webrtc_package_exports_every_public_name():
                 "frames_dropped_behind", "gaps_skipped", "granted_rcvbuf", "hand_over_worker", "install_media_demux",
                 "installed_rcvbuf", "shrunk", "pooled_worker",
                 # decode_pool.py and feedback.py, installed the same way
-                "DECODE_THREADS", "DecodePool", "PooledDecodeQueue", "MIN_INTERVAL_MS", "SEND_AT_ONCE_DROP",
+                "DECODE_THREADS", "DecodePool", "PooledDecodeQueue", "StreamDecoder", "MIN_INTERVAL_MS", "SEND_AT_ONCE_DROP",
                 "ThrottledBitrateEstimator", "held_back", "MAX_PENDING_FRAMES", "frames_dropped_pending", "is_keyframe"}
     assert missing <= internal, missing - internal
     assert set(webrtc.__all__) <= set(dir(webrtc))

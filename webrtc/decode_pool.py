@@ -31,8 +31,8 @@ from typing import Any
 
 import av
 
-__all__ = ["DECODE_THREADS", "MAX_PENDING_FRAMES", "DecodePool", "PooledDecodeQueue", "frames_dropped_pending",
-           "is_keyframe"]
+__all__ = ["DECODE_THREADS", "MAX_PENDING_FRAMES", "DecodePool", "PooledDecodeQueue", "StreamDecoder",
+           "frames_dropped_pending", "is_keyframe"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,32 @@ POOL = DecodePool()
 """The process's pool (every receiver's `PooledDecodeQueue` submits here)."""
 
 
+class StreamDecoder:
+    """One stream's decoder, made by aiortc's `get_decoder` and made again when the codec changes. A frame FFmpeg
+    refuses flags `decode_error` (aiortc's receiver turns it into a PLI) and keeps the decoder's state, as aiortc
+    does: the next keyframe repairs it. Used by the pool and by `decoders.hand_over_worker`."""
+
+    def __init__(self) -> None:
+        self._decoder: Any = None
+        self._codec_name: str | None = None
+
+    def decode(self, codec: Any, encoded_frame: Any, decode_error: threading.Event) -> list[Any]:
+        from aiortc import rtcrtpreceiver  # imported by now: a receiver handed over the frame
+
+        if codec.name != self._codec_name:
+            self._decoder = rtcrtpreceiver.get_decoder(codec)
+            self._codec_name = codec.name
+        try:
+            return list(self._decoder.decode(encoded_frame))
+        except av.FFmpegError as exc:
+            logger.warning("failed to decode a %s frame: %s", codec.name, exc)
+            decode_error.set()
+            return []
+
+    def close(self) -> None:
+        self._decoder = None
+
+
 class PooledDecodeQueue:
     """aiortc's decoder queue for one receiver, served by the pool: `put((codec, encoded_frame))`, then `put(None)` to
     end the track. Frames put before `attach()` (the receiver's thread start) wait for it."""
@@ -123,8 +149,7 @@ class PooledDecodeQueue:
         self._awaiting_keyframe = False
         self._keyframe_asked_early = False
         self._target: tuple[Any, threading.Event] | None = None
-        self._decoder: Any = None
-        self._codec_name: str | None = None
+        self._decoder = StreamDecoder()
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """From the loop: queue an encoded frame (or None: the track ended)."""
@@ -180,8 +205,6 @@ class PooledDecodeQueue:
 
     def run_once(self, pool: DecodePool) -> None:
         """In a pool thread: decode the oldest pending frame, then go to the back of the line if more wait."""
-        from aiortc import rtcrtpreceiver  # imported by now: a receiver made this queue
-
         with self._lock:
             if not self._pending:  # dropped for a keyframe while this stream waited in line
                 self._scheduled = False
@@ -190,19 +213,12 @@ class PooledDecodeQueue:
         assert self._target is not None
         mailbox, decode_error = self._target
         if item is None:
-            self._decoder = None
+            self._decoder.close()
             mailbox.end()
             return
         codec, encoded_frame = item
         try:
-            if codec.name != self._codec_name:
-                self._decoder = rtcrtpreceiver.get_decoder(codec)
-                self._codec_name = codec.name
-            frames = self._decoder.decode(encoded_frame)
-        except av.FFmpegError as exc:  # keep the decoder's state, as aiortc does: the next keyframe repairs it
-            logger.warning("failed to decode a %s frame: %s", codec.name, exc)
-            decode_error.set()
-            frames = []
+            frames = self._decoder.decode(codec, encoded_frame, decode_error)
         except Exception:  # a bug here must not leave the stream scheduled and never served again
             logger.exception("video decode pool: decoding a %s frame failed", codec.name)
             decode_error.set()

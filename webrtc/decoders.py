@@ -34,7 +34,7 @@ from typing import Any, cast
 import av
 from av.video.codeccontext import VideoCodecContext
 
-from .decode_pool import PooledDecodeQueue
+from .decode_pool import PooledDecodeQueue, StreamDecoder
 
 __all__ = ["MAX_QUEUED_FRAMES", "FFmpegVideoDecoder", "decoders_made", "frames_dropped_behind", "hand_over_worker",
            "install", "pooled_worker"]
@@ -127,29 +127,17 @@ def hand_over_worker(loop: asyncio.AbstractEventLoop, input_q: queue.Queue, outp
                      decode_error: threading.Event) -> None:
     """aiortc's `decoder_worker` (same arguments, same behaviour), handing frames to the loop through a `_Mailbox`:
     at most one callback pending and `MAX_QUEUED_FRAMES` frames held per track, in order."""
-    from aiortc import rtcrtpreceiver
-
     mailbox = _Mailbox(loop, output_q)
-    codec_name = None
-    decoder: Any = None
+    decoder = StreamDecoder()
     while True:
         task = input_q.get()
         if task is None:
             mailbox.end()
             break
         codec, encoded_frame = task
-        if codec.name != codec_name:
-            decoder = rtcrtpreceiver.get_decoder(codec)
-            codec_name = codec.name
-        try:
-            frames = decoder.decode(encoded_frame)
-        except av.FFmpegError as exc:  # keep the decoder's state, as aiortc does: the next keyframe repairs it
-            logger.warning("failed to decode a %s frame: %s", codec.name, exc)
-            decode_error.set()
-            continue
-        for frame in frames:
+        for frame in decoder.decode(codec, encoded_frame, decode_error):
             mailbox.post(frame)
-    del decoder
+    decoder.close()
 
 
 def pooled_worker(loop: asyncio.AbstractEventLoop, input_q: Any, output_q: asyncio.Queue,
