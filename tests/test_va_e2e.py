@@ -85,7 +85,7 @@ async def test_e2e_daemon_serves_page_when_llm_is_down_and_check_says_so(tmp_pat
             answer = json.loads((await asyncio.to_thread(peer.get, 30)).payload)
         rc, out, err = await run_cli("check", "--config", str(config), "--timeout", "3")
         health = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(daemon.page_url + "/healthz", timeout=5).read()))
-        assert await daemon.terminate() == 0
+        assert await daemon.terminate() == 0, daemon.log()
     assert health["llm"]["state"] == "unreachable" and health["broker"]["state"] == "connected"
     assert health["agent"]["counters"]["errors.llm_unreachable"] == 1
     assert answer["id"] == "down-1" and answer["error"]["type"] == "llm_unreachable"
@@ -123,7 +123,7 @@ async def test_e2e_broker_restart_loses_no_question(tmp_path, running_mosquitto,
                              what="the first answer made while the broker is down, kept in the outbox")
             await asyncio.to_thread(running_mosquitto.start)
             got = {json.loads((await asyncio.to_thread(asker.get, 30)).payload)["id"] for _ in range(2)}
-        assert await daemon.terminate() == 0
+        assert await daemon.terminate() == 0, daemon.log()
         log = daemon.log()
     assert got == {"before", "during"}, log
     assert "kept while offline" in log

@@ -135,7 +135,7 @@ async def test_e2e_embedded_broker_with_packaged_default_and_ask(tmp_path, vllm_
             await asyncio.sleep(1.0)
             rc, out, err = await run_cli("ask", "What do you see?", "--json", "--timeout", "60", env=env)
             rc_stream, out_stream, err_stream = await run_cli("ask", "Any colours?", "--stream", "--timeout", "60", env=env)
-        assert await daemon.terminate() == 0
+        assert await daemon.terminate() == 0, daemon.log()
         log = daemon.log()
     assert rc == 0, f"{err}\n{log}"
     answer = json.loads(out)

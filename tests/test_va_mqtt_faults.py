@@ -83,7 +83,7 @@ async def test_daemon_fixed_client_id_answers_questions_asked_while_it_was_stopp
                       client_id=f"va-test-{uuid.uuid4().hex[:8]}")
         async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d1.log") as daemon:
             await wait_status(asker, b"online")
-            assert await daemon.terminate() == 0
+            assert await daemon.terminate() == 0, daemon.log()
         await wait_status(asker, b"offline")
         asked_at = time.time()
         infos = [asker.publish(ask, json.dumps({"id": f"q{i}", "question": "still there?", "asked_at": asked_at}))
@@ -115,7 +115,7 @@ async def test_daemon_random_client_id_ends_its_session_on_a_clean_stop(tmp_path
     cfg = mqtt_daemon_config(tmp_path, running_mosquitto, topic_prefix, page_port, stub_llm.base_url)
     async with daemon_process(cfg, page_port=page_port, log_path=tmp_path / "d.log") as daemon:
         await wait_status(peer, b"online")
-        assert await daemon.terminate() == 0
+        assert await daemon.terminate() == 0, daemon.log()
     info = peer.publish(f"{topic_prefix}/ask", b"anyone?")
     assert await asyncio.to_thread(peer.puback, info) == NO_MATCHING_SUBSCRIBERS
 

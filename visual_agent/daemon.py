@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
+import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,9 @@ __all__ = ["Daemon", "build_frame_encoding", "run_daemon"]
 logger = logging.getLogger(__name__)
 
 _LLM_PROBE_TIMEOUT_S = 10.0
+STOP_WATCHDOG_S = 10.0
+"""Beyond the questions' grace, what a stop may take (MQTT flush and disconnect, the event store) before the watchdog;
+with the default grace (5 s) it fires before systemd's `TimeoutStopSec=20` kills the process without a word."""
 
 
 async def build_frame_encoding(config: Config, llm: LLMProvider) -> FrameEncoding:
@@ -345,17 +350,33 @@ def _is_startup_error(exc: BaseException) -> bool:
     return isinstance(exc, (WebRTCError, ProviderError))
 
 
+def _on_stop_signal(stop: asyncio.Event, watchdog_s: float) -> None:
+    """First signal: stop cleanly, with a watchdog. A second one: the user insists, so stop now (exit 1)."""
+    if stop.is_set():
+        logger.warning("second signal: stopping now, without finishing")
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(1)
+    stop.set()
+    # A C thread, so it fires even if the loop or the interpreter's exit is stuck (a thread nobody joins, a hung
+    # worker): every thread's stack goes to stderr, where the log is, and the process exits 1 instead of hanging.
+    faulthandler.dump_traceback_later(watchdog_s, exit=True)
+
+
 async def run_daemon(config: Config) -> int:
-    """Run until SIGINT/SIGTERM; returns the exit code (0 on a signal)."""
+    """Run until SIGINT/SIGTERM; returns the exit code (0 on a signal).
+
+    A stop that takes longer than `agent.shutdown_grace_s` + `STOP_WATCHDOG_S` writes every thread's stack to stderr and
+    exits 1; a second signal stops at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    watchdog_s = config.agent.shutdown_grace_s + STOP_WATCHDOG_S
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_stop_signal, stop, watchdog_s)
     daemon = Daemon(config)
     try:
         await daemon.start()
         await stop.wait()
-        logger.info("signal received: finishing in-flight questions, then stopping")
+        logger.info("signal received: finishing in-flight questions, then stopping (at most %g s)", watchdog_s)
     finally:
         await daemon.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
