@@ -33,6 +33,7 @@ from typing import Any
 from .errors import ErrorType, QuestionError
 from .interfaces import AgentCore, FrameSource, MessageTransport
 from .messages import Answer, Question
+from .tasks import cancel_and_wait
 from .telemetry import Via
 from .timings import QuestionTiming
 from .topics import valid_reply_topic
@@ -116,10 +117,7 @@ class MqttQuestions:
         """Stop taking questions, finish `busy` refusals, answer what was received but not taken (`shutdown`: the
         core no longer admits)."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_and_wait(*tasks)
         if self.transport.on_inbox_full == self._refuse_overflow:
             self.transport.on_inbox_full = None
         if self._refusals:

@@ -18,12 +18,12 @@ The embedded broker needs no check: its rights are the daemon's own (`broker_acl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from .tasks import cancel_and_wait
 from .topics import Topics
 
 if TYPE_CHECKING:
@@ -66,10 +66,7 @@ class SubscriptionCheck:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run_logged(self) -> None:
         try:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .interfaces import AgentCore, FrameSource
 from .sampling import SceneChangeDetector
+from .tasks import cancel_and_wait
 from .telemetry import Via
 
 if TYPE_CHECKING:
@@ -46,10 +47,7 @@ class DescriptionTriggers:
 
     async def __aexit__(self, *exc: object) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_and_wait(*tasks)
 
     async def _periodic(self) -> None:
         config = self.config

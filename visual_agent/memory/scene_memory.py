@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..sampling import thumbnail, thumbnail_distance
+from ..tasks import cancel_and_wait
 from .config import MemoryTriggerConfig
 
 __all__ = ["ChangeGate", "SceneMemory"]
@@ -71,9 +72,7 @@ class SceneMemory:
 
     async def __aexit__(self, *exc: object) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        await cancel_and_wait(task)
 
     async def _watch(self) -> None:
         while True:
