@@ -36,7 +36,6 @@ from .messages import Answer, FrameRef, Question, new_id, parse_question, partia
 from .model_call import ModelCall, ModelRequest, ModelResponse, PartialCallback
 from .rules.lookback import LookbackStore, lookback_frames
 from .sampling import TakenFrame, resolve_source, take_frames
-from .tasks import cancel_and_wait
 from .telemetry import Counts, Telemetry, Via
 from .timings import QuestionTiming
 from .topics import Topics
@@ -163,7 +162,10 @@ class VisualAgent:
         if pending:
             logger.info("agent: waiting up to %.1f s for %d question(s) in flight", grace, len(pending))
             _, still = await asyncio.wait(pending, timeout=grace)
-            await cancel_and_wait(*still)
+            for task in still:  # one cancel, then as long as they need: each publishes its `shutdown` answer
+                task.cancel()
+            if still:
+                await asyncio.wait(still)
 
     async def close(self, grace_s: float | None = None) -> None:
         """`drain`, then release the look-back and the encoder. The first call does it; later ones wait for it."""

@@ -18,12 +18,12 @@ The embedded broker needs no check: its rights are the daemon's own (`broker_acl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from .tasks import cancel_and_wait
 from .topics import Topics
 
 if TYPE_CHECKING:
@@ -66,7 +66,10 @@ class SubscriptionCheck:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        await cancel_and_wait(task)
+        if task is not None and not task.done():
+            task.cancel()  # once: its `finally` closes the check's own client, which must not be cut short
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _run_logged(self) -> None:
         try:
