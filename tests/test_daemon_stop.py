@@ -1,6 +1,9 @@
 """A stop that cannot hang: SIGTERM finishes in-flight work within the grace, a second signal stops at once, and a
 stop stuck anyway (a close that never returns, a thread nobody joins) is ended by a watchdog that first writes every
-thread's stack to the log, so the next hang says where it was."""
+thread's stack to the log, so the next hang says where it was.
+
+The broker is real mosquitto; the LLM that holds a question is a STAND-IN (a local server speaking the OpenAI API).
+"""
 
 from __future__ import annotations
 
